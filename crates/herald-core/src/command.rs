@@ -1,0 +1,279 @@
+//! Command handling: idempotency, load, decide, append with optimistic concurrency.
+//!
+//! `handle` is the one path every command takes, whatever the transport (HTTP,
+//! the command line, message subjects).
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::aggregate::{Aggregate, InvalidCommand, Rejection, from_stored, to_new_event};
+use crate::deployment::Deployment;
+use crate::envelope::{Actor, canonical};
+use crate::names::{AggregateId, StreamName};
+use crate::store::{AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, StoreError};
+
+/// A command as it arrives, after the transport has checked its shape.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub command_type: String,
+    pub aggregate_id: AggregateId,
+    /// `None`: whatever the current version is; `Some(0)`: the stream must not exist.
+    pub expected_version: Option<u64>,
+    /// Idempotency key chosen by the client.
+    pub command_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub data: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("unknown command type {0:?}")]
+    UnknownType(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("version conflict on {stream}: expected {expected}, actual {actual}")]
+    Conflict { stream: String, expected: u64, actual: u64 },
+    #[error("command_id {0} was already used for a different command")]
+    CommandIdReused(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::CommandIdReused { command_id } => CommandError::CommandIdReused(command_id),
+            other => CommandError::Store(other),
+        }
+    }
+}
+
+/// Every command type herald knows, for error messages and documentation.
+pub fn command_types() -> Vec<&'static str> {
+    crate::deployment::COMMAND_TYPES.to_vec()
+}
+
+/// How many times a command without `expected_version` is decided again after
+/// losing a race to a writer in another process (this process's own writers
+/// queue on [`StreamLocks`] instead of racing).
+const MAX_ATTEMPTS: usize = 5;
+
+/// Serializes command handling per stream within one process, so concurrent
+/// commands on one aggregate take turns instead of burning optimistic retries.
+/// Entries are weak and swept as the map grows, so it stays bounded by the
+/// streams in use.
+#[derive(Default)]
+pub struct StreamLocks {
+    inner: std::sync::Mutex<LockMap>,
+}
+
+#[derive(Default)]
+struct LockMap {
+    locks: std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    sweep_at: usize,
+}
+
+impl StreamLocks {
+    pub async fn lock(&self, stream: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if map.locks.len() >= map.sweep_at {
+                map.locks.retain(|_, weak| weak.strong_count() > 0);
+                map.sweep_at = (map.locks.len() * 2).max(1024);
+            }
+            match map.locks.get(stream).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    map.locks.insert(stream.to_owned(), std::sync::Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Executes a command for `actor`. Returns what was committed, or, for a retry
+/// of an earlier `command_id`, [`AppendOutcome::Duplicate`] with what was
+/// committed the first time.
+pub async fn handle(
+    store: &dyn EventStore,
+    locks: &StreamLocks,
+    actor: &Actor,
+    request: CommandRequest,
+) -> Result<AppendOutcome, CommandError> {
+    let data = request.data.clone();
+    if let Some(command) = Deployment::parse_command(&request.command_type, data) {
+        return execute::<Deployment>(store, locks, actor, &request, command?).await;
+    }
+    Err(CommandError::UnknownType(request.command_type))
+}
+
+static EMPTY_OBJECT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));
+
+/// A stable digest of what a command asks for, to tell a retry from a reuse of its id.
+pub fn fingerprint(request: &CommandRequest) -> String {
+    let value = serde_json::json!({
+        "type": request.command_type,
+        "aggregate_id": request.aggregate_id.as_str(),
+        "expected_version": request.expected_version,
+        // Absent, null and {} data mean the same command.
+        "data": if request.data.is_null() { &EMPTY_OBJECT } else { &request.data },
+    });
+    hex::encode(Sha256::digest(canonical(&value).as_bytes()))
+}
+
+async fn execute<A: Aggregate>(
+    store: &dyn EventStore,
+    locks: &StreamLocks,
+    actor: &Actor,
+    request: &CommandRequest,
+    command: A::Command,
+) -> Result<AppendOutcome, CommandError> {
+    let fingerprint = request.command_id.as_ref().map(|_| fingerprint(request));
+    if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
+        return Ok(AppendOutcome::Duplicate(result));
+    }
+    let stream = StreamName::new(A::CATEGORY, &request.aggregate_id);
+    let command_id = request
+        .command_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let correlation_id = request.correlation_id.clone().unwrap_or_else(|| command_id.clone());
+    let _turn = locks.lock(stream.as_str()).await;
+
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (state, version) = load::<A>(store, &stream).await?;
+        if let Some(expected) = request.expected_version
+            && expected != version
+        {
+            // A concurrent retry of this very command may have just won.
+            if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
+                return Ok(AppendOutcome::Duplicate(result));
+            }
+            return Err(CommandError::Conflict {
+                stream: stream.to_string(),
+                expected,
+                actual: version,
+            });
+        }
+        let events = match state.decide(&command) {
+            Ok(events) => events,
+            Err(rejection) => {
+                // A concurrent retry of this very command may have just won.
+                if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
+                    return Ok(AppendOutcome::Duplicate(result));
+                }
+                return Err(rejection.into());
+            }
+        };
+        let append = AppendRequest {
+            stream: stream.to_string(),
+            expected: ExpectedVersion::Exact(version),
+            events: events.iter().map(to_new_event).collect(),
+            actor: actor.clone(),
+            command_id: command_id.clone(),
+            correlation_id: correlation_id.clone(),
+            idempotency_fingerprint: fingerprint.clone(),
+        };
+        match store.append(append).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(StoreError::Conflict { actual, .. }) => {
+                if request.expected_version.is_none() && attempt < MAX_ATTEMPTS {
+                    continue; // decide again on the newer state
+                }
+                if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
+                    return Ok(AppendOutcome::Duplicate(result));
+                }
+                return Err(CommandError::Conflict {
+                    stream: stream.to_string(),
+                    expected: request.expected_version.unwrap_or(version),
+                    actual,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn earlier_result(
+    store: &dyn EventStore,
+    request: &CommandRequest,
+    fingerprint: Option<&str>,
+) -> Result<Option<Committed>, CommandError> {
+    let (Some(command_id), Some(fingerprint)) = (&request.command_id, fingerprint) else {
+        return Ok(None);
+    };
+    match store.find_command(command_id).await? {
+        Some((seen, committed)) if seen == fingerprint => Ok(Some(committed)),
+        Some(_) => Err(CommandError::CommandIdReused(command_id.clone())),
+        None => Ok(None),
+    }
+}
+
+const LOAD_PAGE: usize = 1000;
+
+/// Folds a stream into its aggregate state; returns the state and the stream's version.
+pub async fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamName) -> Result<(A, u64), CommandError> {
+    let mut state = A::default();
+    let mut from = 1;
+    loop {
+        let slice = store.read_stream(stream.as_str(), from, LOAD_PAGE).await?;
+        for event in &slice.events {
+            let envelope = event
+                .envelope()
+                .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", event.position())))?;
+            let domain = from_stored::<A::Event>(&envelope.event_type, envelope.data)
+                .map_err(|e| StoreError::Corrupt(format!("event {} of {stream}: {e}", event.position())))?;
+            state.evolve(domain);
+        }
+        let read_to = slice.events.last().map_or(from - 1, |e| e.version());
+        if read_to >= slice.version || slice.events.is_empty() {
+            return Ok((state, slice.version));
+        }
+        from = read_to + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(data: Value) -> CommandRequest {
+        CommandRequest {
+            command_type: "SucceedDeployment".into(),
+            aggregate_id: AggregateId::parse("d1").unwrap(),
+            expected_version: None,
+            command_id: Some("c1".into()),
+            correlation_id: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn fingerprint_treats_absent_null_and_empty_data_alike() {
+        let empty = fingerprint(&request(serde_json::json!({})));
+        assert_eq!(fingerprint(&request(Value::Null)), empty);
+        assert_ne!(fingerprint(&request(serde_json::json!({"reason": "x"}))), empty);
+        let mut other = request(serde_json::json!({}));
+        other.aggregate_id = AggregateId::parse("d2").unwrap();
+        assert_ne!(fingerprint(&other), empty);
+    }
+
+    #[tokio::test]
+    async fn stream_locks_serialize_one_stream_and_not_others() {
+        let locks = StreamLocks::default();
+        let held = locks.lock("deployment-a").await;
+        // Another stream is free while `a` is held.
+        let _b = locks.lock("deployment-b").await;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("deployment-a")).await;
+        assert!(waiting.is_err(), "a second lock on the same stream must wait");
+        drop(held);
+        let _again = locks.lock("deployment-a").await;
+    }
+}

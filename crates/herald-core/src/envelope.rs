@@ -1,0 +1,321 @@
+//! The event envelope (API.md §3), its canonical form and the hash chain, and
+//! [`RecordedEvent`]: a stored event carrying its pre-encoded JSON and SSE frame.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The `prev` of the first event in the chain: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Who caused an event. Always derived from the credential, never from a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    User,
+    Token,
+    System,
+}
+
+impl Actor {
+    /// The actor for work herald does on its own (and for the command line).
+    pub fn system(name: &str) -> Self {
+        Actor {
+            kind: ActorKind::System,
+            id: "system".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// The public envelope of one event, as stored, served and hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub position: u64,
+    pub id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema: u32,
+    pub data: Value,
+    pub actor: Actor,
+    pub command_id: String,
+    pub correlation_id: String,
+    pub recorded_at: String,
+    pub hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("envelope is not a JSON object")]
+    NotAnObject,
+    #[error("envelope has no string field `hash`")]
+    NoHash,
+}
+
+impl Envelope {
+    /// RFC 8785 canonical JSON of the envelope without its `hash`.
+    pub fn canonical_without_hash(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("an envelope always serializes");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("hash");
+        }
+        canonical(&value)
+    }
+
+    /// Computes `hash` from the previous event's hash and fills it in.
+    pub fn seal(&mut self, prev_hash: &str) {
+        self.hash = chain_hash(prev_hash, &self.canonical_without_hash());
+    }
+
+    /// The canonical JSON of the whole envelope (hash included): what is stored and served.
+    pub fn to_canonical_json(&self) -> String {
+        canonical(&serde_json::to_value(self).expect("an envelope always serializes"))
+    }
+}
+
+/// RFC 8785 (JCS) canonical JSON: keys sorted at every level, no whitespace.
+pub fn canonical(value: &Value) -> String {
+    serde_jcs::to_string(value).expect("a JSON value always canonicalizes")
+}
+
+/// `hex(SHA-256(prev + "\n" + canonical))`.
+pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Recomputes the hash of a stored envelope from its JSON text. Returns the
+/// recomputed hash and the hash the envelope claims.
+pub fn recompute_hash(prev_hash: &str, stored_json: &[u8]) -> Result<(String, String), EnvelopeError> {
+    let mut value: Value = serde_json::from_slice(stored_json)?;
+    let map = value.as_object_mut().ok_or(EnvelopeError::NotAnObject)?;
+    let claimed = match map.remove("hash") {
+        Some(Value::String(s)) => s,
+        _ => return Err(EnvelopeError::NoHash),
+    };
+    Ok((chain_hash(prev_hash, &canonical(&value)), claimed))
+}
+
+/// An event as it comes out of the store: the few fields routing needs, plus the
+/// envelope's JSON inside its pre-encoded SSE frame (`id:`, `event:`, `data:`).
+///
+/// The frame is built once, when the event is committed or read, and shared by
+/// every subscriber and response that sends it ([`Bytes`] clones are reference
+/// counts, not copies).
+#[derive(Clone)]
+pub struct RecordedEvent {
+    position: u64,
+    version: u64,
+    stream: Box<str>,
+    event_type: Box<str>,
+    frame: Bytes,
+    json: Range<usize>,
+}
+
+impl std::fmt::Debug for RecordedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordedEvent")
+            .field("position", &self.position)
+            .field("stream", &self.stream)
+            .field("version", &self.version)
+            .field("type", &self.event_type)
+            .finish()
+    }
+}
+
+impl RecordedEvent {
+    /// Builds an event (and its frame) from stored parts.
+    pub fn from_parts(position: u64, stream: &str, version: u64, event_type: &str, json: &str) -> Self {
+        let mut buf = BytesMut::with_capacity(frame_len(event_type, json));
+        Self::encode_into(&mut buf, position, stream, version, event_type, json).finish(buf.freeze())
+    }
+
+    /// Appends this event's SSE frame to `buf`; `finish` it with the frozen buffer.
+    /// Used to encode a whole batch into one allocation.
+    pub fn encode_into(
+        buf: &mut BytesMut,
+        position: u64,
+        stream: &str,
+        version: u64,
+        event_type: &str,
+        json: &str,
+    ) -> PendingEvent {
+        debug_assert!(!json.contains('\n') && !event_type.contains('\n'));
+        let start = buf.len();
+        buf.put_slice(b"id: ");
+        buf.put_slice(position.to_string().as_bytes());
+        buf.put_slice(b"\nevent: ");
+        buf.put_slice(event_type.as_bytes());
+        buf.put_slice(b"\ndata: ");
+        let json_start = buf.len();
+        buf.put_slice(json.as_bytes());
+        let json_end = buf.len();
+        buf.put_slice(b"\n\n");
+        PendingEvent {
+            position,
+            version,
+            stream: stream.into(),
+            event_type: event_type.into(),
+            frame: start..buf.len(),
+            json: json_start..json_end,
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+    pub fn category(&self) -> &str {
+        category_of(&self.stream)
+    }
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    /// The complete SSE message for this event, ending with the blank line.
+    pub fn sse_frame(&self) -> &Bytes {
+        &self.frame
+    }
+    /// The envelope as one line of canonical JSON.
+    pub fn json(&self) -> &[u8] {
+        &self.frame[self.json.clone()]
+    }
+    /// Parses the envelope (for aggregates, projections and audits; live delivery never does).
+    pub fn envelope(&self) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(self.json())
+    }
+}
+
+/// An event whose frame is written into a batch buffer that is not frozen yet.
+pub struct PendingEvent {
+    position: u64,
+    version: u64,
+    stream: Box<str>,
+    event_type: Box<str>,
+    frame: Range<usize>,
+    json: Range<usize>,
+}
+
+impl PendingEvent {
+    /// Completes the event once the batch buffer is frozen.
+    pub fn finish(self, batch: Bytes) -> RecordedEvent {
+        let offset = self.frame.start;
+        RecordedEvent {
+            position: self.position,
+            version: self.version,
+            stream: self.stream,
+            event_type: self.event_type,
+            frame: batch.slice(self.frame),
+            json: (self.json.start - offset)..(self.json.end - offset),
+        }
+    }
+}
+
+/// The size of the SSE frame for an event (to allocate once).
+/// (A position has at most 20 digits.)
+pub fn frame_len(event_type: &str, json: &str) -> usize {
+    4 + 20 + 8 + event_type.len() + 7 + json.len() + 2
+}
+
+/// The category of a stream: everything before the first `-`.
+pub fn category_of(stream: &str) -> &str {
+    stream.split_once('-').map_or(stream, |(c, _)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(position: u64) -> Envelope {
+        Envelope {
+            position,
+            id: Uuid::nil(),
+            stream: "deployment-a/b".into(),
+            version: 1,
+            event_type: "DeploymentStarted".into(),
+            schema: 1,
+            data: serde_json::json!({"zeta": 1, "alpha": {"b": "x/y", "a": [3, 1]}}),
+            actor: Actor::system("test"),
+            command_id: "c".into(),
+            correlation_id: "c".into(),
+            recorded_at: "2026-11-22T03:32:54.527Z".into(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_does_not_escape_slashes() {
+        let c = sample(1).canonical_without_hash();
+        assert!(
+            c.starts_with(r#"{"actor":{"id":"system","kind":"system","name":"test"},"command_id":"c""#),
+            "{c}"
+        );
+        assert!(c.contains(r#""data":{"alpha":{"a":[3,1],"b":"x/y"},"zeta":1}"#), "{c}");
+        assert!(!c.contains("hash"));
+        assert!(!c.contains(' '));
+    }
+
+    #[test]
+    fn hash_is_sha256_of_prev_newline_canonical() {
+        let mut e = sample(1);
+        e.seal(GENESIS_HASH);
+        let expected = hex::encode(Sha256::digest(format!(
+            "{GENESIS_HASH}\n{}",
+            e.canonical_without_hash()
+        )));
+        assert_eq!(e.hash, expected);
+        let stored = e.to_canonical_json();
+        let (recomputed, claimed) = recompute_hash(GENESIS_HASH, stored.as_bytes()).unwrap();
+        assert_eq!(recomputed, claimed);
+        // Any change to the data breaks the hash.
+        let tampered = stored.replace("x/y", "x/z");
+        let (recomputed, claimed) = recompute_hash(GENESIS_HASH, tampered.as_bytes()).unwrap();
+        assert_ne!(recomputed, claimed);
+        // So does a different predecessor.
+        let (recomputed, claimed) = recompute_hash(&"1".repeat(64), stored.as_bytes()).unwrap();
+        assert_ne!(recomputed, claimed);
+    }
+
+    #[test]
+    fn frame_wraps_the_json_in_one_sse_message() {
+        let mut e = sample(42);
+        e.seal(GENESIS_HASH);
+        let json = e.to_canonical_json();
+        let ev = RecordedEvent::from_parts(42, &e.stream, 1, &e.event_type, &json);
+        let frame = std::str::from_utf8(ev.sse_frame()).unwrap();
+        assert_eq!(frame, format!("id: 42\nevent: DeploymentStarted\ndata: {json}\n\n"));
+        assert_eq!(ev.json(), json.as_bytes());
+        assert_eq!(ev.envelope().unwrap(), e);
+        assert_eq!(ev.category(), "deployment");
+    }
+
+    #[test]
+    fn frame_len_is_an_upper_bound() {
+        for p in [1, 9, 10, 99, 100, 123_456_789, u64::MAX] {
+            let ev = RecordedEvent::from_parts(p, "s-1", 1, "T", "{}");
+            assert!(ev.sse_frame().len() <= frame_len("T", "{}"));
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! herald's domain core: the event envelope and its hash chain, the event store
+//! contract, catch-up subscriptions, aggregates and command handling.
+//!
+//! Nothing here does I/O of its own; storage backends implement
+//! [`store::EventStore`] in `herald-store`.
+
+pub mod aggregate;
+pub mod audit;
+pub mod auth;
+pub mod command;
+pub mod deployment;
+pub mod deployment_view;
+pub mod envelope;
+pub mod names;
+pub mod store;
+pub mod subscription;
+
+pub use envelope::{Actor, ActorKind, Envelope, RecordedEvent};
+pub use store::{EventStore, ExpectedVersion, Filter, StoreError};

@@ -1,0 +1,220 @@
+//! The event store contract. Backends live in `herald-store`; every one of them
+//! passes the same conformance suite (`herald_store::conformance`).
+//!
+//! Invariants every backend keeps:
+//! - positions start at 1 and are assigned, with the hash chain, inside one
+//!   serialized write: a reader never sees position N+1 before N;
+//! - `(stream, version)` is unique and versions have no gaps;
+//! - an append is all or nothing, and is durable before `append` returns;
+//! - every committed batch is published on [`EventStore::live`] exactly once,
+//!   in position order, after it is durable (events written by another process
+//!   on the same store are published too).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::envelope::{Actor, RecordedEvent};
+
+/// Optimistic concurrency, as in EventStoreDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's current version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's current version must be exactly this (0 = no stream).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` version (0 = no stream) satisfies this expectation.
+    pub fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::StreamExists => actual > 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+/// An event to append; the store fills in the rest of the envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub schema: u32,
+    pub data: Value,
+}
+
+/// One atomic append to one stream.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub actor: Actor,
+    /// Written into every envelope of this append.
+    pub command_id: String,
+    pub correlation_id: String,
+    /// When set, `command_id` is an idempotency key: the store remembers the result
+    /// with this fingerprint of the command. A later append with the same
+    /// `command_id` and fingerprint returns [`AppendOutcome::Duplicate`]; with a
+    /// different fingerprint it fails with [`StoreError::CommandIdReused`].
+    pub idempotency_fingerprint: Option<String>,
+}
+
+/// What an append wrote (or, for a duplicate, had written the first time).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub stream: String,
+    /// The stream's version after the append.
+    pub version: u64,
+    pub events: Vec<Arc<RecordedEvent>>,
+}
+
+impl Committed {
+    pub fn first_position(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.position())
+    }
+    pub fn last_position(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.position())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    Appended(Committed),
+    /// The `command_id` was seen before with the same fingerprint: nothing was appended.
+    Duplicate(Committed),
+}
+
+impl AppendOutcome {
+    pub fn committed(&self) -> &Committed {
+        match self {
+            AppendOutcome::Appended(c) | AppendOutcome::Duplicate(c) => c,
+        }
+    }
+    pub fn into_committed(self) -> Committed {
+        match self {
+            AppendOutcome::Appended(c) | AppendOutcome::Duplicate(c) => c,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream {stream} is at version {actual}, expected {expected:?}")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        /// 0 when the stream does not exist.
+        actual: u64,
+    },
+    #[error("command_id {command_id} was already used for a different command")]
+    CommandIdReused { command_id: String },
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+/// Which events a reader wants. OR within one field, AND across fields; an
+/// empty field matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub streams: Vec<String>,
+    pub categories: Vec<String>,
+    pub types: Vec<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.categories.is_empty() && self.types.is_empty()
+    }
+
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        (self.streams.is_empty() || self.streams.iter().any(|s| s == e.stream()))
+            && (self.categories.is_empty() || self.categories.iter().any(|c| c == e.category()))
+            && (self.types.is_empty() || self.types.iter().any(|t| t == e.event_type()))
+    }
+}
+
+/// A page of the global log.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub events: Vec<Arc<RecordedEvent>>,
+    /// The last position examined: pass it back as `after` to read on. With a
+    /// filter this may be past the last returned event.
+    pub next_after: u64,
+    /// The head of the log when the page was read.
+    pub head: u64,
+}
+
+/// The last event of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub position: u64,
+    /// `GENESIS_HASH` for an empty log.
+    pub hash: String,
+}
+
+/// A stream's events from some version on.
+#[derive(Debug, Clone)]
+pub struct StreamSlice {
+    /// The stream's current version (0 = no such stream).
+    pub version: u64,
+    pub events: Vec<Arc<RecordedEvent>>,
+}
+
+/// Events committed together, published once to every live reader.
+///
+/// `frames` is every event's SSE frame back to back (one allocation); each
+/// event's own frame is a slice of it. A reader that wants the whole batch sends
+/// `frames` as is.
+#[derive(Debug, Clone)]
+pub struct CommittedBatch {
+    pub events: Vec<Arc<RecordedEvent>>,
+    pub frames: Bytes,
+}
+
+impl CommittedBatch {
+    pub fn first_position(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.position())
+    }
+    pub fn last_position(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.position())
+    }
+}
+
+pub type LiveReceiver = broadcast::Receiver<Arc<CommittedBatch>>;
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends atomically and durably, checking `expected` and idempotency.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError>;
+
+    /// The result of an earlier append with this idempotency key, with its fingerprint.
+    async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError>;
+
+    /// Events of `stream` with version ≥ `from_version`, at most `limit`.
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError>;
+
+    /// Events with position > `after` matching `filter`, at most `limit`, in order.
+    async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError>;
+
+    async fn head(&self) -> Result<Head, StoreError>;
+
+    /// Batches committed from now on. A receiver that falls more than the
+    /// channel's capacity behind gets `Lagged`: it must read the store, never skip.
+    fn live(&self) -> LiveReceiver;
+}

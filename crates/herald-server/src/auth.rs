@@ -1,0 +1,214 @@
+//! Who is calling: the `Principal` extractors. A handler that takes
+//! `Operator(principal)` cannot run for a viewer or an anonymous caller.
+//!
+//! Credentials come from the `Authorization: Bearer` header only (sessions join
+//! here with passkeys); never from a query string.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use herald_core::auth::{CredentialStore, Role, TokenRecord};
+use herald_core::envelope::Actor;
+use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use herald_core::{ActorKind, StoreError};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub actor: Actor,
+    pub role: Role,
+    /// What live-stream limits and rate limits count against.
+    pub credential_id: String,
+}
+
+/// Query parameters that look like credentials: refused outright so a secret
+/// in a URL (and so in logs and browser history) never works.
+const CREDENTIAL_PARAMS: [&str; 6] = ["token", "access_token", "api_key", "apikey", "auth", "session"];
+
+pub fn reject_query_credentials(parts: &Parts) -> Result<(), ApiError> {
+    if let Some(query) = parts.uri.query() {
+        for (key, _) in form_urlencoded::parse(query.as_bytes()) {
+            if CREDENTIAL_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p)) {
+                return Err(ApiError::BadRequest(format!(
+                    "{key}: credentials are never accepted in a query string; send Authorization: Bearer <token>"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("the Authorization header is not valid text"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized(
+        "the Authorization header must be `Bearer <token>`",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ));
+    }
+    Ok(Some(token.trim()))
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Resolves the caller, or 401.
+pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+    reject_query_credentials(parts)?;
+    let Some(token) = bearer(&parts.headers)? else {
+        return Err(ApiError::Unauthorized("send Authorization: Bearer <token>"));
+    };
+    let record = state
+        .credentials
+        .find_token(&hash_secret(token))
+        .await?
+        .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;
+    Ok(Principal {
+        actor: Actor {
+            kind: ActorKind::Token,
+            id: record.id.clone(),
+            name: record.name,
+        },
+        role: record.role,
+        credential_id: format!("token:{}", record.id),
+    })
+}
+
+macro_rules! role_extractor {
+    ($name:ident, $role:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name(pub Principal);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                let principal = authenticate(state, parts).await?;
+                if principal.role < $role {
+                    return Err(ApiError::Forbidden(format!(
+                        "this needs the {} role; {} has {}",
+                        $role, principal.actor.name, principal.role
+                    )));
+                }
+                Ok($name(principal))
+            }
+        }
+    };
+}
+
+role_extractor!(Viewer, Role::Viewer, "Any authenticated caller (read, subscribe).");
+role_extractor!(Operator, Role::Operator, "An operator or admin (domain commands).");
+role_extractor!(Admin, Role::Admin, "An admin (users, invites, tokens).");
+
+/// A freshly minted token: the secret is shown once and never stored.
+pub struct MintedToken {
+    pub record: TokenRecord,
+    pub secret: String,
+}
+
+/// Token names: 1–64 characters of letters, digits, `_ - . @ :` and spaces.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if len == 0 || len > 64 || name.trim() != name {
+        return Err("name: 1 to 64 characters, no leading or trailing spaces".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':' | ' ')))
+    {
+        return Err(format!(
+            "name: {c:?} is not allowed (letters, digits, _ - . @ : and spaces)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Mints a token: records `TokenCreated` in the log first (so no token ever works
+/// without its audit record), then stores the secret's hash.
+pub async fn create_token(
+    store: &dyn EventStore,
+    credentials: &dyn CredentialStore,
+    by: &Actor,
+    name: &str,
+    role: Role,
+) -> Result<MintedToken, StoreError> {
+    check_token_name(name).map_err(StoreError::InvalidAppend)?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let secret = format!("hrld_{}", hex::encode(raw));
+    let record = TokenRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        role,
+        created_at: now_rfc3339(),
+        created_by: by.clone(),
+        revoked_at: None,
+    };
+    let command_id = uuid::Uuid::now_v7().to_string();
+    store
+        .append(AppendRequest {
+            stream: format!("token-{id}"),
+            expected: ExpectedVersion::NoStream,
+            events: vec![NewEvent {
+                event_type: "TokenCreated".into(),
+                schema: 1,
+                data: serde_json::json!({ "token_id": id, "name": name, "role": role }),
+            }],
+            actor: by.clone(),
+            command_id: command_id.clone(),
+            correlation_id: command_id,
+            idempotency_fingerprint: None,
+        })
+        .await?;
+    credentials.insert_token(&record, &hash_secret(&secret)).await?;
+    Ok(MintedToken { record, secret })
+}
+
+/// Revokes a token: takes effect first, then is recorded. False when unknown.
+pub async fn revoke_token(
+    store: &dyn EventStore,
+    credentials: &Arc<dyn CredentialStore>,
+    by: &Actor,
+    id: &str,
+) -> Result<bool, StoreError> {
+    if !credentials.revoke_token(id, &now_rfc3339()).await? {
+        return Ok(false);
+    }
+    let command_id = uuid::Uuid::now_v7().to_string();
+    store
+        .append(AppendRequest {
+            stream: format!("token-{id}"),
+            expected: ExpectedVersion::StreamExists,
+            events: vec![NewEvent {
+                event_type: "TokenRevoked".into(),
+                schema: 1,
+                data: serde_json::json!({ "token_id": id }),
+            }],
+            actor: by.clone(),
+            command_id: command_id.clone(),
+            correlation_id: command_id,
+            idempotency_fingerprint: None,
+        })
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,155 @@
+//! Server-Sent Events (API.md §6).
+//!
+//! Each event's frame was encoded once, when it was committed (or read); a live
+//! subscriber writes the shared bytes — the whole batch's buffer when it wants
+//! every event of it. Per subscriber there is only a cursor in the store's live
+//! channel: a subscriber that falls more than the channel's capacity behind is
+//! disconnected (it resumes with `Last-Event-ID`), never skipped.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use herald_core::subscription::{LagPolicy, Subscription, SubscriptionError};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::state::{AppState, StreamGuard};
+use crate::wire::{EventQuery, concat_frames, parse_number};
+
+pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+const LAGGED: &[u8] = b": too far behind; reconnect with Last-Event-ID\n\n";
+const SHUTDOWN: &[u8] = b": herald is shutting down; reconnect with Last-Event-ID\n\n";
+
+/// `Last-Event-ID` as a position; 400 when it is not one.
+pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Last-Event-ID: must be a position".into()))?
+                .trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            parse_number("Last-Event-ID", v).map(Some)
+        }
+    }
+}
+
+/// Response headers of every event stream.
+pub fn sse_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+pub async fn live_events(
+    State(state): State<AppState>,
+    Viewer(principal): Viewer,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let query = EventQuery::parse(uri.query(), false)?;
+    // The header wins over `?after=` (an EventSource's reconnect sends it).
+    let resume = last_event_id(&headers)?.or(query.after);
+    let guard = state
+        .live
+        .acquire(&principal.credential_id, state.config.stream_limit)?;
+    let head = state.store.head().await?.position;
+    let mut preamble = format!("retry: {}\n\n", state.config.retry.as_millis());
+    let start = match resume {
+        Some(after) => after,
+        None => {
+            preamble.push_str(&format!("id: {head}\n\n"));
+            head
+        }
+    };
+    let subscription = Subscription::new(state.store.clone(), start, query.filter, LagPolicy::Disconnect);
+    let body = event_stream(
+        Bytes::from(preamble),
+        subscription,
+        state.live.shutdown.clone(),
+        state.config.keepalive,
+        guard,
+    );
+    let mut response = sse_response(Body::from_stream(body));
+    if resume.is_none() {
+        response.headers_mut().insert("last-event-id", HeaderValue::from(head));
+    }
+    Ok(response)
+}
+
+struct LiveBody {
+    preamble: Option<Bytes>,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+    keepalive: Duration,
+    done: bool,
+    _guard: StreamGuard,
+}
+
+fn event_stream(
+    preamble: Bytes,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+    keepalive: Duration,
+    guard: StreamGuard,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let body = LiveBody {
+        preamble: Some(preamble),
+        subscription,
+        shutdown,
+        keepalive,
+        done: false,
+        _guard: guard,
+    };
+    futures_util::stream::unfold(body, |mut b| async move {
+        if b.done {
+            return None;
+        }
+        if let Some(p) = b.preamble.take() {
+            return Some((Ok(p), b));
+        }
+        let bytes = tokio::select! {
+            biased;
+            _ = b.shutdown.cancelled() => {
+                b.done = true;
+                Bytes::from_static(SHUTDOWN)
+            }
+            next = tokio::time::timeout(b.keepalive, b.subscription.next_chunk()) => match next {
+                Err(_idle) => Bytes::from_static(KEEPALIVE),
+                Ok(Ok(Some(chunk))) => {
+                    let lag = b._guard.head().saturating_sub(chunk.examined);
+                    metrics::histogram!("herald_subscriber_lag_events").record(lag as f64);
+                    metrics::counter!("herald_live_deliveries_total").increment(chunk.events.len() as u64);
+                    chunk.frames.unwrap_or_else(|| concat_frames(&chunk.events))
+                }
+                Ok(Ok(None)) => return None,
+                Ok(Err(SubscriptionError::Lagged)) => {
+                    metrics::counter!("herald_live_lagged_disconnects_total").increment(1);
+                    b.done = true;
+                    Bytes::from_static(LAGGED)
+                }
+                Ok(Err(SubscriptionError::Store(e))) => {
+                    tracing::warn!(error = %e, "live stream ended by a store error");
+                    return None;
+                }
+            },
+        };
+        Some((Ok(bytes), b))
+    })
+}

@@ -1,0 +1,103 @@
+//! `POST /api/commands` (API.md §4).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use herald_core::command::{CommandRequest, handle};
+use herald_core::names::AggregateId;
+use herald_core::store::AppendOutcome;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::Operator;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::{json_response, read_json_body, write_events, write_field};
+
+/// Commands are small; anything bigger is a mistake or an attack.
+pub const COMMAND_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandBody {
+    #[serde(rename = "type")]
+    command_type: String,
+    aggregate_id: String,
+    #[serde(default)]
+    expected_version: Option<u64>,
+    #[serde(default)]
+    command_id: Option<String>,
+    #[serde(default)]
+    data: Value,
+}
+
+fn check_key(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: 1 to 128 visible ASCII characters (a UUID is typical)"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn post_command(
+    State(state): State<AppState>,
+    Operator(principal): Operator,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.limits.command(&principal.credential_id)?;
+    let body: CommandBody = read_json_body(&headers, body, COMMAND_BODY_LIMIT).await?;
+    let aggregate_id =
+        AggregateId::parse(&body.aggregate_id).map_err(|e| ApiError::BadRequest(format!("aggregate_id: {e}")))?;
+    if let Some(id) = &body.command_id {
+        check_key("command_id", id)?;
+    }
+    let correlation_id = match headers.get("x-correlation-id") {
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("X-Correlation-Id: must be visible ASCII".into()))?;
+            check_key("X-Correlation-Id", v)?;
+            Some(v.to_owned())
+        }
+        None => None,
+    };
+    let command_type = body.command_type.clone();
+    let request = CommandRequest {
+        command_type: body.command_type,
+        aggregate_id,
+        expected_version: body.expected_version,
+        command_id: body.command_id,
+        correlation_id,
+        data: body.data,
+    };
+    let result = handle(&*state.store, &state.stream_locks, &principal.actor, request).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(herald_core::command::CommandError::Conflict { .. }) => "conflict",
+        Err(herald_core::command::CommandError::Rejected(_)) => "rejected",
+        Err(_) => "error",
+    };
+    metrics::counter!("herald_commands_total", "outcome" => outcome).increment(1);
+    let outcome = result.map_err(|e| {
+        tracing::debug!(command = %command_type, error = %e, "command refused");
+        ApiError::from(e)
+    })?;
+    if let AppendOutcome::Appended(c) = &outcome {
+        metrics::counter!("herald_events_appended_total").increment(c.events.len() as u64);
+    }
+    let committed = outcome.into_committed();
+    let mut out = Vec::with_capacity(256 + committed.events.iter().map(|e| e.json().len() + 1).sum::<usize>());
+    out.push(b'{');
+    write_field(&mut out, "stream", &committed.stream);
+    out.push(b',');
+    write_field(&mut out, "version", &committed.version);
+    out.push(b',');
+    write_field(&mut out, "position", &committed.last_position());
+    out.push(b',');
+    write_events(&mut out, "events", &committed.events);
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
+}

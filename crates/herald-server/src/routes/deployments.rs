@@ -1,0 +1,175 @@
+//! The deployments read model: `GET /api/deployments[/{id}]` and the
+//! `GET /api/deployments/live` resource stream (API.md §5, §6).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use bytes::Bytes;
+use herald_core::deployment::DeploymentStatus;
+use herald_core::names::AggregateId;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::live::{KEEPALIVE, sse_response};
+use crate::state::AppState;
+use crate::wire::{PathParam, json_response, parse_number, write_field};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+struct ListQuery {
+    status: Option<DeploymentStatus>,
+    limit: usize,
+}
+
+fn list_query(uri: &Uri) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery {
+        status: None,
+        limit: DEFAULT_LIMIT,
+    };
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match &*key {
+            "status" => {
+                q.status = Some(DeploymentStatus::parse(&value).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "status: {value:?} is not one of in_progress, succeeded, failed, cancelled"
+                    ))
+                })?)
+            }
+            "limit" => {
+                let n: usize = parse_number("limit", &value)?;
+                if n == 0 {
+                    return Err(ApiError::BadRequest("limit: must be at least 1".into()));
+                }
+                q.limit = n.min(MAX_LIMIT);
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{other}: unknown query parameter (known: status, limit)"
+                )));
+            }
+        }
+    }
+    Ok(q)
+}
+
+async fn list_json(state: &AppState, q: &ListQuery) -> Result<(Vec<u8>, u64), ApiError> {
+    let (deployments, position) = state.deployments.list(q.status, q.limit).await?;
+    let mut out = Vec::with_capacity(256 * deployments.len() + 64);
+    out.push(b'{');
+    write_field(&mut out, "deployments", &deployments);
+    out.push(b',');
+    write_field(&mut out, "position", &position);
+    out.push(b'}');
+    Ok((out, position))
+}
+
+pub async fn list(State(state): State<AppState>, Viewer(_): Viewer, uri: Uri) -> Result<Response, ApiError> {
+    let q = list_query(&uri)?;
+    let (out, _) = list_json(&state, &q).await?;
+    Ok(json_response(StatusCode::OK, out))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Viewer(_): Viewer,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    let id = AggregateId::parse(&id).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
+    let view = state
+        .deployments
+        .get(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no deployment {id}")))?;
+    let body = serde_json::to_vec(&view).map_err(ApiError::internal)?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// The current list first (`event: snapshot`), then `event: deployment` per change.
+pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri: Uri) -> Result<Response, ApiError> {
+    let q = list_query(&uri)?;
+    let guard = state
+        .live
+        .acquire(&principal.credential_id, state.config.stream_limit)?;
+    // Subscribe before reading the snapshot so no change falls between.
+    let changes = state.live.deployment_changes.subscribe();
+    let (snapshot, position) = list_json(&state, &q).await?;
+    let mut first = Vec::with_capacity(snapshot.len() + 64);
+    first.extend_from_slice(
+        format!(
+            "retry: {}\n\nid: {position}\nevent: snapshot\ndata: ",
+            state.config.retry.as_millis()
+        )
+        .as_bytes(),
+    );
+    first.extend_from_slice(&snapshot);
+    first.extend_from_slice(b"\n\n");
+    let shutdown = state.live.shutdown.clone();
+    let keepalive = state.config.keepalive;
+    let status = q.status;
+    let stream = futures_util::stream::unfold(
+        (Some(Bytes::from(first)), changes, false, guard),
+        move |(first, mut rx, done, guard)| {
+            let shutdown = shutdown.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                if let Some(first) = first {
+                    return Some((Ok::<_, std::convert::Infallible>(first), (None, rx, false, guard)));
+                }
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return None,
+                        next = tokio::time::timeout(keepalive, rx.recv()) => next,
+                    };
+                    match next {
+                        Err(_idle) => return Some((Ok(Bytes::from_static(KEEPALIVE)), (None, rx, false, guard))),
+                        Ok(Ok(change)) if change.position <= position => continue,
+                        Ok(Ok(change)) => {
+                            // A status filter sends only deployments that now have it.
+                            let frames = match status {
+                                None => change.frames.clone(),
+                                Some(s) => filter_frames(&change.frames, s),
+                            };
+                            if frames.is_empty() {
+                                continue;
+                            }
+                            return Some((Ok(frames), (None, rx, false, guard)));
+                        }
+                        Ok(Err(RecvError::Lagged(_))) => {
+                            return Some((
+                                Ok(Bytes::from_static(b": too far behind; reconnect\n\n")),
+                                (None, rx, true, guard),
+                            ));
+                        }
+                        Ok(Err(RecvError::Closed)) => return None,
+                    }
+                }
+            }
+        },
+    );
+    Ok(sse_response(Body::from_stream(stream)))
+}
+
+/// Keeps the frames whose deployment has `status` (frames are `…data: {json}\n\n`).
+fn filter_frames(frames: &Bytes, status: DeploymentStatus) -> Bytes {
+    let needle = format!("\"status\":\"{}\"", status.as_str());
+    let mut out = Vec::new();
+    for frame in frames.split(|b| *b == b'\n').collect::<Vec<_>>().chunks(4) {
+        // id, event, data, "" (blank line)
+        if let Some(data) = frame.get(2)
+            && data.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            for line in frame.iter().take(3) {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
+}

@@ -1,0 +1,5 @@
+pub mod commands;
+pub mod deployments;
+pub mod ops;
+pub mod read;
+pub mod tokens;

@@ -1,0 +1,60 @@
+//! Admin: API tokens (API.md §7).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::auth::Role;
+use serde::Deserialize;
+
+use crate::auth::{Admin, check_token_name, create_token, revoke_token};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::{PathParam, read_json_body};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: Role,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: CreateToken = read_json_body(&headers, body, 4096).await?;
+    check_token_name(&body.name).map_err(ApiError::BadRequest)?;
+    let minted = create_token(&*state.store, &*state.credentials, &admin.actor, &body.name, body.role).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "id": minted.record.id,
+            "token": minted.secret,
+            "name": minted.record.name,
+            "role": minted.record.role,
+            "created_at": minted.record.created_at,
+        })),
+    )
+        .into_response())
+}
+
+pub async fn list(State(state): State<AppState>, Admin(_): Admin) -> Result<Response, ApiError> {
+    let tokens = state.credentials.list_tokens().await?;
+    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    if revoke_token(&*state.store, &state.credentials, &admin.actor, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("there is no live token {id}")))
+    }
+}

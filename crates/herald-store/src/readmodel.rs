@@ -1,0 +1,503 @@
+//! The deployments read model (API.md §5 `GET /api/deployments`), kept in its own
+//! SQLite file (`<data dir>/readmodels.db`) so the projector never contends with
+//! the event writer for the log's write lock.
+//!
+//! - Rows are [`DeploymentView`]s as JSON, keyed by deployment id, with the
+//!   status and the position of the `DeploymentStarted` event as columns to
+//!   filter and order by.
+//! - A checkpoint (the last log position the model reflects) is written in the
+//!   same transaction as the rows, so the two never disagree, and an apply only
+//!   happens when the checkpoint is still the one the caller read: a second
+//!   process (`herald projections rebuild` while `herald serve` runs) cannot
+//!   make either of them apply events twice or skip some.
+//! - The model is derived data: when its format changes ([`MODEL_VERSION`]) the
+//!   tables are recreated empty at checkpoint 0 and the projector replays the log.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use herald_core::deployment::DeploymentStatus;
+use herald_core::deployment_view::{CATEGORY, DeploymentView, deployment_id};
+use herald_core::envelope::RecordedEvent;
+use herald_core::store::{EventStore, Filter, StoreError};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::sqlite::{ReaderPool, open_connection};
+
+/// The read models' database file inside the data directory.
+pub const READMODELS_FILE: &str = "readmodels.db";
+
+/// Events read per page by [`rebuild`].
+pub const REBUILD_PAGE: usize = 10_000;
+
+/// The format of the tables below; a file with another version is recreated.
+pub const MODEL_VERSION: i64 = 1;
+
+/// The checkpoint's name in `checkpoints`.
+const CHECKPOINT: &str = "deployments";
+
+/// Read connections kept open between reads.
+/// Concurrent read connections.
+const IDLE_READERS: usize = 8;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deployments (
+    id               TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    started_position INTEGER NOT NULL,
+    view             TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deployments_status ON deployments (status, started_position);
+CREATE INDEX IF NOT EXISTS deployments_started ON deployments (started_position);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO checkpoints (name, position) VALUES ('deployments', 0);
+"#;
+
+const DROP: &str = "DROP TABLE IF EXISTS deployments; DROP TABLE IF EXISTS checkpoints;";
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The deployments read model in `<dir>/readmodels.db`.
+pub struct SqliteDeployments {
+    path: PathBuf,
+    /// The only writing connection of this process.
+    writer: Arc<Mutex<Connection>>,
+    /// Read-only connections, opened on demand and reused.
+    readers: ReaderPool,
+}
+
+impl std::fmt::Debug for SqliteDeployments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDeployments").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteDeployments {
+    /// Opens (creating if needed) the read model in `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join(READMODELS_FILE);
+        let mut conn = open_connection(&path, false)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend)?;
+        if version != MODEL_VERSION {
+            if version != 0 {
+                tracing::info!(
+                    from = version,
+                    to = MODEL_VERSION,
+                    "read model format changed: rebuilding it from the log"
+                );
+            }
+            tx.execute_batch(DROP).map_err(backend)?;
+            tx.pragma_update(None, "user_version", MODEL_VERSION).map_err(backend)?;
+        }
+        tx.execute_batch(SCHEMA).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(Arc::new(SqliteDeployments {
+            readers: ReaderPool::new(path.clone(), IDLE_READERS, true),
+            path,
+            writer: Arc::new(Mutex::new(conn)),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last log position the model reflects (0 = none).
+    pub async fn checkpoint(&self) -> Result<u64, StoreError> {
+        self.read(read_checkpoint).await
+    }
+
+    /// Applies events (any categories; non-deployment ones are skipped) and moves
+    /// the checkpoint from `expected_checkpoint` to `new_checkpoint` in the same
+    /// transaction as the rows.
+    ///
+    /// Returns `Ok(None)` and changes nothing when the stored checkpoint is not
+    /// `expected_checkpoint` (another process reset or advanced it); otherwise
+    /// the changed views, in the order of their first change, one per changed
+    /// deployment, in its final state.
+    pub async fn apply(
+        &self,
+        expected_checkpoint: u64,
+        new_checkpoint: u64,
+        events: Vec<Arc<RecordedEvent>>,
+    ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
+        self.apply_events(expected_checkpoint, new_checkpoint, events, true)
+            .await
+    }
+
+    /// [`apply`](Self::apply); with `collect` false the changed views are not
+    /// returned (the list is empty), which saves a rebuild their copies.
+    async fn apply_events(
+        &self,
+        expected_checkpoint: u64,
+        new_checkpoint: u64,
+        events: Vec<Arc<RecordedEvent>>,
+        collect: bool,
+    ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
+        self.write(move |conn| apply(conn, expected_checkpoint, new_checkpoint, &events, collect))
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<DeploymentView>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let json: Option<String> = conn
+                .prepare_cached("SELECT view FROM deployments WHERE id = ?1")
+                .map_err(backend)?
+                .query_row([&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            json.map(|json| parse_view(&id, &json)).transpose()
+        })
+        .await
+    }
+
+    /// Deployments (with `status`, when given), the most recently started first,
+    /// at most `limit`; and the checkpoint, read in the same read transaction.
+    pub async fn list(
+        &self,
+        status: Option<DeploymentStatus>,
+        limit: usize,
+    ) -> Result<(Vec<DeploymentView>, u64), StoreError> {
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows: Vec<(String, String)> = match status {
+                Some(status) => tx
+                    .prepare_cached(
+                        "SELECT id, view FROM deployments WHERE status = ?1
+                         ORDER BY started_position DESC LIMIT ?2",
+                    )
+                    .map_err(backend)?
+                    .query_map(params![status.as_str(), limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(backend)?
+                    .collect::<Result<_, _>>(),
+                None => tx
+                    .prepare_cached("SELECT id, view FROM deployments ORDER BY started_position DESC LIMIT ?1")
+                    .map_err(backend)?
+                    .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(backend)?
+                    .collect::<Result<_, _>>(),
+            }
+            .map_err(backend)?;
+            let checkpoint = read_checkpoint(&tx)?;
+            tx.commit().map_err(backend)?;
+            let views = rows
+                .iter()
+                .map(|(id, json)| parse_view(id, json))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((views, checkpoint))
+        })
+        .await
+    }
+
+    /// Deletes every row and sets the checkpoint to 0, in one transaction.
+    pub async fn reset(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute("DELETE FROM deployments", []).map_err(backend)?;
+            write_checkpoint(&tx, 0)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    /// Runs `f` on the writing connection, on a blocking thread.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read model write task failed: {e}")))?
+    }
+
+    /// Runs `f` on a pooled read-only connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.readers.run(f).await
+    }
+}
+
+fn parse_view(id: &str, json: &str) -> Result<DeploymentView, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("read model row for deployment {id}: {e}")))
+}
+
+fn read_checkpoint(conn: &Connection) -> Result<u64, StoreError> {
+    let position: Option<i64> = conn
+        .prepare_cached("SELECT position FROM checkpoints WHERE name = ?1")
+        .map_err(backend)?
+        .query_row([CHECKPOINT], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    Ok(position.map_or(0, |p| p as u64))
+}
+
+fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO checkpoints (name, position) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .map_err(backend)?
+    .execute(params![CHECKPOINT, position as i64])
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// A deployment touched by one apply: loaded at most once, written at most once.
+struct Slot {
+    view: Option<DeploymentView>,
+    started_position: u64,
+    changed: bool,
+}
+
+fn apply(
+    conn: &mut Connection,
+    expected_checkpoint: u64,
+    new_checkpoint: u64,
+    events: &[Arc<RecordedEvent>],
+    collect: bool,
+) -> Result<Option<Vec<DeploymentView>>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    if read_checkpoint(&tx)? != expected_checkpoint {
+        return Ok(None); // dropping `tx` rolls back (nothing was written)
+    }
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    // Changed deployments in the order of their first change.
+    let mut order: Vec<String> = Vec::new();
+    {
+        let mut load = tx
+            .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
+            .map_err(backend)?;
+        for event in events {
+            let Some(id) = deployment_id(event.stream()) else {
+                continue;
+            };
+            let envelope = match event.envelope() {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    // The audit (hash chain) reports a damaged log; the model goes on.
+                    tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
+                    continue;
+                }
+            };
+            if !slots.contains_key(id) {
+                let row: Option<(i64, String)> = load
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(backend)?;
+                let slot = match row {
+                    Some((started_position, json)) => Slot {
+                        view: Some(parse_view(id, &json)?),
+                        started_position: started_position as u64,
+                        changed: false,
+                    },
+                    None => Slot {
+                        view: None,
+                        started_position: 0,
+                        changed: false,
+                    },
+                };
+                slots.insert(id.to_owned(), slot);
+            }
+            let Some(slot) = slots.get_mut(id) else {
+                continue; // inserted just above
+            };
+            let before = slot.view.as_ref().map(|v| v.stream_version);
+            slot.view = DeploymentView::fold(slot.view.take(), &envelope);
+            if slot.view.as_ref().map(|v| v.stream_version) == before {
+                continue; // not a change (another type, already applied, …)
+            }
+            if before.is_none() {
+                slot.started_position = event.position();
+            }
+            if !slot.changed {
+                slot.changed = true;
+                order.push(id.to_owned());
+            }
+        }
+    }
+    {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET
+                     status = excluded.status, started_position = excluded.started_position, view = excluded.view",
+            )
+            .map_err(backend)?;
+        for id in &order {
+            let Some(Slot {
+                view: Some(view),
+                started_position,
+                ..
+            }) = slots.get(id)
+            else {
+                continue; // a changed deployment always has a view
+            };
+            let json = serde_json::to_string(view).map_err(backend)?;
+            upsert
+                .execute(params![id, view.status.as_str(), *started_position as i64, json])
+                .map_err(backend)?;
+        }
+    }
+    write_checkpoint(&tx, new_checkpoint)?;
+    tx.commit().map_err(backend)?;
+    if !collect {
+        return Ok(Some(Vec::new()));
+    }
+    Ok(Some(
+        order
+            .iter()
+            .filter_map(|id| slots.remove(id).and_then(|slot| slot.view))
+            .collect(),
+    ))
+}
+
+/// The outcome of one [`Projector::process_next`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Deployment events read from the log (and applied) in this step.
+    pub read: usize,
+    /// The model's checkpoint after the step.
+    pub checkpoint: u64,
+    /// The log's head when the page was read: caught up when `checkpoint >= head`.
+    pub head: u64,
+    /// The deployments this step changed, in their final state.
+    pub changed: Vec<DeploymentView>,
+}
+
+impl Step {
+    /// Whether the model had reflected the whole log as of this step.
+    pub fn caught_up(&self) -> bool {
+        self.checkpoint >= self.head
+    }
+}
+
+/// Moves the deployments read model along the event log, a page at a time.
+pub struct Projector {
+    store: Arc<dyn EventStore>,
+    model: Arc<SqliteDeployments>,
+    filter: Filter,
+}
+
+impl Projector {
+    pub fn new(store: Arc<dyn EventStore>, model: Arc<SqliteDeployments>) -> Self {
+        Projector {
+            store,
+            model,
+            filter: Filter {
+                categories: vec![CATEGORY.to_owned()],
+                ..Filter::default()
+            },
+        }
+    }
+
+    /// One step: reads up to `page` deployment events after the stored checkpoint
+    /// and applies them, moving the checkpoint to the page's `next_after` (past
+    /// events of other categories too).
+    ///
+    /// When another process moves the checkpoint between the read and the apply
+    /// the step starts again from the new checkpoint (a few times; then it
+    /// returns a step that read nothing, with the checkpoint it found).
+    pub async fn process_next(&mut self, page: usize) -> Result<Step, StoreError> {
+        self.step(page, true).await
+    }
+
+    async fn step(&mut self, page: usize, collect: bool) -> Result<Step, StoreError> {
+        const ATTEMPTS: usize = 3;
+        let mut checkpoint = self.model.checkpoint().await?;
+        let mut head = checkpoint;
+        for _ in 0..ATTEMPTS {
+            let found = self.store.read_all(checkpoint, &self.filter, page).await?;
+            head = found.head;
+            if found.events.is_empty() && found.next_after == checkpoint {
+                // Caught up (or asked for nothing): nothing to write.
+                return Ok(Step {
+                    read: 0,
+                    checkpoint,
+                    head,
+                    changed: Vec::new(),
+                });
+            }
+            let read = found.events.len();
+            let next = found.next_after;
+            match self.model.apply_events(checkpoint, next, found.events, collect).await? {
+                Some(changed) => {
+                    return Ok(Step {
+                        read,
+                        checkpoint: next,
+                        head,
+                        changed,
+                    });
+                }
+                None => {
+                    tracing::debug!(
+                        expected = checkpoint,
+                        "read model checkpoint moved by someone else; reading again"
+                    );
+                    checkpoint = self.model.checkpoint().await?;
+                }
+            }
+        }
+        Ok(Step {
+            read: 0,
+            checkpoint,
+            head,
+            changed: Vec::new(),
+        })
+    }
+}
+
+/// Resets the model and replays the whole log in pages of [`REBUILD_PAGE`];
+/// calls `progress(checkpoint, head)` after each page. Returns the number of
+/// events applied.
+pub async fn rebuild(
+    store: Arc<dyn EventStore>,
+    model: Arc<SqliteDeployments>,
+    progress: impl FnMut(u64, u64),
+) -> Result<u64, StoreError> {
+    rebuild_with_page(store, model, REBUILD_PAGE, progress).await
+}
+
+/// [`rebuild`] with pages of `page` events (at least 1).
+pub async fn rebuild_with_page(
+    store: Arc<dyn EventStore>,
+    model: Arc<SqliteDeployments>,
+    page: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, StoreError> {
+    model.reset().await?;
+    let mut projector = Projector::new(store, model);
+    let mut applied = 0u64;
+    loop {
+        let step = projector.step(page.max(1), false).await?;
+        applied += step.read as u64;
+        progress(step.checkpoint, step.head);
+        if step.caught_up() {
+            return Ok(applied);
+        }
+    }
+}

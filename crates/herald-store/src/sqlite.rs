@@ -1,0 +1,716 @@
+//! The embedded event store: one SQLite file in WAL mode.
+//!
+//! - **One writer thread** owns the only writing connection. Appends queue on a
+//!   bounded channel; the writer takes everything queued (up to `max_batch`),
+//!   runs it in one `BEGIN IMMEDIATE` transaction — reading the head, checking
+//!   versions and idempotency, assigning positions and the hash chain — and
+//!   commits once (`synchronous=FULL`: durable before anyone is answered). That
+//!   is group commit: one fsync for many commands.
+//! - **Readers** use a small pool of read-only connections on blocking threads.
+//!   A read bounds itself by the head it saw first, so it never sees a position
+//!   without every one below it.
+//! - **Live**: after each commit the writer encodes the batch's SSE frames into
+//!   one buffer and publishes it. Other processes (`herald token create` while
+//!   `herald serve` runs) may append to the same file: the writer notices their
+//!   commits (the head it reads in every transaction, and when idle a poll of
+//!   the head against the last position it published) and publishes those
+//!   events first, so the live channel carries every position exactly once, in
+//!   order.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use herald_core::envelope::{Envelope, GENESIS_HASH, PendingEvent, RecordedEvent, frame_len};
+use herald_core::names::StreamName;
+use herald_core::store::{
+    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, StoreError,
+    StreamSlice,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+/// The database file inside the data directory.
+pub const EVENTS_FILE: &str = "herald.db";
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Most appends committed in one transaction.
+    pub max_batch: usize,
+    /// Appends waiting for the writer before callers wait to enqueue.
+    pub queue: usize,
+    /// Committed batches kept for live readers; one further behind is told it lagged.
+    pub live_capacity: usize,
+    /// Concurrent read connections.
+    pub readers: usize,
+    /// How often an idle writer looks for commits made by other processes.
+    pub external_poll: Duration,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            max_batch: 512,
+            queue: 4096,
+            live_capacity: 1024,
+            readers: 8,
+            external_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+struct Job {
+    request: AppendRequest,
+    reply: Reply,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    live: broadcast::Sender<Arc<CommittedBatch>>,
+    readers: ReaderPool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    stream   TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    hash     TEXT NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream, version);
+CREATE INDEX IF NOT EXISTS events_category ON events (category, position);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, position);
+CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TABLE IF NOT EXISTS commands (
+    command_id     TEXT PRIMARY KEY,
+    fingerprint    TEXT NOT NULL,
+    stream         TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    first_position INTEGER NOT NULL,
+    last_position  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"#;
+
+/// Opens a connection with the pragmas every herald connection uses.
+pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` with default settings.
+    pub fn open(dir: &Path) -> Result<Arc<SqliteStore>, StoreError> {
+        Self::open_with(dir, SqliteConfig::default())
+    }
+
+    pub fn open_with(dir: &Path, config: SqliteConfig) -> Result<Arc<SqliteStore>, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join(EVENTS_FILE);
+        let conn = open_connection(&path, false)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let published = read_head(&conn)?.position;
+        let (jobs, rx) = mpsc::channel(config.queue);
+        let (live, _) = broadcast::channel(config.live_capacity);
+        let writer = Writer {
+            conn,
+            jobs: rx,
+            live: live.clone(),
+            published,
+            last_recorded_at: String::new(),
+            max_batch: config.max_batch,
+            poll: config.external_poll,
+        };
+        std::thread::Builder::new()
+            .name("herald-writer".into())
+            .spawn(move || writer.run())
+            .map_err(backend)?;
+        Ok(Arc::new(SqliteStore {
+            readers: ReaderPool::new(path.clone(), config.readers, true),
+            path,
+            jobs,
+            live,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a pooled read connection, on a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.readers.run(f).await
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        if request.events.is_empty() {
+            return Err(StoreError::InvalidAppend("an append needs at least one event".into()));
+        }
+        StreamName::parse(&request.stream)
+            .map_err(|e| StoreError::InvalidAppend(format!("stream {:?}: {e}", request.stream)))?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
+        let command_id = command_id.to_owned();
+        self.read(move |conn| find_command(conn, &command_id)).await
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
+        let stream = stream.to_owned();
+        self.read(move |conn| {
+            let version = stream_version(conn, &stream)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT position, stream, version, type, envelope FROM events
+                     WHERE stream = ?1 AND version >= ?2 AND version <= ?3 ORDER BY version LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![stream, sql_int(from_version), sql_int(version), sql_int(limit)],
+                    row_event,
+                )
+                .map_err(backend)?;
+            let events = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+            Ok(StreamSlice { version, events })
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| read_all(conn, after, &filter, limit)).await
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        self.read(read_head).await
+    }
+
+    fn live(&self) -> LiveReceiver {
+        self.live.subscribe()
+    }
+}
+
+/// SQLite integers are signed: bounds past `i64::MAX` saturate rather than wrap.
+fn sql_int(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+fn row_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<RecordedEvent>> {
+    let position: i64 = row.get(0)?;
+    let stream: String = row.get(1)?;
+    let version: i64 = row.get(2)?;
+    let event_type: String = row.get(3)?;
+    let json: String = row.get(4)?;
+    Ok(Arc::new(RecordedEvent::from_parts(
+        position as u64,
+        &stream,
+        version as u64,
+        &event_type,
+        &json,
+    )))
+}
+
+fn read_head(conn: &Connection) -> Result<Head, StoreError> {
+    let head = conn
+        .prepare_cached("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        .map_err(backend)?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
+        .optional()
+        .map_err(backend)?;
+    Ok(match head {
+        Some((position, hash)) => Head { position, hash },
+        None => Head {
+            position: 0,
+            hash: GENESIS_HASH.to_owned(),
+        },
+    })
+}
+
+fn stream_version(conn: &Connection, stream: &str) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?1")
+        .map_err(backend)?
+        .query_row([stream], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+        .map_err(backend)
+}
+
+fn read_all(conn: &Connection, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
+    let head = read_head(conn)?.position;
+    if limit == 0 || after >= head {
+        // Nothing to examine: a reader that is ahead (or asked for nothing) stays put.
+        return Ok(Page {
+            events: Vec::new(),
+            next_after: after,
+            head,
+        });
+    }
+    let mut sql = String::from(
+        "SELECT position, stream, version, type, envelope FROM events WHERE position > ? AND position <= ?",
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![sql_int(after).into(), sql_int(head).into()];
+    for (column, values) in [
+        ("stream", &filter.streams),
+        ("category", &filter.categories),
+        ("type", &filter.types),
+    ] {
+        if values.is_empty() {
+            continue;
+        }
+        sql.push_str(" AND ");
+        sql.push_str(column);
+        sql.push_str(" IN (");
+        for (i, v) in values.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(v.clone().into());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ORDER BY position LIMIT ?");
+    args.push(sql_int(limit).into());
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let events = stmt
+        .query_map(params_from_iter(args), row_event)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let next_after = if events.len() == limit {
+        events.last().map_or(head, |e| e.position())
+    } else {
+        head
+    };
+    Ok(Page {
+        events,
+        next_after,
+        head,
+    })
+}
+
+fn find_command(conn: &Connection, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT fingerprint, stream, version, first_position, last_position FROM commands WHERE command_id = ?1",
+        )
+        .map_err(backend)?
+        .query_row([command_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()
+        .map_err(backend)?;
+    let Some((fingerprint, stream, version, first, last)) = row else {
+        return Ok(None);
+    };
+    let events = conn
+        .prepare_cached(
+            "SELECT position, stream, version, type, envelope FROM events
+             WHERE position >= ?1 AND position <= ?2 ORDER BY position",
+        )
+        .map_err(backend)?
+        .query_map(params![first, last], row_event)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    Ok(Some((
+        fingerprint,
+        Committed {
+            stream,
+            version: version as u64,
+            events,
+        },
+    )))
+}
+
+/// Connections opened on demand up to a limit and reused; each use runs on a
+/// blocking thread.
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    read_only: bool,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReaderPool {
+    pub(crate) fn new(path: PathBuf, size: usize, read_only: bool) -> Self {
+        ReaderPool {
+            path,
+            read_only,
+            idle: Arc::new(Mutex::new(Vec::with_capacity(size))),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        }
+    }
+
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let idle = self.idle.clone();
+        let path = self.path.clone();
+        let read_only = self.read_only;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path, read_only)?,
+            };
+            let result = f(&conn);
+            idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+/// A row written in the current transaction, to be encoded once committed.
+struct Row {
+    position: u64,
+    stream: String,
+    version: u64,
+    event_type: String,
+    json: String,
+}
+
+enum Applied {
+    Appended {
+        stream: String,
+        version: u64,
+        rows: std::ops::Range<usize>,
+    },
+    Duplicate(Committed),
+}
+
+struct Writer {
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    live: broadcast::Sender<Arc<CommittedBatch>>,
+    /// Last position published on `live`.
+    published: u64,
+    last_recorded_at: String,
+    max_batch: usize,
+    poll: Duration,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "event store writer could not start");
+                return;
+            }
+        };
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            match runtime.block_on(async { tokio::time::timeout(self.poll, self.jobs.recv()).await }) {
+                Ok(Some(job)) => batch.push(job),
+                Ok(None) => break, // every handle dropped: shut down
+                Err(_) => {
+                    // Idle: has another process appended? Comparing the head with
+                    // what was published leaves no window to miss a commit in.
+                    if let Err(e) = self.publish_external() {
+                        tracing::warn!(error = %e, "reading events appended by another process failed");
+                    }
+                    continue;
+                }
+            }
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+        tracing::debug!("event store writer stopped");
+    }
+
+    fn publish_external(&mut self) -> Result<(), StoreError> {
+        if read_head(&self.conn)?.position <= self.published {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(backend)?;
+        let external = external_rows(&tx, self.published)?;
+        drop(tx);
+        self.publish(&external);
+        Ok(())
+    }
+
+    /// Commits every job of `batch` in one transaction and answers each.
+    fn commit(&mut self, batch: &mut Vec<Job>) {
+        let result = self.write(batch);
+        match result {
+            Ok((rows, applied)) => {
+                let events = self.publish(&rows);
+                for (job, outcome) in batch.drain(..).zip(applied) {
+                    let answer = outcome.map(|applied| match applied {
+                        Applied::Appended { stream, version, rows } => AppendOutcome::Appended(Committed {
+                            stream,
+                            version,
+                            events: events[rows].to_vec(),
+                        }),
+                        Applied::Duplicate(committed) => AppendOutcome::Duplicate(committed),
+                    });
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, appends = batch.len(), "event store commit failed");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// One transaction: rows appended by others since the last publish, then
+    /// every job's rows. Returns all rows (in position order) and each job's outcome.
+    #[allow(clippy::type_complexity)]
+    fn write(&mut self, batch: &[Job]) -> Result<(Vec<Row>, Vec<Result<Applied, StoreError>>), StoreError> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mut rows = external_rows(&tx, self.published)?;
+        let mut head = read_head(&tx)?;
+        let recorded_at = {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            if now > self.last_recorded_at {
+                now
+            } else {
+                self.last_recorded_at.clone()
+            }
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let sp_head = head.clone();
+            let sp_rows = rows.len();
+            let mut sp = tx.savepoint().map_err(backend)?;
+            let outcome = apply(&sp, &job.request, &mut head, &mut rows, &recorded_at);
+            match outcome {
+                Ok(applied) => {
+                    sp.commit().map_err(backend)?;
+                    outcomes.push(Ok(applied));
+                }
+                Err(e) => {
+                    sp.rollback().map_err(backend)?;
+                    drop(sp);
+                    head = sp_head;
+                    rows.truncate(sp_rows);
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        self.last_recorded_at = recorded_at;
+        Ok((rows, outcomes))
+    }
+
+    /// Encodes `rows` into one buffer and publishes them as one batch.
+    fn publish(&mut self, rows: &[Row]) -> Vec<Arc<RecordedEvent>> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let size = rows.iter().map(|r| frame_len(&r.event_type, &r.json)).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        let pending: Vec<PendingEvent> = rows
+            .iter()
+            .map(|r| RecordedEvent::encode_into(&mut buf, r.position, &r.stream, r.version, &r.event_type, &r.json))
+            .collect();
+        let frames = buf.freeze();
+        let events: Vec<Arc<RecordedEvent>> = pending
+            .into_iter()
+            .map(|p| Arc::new(p.finish(frames.clone())))
+            .collect();
+        self.published = rows.last().map_or(self.published, |r| r.position);
+        // No receivers is fine: nobody is listening.
+        let _ = self.live.send(Arc::new(CommittedBatch {
+            events: events.clone(),
+            frames,
+        }));
+        events
+    }
+}
+
+/// Rows with position > `published` (written by another process), in order.
+fn external_rows(conn: &Connection, published: u64) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, stream, version, type, envelope FROM events WHERE position > ?1 ORDER BY position",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([sql_int(published)], |r| {
+            Ok(Row {
+                position: r.get::<_, i64>(0)? as u64,
+                stream: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                event_type: r.get(3)?,
+                json: r.get(4)?,
+            })
+        })
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    Ok(rows)
+}
+
+/// Checks and writes one append inside the writer's transaction.
+fn apply(
+    tx: &Connection,
+    request: &AppendRequest,
+    head: &mut Head,
+    rows: &mut Vec<Row>,
+    recorded_at: &str,
+) -> Result<Applied, StoreError> {
+    if let Some(fingerprint) = &request.idempotency_fingerprint
+        && let Some((seen, committed)) = find_command(tx, &request.command_id)?
+    {
+        return if &seen == fingerprint {
+            Ok(Applied::Duplicate(committed))
+        } else {
+            Err(StoreError::CommandIdReused {
+                command_id: request.command_id.clone(),
+            })
+        };
+    }
+    let current = stream_version(tx, &request.stream)?;
+    if !request.expected.admits(current) {
+        return Err(StoreError::Conflict {
+            stream: request.stream.clone(),
+            expected: request.expected,
+            actual: current,
+        });
+    }
+    let category = herald_core::envelope::category_of(&request.stream);
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (position, stream, version, category, type, envelope, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?;
+    let first_row = rows.len();
+    let mut version = current;
+    for event in &request.events {
+        if event.event_type.is_empty() || event.event_type.contains(['\n', '\r']) {
+            return Err(StoreError::InvalidAppend(format!(
+                "event type {:?} is empty or has a line break",
+                event.event_type
+            )));
+        }
+        version += 1;
+        let mut envelope = Envelope {
+            position: head.position + 1,
+            id: uuid::Uuid::now_v7(),
+            stream: request.stream.clone(),
+            version,
+            event_type: event.event_type.clone(),
+            schema: event.schema,
+            data: event.data.clone(),
+            actor: request.actor.clone(),
+            command_id: request.command_id.clone(),
+            correlation_id: request.correlation_id.clone(),
+            recorded_at: recorded_at.to_owned(),
+            hash: String::new(),
+        };
+        envelope.seal(&head.hash);
+        let json = envelope.to_canonical_json();
+        insert
+            .execute(params![
+                envelope.position as i64,
+                request.stream,
+                version as i64,
+                category,
+                event.event_type,
+                json,
+                envelope.hash,
+            ])
+            .map_err(backend)?;
+        head.position = envelope.position;
+        head.hash = envelope.hash;
+        rows.push(Row {
+            position: envelope.position,
+            stream: request.stream.clone(),
+            version,
+            event_type: event.event_type.clone(),
+            json,
+        });
+    }
+    if let Some(fingerprint) = &request.idempotency_fingerprint {
+        tx.prepare_cached(
+            "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            request.command_id,
+            fingerprint,
+            request.stream,
+            version as i64,
+            rows[first_row].position as i64,
+            head.position as i64,
+        ])
+        .map_err(backend)?;
+    }
+    Ok(Applied::Appended {
+        stream: request.stream.clone(),
+        version,
+        rows: first_row..rows.len(),
+    })
+}

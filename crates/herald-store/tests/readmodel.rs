@@ -1,0 +1,634 @@
+//! The deployments read model (`herald_store::readmodel`) projected from the real
+//! SQLite event store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use herald_core::aggregate::to_new_event;
+use herald_core::deployment::{DeploymentEvent, DeploymentStatus};
+use herald_core::deployment_view::DeploymentView;
+use herald_core::envelope::{Actor, ActorKind, Envelope};
+use herald_core::store::{AppendRequest, Committed, EventStore, ExpectedVersion, Filter, NewEvent};
+use herald_store::readmodel::{Projector, READMODELS_FILE, SqliteDeployments, Step, rebuild, rebuild_with_page};
+use herald_store::sqlite::SqliteStore;
+use serde_json::json;
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn alice() -> Actor {
+    Actor {
+        kind: ActorKind::User,
+        id: "u-alice".into(),
+        name: "alice".into(),
+    }
+}
+
+fn ci() -> Actor {
+    Actor {
+        kind: ActorKind::Token,
+        id: "t-ci".into(),
+        name: "ci".into(),
+    }
+}
+
+fn started(service: &str) -> DeploymentEvent {
+    DeploymentEvent::DeploymentStarted {
+        service: service.into(),
+        version: Some("1.4.2".into()),
+        environment: Some("prod".into()),
+    }
+}
+
+fn progressed(percent: u8, message: Option<&str>) -> DeploymentEvent {
+    DeploymentEvent::DeploymentProgressed {
+        percent,
+        message: message.map(Into::into),
+    }
+}
+
+fn succeeded() -> DeploymentEvent {
+    DeploymentEvent::DeploymentSucceeded {}
+}
+
+fn failed(reason: &str) -> DeploymentEvent {
+    DeploymentEvent::DeploymentFailed { reason: reason.into() }
+}
+
+fn cancelled(reason: Option<&str>) -> DeploymentEvent {
+    DeploymentEvent::DeploymentCancelled {
+        reason: reason.map(Into::into),
+    }
+}
+
+async fn append_new(store: &SqliteStore, stream: &str, actor: Actor, events: Vec<NewEvent>) -> Committed {
+    store
+        .append(AppendRequest {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events,
+            actor,
+            command_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_fingerprint: None,
+        })
+        .await
+        .expect("append")
+        .into_committed()
+}
+
+/// Appends deployment events to `deployment-{id}` as one command.
+async fn deploy(store: &SqliteStore, id: &str, actor: Actor, events: &[DeploymentEvent]) -> Committed {
+    let events = events.iter().map(to_new_event).collect();
+    append_new(store, &format!("deployment-{id}"), actor, events).await
+}
+
+/// Appends one event of another category.
+async fn post(store: &SqliteStore, id: &str) -> Committed {
+    let event = NewEvent {
+        event_type: "PostCreated".into(),
+        schema: 1,
+        data: json!({"title": "hello", "content": "world", "tags": []}),
+    };
+    append_new(store, &format!("post-{id}"), alice(), vec![event]).await
+}
+
+fn envelope_of(committed: &Committed, index: usize) -> Envelope {
+    committed.events[index].envelope().expect("envelope parses")
+}
+
+struct Fixture {
+    dir: TempDir,
+    store: Arc<SqliteStore>,
+    model: Arc<SqliteDeployments>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path()).expect("open event store");
+        let model = SqliteDeployments::open(dir.path()).expect("open read model");
+        Fixture { dir, store, model }
+    }
+
+    fn projector(&self) -> Projector {
+        Projector::new(self.store.clone(), self.model.clone())
+    }
+
+    /// Projects until caught up; returns every step.
+    async fn catch_up(&self, page: usize) -> Vec<Step> {
+        let mut projector = self.projector();
+        let mut steps = Vec::new();
+        loop {
+            let step = projector.process_next(page).await.expect("process_next");
+            let done = step.checkpoint >= step.head;
+            steps.push(step);
+            if done {
+                return steps;
+            }
+            assert!(steps.len() < 10_000, "the projector does not make progress");
+        }
+    }
+
+    async fn head(&self) -> u64 {
+        self.store.head().await.expect("head").position
+    }
+
+    async fn all(&self) -> Vec<DeploymentView> {
+        self.model.list(None, usize::MAX).await.expect("list").0
+    }
+}
+
+fn ids(views: &[DeploymentView]) -> Vec<&str> {
+    views.iter().map(|v| v.id.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn lifecycle_events_end_up_as_expected_views() {
+    let f = Fixture::new();
+    let ok_start = deploy(&f.store, "ok", alice(), &[started("user-service")]).await;
+    let ok_end = deploy(
+        &f.store,
+        "ok",
+        ci(),
+        &[progressed(50, Some("canary healthy")), succeeded()],
+    )
+    .await;
+    let bad_start = deploy(&f.store, "bad", ci(), &[started("billing")]).await;
+    deploy(&f.store, "bad", ci(), &[progressed(20, None)]).await;
+    let bad_end = deploy(&f.store, "bad", alice(), &[failed("health check failed")]).await;
+    let stop = deploy(
+        &f.store,
+        "stop",
+        alice(),
+        &[started("search"), cancelled(Some("freeze"))],
+    )
+    .await;
+    let run = deploy(
+        &f.store,
+        "run",
+        alice(),
+        &[
+            DeploymentEvent::DeploymentStarted {
+                service: "mailer".into(),
+                version: None,
+                environment: None,
+            },
+            progressed(10, Some("draining")),
+            progressed(35, None),
+        ],
+    )
+    .await;
+
+    let steps = f.catch_up(100).await;
+    assert_eq!(steps[0].read, 11);
+    assert_eq!(f.model.checkpoint().await.unwrap(), f.head().await);
+
+    let ok = f.model.get("ok").await.unwrap().expect("ok is projected");
+    assert_eq!(
+        ok,
+        DeploymentView {
+            id: "ok".into(),
+            service: "user-service".into(),
+            version: Some("1.4.2".into()),
+            environment: Some("prod".into()),
+            status: DeploymentStatus::Succeeded,
+            progress: 100,
+            message: Some("canary healthy".into()),
+            reason: None,
+            started_by: alice(),
+            started_at: envelope_of(&ok_start, 0).recorded_at,
+            updated_at: envelope_of(&ok_end, 1).recorded_at,
+            stream_version: 3,
+        }
+    );
+
+    let bad = f.model.get("bad").await.unwrap().expect("bad is projected");
+    assert_eq!(
+        bad,
+        DeploymentView {
+            id: "bad".into(),
+            service: "billing".into(),
+            version: Some("1.4.2".into()),
+            environment: Some("prod".into()),
+            status: DeploymentStatus::Failed,
+            progress: 20,
+            message: None,
+            reason: Some("health check failed".into()),
+            started_by: ci(),
+            started_at: envelope_of(&bad_start, 0).recorded_at,
+            updated_at: envelope_of(&bad_end, 0).recorded_at,
+            stream_version: 3,
+        }
+    );
+
+    let stop_view = f.model.get("stop").await.unwrap().expect("stop is projected");
+    assert_eq!(stop_view.status, DeploymentStatus::Cancelled);
+    assert_eq!(stop_view.reason.as_deref(), Some("freeze"));
+    assert_eq!(stop_view.progress, 0);
+    assert_eq!(stop_view.stream_version, 2);
+    assert_eq!(stop_view.updated_at, envelope_of(&stop, 1).recorded_at);
+
+    let run_view = f.model.get("run").await.unwrap().expect("run is projected");
+    assert_eq!(
+        run_view,
+        DeploymentView {
+            id: "run".into(),
+            service: "mailer".into(),
+            version: None,
+            environment: None,
+            status: DeploymentStatus::InProgress,
+            progress: 35,
+            message: None,
+            reason: None,
+            started_by: alice(),
+            started_at: envelope_of(&run, 0).recorded_at,
+            updated_at: envelope_of(&run, 2).recorded_at,
+            stream_version: 3,
+        }
+    );
+    // Optional fields are there as nulls on the wire.
+    let wire = serde_json::to_value(&run_view).unwrap();
+    assert_eq!(wire["version"], serde_json::Value::Null);
+    assert!(wire.as_object().unwrap().contains_key("environment"));
+
+    assert_eq!(f.model.get("nope").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn list_filters_by_status_orders_by_start_newest_first_and_honours_limit() {
+    let f = Fixture::new();
+    // Started in this order: a, b, c, d, e.
+    for id in ["a", "b", "c", "d", "e"] {
+        deploy(&f.store, id, alice(), &[started(&format!("svc-{id}"))]).await;
+    }
+    // Finished in another order, so "last updated" differs from "last started".
+    deploy(&f.store, "d", alice(), &[succeeded()]).await;
+    deploy(&f.store, "b", alice(), &[succeeded()]).await;
+    deploy(&f.store, "c", alice(), &[failed("boom")]).await;
+    deploy(&f.store, "a", alice(), &[progressed(90, None)]).await;
+    f.catch_up(100).await;
+    let head = f.head().await;
+
+    let (all, position) = f.model.list(None, 100).await.unwrap();
+    assert_eq!(ids(&all), ["e", "d", "c", "b", "a"]);
+    assert_eq!(position, head);
+
+    let (done, position) = f.model.list(Some(DeploymentStatus::Succeeded), 100).await.unwrap();
+    assert_eq!(ids(&done), ["d", "b"]);
+    assert!(done.iter().all(|v| v.status == DeploymentStatus::Succeeded));
+    assert_eq!(position, head);
+
+    let (running, _) = f.model.list(Some(DeploymentStatus::InProgress), 100).await.unwrap();
+    assert_eq!(ids(&running), ["e", "a"]);
+    assert_eq!(running[1].progress, 90);
+
+    let (bad, _) = f.model.list(Some(DeploymentStatus::Failed), 100).await.unwrap();
+    assert_eq!(ids(&bad), ["c"]);
+    let (none, _) = f.model.list(Some(DeploymentStatus::Cancelled), 100).await.unwrap();
+    assert!(none.is_empty());
+
+    let (two, _) = f.model.list(None, 2).await.unwrap();
+    assert_eq!(ids(&two), ["e", "d"]);
+    let (one, _) = f.model.list(Some(DeploymentStatus::InProgress), 1).await.unwrap();
+    assert_eq!(ids(&one), ["e"]);
+    let (zero, _) = f.model.list(None, 0).await.unwrap();
+    assert!(zero.is_empty());
+}
+
+#[tokio::test]
+async fn the_checkpoint_moves_with_the_rows_and_a_wrong_expectation_changes_nothing() {
+    let f = Fixture::new();
+    deploy(&f.store, "a", alice(), &[started("api"), progressed(10, None)]).await;
+    deploy(&f.store, "b", alice(), &[started("web")]).await;
+    deploy(&f.store, "a", alice(), &[progressed(70, Some("almost"))]).await;
+    let page = f.store.read_all(0, &Filter::default(), 100).await.unwrap();
+    assert_eq!(page.events.len(), 4);
+    assert_eq!(f.model.checkpoint().await.unwrap(), 0);
+
+    // Wrong expectation: nothing is written, neither rows nor checkpoint.
+    let refused = f.model.apply(3, page.next_after, page.events.clone()).await.unwrap();
+    assert_eq!(refused, None);
+    assert_eq!(f.model.checkpoint().await.unwrap(), 0);
+    assert_eq!(f.model.list(None, 10).await.unwrap(), (vec![], 0));
+
+    // The right one: rows and checkpoint together; one entry per changed
+    // deployment, in the order of first change, in its final state.
+    let changed = f
+        .model
+        .apply(0, page.next_after, page.events.clone())
+        .await
+        .unwrap()
+        .expect("applied");
+    assert_eq!(ids(&changed), ["a", "b"]);
+    assert_eq!(changed[0].progress, 70);
+    assert_eq!(changed[0].message.as_deref(), Some("almost"));
+    assert_eq!(changed[0].stream_version, 3);
+    assert_eq!(changed[1].stream_version, 1);
+    let (rows, position) = f.model.list(None, 10).await.unwrap();
+    assert_eq!(position, 4);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(f.model.get("a").await.unwrap().as_ref(), Some(&changed[0]));
+
+    // Replaying the same events with the stale expectation is refused too.
+    let before = f.model.list(None, 10).await.unwrap();
+    assert_eq!(f.model.apply(0, 4, page.events.clone()).await.unwrap(), None);
+    assert_eq!(f.model.list(None, 10).await.unwrap(), before);
+
+    // Moving on from the right checkpoint with more events.
+    let more = deploy(&f.store, "b", ci(), &[cancelled(None)]).await;
+    let changed = f
+        .model
+        .apply(4, 5, more.events.clone())
+        .await
+        .unwrap()
+        .expect("applied");
+    assert_eq!(ids(&changed), ["b"]);
+    assert_eq!(changed[0].status, DeploymentStatus::Cancelled);
+    assert_eq!(f.model.checkpoint().await.unwrap(), 5);
+
+    // An apply that changes no row still moves the checkpoint.
+    assert_eq!(f.model.apply(5, 9, vec![]).await.unwrap(), Some(vec![]));
+    assert_eq!(f.model.checkpoint().await.unwrap(), 9);
+
+    // Reset: no rows, checkpoint 0, in one go.
+    f.model.reset().await.unwrap();
+    assert_eq!(f.model.list(None, 10).await.unwrap(), (vec![], 0));
+    assert_eq!(f.model.get("a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn process_next_pages_until_caught_up_and_then_follows_new_events() {
+    let f = Fixture::new();
+    for i in 0..5 {
+        let id = format!("d{i}");
+        deploy(&f.store, &id, alice(), &[started("svc")]).await;
+        for p in 1..=4u8 {
+            deploy(&f.store, &id, alice(), &[progressed(p * 20, None)]).await;
+        }
+    }
+    assert_eq!(f.head().await, 25);
+
+    let mut projector = f.projector();
+    let first = projector.process_next(10).await.unwrap();
+    assert_eq!((first.read, first.checkpoint, first.head), (10, 10, 25));
+    // d0 and d1 got all five of their events.
+    assert_eq!(ids(&first.changed), ["d0", "d1"]);
+    assert!(first.changed.iter().all(|v| v.progress == 80 && v.stream_version == 5));
+    assert_eq!(f.model.checkpoint().await.unwrap(), 10);
+
+    let second = projector.process_next(10).await.unwrap();
+    assert_eq!((second.read, second.checkpoint, second.head), (10, 20, 25));
+    assert_eq!(ids(&second.changed), ["d2", "d3"]);
+
+    let third = projector.process_next(10).await.unwrap();
+    assert_eq!((third.read, third.checkpoint, third.head), (5, 25, 25));
+    assert!(third.caught_up());
+    assert_eq!(ids(&third.changed), ["d4"]);
+
+    let idle = projector.process_next(10).await.unwrap();
+    assert_eq!((idle.read, idle.checkpoint, idle.head), (0, 25, 25));
+    assert!(idle.changed.is_empty());
+    assert_eq!(f.all().await.len(), 5);
+
+    // New events are picked up on the next step, and only the changed deployment is reported.
+    deploy(&f.store, "d2", ci(), &[succeeded()]).await;
+    let next = projector.process_next(10).await.unwrap();
+    assert_eq!((next.read, next.checkpoint, next.head), (1, 26, 26));
+    assert_eq!(ids(&next.changed), ["d2"]);
+    assert_eq!(next.changed[0].status, DeploymentStatus::Succeeded);
+    assert_eq!(next.changed[0].progress, 100);
+    assert_eq!(
+        f.model.get("d2").await.unwrap().map(|v| v.status),
+        Some(DeploymentStatus::Succeeded)
+    );
+
+    // A second projector (another process, say) resumes from the stored checkpoint.
+    deploy(&f.store, "d5", ci(), &[started("late")]).await;
+    let mut other = f.projector();
+    let step = other.process_next(10).await.unwrap();
+    assert_eq!((step.read, step.checkpoint), (1, 27));
+    assert_eq!(ids(&step.changed), ["d5"]);
+    let stale = projector.process_next(10).await.unwrap();
+    assert_eq!((stale.read, stale.checkpoint), (0, 27));
+}
+
+#[tokio::test]
+async fn events_of_other_categories_are_skipped_but_the_checkpoint_advances() {
+    let f = Fixture::new();
+    post(&f.store, "p1").await;
+    deploy(&f.store, "a", alice(), &[started("api")]).await;
+    post(&f.store, "p2").await;
+    post(&f.store, "deployment").await; // a post whose id looks like a category
+    deploy(&f.store, "a", alice(), &[progressed(40, None)]).await;
+    post(&f.store, "p3").await;
+    post(&f.store, "p4").await;
+    let head = f.head().await;
+    assert_eq!(head, 7);
+
+    // Through the projector (category-filtered reads).
+    let steps = f.catch_up(100).await;
+    assert_eq!(steps.iter().map(|s| s.read).sum::<usize>(), 2);
+    assert_eq!(f.model.checkpoint().await.unwrap(), head);
+    let all = f.all().await;
+    assert_eq!(ids(&all), ["a"]);
+    assert_eq!(all[0].progress, 40);
+
+    // Through apply with an unfiltered page: the same rows, the checkpoint at the end.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = SqliteDeployments::open(other_dir.path()).unwrap();
+    let page = f.store.read_all(0, &Filter::default(), 100).await.unwrap();
+    assert_eq!(page.events.len(), 7);
+    let changed = other
+        .apply(0, page.next_after, page.events)
+        .await
+        .unwrap()
+        .expect("applied");
+    assert_eq!(ids(&changed), ["a"]);
+    assert_eq!(other.checkpoint().await.unwrap(), 7);
+    assert_eq!(other.list(None, 10).await.unwrap().0, all);
+
+    // Only other categories after the checkpoint: the projector still moves to the head.
+    post(&f.store, "p5").await;
+    post(&f.store, "p6").await;
+    let step = f.projector().process_next(100).await.unwrap();
+    assert_eq!((step.read, step.checkpoint, step.head), (0, 9, 9));
+    assert!(step.changed.is_empty());
+    assert_eq!(f.model.checkpoint().await.unwrap(), 9);
+}
+
+/// A varied history: starts, progress, every ending, several deployments per
+/// command interleaved with posts.
+async fn varied_history(store: &SqliteStore, deployments: usize) {
+    for i in 0..deployments {
+        let id = format!("dep-{i:03}");
+        let actor = if i % 2 == 0 { alice() } else { ci() };
+        deploy(store, &id, actor, &[started(&format!("svc-{}", i % 7))]).await;
+        if i % 5 == 0 {
+            post(store, &format!("post-{i}")).await;
+        }
+    }
+    for i in 0..deployments {
+        let id = format!("dep-{i:03}");
+        let events = match i % 4 {
+            0 => vec![progressed(30, Some("rolling")), succeeded()],
+            1 => vec![progressed(60, None), failed("probe")],
+            2 => vec![cancelled(Some("rollback"))],
+            _ => vec![progressed((i % 100) as u8, Some("still going"))],
+        };
+        deploy(store, &id, alice(), &events).await;
+    }
+}
+
+#[tokio::test]
+async fn rebuild_gives_the_same_rows_as_incremental_projection() {
+    let f = Fixture::new();
+    varied_history(&f.store, 60).await;
+    let head = f.head().await;
+    // Incremental, in small pages.
+    let steps = f.catch_up(7).await;
+    assert!(steps.len() > 10);
+    let incremental = f.all().await;
+    assert_eq!(incremental.len(), 60);
+
+    // A second model, first filled with rows from another log (which a rebuild must drop).
+    let rebuilt_dir = tempfile::tempdir().unwrap();
+    let rebuilt = SqliteDeployments::open(rebuilt_dir.path()).unwrap();
+    {
+        let ghosts = Fixture::new();
+        deploy(&ghosts.store, "ghost", alice(), &[started("ghost")]).await;
+        deploy(&ghosts.store, "dep-000", alice(), &[started("not this one")]).await;
+        let page = ghosts.store.read_all(0, &Filter::default(), 10).await.unwrap();
+        rebuilt.apply(0, 1000, page.events).await.unwrap().expect("applied");
+        assert_eq!(rebuilt.list(None, 10).await.unwrap().0.len(), 2);
+    }
+
+    let mut calls = Vec::new();
+    let applied = rebuild_with_page(f.store.clone(), rebuilt.clone(), 50, |checkpoint, head| {
+        calls.push((checkpoint, head))
+    })
+    .await
+    .unwrap();
+    let deployment_events = f
+        .store
+        .read_all(
+            0,
+            &Filter {
+                categories: vec!["deployment".into()],
+                ..Filter::default()
+            },
+            10_000,
+        )
+        .await
+        .unwrap()
+        .events
+        .len();
+    assert_eq!(applied, deployment_events as u64);
+    assert_eq!(calls.last(), Some(&(head, head)));
+    assert!(calls.len() >= deployment_events / 50, "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+
+    let (rows, position) = rebuilt.list(None, usize::MAX).await.unwrap();
+    assert_eq!(position, head);
+    assert_eq!(rows, incremental);
+    for status in [
+        DeploymentStatus::InProgress,
+        DeploymentStatus::Succeeded,
+        DeploymentStatus::Failed,
+        DeploymentStatus::Cancelled,
+    ] {
+        let a = f.model.list(Some(status), usize::MAX).await.unwrap();
+        let b = rebuilt.list(Some(status), usize::MAX).await.unwrap();
+        assert_eq!(a, b, "{status:?}");
+        assert_eq!(a.0.len(), 15, "{status:?}");
+    }
+    assert_eq!(rebuilt.get("ghost").await.unwrap(), None);
+
+    // The default rebuild (large pages) over the incrementally built model itself.
+    let mut pages = 0;
+    let applied_again = rebuild(f.store.clone(), f.model.clone(), |_, _| pages += 1)
+        .await
+        .unwrap();
+    assert_eq!(applied_again, applied);
+    assert_eq!(pages, 1);
+    assert_eq!(f.all().await, incremental);
+    assert_eq!(f.model.checkpoint().await.unwrap(), head);
+}
+
+#[tokio::test]
+async fn rebuild_of_an_empty_log_leaves_an_empty_model() {
+    let f = Fixture::new();
+    let ghosts = Fixture::new();
+    deploy(&ghosts.store, "ghost", alice(), &[started("ghost")]).await;
+    let page = ghosts.store.read_all(0, &Filter::default(), 10).await.unwrap();
+    f.model.apply(0, 1, page.events).await.unwrap().expect("applied");
+
+    let mut calls = Vec::new();
+    let applied = rebuild(f.store.clone(), f.model.clone(), |c, h| calls.push((c, h)))
+        .await
+        .unwrap();
+    assert_eq!(applied, 0);
+    assert_eq!(calls, [(0, 0)]);
+    assert_eq!(f.model.list(None, 10).await.unwrap(), (vec![], 0));
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, head) = {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let model = SqliteDeployments::open(dir.path()).unwrap();
+        varied_history(&store, 12).await;
+        let mut projector = Projector::new(store.clone(), model.clone());
+        while !projector.process_next(5).await.unwrap().caught_up() {}
+        let head = store.head().await.unwrap().position;
+        (model.list(None, 100).await.unwrap(), head)
+    };
+    assert_eq!(before.0.len(), 12);
+    assert_eq!(before.1, head);
+    assert!(dir.path().join(READMODELS_FILE).exists());
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let model = SqliteDeployments::open(dir.path()).unwrap();
+    assert_eq!(model.checkpoint().await.unwrap(), head);
+    assert_eq!(model.list(None, 100).await.unwrap(), before);
+    assert_eq!(model.get("dep-003").await.unwrap().as_ref(), Some(&before.0[8]));
+
+    // The projector carries on from the stored checkpoint: nothing is applied twice.
+    let mut projector = Projector::new(store.clone(), model.clone());
+    let step = projector.process_next(100).await.unwrap();
+    assert_eq!((step.read, step.checkpoint), (0, head));
+    deploy(&store, "dep-003", alice(), &[succeeded()]).await;
+    let step = projector.process_next(100).await.unwrap();
+    assert_eq!(step.read, 1);
+    assert_eq!(ids(&step.changed), ["dep-003"]);
+    assert_eq!(step.changed[0].stream_version, 3);
+    assert_eq!(step.changed[0].status, DeploymentStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn the_read_model_lives_in_its_own_file() {
+    let f = Fixture::new();
+    deploy(&f.store, "a", alice(), &[started("api")]).await;
+    f.catch_up(10).await;
+    let path = f.model.path().to_owned();
+    assert_eq!(path, f.dir.path().join(READMODELS_FILE));
+    assert_ne!(path, f.store.path());
+    assert!(Path::new(&path).exists());
+    // The event store's file holds no read model table.
+    let conn = rusqlite::Connection::open(f.store.path()).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('deployments', 'checkpoints')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+}

@@ -1,0 +1,272 @@
+//! The `herald` command line: parses flags, opens the store, calls into the
+//! library. Errors become a message on stderr and a non-zero exit code.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use herald_core::auth::Role;
+use herald_core::envelope::Actor;
+use herald_core::store::{EventStore, Filter};
+use herald_server::{AppState, ServerConfig};
+use herald_store::credentials::SqliteCredentials;
+use herald_store::readmodel::{SqliteDeployments, rebuild};
+use herald_store::sqlite::SqliteStore;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Event-sourced operations with live screens")]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Directory of the embedded store (used unless --database-url is given).
+    #[arg(long, global = true, env = "HERALD_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// PostgreSQL URL (postgres://…) instead of the embedded store.
+    #[arg(long, global = true, env = "HERALD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and live streams.
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Recompute the hash chain from the stored events; exit 1 naming the first bad position.
+    Verify,
+    /// Write every event envelope as NDJSON (to stdout, or --output).
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Read models.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The origin browsers use to reach herald.
+    #[arg(long, env = "HERALD_PUBLIC_ORIGIN", default_value = "http://localhost:8080")]
+    public_origin: String,
+    /// Concurrent live streams per credential.
+    #[arg(long, env = "HERALD_STREAM_LIMIT", default_value_t = 64)]
+    stream_limit: usize,
+    /// Commands per second per credential, bursts of twice that (0 = unlimited).
+    #[arg(long, env = "HERALD_COMMAND_RATE", default_value_t = 200)]
+    command_rate: u32,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token; prints it alone on the last line of stdout (shown once).
+    Create {
+        #[arg(long, env = "HERALD_NAME")]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, env = "HERALD_ROLE", value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Drop the read models and replay the whole log into them.
+    Rebuild,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?} is not a role (viewer, operator, admin)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_backend(store: &StoreArgs) -> Result<()> {
+    if store.database_url.is_some() {
+        bail!("the PostgreSQL backend is not available in this build yet; use --data for the embedded store");
+    }
+    Ok(())
+}
+
+fn cli_actor() -> Actor {
+    Actor {
+        kind: herald_core::ActorKind::System,
+        id: "cli".into(),
+        name: "herald-cli".into(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    check_backend(&cli.store)?;
+    let dir = cli.store.data.clone();
+    match cli.command {
+        Command::Serve(args) => serve(&dir, args).await,
+        Command::Token(TokenCommand::Create { name, role }) => {
+            let store = open_store(&dir)?;
+            let credentials = SqliteCredentials::open(&dir)?;
+            let minted = herald_server::auth::create_token(&*store, &*credentials, &cli_actor(), &name, role)
+                .await
+                .context("could not create the token")?;
+            eprintln!(
+                "created token {} ({}, role {}); it is shown once, store it now:",
+                minted.record.id, minted.record.name, minted.record.role
+            );
+            println!("{}", minted.secret);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let store = open_store(&dir)?;
+            let report = herald_core::audit::verify(&*store, |checked, head| {
+                if checked % 100_000 == 0 || checked == head {
+                    eprintln!("checked {checked} of {head} events");
+                }
+            })
+            .await?;
+            if report.ok {
+                println!(
+                    "ok: {} events, head position {} hash {}",
+                    report.checked, report.head_position, report.head_hash
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "TAMPERED: first bad position {} ({}); {} events before it verified",
+                    report.first_bad_position.unwrap_or(0),
+                    report.problem.as_deref().unwrap_or("unknown problem"),
+                    report.checked
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Export { output } => {
+            let store = open_store(&dir)?;
+            let mut out: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut after = 0;
+            let mut count = 0u64;
+            loop {
+                let page = store.read_all(after, &Filter::default(), 1000).await?;
+                for e in &page.events {
+                    out.write_all(e.json())?;
+                    out.write_all(b"\n")?;
+                }
+                count += page.events.len() as u64;
+                if page.events.is_empty() || page.next_after >= page.head {
+                    break;
+                }
+                after = page.next_after;
+            }
+            out.flush()?;
+            eprintln!("exported {count} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projections(ProjectionsCommand::Rebuild) => {
+            let store = open_store(&dir)?;
+            let model = SqliteDeployments::open(&dir)?;
+            let started = std::time::Instant::now();
+            let mut last_report = std::time::Instant::now();
+            let applied = rebuild(store, model, |checkpoint, head| {
+                if last_report.elapsed() > Duration::from_secs(1) || checkpoint >= head {
+                    eprintln!("rebuilt up to position {checkpoint} of {head}");
+                    last_report = std::time::Instant::now();
+                }
+            })
+            .await?;
+            println!(
+                "rebuilt the deployments read model from {applied} events in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {
+    SqliteStore::open(dir).with_context(|| format!("cannot open the store in {}", dir.display()))
+}
+
+async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
+    let config = ServerConfig {
+        public_origin: args.public_origin.trim_end_matches('/').to_owned(),
+        stream_limit: args.stream_limit,
+        command_rate: args.command_rate,
+        ..ServerConfig::default()
+    };
+    let state =
+        AppState::open_sqlite(dir, config).with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        data = %dir.display(),
+        "herald is serving on http://{}",
+        listener.local_addr()?
+    );
+    herald_server::run(state, listener, shutdown_signal()).await?;
+    tracing::info!("herald stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: ending live streams and finishing open requests");
+}

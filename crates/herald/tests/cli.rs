@@ -1,0 +1,1199 @@
+//! The real `herald` binary, driven as a user would (API.md §8): tokens, serve,
+//! `kill -9` and restart, verify, export and projections rebuild, each on a
+//! temporary `--data` directory.
+//!
+//! HTTP is spoken over plain `std::net::TcpStream`s (one request per
+//! connection); every wait is a bounded poll or a read with a timeout, and every
+//! child process is killed by a guard, whatever happens to the test.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_store::readmodel::{READMODELS_FILE, SqliteDeployments};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The bound on any single wait (a read, a poll, a child's startup).
+const WAIT: Duration = Duration::from_secs(30);
+
+const HERALD_ENV: [&str; 8] = [
+    "HERALD_DATA",
+    "HERALD_DATABASE_URL",
+    "HERALD_LISTEN",
+    "HERALD_PUBLIC_ORIGIN",
+    "HERALD_STREAM_LIMIT",
+    "HERALD_COMMAND_RATE",
+    "HERALD_NAME",
+    "HERALD_ROLE",
+];
+
+// ---------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------
+
+fn herald(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for var in HERALD_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info").arg("--data").arg(data);
+    cmd
+}
+
+/// Runs a one-shot command to completion.
+fn cli(data: &Path, args: &[&str]) -> Output {
+    let mut child = herald(data)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    // Read both pipes on threads so neither can fill up and block the child.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut guard = ChildGuard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = guard.0.as_mut().expect("child").try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "herald {args:?} did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    guard.0 = None;
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `herald token create`; returns the token (the last line of stdout).
+fn create_token(data: &Path, name: &str, role: &str) -> String {
+    let out = cli(data, &["token", "create", "--name", name, "--role", role]);
+    assert!(
+        out.status.success(),
+        "token create failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().expect("a line on stdout");
+    assert_eq!(last.trim(), last, "the token is alone on its line");
+    assert!(
+        last.len() >= 32 && !last.contains(char::is_whitespace),
+        "a token: {last:?}"
+    );
+    last.to_owned()
+}
+
+/// Kills (SIGKILL on unix) and reaps a child when dropped.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `herald serve`.
+struct Server {
+    child: ChildGuard,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    /// `kill -9`, and wait for the process to be gone.
+    fn kill(mut self) {
+        if let Some(mut child) = self.child.0.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Starts `herald serve` on a free port and waits for `/healthz`.
+fn serve(data: &Path, logs: &Path) -> Server {
+    for attempt in 0..10 {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = logs.join(format!("serve-{port}-{attempt}.log"));
+        let child = herald(data)
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn herald serve");
+        let mut server = Server {
+            child: ChildGuard(Some(child)),
+            addr,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let child = server.child.0.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Most likely the port was taken between probing and binding: retry.
+                eprintln!("herald serve exited at start ({status}): {}", server.log());
+                server.child.0 = None;
+                break;
+            }
+            if matches!(http(addr, "GET", "/healthz", None, &[], None), Ok(r) if r.status == 200) {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald serve did not become healthy: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("herald serve could not start on a free port");
+}
+
+/// Polls `check` every 20 ms until it holds; panics after [`WAIT`].
+fn poll_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP over a plain socket
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(body) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if let Some(body) = body {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+/// A response head: status, lowercase headers, and the bytes read past it.
+type Head = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Splits a response head off `buf`.
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).expect("head is text");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some((status, headers, buf[end + 4..].to_vec()))
+}
+
+fn is_chunked(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"))
+}
+
+/// One request on its own connection (`Connection: close`).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    stream.write_all(&request_bytes(addr, method, path, token, headers, body))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let (status, headers, rest) = parse_head(&raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response head"))?;
+    let body = if is_chunked(&headers) {
+        let mut decoder = Chunked::default();
+        let mut out = Vec::new();
+        decoder.feed(&rest, &mut out);
+        if !decoder.done {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "truncated chunked body",
+            ));
+        }
+        out
+    } else {
+        let len = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse::<usize>().expect("content-length"));
+        match len {
+            Some(len) if rest.len() < len => {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated body"));
+            }
+            Some(len) => rest[..len].to_vec(),
+            None => rest,
+        }
+    };
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    })
+}
+
+fn get(addr: SocketAddr, path: &str, token: &str) -> Response {
+    http(addr, "GET", path, Some(token), &[], None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn get_json(addr: SocketAddr, path: &str, token: &str) -> Value {
+    let r = get(addr, path, token);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    r.json()
+}
+
+fn try_command(
+    addr: SocketAddr,
+    token: &str,
+    command_type: &str,
+    aggregate_id: &str,
+    data: Value,
+) -> std::io::Result<Response> {
+    let body = json!({ "type": command_type, "aggregate_id": aggregate_id, "data": data }).to_string();
+    http(addr, "POST", "/api/commands", Some(token), &[], Some(&body))
+}
+
+/// Sends a command, asserting 200; returns the raw answer.
+fn command(addr: SocketAddr, token: &str, command_type: &str, aggregate_id: &str, data: Value) -> Response {
+    let r = try_command(addr, token, command_type, aggregate_id, data).expect("POST /api/commands");
+    assert_eq!(r.status, 200, "{command_type} {aggregate_id}: {}", r.body);
+    r
+}
+
+fn position_of(raw: &str) -> u64 {
+    serde_json::from_str::<Value>(raw).expect("envelope")["position"]
+        .as_u64()
+        .expect("position")
+}
+
+/// Every envelope `GET /api/events` pages through, as raw JSON text, and the head.
+fn all_events(addr: SocketAddr, token: &str) -> (Vec<String>, u64) {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = get(addr, &format!("/api/events?after={after}&limit=1000"), token);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        out.extend(raw_elements(&r.body, "events"));
+        let next = page["next_after"].as_u64().expect("next_after");
+        let head = page["head"].as_u64().expect("head");
+        if next >= head {
+            return (out, head);
+        }
+        assert!(next > after, "paging made no progress at {after}");
+        after = next;
+    }
+}
+
+/// A live stream over a plain socket.
+struct LiveStream {
+    stream: TcpStream,
+    headers: Vec<(String, String)>,
+    body: Chunked,
+    parser: SseParser,
+    items: VecDeque<Item>,
+}
+
+impl LiveStream {
+    fn open(addr: SocketAddr, path: &str, token: &str, last_event_id: Option<&str>) -> LiveStream {
+        let mut stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let mut headers = vec![("Accept", "text/event-stream")];
+        if let Some(id) = last_event_id {
+            headers.push(("Last-Event-ID", id));
+        }
+        stream
+            .write_all(&request_bytes(addr, "GET", path, Some(token), &headers, None))
+            .expect("write request");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let (status, headers, rest) = loop {
+            if let Some(head) = parse_head(&buf) {
+                break head;
+            }
+            let n = stream.read(&mut chunk).expect("the response head arrives");
+            assert!(n > 0, "the connection closed before the response head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(status, 200, "GET {path}: {}", text(&rest));
+        assert!(is_chunked(&headers), "a streamed body: {headers:?}");
+        let mut live = LiveStream {
+            stream,
+            headers,
+            body: Chunked::default(),
+            parser: SseParser::default(),
+            items: VecDeque::new(),
+        };
+        live.feed(&rest);
+        live
+    }
+
+    fn feed(&mut self, raw: &[u8]) {
+        let mut decoded = Vec::new();
+        self.body.feed(raw, &mut decoded);
+        self.parser.feed(&decoded, &mut self.items);
+    }
+
+    /// The next item; `None` when the body ended.
+    fn next(&mut self) -> Option<Item> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(item);
+            }
+            if self.body.done {
+                return None;
+            }
+            let n = self.stream.read(&mut chunk).expect("an SSE item arrives in time");
+            assert!(n > 0, "the connection closed in the middle of the stream");
+            self.feed(&chunk[..n]);
+        }
+    }
+
+    /// The next frame that is more than a `retry:` (comments skipped).
+    fn next_frame(&mut self) -> Frame {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // Keep-alives alone must not keep a test waiting forever.
+            assert!(Instant::now() < deadline, "no frame within {WAIT:?} (only comments)");
+            match self.next() {
+                Some(Item::Frame(f)) if f.is_retry_only() => {}
+                Some(Item::Frame(f)) => return f,
+                Some(Item::Comment(_)) => {}
+                None => panic!("the stream ended while a frame was expected"),
+            }
+        }
+    }
+
+    fn next_event(&mut self) -> Event {
+        event_of(&self.next_frame())
+    }
+}
+
+/// A fresh directory for a test: the data directory is `data` inside it, logs beside it.
+fn workspace() -> (TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    (tmp, data)
+}
+
+// ---------------------------------------------------------------------------
+// Server-Sent Events, JSON and chunked-body parsing
+// ---------------------------------------------------------------------------
+
+/// One SSE message block (fields up to a blank line).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Frame {
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+    retry: Option<String>,
+}
+
+impl Frame {
+    fn is_retry_only(&self) -> bool {
+        self.retry.is_some() && self.id.is_none() && self.event.is_none() && self.data.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Frame(Frame),
+    /// A line starting with `:`, without the colon.
+    Comment(String),
+}
+
+/// An incremental SSE parser: frames may be split anywhere across chunks.
+#[derive(Default)]
+struct SseParser {
+    buf: Vec<u8>,
+    current: Frame,
+    has_field: bool,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8], out: &mut VecDeque<Item>) {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(nl) = self.buf[start..].iter().position(|b| *b == b'\n') {
+            let mut line = &self.buf[start..start + nl];
+            start += nl + 1;
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let line = std::str::from_utf8(line).expect("SSE is UTF-8");
+            if line.is_empty() {
+                if self.has_field {
+                    out.push_back(Item::Frame(std::mem::take(&mut self.current)));
+                    self.has_field = false;
+                }
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                out.push_back(Item::Comment(comment.trim().to_owned()));
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "id" => self.current.id = Some(value.to_owned()),
+                "event" => self.current.event = Some(value.to_owned()),
+                "retry" => self.current.retry = Some(value.to_owned()),
+                "data" => match &mut self.current.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => self.current.data = Some(value.to_owned()),
+                },
+                other => panic!("unexpected SSE field {other:?} in line {line:?}"),
+            }
+            self.has_field = true;
+        }
+        self.buf.drain(..start);
+    }
+}
+
+/// One event of `/api/events/live`.
+#[derive(Debug, Clone)]
+struct Event {
+    position: u64,
+    event_type: String,
+    /// The `data:` line: the envelope as served.
+    raw: String,
+    envelope: Value,
+}
+
+fn event_of(frame: &Frame) -> Event {
+    let raw = frame
+        .data
+        .clone()
+        .unwrap_or_else(|| panic!("an event frame has data: {frame:?}"));
+    let envelope: Value = serde_json::from_str(&raw).expect("data is an envelope");
+    let position = envelope["position"].as_u64().expect("position");
+    let id = frame
+        .id
+        .as_deref()
+        .unwrap_or_else(|| panic!("an event frame has an id: {frame:?}"));
+    assert_eq!(id, position.to_string(), "the id is the envelope's position");
+    let event_type = envelope["type"].as_str().expect("type").to_owned();
+    assert_eq!(frame.event.as_deref(), Some(event_type.as_str()), "event: is the type");
+    Event {
+        position,
+        event_type,
+        raw,
+        envelope,
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON value starting at `i`.
+fn end_of_value(b: &[u8], i: usize) -> usize {
+    match b[i] {
+        b'"' => {
+            let mut j = i + 1;
+            while b[j] != b'"' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
+            }
+            j + 1
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b[j] {
+                    b'"' => {
+                        j = end_of_value(b, j);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return j + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            j
+        }
+    }
+}
+
+/// The raw text of every element of the array under `key` of a JSON object.
+fn raw_elements(body: &str, key: &str) -> Vec<String> {
+    let b = body.as_bytes();
+    let mut i = skip_ws(b, 0);
+    assert_eq!(b[i], b'{', "a JSON object: {body}");
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        assert_ne!(b[i], b'}', "no {key:?} in {body}");
+        let key_end = end_of_value(b, i);
+        let name: String = serde_json::from_str(&body[i..key_end]).expect("a key");
+        i = skip_ws(b, key_end);
+        assert_eq!(b[i], b':');
+        i = skip_ws(b, i + 1);
+        let value_end = end_of_value(b, i);
+        if name == key {
+            let mut out = Vec::new();
+            let mut j = i + 1;
+            loop {
+                j = skip_ws(b, j);
+                if b[j] == b']' {
+                    return out;
+                }
+                let end = end_of_value(b, j);
+                out.push(body[j..end].to_owned());
+                j = skip_ws(b, end);
+                if b[j] == b',' {
+                    j += 1;
+                }
+            }
+        }
+        i = skip_ws(b, value_end);
+        if b[i] == b',' {
+            i += 1;
+        }
+    }
+}
+
+/// An incremental decoder of an HTTP/1.1 chunked body.
+#[derive(Default)]
+struct Chunked {
+    buf: Vec<u8>,
+    /// Bytes left in the current chunk; `None` while a size line is expected.
+    left: Option<usize>,
+    in_trailer: bool,
+    done: bool,
+}
+
+impl Chunked {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(bytes);
+        let mut i = 0;
+        while !self.done {
+            if self.in_trailer {
+                let Some(nl) = find_crlf(&self.buf[i..]) else { break };
+                self.done = nl == 0;
+                i += nl + 2;
+                continue;
+            }
+            match self.left {
+                None => {
+                    let Some(nl) = find_crlf(&self.buf[i..]) else { break };
+                    let line = std::str::from_utf8(&self.buf[i..i + nl]).expect("chunk size line");
+                    let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                        .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+                    i += nl + 2;
+                    if size == 0 {
+                        self.in_trailer = true;
+                    } else {
+                        self.left = Some(size);
+                    }
+                }
+                Some(0) => {
+                    if self.buf.len() - i < 2 {
+                        break;
+                    }
+                    assert_eq!(&self.buf[i..i + 2], b"\r\n", "a chunk ends with CRLF");
+                    i += 2;
+                    self.left = None;
+                }
+                Some(n) => {
+                    let take = n.min(self.buf.len() - i);
+                    if take == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&self.buf[i..i + take]);
+                    i += take;
+                    self.left = Some(n - take);
+                }
+            }
+        }
+        self.buf.drain(..i);
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+// ---------------------------------------------------------------------------
+// 1. herald token create
+// ---------------------------------------------------------------------------
+
+#[test]
+fn token_create_prints_the_token_on_its_last_line_and_refuses_a_bad_role() {
+    let (tmp, data) = workspace();
+    let out = cli(&data, &["token", "create", "--name", "me", "--role", "operator"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let token = stdout.lines().last().expect("a line").to_owned();
+    assert!(!token.is_empty() && !token.contains(char::is_whitespace), "{stdout:?}");
+    assert!(!text(&out.stderr).contains(&token), "the secret goes to stdout only");
+
+    let out = cli(&data, &["token", "create", "--name", "bad", "--role", "wizard"]);
+    assert!(!out.status.success(), "a bad role must fail");
+    let message = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        message.contains("wizard") && message.contains("role"),
+        "a clear message naming the role: {message}"
+    );
+    let out = cli(&data, &["token", "create", "--name", "bad"]);
+    assert!(!out.status.success(), "a missing role must fail");
+
+    let viewer = create_token(&data, "looker", "viewer");
+    // The tokens work, with their roles; the refused one created nothing.
+    let server = serve(&data, tmp.path());
+    let (events, head) = all_events(server.addr, &token);
+    assert_eq!(head, 2, "two TokenCreated events: {events:?}");
+    let names: Vec<Value> = events
+        .iter()
+        .map(|raw| serde_json::from_str::<Value>(raw).expect("envelope")["data"]["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("me"), json!("looker")]);
+    command(server.addr, &token, "StartDeployment", "t1", json!({ "service": "s" }));
+    let r = try_command(server.addr, &viewer, "StartDeployment", "t2", json!({ "service": "s" })).expect("POST");
+    assert_eq!(r.status, 403, "a viewer sends no commands: {}", r.body);
+    let r = http(server.addr, "GET", "/api/events", Some("hrld_bogus"), &[], None).expect("GET");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+}
+
+// ---------------------------------------------------------------------------
+// 2. kill -9, restart, resume
+// ---------------------------------------------------------------------------
+
+#[test]
+fn acknowledged_events_survive_kill_9_and_a_subscriber_resumes_exactly() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ops", "operator");
+    let server = serve(&data, tmp.path());
+    let addr = server.addr;
+
+    let mut acknowledged: Vec<String> = Vec::new();
+    let ack = |acknowledged: &mut Vec<String>, r: Response| acknowledged.extend(raw_elements(&r.body, "events"));
+
+    let mut sub = LiveStream::open(addr, "/api/events/live?after=0", &token, None);
+    ack(
+        &mut acknowledged,
+        command(
+            addr,
+            &token,
+            "StartDeployment",
+            "d1",
+            json!({ "service": "billing", "version": "2.0.0", "environment": "prod" }),
+        ),
+    );
+    // The subscriber sees the token and the start, then is cut off.
+    assert_eq!(sub.next_event().position, 1);
+    let seen = sub.next_event();
+    assert_eq!(seen.position, 2);
+    assert_eq!(seen.raw, acknowledged[0], "the live envelope is the acknowledged one");
+    drop(sub);
+
+    let progress = json!({ "percent": 50, "message": "half" });
+    ack(
+        &mut acknowledged,
+        command(addr, &token, "ReportDeploymentProgress", "d1", progress),
+    );
+    ack(
+        &mut acknowledged,
+        command(addr, &token, "ReportDeploymentProgress", "d1", json!({ "percent": 80 })),
+    );
+    ack(
+        &mut acknowledged,
+        command(addr, &token, "SucceedDeployment", "d1", json!({})),
+    );
+    server.kill();
+
+    let server = serve(&data, tmp.path());
+    let (stored, head) = all_events(server.addr, &token);
+    assert_eq!(head, 5);
+    assert_eq!(stored.len(), 5);
+    for raw in &acknowledged {
+        let p = position_of(raw) as usize;
+        assert_eq!(&stored[p - 1], raw, "position {p} is byte-identical after kill -9");
+    }
+    for (i, raw) in stored.iter().enumerate() {
+        assert_eq!(position_of(raw), i as u64 + 1, "gapless");
+    }
+    let d = get_json(server.addr, "/api/streams/deployment-d1", &token);
+    assert_eq!(d["version"], 4);
+
+    // The subscriber comes back with the last id it saw: exactly what it missed.
+    let mut sub = LiveStream::open(server.addr, "/api/events/live", &token, Some("2"));
+    for p in 3..=5u64 {
+        let e = sub.next_event();
+        assert_eq!(e.position, p);
+        assert_eq!(e.raw, stored[p as usize - 1]);
+    }
+    let r = command(
+        server.addr,
+        &token,
+        "StartDeployment",
+        "d2",
+        json!({ "service": "next" }),
+    );
+    let next = sub.next_event();
+    assert_eq!(next.position, 6, "then live, no duplicate");
+    assert_eq!(next.raw, raw_elements(&r.body, "events")[0]);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Acknowledged under load survives kill -9
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_acknowledgement_under_load_survives_kill_9() {
+    let (tmp, data) = workspace();
+    const CLIENTS: usize = 8;
+    let tokens: Vec<String> = (0..CLIENTS)
+        .map(|c| create_token(&data, &format!("client-{c}"), "operator"))
+        .collect();
+    let server = serve(&data, tmp.path());
+    let addr = server.addr;
+
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
+    let killed = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(c, token)| {
+            let acknowledged = acknowledged.clone();
+            let unexpected = unexpected.clone();
+            let killed = killed.clone();
+            std::thread::spawn(move || {
+                let mut id = String::new();
+                for j in 0.. {
+                    let (ty, data) = match j % 5 {
+                        0 => {
+                            id = format!("c{c}-{j}");
+                            ("StartDeployment", json!({ "service": format!("svc-{c}") }))
+                        }
+                        4 => ("SucceedDeployment", json!({})),
+                        k => ("ReportDeploymentProgress", json!({ "percent": k * 20 })),
+                    };
+                    match try_command(addr, &token, ty, &id, data) {
+                        Ok(r) if r.status == 200 => acknowledged
+                            .lock()
+                            .expect("lock")
+                            .extend(raw_elements(&r.body, "events")),
+                        Ok(r) if r.status == 429 => {}
+                        // A command whose predecessor was lost with the server may be refused.
+                        Ok(_) if killed.load(Ordering::SeqCst) => {}
+                        Ok(r) => unexpected
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{ty} {id}: {} {}", r.status, r.body)),
+                        Err(_) if killed.load(Ordering::SeqCst) => return,
+                        Err(e) => unexpected.lock().expect("lock").push(format!("{ty} {id}: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    poll_until("300 commands are acknowledged under load", || {
+        acknowledged.lock().expect("lock").len() >= 300 || !unexpected.lock().expect("lock").is_empty()
+    });
+    killed.store(true, Ordering::SeqCst);
+    server.kill();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let unexpected = unexpected.lock().expect("lock").clone();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected answers before the kill: {unexpected:?}"
+    );
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+
+    let server = serve(&data, tmp.path());
+    let reader = create_token(&data, "reader", "viewer");
+    let (stored, head) = all_events(server.addr, &reader);
+    assert_eq!(stored.len() as u64, head, "positions 1..=head");
+    for (i, raw) in stored.iter().enumerate() {
+        assert_eq!(position_of(raw), i as u64 + 1, "gapless");
+    }
+    for raw in &acknowledged {
+        let p = position_of(raw) as usize;
+        assert!(p <= stored.len(), "acknowledged position {p} is missing (head {head})");
+        assert_eq!(&stored[p - 1], raw, "acknowledged position {p} is byte-identical");
+    }
+    server.kill();
+    let out = cli(&data, &["verify"]);
+    assert!(
+        out.status.success(),
+        "verify after kill -9: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. token create while serve runs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_token_created_while_serving_works_at_once_and_is_seen_live() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "watcher", "viewer");
+    let server = serve(&data, tmp.path());
+    let mut sub = LiveStream::open(server.addr, "/api/events/live", &token, None);
+    assert_eq!(
+        header(&sub.headers, "last-event-id"),
+        Some("1"),
+        "connected at the head"
+    );
+    let start = sub.next_frame();
+    assert_eq!(start.id.as_deref(), Some("1"), "connected at the head");
+    assert!(start.data.is_none());
+
+    let fresh = create_token(&data, "fresh", "operator");
+    // Works at once: no waiting.
+    let r = get(server.addr, "/api/events?limit=1", &fresh);
+    assert_eq!(r.status, 200, "the new token works at once: {}", r.body);
+
+    // The subscriber sees the other process's event with nothing else happening.
+    let created = sub.next_event();
+    assert_eq!(created.position, 2);
+    assert_eq!(created.event_type, "TokenCreated");
+    assert_eq!(created.envelope["data"]["name"], "fresh");
+    assert_eq!(created.envelope["data"]["role"], "operator");
+
+    command(server.addr, &fresh, "StartDeployment", "x1", json!({ "service": "s" }));
+    let started = sub.next_event();
+    assert_eq!(started.position, 3);
+    assert_eq!(started.event_type, "DeploymentStarted");
+    assert_eq!(started.envelope["actor"]["name"], "fresh");
+    assert_eq!(started.envelope["actor"]["kind"], "token");
+}
+
+// ---------------------------------------------------------------------------
+// 5. herald verify
+// ---------------------------------------------------------------------------
+
+/// Whether `output` names position `k` (as a whole number).
+/// Whether `output` names position `k`: "position" (any case), then, after
+/// at most a few non-digit characters (`position 4`, `position: 4`), the number `k`.
+fn names_position(output: &str, k: i64) -> bool {
+    let lower = output.to_ascii_lowercase();
+    lower.match_indices("position").any(|(i, word)| {
+        let rest = lower[i + word.len()..].trim_start_matches(|c: char| !c.is_ascii_digit() && c != '\n');
+        let skipped = lower.len() - i - word.len() - rest.len();
+        let number: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        skipped <= 3 && number == k.to_string()
+    })
+}
+
+#[test]
+fn names_position_finds_the_number_after_position() {
+    assert!(names_position("TAMPERED: first bad position 4 (hash)", 4));
+    assert!(names_position("Position: 4", 4));
+    assert!(!names_position("first bad position 14", 4));
+    assert!(!names_position("hash a4b; first bad position 5", 4));
+    assert!(!names_position("4 events; ok", 4));
+}
+
+fn tamper(data: &Path, f: impl FnOnce(&rusqlite::Connection)) {
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS events_append_only_update; DROP TRIGGER IF EXISTS events_append_only_delete;",
+    )
+    .expect("drop the append-only triggers");
+    f(&conn);
+}
+
+#[test]
+fn verify_passes_an_intact_log_and_names_the_first_tampered_position() {
+    let (_tmp, data) = workspace();
+    for i in 0..6 {
+        create_token(&data, &format!("t{i}"), "viewer");
+    }
+    let out = cli(&data, &["verify"]);
+    assert!(
+        out.status.success(),
+        "intact: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    const K: i64 = 4;
+    tamper(&data, |conn| {
+        let envelope: String = conn
+            .query_row("SELECT envelope FROM events WHERE position = ?1", [K], |r| r.get(0))
+            .expect("event k");
+        let mut v: Value = serde_json::from_str(&envelope).expect("envelope");
+        v["data"]["role"] = json!("admin");
+        let changed = serde_json::to_string(&v).expect("JSON");
+        assert_ne!(changed, envelope);
+        let n = conn
+            .execute(
+                "UPDATE events SET envelope = ?1 WHERE position = ?2",
+                rusqlite::params![changed, K],
+            )
+            .expect("tamper");
+        assert_eq!(n, 1);
+    });
+    let out = cli(&data, &["verify"]);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "a tampered log fails verify: {output}");
+    assert!(names_position(&output, K), "the output names position {K}: {output}");
+}
+
+#[test]
+fn verify_names_a_deleted_position() {
+    let (_tmp, data) = workspace();
+    for i in 0..5 {
+        create_token(&data, &format!("t{i}"), "viewer");
+    }
+    const K: i64 = 2;
+    tamper(&data, |conn| {
+        let n = conn
+            .execute("DELETE FROM events WHERE position = ?1", [K])
+            .expect("delete");
+        assert_eq!(n, 1);
+    });
+    let out = cli(&data, &["verify"]);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "a log with a hole fails verify: {output}");
+    assert!(names_position(&output, K), "the output names position {K}: {output}");
+}
+
+// ---------------------------------------------------------------------------
+// 6. herald projections rebuild
+// ---------------------------------------------------------------------------
+
+#[test]
+fn projections_rebuild_on_a_stopped_store_gives_the_same_deployments() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ops", "operator");
+    let server = serve(&data, tmp.path());
+    let addr = server.addr;
+    let run = |ty: &str, id: &str, data: Value| {
+        command(addr, &token, ty, id, data);
+    };
+    run(
+        "StartDeployment",
+        "a",
+        json!({ "service": "a", "version": "1", "environment": "prod" }),
+    );
+    run(
+        "ReportDeploymentProgress",
+        "a",
+        json!({ "percent": 60, "message": "rolling" }),
+    );
+    run("SucceedDeployment", "a", json!({}));
+    run("StartDeployment", "b", json!({ "service": "b" }));
+    run("FailDeployment", "b", json!({ "reason": "health checks" }));
+    run(
+        "StartDeployment",
+        "c",
+        json!({ "service": "c", "environment": "staging" }),
+    );
+    run("CancelDeployment", "c", json!({ "reason": "superseded" }));
+    run("StartDeployment", "d", json!({ "service": "d" }));
+    run("ReportDeploymentProgress", "d", json!({ "percent": 30 }));
+    let (_, head) = all_events(addr, &token);
+    poll_until("the read model catches up", || {
+        get_json(addr, "/api/deployments", &token)["position"].as_u64() == Some(head)
+    });
+    let before = get_json(addr, "/api/deployments", &token);
+    assert_eq!(before["deployments"].as_array().map(Vec::len), Some(4));
+    server.kill();
+
+    // Throw the read model away; the rebuild must recreate it from the log alone.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = data.join(format!("{READMODELS_FILE}{suffix}"));
+        if path.exists() {
+            std::fs::remove_file(&path).expect("remove read model");
+        }
+    }
+    let out = cli(&data, &["projections", "rebuild"]);
+    assert!(
+        out.status.success(),
+        "rebuild: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // What the rebuild wrote, read before any server could project anything.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let (views, checkpoint) = runtime.block_on(async {
+        let model = SqliteDeployments::open(&data).expect("open read model");
+        model.list(None, 1000).await.expect("list")
+    });
+    assert_eq!(checkpoint, head, "the rebuilt model reflects the whole log");
+    assert_eq!(
+        serde_json::to_value(&views).expect("views"),
+        before["deployments"],
+        "the rebuilt deployments"
+    );
+
+    let server = serve(&data, tmp.path());
+    let after = get_json(server.addr, "/api/deployments", &token);
+    assert_eq!(after, before, "GET /api/deployments after the rebuild");
+}
+
+// ---------------------------------------------------------------------------
+// 7. herald export
+// ---------------------------------------------------------------------------
+
+#[test]
+fn export_prints_every_envelope_in_position_order() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ops", "operator");
+    let server = serve(&data, tmp.path());
+    for i in 0..40 {
+        let id = format!("e{}", i / 4);
+        match i % 4 {
+            0 => command(
+                server.addr,
+                &token,
+                "StartDeployment",
+                &id,
+                json!({ "service": "s/x \"q\" é" }),
+            ),
+            3 => command(server.addr, &token, "SucceedDeployment", &id, json!({})),
+            k => command(
+                server.addr,
+                &token,
+                "ReportDeploymentProgress",
+                &id,
+                json!({ "percent": k * 30 }),
+            ),
+        };
+    }
+    let (stored, head) = all_events(server.addr, &token);
+    assert_eq!(head, 41);
+
+    let out = cli(&data, &["export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with('\n'));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), stored.len(), "one envelope per line");
+    for (i, (line, raw)) in lines.iter().zip(&stored).enumerate() {
+        assert_eq!(position_of(line), i as u64 + 1, "in position order");
+        assert_eq!(line, raw, "line {} equals /api/events", i + 1);
+    }
+
+    // --output writes the same to a file.
+    let file = tmp.path().join("export.ndjson");
+    let out = cli(&data, &["export", "--output", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).expect("export file"), stdout);
+}
