@@ -63,6 +63,11 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(Some(token.trim()))
 }
 
+/// The name live-stream and rate limits count a token's use under.
+pub fn token_credential(token_id: &str) -> String {
+    format!("token:{token_id}")
+}
+
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -85,7 +90,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             name: record.name,
         },
         role: record.role,
-        credential_id: format!("token:{}", record.id),
+        credential_id: token_credential(&record.id),
     })
 }
 

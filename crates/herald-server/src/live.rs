@@ -16,16 +16,16 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use herald_core::subscription::{LagPolicy, Subscription, SubscriptionError};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Viewer;
 use crate::error::ApiError;
-use crate::state::{AppState, StreamGuard};
+use crate::state::{AppState, EndReason, StreamGuard};
 use crate::wire::{EventQuery, concat_frames, parse_number};
 
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 const LAGGED: &[u8] = b": too far behind; reconnect with Last-Event-ID\n\n";
 const SHUTDOWN: &[u8] = b": herald is shutting down; reconnect with Last-Event-ID\n\n";
+pub const REVOKED: &[u8] = b": the credential of this stream was revoked or has expired\n\n";
 
 /// `Last-Event-ID` as a position; 400 when it is not one.
 pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -79,13 +79,7 @@ pub async fn live_events(
         }
     };
     let subscription = Subscription::new(state.store.clone(), start, query.filter, LagPolicy::Disconnect);
-    let body = event_stream(
-        Bytes::from(preamble),
-        subscription,
-        state.live.shutdown.clone(),
-        state.config.keepalive,
-        guard,
-    );
+    let body = event_stream(Bytes::from(preamble), subscription, state.config.keepalive, guard);
     let mut response = sse_response(Body::from_stream(body));
     if resume.is_none() {
         response.headers_mut().insert("last-event-id", HeaderValue::from(head));
@@ -96,26 +90,23 @@ pub async fn live_events(
 struct LiveBody {
     preamble: Option<Bytes>,
     subscription: Subscription,
-    shutdown: CancellationToken,
     keepalive: Duration,
     done: bool,
-    _guard: StreamGuard,
+    guard: StreamGuard,
 }
 
 fn event_stream(
     preamble: Bytes,
     subscription: Subscription,
-    shutdown: CancellationToken,
     keepalive: Duration,
     guard: StreamGuard,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let body = LiveBody {
         preamble: Some(preamble),
         subscription,
-        shutdown,
         keepalive,
         done: false,
-        _guard: guard,
+        guard,
     };
     futures_util::stream::unfold(body, |mut b| async move {
         if b.done {
@@ -126,14 +117,17 @@ fn event_stream(
         }
         let bytes = tokio::select! {
             biased;
-            _ = b.shutdown.cancelled() => {
+            reason = b.guard.ended() => {
                 b.done = true;
-                Bytes::from_static(SHUTDOWN)
+                Bytes::from_static(match reason {
+                    EndReason::Shutdown => SHUTDOWN,
+                    EndReason::Revoked => REVOKED,
+                })
             }
             next = tokio::time::timeout(b.keepalive, b.subscription.next_chunk()) => match next {
                 Err(_idle) => Bytes::from_static(KEEPALIVE),
                 Ok(Ok(Some(chunk))) => {
-                    let lag = b._guard.head().saturating_sub(chunk.examined);
+                    let lag = b.guard.head().saturating_sub(chunk.examined);
                     metrics::histogram!("herald_subscriber_lag_events").record(lag as f64);
                     metrics::counter!("herald_live_deliveries_total").increment(chunk.events.len() as u64);
                     chunk.frames.unwrap_or_else(|| concat_frames(&chunk.events))

@@ -95,9 +95,14 @@ impl AppState {
 }
 
 /// Live connections: per-credential counts, shutdown, and the deployments feed.
+///
+/// Each credential with open streams has a cancellation token (a child of
+/// `shutdown`): revoking the credential — a token, later a session — cancels it,
+/// which ends every stream it opened at once.
 pub struct LiveRegistry {
     pub shutdown: CancellationToken,
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<HashMap<String, Credential>>,
+    generation: AtomicU64,
     pub deployment_changes: broadcast::Sender<Arc<DeploymentChanges>>,
     /// The highest position delivered to the projector (for lag metrics).
     pub head: AtomicU64,
@@ -114,6 +119,7 @@ impl LiveRegistry {
         LiveRegistry {
             shutdown: CancellationToken::new(),
             open: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             deployment_changes: broadcast::channel(1024).0,
             head: AtomicU64::new(0),
         }
@@ -125,19 +131,38 @@ impl LiveRegistry {
             return Err(ApiError::Unavailable("herald is shutting down".into()));
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(credential.to_owned()).or_insert(0);
-        if *n >= limit {
+        let entry = open.entry(credential.to_owned()).or_insert_with(|| Credential {
+            streams: 0,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            ended: self.shutdown.child_token(),
+        });
+        if entry.streams >= limit {
             return Err(ApiError::TooManyRequests {
                 detail: format!("at most {limit} live streams per credential are open at once; close one first"),
                 retry_after_secs: 5,
             });
         }
-        *n += 1;
+        entry.streams += 1;
         metrics::gauge!("herald_live_subscribers").increment(1.0);
         Ok(StreamGuard {
             registry: self.clone(),
             credential: credential.to_owned(),
+            generation: entry.generation,
+            ended: entry.ended.clone(),
         })
+    }
+
+    /// Ends every open stream of `credential` (revoked, logged out, expired).
+    /// Returns how many were open.
+    pub fn end_credential(&self, credential: &str) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.remove(credential) {
+            Some(entry) => {
+                entry.ended.cancel();
+                entry.streams
+            }
+            None => 0,
+        }
     }
 
     pub fn head(&self) -> u64 {
@@ -145,10 +170,26 @@ impl LiveRegistry {
     }
 }
 
+struct Credential {
+    streams: usize,
+    /// Tells this entry from a later one for the same credential.
+    generation: u64,
+    ended: CancellationToken,
+}
+
 /// Releases a live-stream slot when the stream ends, however it ends.
 pub struct StreamGuard {
     registry: Arc<LiveRegistry>,
     credential: String,
+    generation: u64,
+    ended: CancellationToken,
+}
+
+/// Why a stream's [`StreamGuard::ended`] fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Shutdown,
+    Revoked,
 }
 
 impl StreamGuard {
@@ -156,14 +197,27 @@ impl StreamGuard {
     pub fn head(&self) -> u64 {
         self.registry.head()
     }
+
+    /// Resolves when the stream must end: herald shuts down or the credential
+    /// that opened it is revoked.
+    pub async fn ended(&self) -> EndReason {
+        self.ended.cancelled().await;
+        if self.registry.shutdown.is_cancelled() {
+            EndReason::Shutdown
+        } else {
+            EndReason::Revoked
+        }
+    }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut open = self.registry.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.credential) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = open.get_mut(&self.credential)
+            && entry.generation == self.generation
+        {
+            entry.streams -= 1;
+            if entry.streams == 0 {
                 open.remove(&self.credential);
             }
         }
@@ -250,5 +304,29 @@ mod tests {
         assert!(registry.acquire("token:other", 2).is_ok());
         drop(a);
         assert!(registry.acquire("token:a", 2).is_ok());
+    }
+
+    #[tokio::test]
+    async fn ending_a_credential_ends_its_streams_only() {
+        let registry = Arc::new(LiveRegistry::new());
+        let a1 = registry.acquire("token:a", 2).unwrap();
+        let a2 = registry.acquire("token:a", 2).unwrap();
+        let b = registry.acquire("token:b", 2).unwrap();
+        assert_eq!(registry.end_credential("token:a"), 2);
+        assert_eq!(a1.ended().await, EndReason::Revoked);
+        assert_eq!(a2.ended().await, EndReason::Revoked);
+        assert!(!b.ended.is_cancelled());
+        // A later entry for the same name is not miscounted by the old guards.
+        let c1 = registry.acquire("token:a", 1).unwrap();
+        drop(a1);
+        drop(a2);
+        assert!(matches!(
+            registry.acquire("token:a", 1),
+            Err(ApiError::TooManyRequests { .. })
+        ));
+        drop(c1);
+        assert!(registry.acquire("token:a", 1).is_ok());
+        registry.shutdown.cancel();
+        assert_eq!(b.ended().await, EndReason::Shutdown);
     }
 }

@@ -1417,7 +1417,6 @@ async fn deployments_live_sends_a_snapshot_then_each_change() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: revoking a token does not end its open live streams (API.md §6: revocation ends the stream)"]
 async fn revoking_a_token_ends_its_live_streams() {
     let server = start(config(), 1024).await;
     let (_, admin) = mint(&server.state, "admin", Role::Admin).await;

@@ -106,13 +106,11 @@ pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri:
     );
     first.extend_from_slice(&snapshot);
     first.extend_from_slice(b"\n\n");
-    let shutdown = state.live.shutdown.clone();
     let keepalive = state.config.keepalive;
     let status = q.status;
     let stream = futures_util::stream::unfold(
         (Some(Bytes::from(first)), changes, false, guard),
         move |(first, mut rx, done, guard)| {
-            let shutdown = shutdown.clone();
             async move {
                 if done {
                     return None;
@@ -123,7 +121,7 @@ pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri:
                 loop {
                     let next = tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return None,
+                        _ = guard.ended() => return None,
                         next = tokio::time::timeout(keepalive, rx.recv()) => next,
                     };
                     match next {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::auth::Role;
 use serde::Deserialize;
 
-use crate::auth::{Admin, check_token_name, create_token, revoke_token};
+use crate::auth::{Admin, check_token_name, create_token, revoke_token, token_credential};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{PathParam, read_json_body};
@@ -53,6 +53,7 @@ pub async fn revoke(
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     if revoke_token(&*state.store, &state.credentials, &admin.actor, &id).await? {
+        state.live.end_credential(&token_credential(&id));
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("there is no live token {id}")))
