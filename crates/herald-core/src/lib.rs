@@ -4,6 +4,7 @@
 //! Nothing here does I/O of its own; storage backends implement
 //! [`store::EventStore`] in `herald-store`.
 
+pub mod accounts;
 pub mod aggregate;
 pub mod audit;
 pub mod auth;

@@ -1,14 +1,16 @@
 //! Who is calling: the `Principal` extractors. A handler that takes
 //! `Operator(principal)` cannot run for a viewer or an anonymous caller.
 //!
-//! Credentials come from the `Authorization: Bearer` header only (sessions join
-//! here with passkeys); never from a query string.
+//! Credentials come from the `Authorization: Bearer` header (API tokens) or the
+//! `herald_session` cookie (people, after a passkey login); never from a query
+//! string. Cookie-authenticated writes must pass the CSRF rule.
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use herald_core::accounts::SessionRecord;
 use herald_core::auth::{CredentialStore, Role, TokenRecord};
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
@@ -17,6 +19,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::sessions;
 use crate::state::AppState;
 
 /// An authenticated caller.
@@ -24,8 +27,27 @@ use crate::state::AppState;
 pub struct Principal {
     pub actor: Actor,
     pub role: Role,
-    /// What live-stream limits and rate limits count against.
+    /// What live-stream limits and rate limits count against: the token, or the
+    /// user (across all their sessions).
     pub credential_id: String,
+    /// What ends this caller's live streams: the token or the session.
+    pub ends_with: String,
+    /// The browser session, when the caller came with the cookie.
+    pub session: Option<SessionRecord>,
+}
+
+impl Principal {
+    /// `"session"` or `"token"` (as `GET /api/me` says).
+    pub fn via(&self) -> &'static str {
+        if self.session.is_some() { "session" } else { "token" }
+    }
+
+    /// When a live stream of this caller must end at the latest.
+    pub fn stream_deadline(&self) -> Option<tokio::time::Instant> {
+        let session = self.session.as_ref()?;
+        let left = (session.expires_at - crate::sessions::now_millis()).max(0);
+        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(left.unsigned_abs()))
+    }
 }
 
 /// Query parameters that look like credentials: refused outright so a secret
@@ -37,7 +59,8 @@ pub fn reject_query_credentials(parts: &Parts) -> Result<(), ApiError> {
         for (key, _) in form_urlencoded::parse(query.as_bytes()) {
             if CREDENTIAL_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p)) {
                 return Err(ApiError::BadRequest(format!(
-                    "{key}: credentials are never accepted in a query string; send Authorization: Bearer <token>"
+                    "{key}: credentials are never accepted in a query string; send Authorization: Bearer <token> \
+                     or log in (session cookie)"
                 )));
             }
         }
@@ -72,11 +95,31 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Resolves the caller, or 401.
+/// Resolves the caller, or 401 (403 for a cross-site cookie write).
 pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
     reject_query_credentials(parts)?;
     let Some(token) = bearer(&parts.headers)? else {
-        return Err(ApiError::Unauthorized("send Authorization: Bearer <token>"));
+        let Some(secret) = sessions::cookie_secret(&parts.headers) else {
+            return Err(ApiError::Unauthorized(
+                "log in with a passkey, or send Authorization: Bearer <token>",
+            ));
+        };
+        let session = sessions::resume(state, secret)
+            .await?
+            .ok_or(ApiError::Unauthorized("the session has ended; log in again"))?;
+        sessions::check_same_origin(state, &parts.method, &parts.headers)?;
+        let user = state
+            .accounts
+            .find_user(&session.user_id)
+            .await?
+            .ok_or(ApiError::Unauthorized("the session's user no longer exists"))?;
+        return Ok(Principal {
+            actor: user.actor(),
+            role: user.role(),
+            credential_id: format!("user:{}", user.id),
+            ends_with: sessions::session_credential(&session.id),
+            session: Some(session),
+        });
     };
     let record = state
         .credentials
@@ -91,6 +134,8 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         },
         role: record.role,
         credential_id: token_credential(&record.id),
+        ends_with: token_credential(&record.id),
+        session: None,
     })
 }
 

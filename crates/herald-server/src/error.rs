@@ -13,8 +13,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("authentication required: {0}")]
     Unauthorized(&'static str),
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A risky command needs a recent passkey verification (step-up).
+    #[error("reauthentication required: {0}")]
+    ReauthRequired(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method not allowed: {0}")]
@@ -133,7 +138,25 @@ impl IntoResponse for ApiError {
                 );
                 r
             }
+            ApiError::AuthFailed(detail) => problem(
+                StatusCode::UNAUTHORIZED,
+                "authentication-failed",
+                "Authentication failed",
+                &detail,
+                none(),
+            ),
             ApiError::Forbidden(detail) => problem(StatusCode::FORBIDDEN, "forbidden", "Forbidden", &detail, none()),
+            ApiError::ReauthRequired(detail) => {
+                let mut extra = Map::new();
+                extra.insert("reauth_required".into(), json!(true));
+                problem(
+                    StatusCode::FORBIDDEN,
+                    "reauth-required",
+                    "Passkey verification required",
+                    &detail,
+                    extra,
+                )
+            }
             ApiError::NotFound(detail) => problem(StatusCode::NOT_FOUND, "not-found", "Not found", &detail, none()),
             ApiError::MethodNotAllowed(detail) => problem(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -8,8 +8,10 @@ pub mod auth;
 pub mod error;
 pub mod live;
 pub mod metrics;
+pub mod passkeys;
 pub mod projector;
 pub mod routes;
+pub mod sessions;
 pub mod state;
 pub mod wire;
 
@@ -18,7 +20,7 @@ use std::future::Future;
 use axum::Router;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -43,6 +45,20 @@ pub fn app(state: AppState) -> Router {
         .route("/api/audit/verify", get(routes::ops::audit_verify))
         .route("/api/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/tokens/{id}", delete(routes::tokens::revoke))
+        .route("/api/auth/register/start", post(passkeys::register_start))
+        .route("/api/auth/register/finish", post(passkeys::register_finish))
+        .route("/api/auth/login/start", post(passkeys::login_start))
+        .route("/api/auth/login/finish", post(passkeys::login_finish))
+        .route("/api/auth/logout", post(passkeys::logout))
+        .route("/api/me", get(passkeys::me))
+        .route("/api/users", get(routes::admin::list_users))
+        .route("/api/users/{id}/roles", put(routes::admin::set_roles))
+        .route(
+            "/api/invites",
+            post(routes::admin::create_invite_route).get(routes::admin::list_invites),
+        )
+        .route("/api/sessions", get(routes::admin::list_sessions))
+        .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
@@ -73,8 +89,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let projector = tokio::spawn(projector::run(state.clone()));
+    tokio::spawn(sessions::purge_loop(state.clone()));
     let live = state.live.clone();
-    let result = axum::serve(listener, app(state))
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown.await;
             live.shutdown.cancel();

@@ -25,7 +25,7 @@ use crate::wire::{EventQuery, concat_frames, parse_number};
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 const LAGGED: &[u8] = b": too far behind; reconnect with Last-Event-ID\n\n";
 const SHUTDOWN: &[u8] = b": herald is shutting down; reconnect with Last-Event-ID\n\n";
-pub const REVOKED: &[u8] = b": the credential of this stream was revoked or has expired\n\n";
+pub const REVOKED: &[u8] = b": this stream's credential was revoked, logged out or expired\n\n";
 
 /// `Last-Event-ID` as a position; 400 when it is not one.
 pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -66,9 +66,12 @@ pub async fn live_events(
     let query = EventQuery::parse(uri.query(), false)?;
     // The header wins over `?after=` (an EventSource's reconnect sends it).
     let resume = last_event_id(&headers)?.or(query.after);
-    let guard = state
-        .live
-        .acquire(&principal.credential_id, state.config.stream_limit)?;
+    let guard = state.live.acquire(
+        &principal.credential_id,
+        &principal.ends_with,
+        state.config.stream_limit,
+        principal.stream_deadline(),
+    )?;
     let head = state.store.head().await?.position;
     let mut preamble = format!("retry: {}\n\n", state.config.retry.as_millis());
     let start = match resume {
@@ -121,7 +124,7 @@ fn event_stream(
                 b.done = true;
                 Bytes::from_static(match reason {
                     EndReason::Shutdown => SHUTDOWN,
-                    EndReason::Revoked => REVOKED,
+                    EndReason::Revoked | EndReason::Expired => REVOKED,
                 })
             }
             next = tokio::time::timeout(b.keepalive, b.subscription.next_chunk()) => match next {

@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_core::accounts::AccountStore;
 use herald_core::auth::CredentialStore;
 use herald_core::store::{EventStore, StoreError};
+use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
 use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::SqliteStore;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use webauthn_rs::prelude::{Webauthn, WebauthnBuilder};
 
 use crate::error::ApiError;
 
@@ -30,6 +33,15 @@ pub struct ServerConfig {
     pub retry: Duration,
     /// Commands per second per credential (bursts of twice that); 0 = unlimited.
     pub command_rate: u32,
+    /// Requests per second to the passkey endpoints per client address (bursts of
+    /// five times that); 0 = unlimited.
+    pub auth_rate: u32,
+    /// A session ends after this long without a request.
+    pub session_idle: Duration,
+    /// A session ends this long after login, however active.
+    pub session_max: Duration,
+    /// Risky commands (`StartDeployment`) need a passkey verification this recent.
+    pub step_up: Duration,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +52,10 @@ impl Default for ServerConfig {
             keepalive: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             command_rate: 200,
+            auth_rate: 5,
+            session_idle: Duration::from_secs(12 * 3600),
+            session_max: Duration::from_secs(7 * 24 * 3600),
+            step_up: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -56,6 +72,11 @@ pub struct DeploymentChanges {
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub credentials: Arc<dyn CredentialStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub webauthn: Arc<Webauthn>,
+    /// Registrations take turns (the first-user rule and invites are checked,
+    /// recorded, then stored).
+    pub registration: Arc<tokio::sync::Mutex<()>>,
     pub deployments: Arc<SqliteDeployments>,
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
@@ -64,48 +85,93 @@ pub struct AppState {
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
 }
 
+/// A setting herald cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--public-origin {0:?}: {1} (it must be the scheme://host[:port] browsers use, e.g. http://localhost:8080; \
+         passkeys need a host name, not an IP address)"
+    )]
+    PublicOrigin(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The WebAuthn relying party: its id is the public origin's host.
+pub fn relying_party(public_origin: &str) -> Result<Webauthn, ConfigError> {
+    let bad = |why: &str| ConfigError::PublicOrigin(public_origin.to_owned(), why.to_owned());
+    let url = url::Url::parse(public_origin).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || url.query().is_some() {
+        return Err(bad("only scheme, host and port are allowed"));
+    }
+    if url.origin().ascii_serialization() != public_origin {
+        return Err(bad(&format!("write it as {}", url.origin().ascii_serialization())));
+    }
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Err(bad("not a host name"));
+    };
+    WebauthnBuilder::new(host, &url)
+        .and_then(|b| b.rp_name("herald").build())
+        .map_err(|e| bad(&e.to_string()))
+}
+
 impl AppState {
     /// The embedded store: everything in `dir`.
-    pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, StoreError> {
-        Ok(AppState::new(
+    pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, ConfigError> {
+        AppState::new(
             SqliteStore::open(dir)?,
             SqliteCredentials::open(dir)?,
+            SqliteAccounts::open(dir)?,
             SqliteDeployments::open(dir)?,
             config,
-        ))
+        )
     }
 
     /// State around stores opened by the caller.
     pub fn new(
         store: Arc<dyn EventStore>,
         credentials: Arc<dyn CredentialStore>,
+        accounts: Arc<dyn AccountStore>,
         deployments: Arc<SqliteDeployments>,
         config: ServerConfig,
-    ) -> AppState {
-        AppState {
+    ) -> Result<AppState, ConfigError> {
+        Ok(AppState {
+            webauthn: Arc::new(relying_party(&config.public_origin)?),
+            registration: Arc::default(),
             store,
             credentials,
+            accounts,
             deployments,
             limits: Arc::new(RateLimits::new(&config)),
             stream_locks: Arc::default(),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
-        }
+        })
     }
 }
 
-/// Live connections: per-credential counts, shutdown, and the deployments feed.
+/// Live connections: per-user (or per-token) counts, shutdown, and the
+/// deployments feed.
 ///
-/// Each credential with open streams has a cancellation token (a child of
-/// `shutdown`): revoking the credential — a token, later a session — cancels it,
-/// which ends every stream it opened at once.
+/// Each credential with open streams — a token or a browser session — has a
+/// cancellation token (a child of `shutdown`): revoking the credential, logging
+/// out or the session expiring cancels it, which ends every stream it opened at
+/// once.
 pub struct LiveRegistry {
     pub shutdown: CancellationToken,
-    open: Mutex<HashMap<String, Credential>>,
+    open: Mutex<Open>,
     generation: AtomicU64,
     pub deployment_changes: broadcast::Sender<Arc<DeploymentChanges>>,
     /// The highest position delivered to the projector (for lag metrics).
     pub head: AtomicU64,
+}
+
+#[derive(Default)]
+struct Open {
+    /// Streams per limit key (a user, or a token).
+    counts: HashMap<String, usize>,
+    /// Per credential: what ends its streams.
+    credentials: HashMap<String, Credential>,
 }
 
 impl Default for LiveRegistry {
@@ -118,37 +184,51 @@ impl LiveRegistry {
     pub fn new() -> Self {
         LiveRegistry {
             shutdown: CancellationToken::new(),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
             generation: AtomicU64::new(0),
             deployment_changes: broadcast::channel(1024).0,
             head: AtomicU64::new(0),
         }
     }
 
-    /// Counts one more live stream for `credential`, or 429 beyond `limit`.
-    pub fn acquire(self: &Arc<Self>, credential: &str, limit: usize) -> Result<StreamGuard, ApiError> {
+    /// Counts one more live stream against `limit_key`, or 429 beyond `limit`;
+    /// the stream ends when `credential` is ended (or at `deadline`).
+    pub fn acquire(
+        self: &Arc<Self>,
+        limit_key: &str,
+        credential: &str,
+        limit: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<StreamGuard, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::Unavailable("herald is shutting down".into()));
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = open.entry(credential.to_owned()).or_insert_with(|| Credential {
-            streams: 0,
-            generation: self.generation.fetch_add(1, Ordering::Relaxed),
-            ended: self.shutdown.child_token(),
-        });
-        if entry.streams >= limit {
+        let n = open.counts.entry(limit_key.to_owned()).or_insert(0);
+        if *n >= limit {
             return Err(ApiError::TooManyRequests {
-                detail: format!("at most {limit} live streams per credential are open at once; close one first"),
+                detail: format!("at most {limit} live streams per user or token are open at once; close one first"),
                 retry_after_secs: 5,
             });
         }
+        *n += 1;
+        let entry = open
+            .credentials
+            .entry(credential.to_owned())
+            .or_insert_with(|| Credential {
+                streams: 0,
+                generation: self.generation.fetch_add(1, Ordering::Relaxed),
+                ended: self.shutdown.child_token(),
+            });
         entry.streams += 1;
         metrics::gauge!("herald_live_subscribers").increment(1.0);
         Ok(StreamGuard {
             registry: self.clone(),
+            limit_key: limit_key.to_owned(),
             credential: credential.to_owned(),
             generation: entry.generation,
             ended: entry.ended.clone(),
+            deadline,
         })
     }
 
@@ -156,7 +236,7 @@ impl LiveRegistry {
     /// Returns how many were open.
     pub fn end_credential(&self, credential: &str) -> usize {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open.remove(credential) {
+        match open.credentials.remove(credential) {
             Some(entry) => {
                 entry.ended.cancel();
                 entry.streams
@@ -180,9 +260,11 @@ struct Credential {
 /// Releases a live-stream slot when the stream ends, however it ends.
 pub struct StreamGuard {
     registry: Arc<LiveRegistry>,
+    limit_key: String,
     credential: String,
     generation: u64,
     ended: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Why a stream's [`StreamGuard::ended`] fired.
@@ -190,6 +272,7 @@ pub struct StreamGuard {
 pub enum EndReason {
     Shutdown,
     Revoked,
+    Expired,
 }
 
 impl StreamGuard {
@@ -198,14 +281,24 @@ impl StreamGuard {
         self.registry.head()
     }
 
-    /// Resolves when the stream must end: herald shuts down or the credential
-    /// that opened it is revoked.
+    /// Resolves when the stream must end: herald shuts down, the credential
+    /// that opened it is revoked, or it expires.
     pub async fn ended(&self) -> EndReason {
-        self.ended.cancelled().await;
-        if self.registry.shutdown.is_cancelled() {
-            EndReason::Shutdown
-        } else {
-            EndReason::Revoked
+        let expiry = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.ended.cancelled() => {
+                if self.registry.shutdown.is_cancelled() {
+                    EndReason::Shutdown
+                } else {
+                    EndReason::Revoked
+                }
+            }
+            _ = expiry => EndReason::Expired,
         }
     }
 }
@@ -213,12 +306,18 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut open = self.registry.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = open.get_mut(&self.credential)
+        if let Some(n) = open.counts.get_mut(&self.limit_key) {
+            *n -= 1;
+            if *n == 0 {
+                open.counts.remove(&self.limit_key);
+            }
+        }
+        if let Some(entry) = open.credentials.get_mut(&self.credential)
             && entry.generation == self.generation
         {
             entry.streams -= 1;
             if entry.streams == 0 {
-                open.remove(&self.credential);
+                open.credentials.remove(&self.credential);
             }
         }
         metrics::gauge!("herald_live_subscribers").decrement(1.0);
@@ -227,9 +326,11 @@ impl Drop for StreamGuard {
 
 type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
 
-/// Per-credential request rates (429 beyond them).
+/// Request rates (429 beyond them): commands per credential, passkey
+/// ceremonies per client address.
 pub struct RateLimits {
     commands: Option<KeyedLimiter>,
+    auth: Option<KeyedLimiter>,
 }
 
 impl RateLimits {
@@ -238,26 +339,47 @@ impl RateLimits {
             let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
             governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
         });
-        RateLimits { commands }
+        let auth = std::num::NonZeroU32::new(config.auth_rate).map(|rate| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(4));
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        RateLimits { commands, auth }
+    }
+
+    /// Counts one passkey-endpoint request from `client`, or 429.
+    pub fn auth(&self, client: &str) -> Result<(), ApiError> {
+        check(
+            self.auth.as_ref(),
+            client,
+            "too many login or registration attempts from this address; wait and try again",
+        )
     }
 
     /// Counts one command for `credential`, or 429 with when to retry.
     pub fn command(&self, credential: &str) -> Result<(), ApiError> {
-        let Some(limiter) = &self.commands else {
-            return Ok(());
-        };
-        limiter.check_key(&credential.to_owned()).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            ApiError::TooManyRequests {
-                detail: "this credential is sending commands faster than its rate limit; slow down".into(),
-                retry_after_secs: wait.as_secs().max(1),
-            }
-        })?;
-        if limiter.len() > 10_000 {
-            limiter.retain_recent();
-        }
-        Ok(())
+        check(
+            self.commands.as_ref(),
+            credential,
+            "this credential is sending commands faster than its rate limit; slow down",
+        )
     }
+}
+
+fn check(limiter: Option<&KeyedLimiter>, key: &str, detail: &str) -> Result<(), ApiError> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    limiter.check_key(&key.to_owned()).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        ApiError::TooManyRequests {
+            detail: detail.into(),
+            retry_after_secs: wait.as_secs().max(1),
+        }
+    })?;
+    if limiter.len() > 10_000 {
+        limiter.retain_recent();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -295,38 +417,58 @@ mod tests {
     #[test]
     fn live_streams_are_limited_per_credential_and_released_on_drop() {
         let registry = Arc::new(LiveRegistry::new());
-        let a = registry.acquire("token:a", 2).unwrap();
-        let _b = registry.acquire("token:a", 2).unwrap();
-        assert!(matches!(
-            registry.acquire("token:a", 2),
-            Err(ApiError::TooManyRequests { .. })
-        ));
-        assert!(registry.acquire("token:other", 2).is_ok());
+        let acquire = |key: &str, limit| registry.acquire(key, key, limit, None);
+        let a = acquire("token:a", 2).unwrap();
+        let _b = acquire("token:a", 2).unwrap();
+        assert!(matches!(acquire("token:a", 2), Err(ApiError::TooManyRequests { .. })));
+        assert!(acquire("token:other", 2).is_ok());
         drop(a);
-        assert!(registry.acquire("token:a", 2).is_ok());
+        assert!(acquire("token:a", 2).is_ok());
     }
 
     #[tokio::test]
     async fn ending_a_credential_ends_its_streams_only() {
         let registry = Arc::new(LiveRegistry::new());
-        let a1 = registry.acquire("token:a", 2).unwrap();
-        let a2 = registry.acquire("token:a", 2).unwrap();
-        let b = registry.acquire("token:b", 2).unwrap();
+        let acquire = |key: &str, limit| registry.acquire(key, key, limit, None);
+        let a1 = acquire("token:a", 2).unwrap();
+        let a2 = acquire("token:a", 2).unwrap();
+        let b = acquire("token:b", 2).unwrap();
         assert_eq!(registry.end_credential("token:a"), 2);
         assert_eq!(a1.ended().await, EndReason::Revoked);
         assert_eq!(a2.ended().await, EndReason::Revoked);
         assert!(!b.ended.is_cancelled());
         // A later entry for the same name is not miscounted by the old guards.
-        let c1 = registry.acquire("token:a", 1).unwrap();
+        let c1 = acquire("token:a", 3).unwrap();
         drop(a1);
         drop(a2);
-        assert!(matches!(
-            registry.acquire("token:a", 1),
-            Err(ApiError::TooManyRequests { .. })
-        ));
         drop(c1);
-        assert!(registry.acquire("token:a", 1).is_ok());
+        {
+            let open = registry.open.lock().unwrap();
+            assert!(!open.credentials.contains_key("token:a"));
+            assert!(!open.counts.contains_key("token:a"));
+            assert_eq!(open.counts.get("token:b"), Some(&1));
+        }
         registry.shutdown.cancel();
         assert_eq!(b.ended().await, EndReason::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_stream_counts_against_its_user_and_ends_with_its_session() {
+        let registry = Arc::new(LiveRegistry::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let s1 = registry.acquire("user:u", "session:1", 2, Some(deadline)).unwrap();
+        let s2 = registry.acquire("user:u", "session:2", 2, None).unwrap();
+        // The limit is per user, across sessions.
+        assert!(matches!(
+            registry.acquire("user:u", "session:3", 2, None),
+            Err(ApiError::TooManyRequests { .. })
+        ));
+        // Logging out one session ends its streams, not the other's.
+        assert_eq!(registry.end_credential("session:2"), 1);
+        assert_eq!(s2.ended().await, EndReason::Revoked);
+        assert!(!s1.ended.is_cancelled());
+        // The other ends at its session's expiry.
+        assert_eq!(s1.ended().await, EndReason::Expired);
+        assert!(tokio::time::Instant::now() >= deadline);
     }
 }

@@ -77,9 +77,11 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
     let state = AppState::new(
         store,
         SqliteCredentials::open(dir.path()).expect("open credentials"),
+        herald_store::accounts::SqliteAccounts::open(dir.path()).expect("open accounts"),
         SqliteDeployments::open(dir.path()).expect("open read model"),
         config,
-    );
+    )
+    .expect("state");
     let (_, token) = mint(&state, "operator-1", Role::Operator).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod accounts;
 pub mod credentials;
 pub mod readmodel;
 pub mod sqlite;

@@ -14,6 +14,7 @@ use herald_core::auth::Role;
 use herald_core::envelope::Actor;
 use herald_core::store::{EventStore, Filter};
 use herald_server::{AppState, ServerConfig};
+use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
 use herald_store::readmodel::{SqliteDeployments, rebuild};
 use herald_store::sqlite::SqliteStore;
@@ -44,6 +45,9 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Invite people to register with a passkey.
+    #[command(subcommand)]
+    Invite(InviteCommand),
     /// Recompute the hash chain from the stored events; exit 1 naming the first bad position.
     Verify,
     /// Write every event envelope as NDJSON (to stdout, or --output).
@@ -54,6 +58,8 @@ enum Command {
     /// Read models.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Load generator: fan-out, commands, catch-up and rebuild figures (docs/BENCHMARKS.md).
+    Bench(Box<herald_bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -70,6 +76,28 @@ struct ServeArgs {
     /// Commands per second per credential, bursts of twice that (0 = unlimited).
     #[arg(long, env = "HERALD_COMMAND_RATE", default_value_t = 200)]
     command_rate: u32,
+    /// Minutes a passkey verification counts for risky commands (StartDeployment).
+    #[arg(long, env = "HERALD_STEP_UP_MINUTES", default_value_t = 15)]
+    step_up_minutes: u64,
+    /// Hours a browser session lasts without a request.
+    #[arg(long, env = "HERALD_SESSION_IDLE_HOURS", default_value_t = 12)]
+    session_idle_hours: u64,
+    /// Days a browser session lasts at most.
+    #[arg(long, env = "HERALD_SESSION_MAX_DAYS", default_value_t = 7)]
+    session_max_days: u64,
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Mint an invite code; prints it alone on the last line of stdout.
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long, env = "HERALD_ROLE", value_parser = parse_role)]
+        role: Role,
+        /// The origin browsers use (for the registration link).
+        #[arg(long, env = "HERALD_PUBLIC_ORIGIN", default_value = "http://localhost:8080")]
+        public_origin: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +180,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", minted.secret);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Invite(InviteCommand::Create { role, public_origin }) => {
+            let store = open_store(&dir)?;
+            let accounts = SqliteAccounts::open(&dir)?;
+            let minted = herald_server::passkeys::create_invite_in(&*store, &*accounts, &cli_actor(), role)
+                .await
+                .map_err(|e| anyhow::anyhow!("could not create the invite: {e}"))?;
+            eprintln!(
+                "created invite {} for role {}, usable once until {}; register at {}/register?invite={}",
+                minted.record.id,
+                minted.record.role,
+                herald_server::sessions::millis_rfc3339(minted.record.expires_at),
+                public_origin.trim_end_matches('/'),
+                minted.code
+            );
+            println!("{}", minted.code);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify => {
             let store = open_store(&dir)?;
             let report = herald_core::audit::verify(&*store, |checked, head| {
@@ -202,6 +247,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             eprintln!("exported {count} events");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => herald_bench::run(*args).await,
         Command::Projections(ProjectionsCommand::Rebuild) => {
             let store = open_store(&dir)?;
             let model = SqliteDeployments::open(&dir)?;
@@ -232,10 +278,17 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         public_origin: args.public_origin.trim_end_matches('/').to_owned(),
         stream_limit: args.stream_limit,
         command_rate: args.command_rate,
+        step_up: Duration::from_secs(args.step_up_minutes.saturating_mul(60)),
+        session_idle: Duration::from_secs(args.session_idle_hours.saturating_mul(3600)),
+        session_max: Duration::from_secs(args.session_max_days.saturating_mul(86_400)),
         ..ServerConfig::default()
     };
-    let state =
-        AppState::open_sqlite(dir, config).with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let state = AppState::open_sqlite(dir, config).map_err(|e| match e {
+        herald_server::state::ConfigError::Store(e) => {
+            anyhow::anyhow!("cannot open the store in {}: {e}", dir.display())
+        }
+        other => anyhow::anyhow!(other),
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

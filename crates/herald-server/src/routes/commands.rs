@@ -10,7 +10,7 @@ use herald_core::store::AppendOutcome;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::Operator;
+use crate::auth::{Operator, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{json_response, read_json_body, write_events, write_field};
@@ -30,6 +30,32 @@ struct CommandBody {
     command_id: Option<String>,
     #[serde(default)]
     data: Value,
+}
+
+/// Commands that need a recent passkey verification from a person.
+const RISKY: [&str; 1] = ["StartDeployment"];
+
+/// Step-up (issue 3): a session must have verified a passkey within
+/// `--step-up`; otherwise 403 with `reauth_required`, and the console asks for
+/// the passkey again. API tokens are for machines and have no step-up.
+fn require_step_up(state: &AppState, principal: &Principal, command_type: &str) -> Result<(), ApiError> {
+    let Some(session) = &principal.session else {
+        return Ok(());
+    };
+    if !RISKY.contains(&command_type) {
+        return Ok(());
+    }
+    let age = crate::sessions::now_millis() - session.verified_at;
+    let window = crate::sessions::millis(state.config.step_up);
+    if age > window {
+        return Err(ApiError::ReauthRequired(format!(
+            "{command_type} needs a passkey verification in the last {} minutes; the last was {} minutes ago. \
+             Verify with your passkey (POST /api/auth/login/start and /finish) and send the command again",
+            window / 60_000,
+            age / 60_000
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(field: &str, value: &str) -> Result<(), ApiError> {
@@ -65,6 +91,7 @@ pub async fn post_command(
         None => None,
     };
     let command_type = body.command_type.clone();
+    require_step_up(&state, &principal, &command_type)?;
     let request = CommandRequest {
         command_type: body.command_type,
         aggregate_id,

@@ -90,9 +90,12 @@ pub async fn get(
 /// The current list first (`event: snapshot`), then `event: deployment` per change.
 pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri: Uri) -> Result<Response, ApiError> {
     let q = list_query(&uri)?;
-    let guard = state
-        .live
-        .acquire(&principal.credential_id, state.config.stream_limit)?;
+    let guard = state.live.acquire(
+        &principal.credential_id,
+        &principal.ends_with,
+        state.config.stream_limit,
+        principal.stream_deadline(),
+    )?;
     // Subscribe before reading the snapshot so no change falls between.
     let changes = state.live.deployment_changes.subscribe();
     let (snapshot, position) = list_json(&state, &q).await?;

@@ -1,0 +1,413 @@
+//! `herald bench`: the load generator behind `docs/BENCHMARKS.md`.
+//!
+//! It drives a running herald (or one it spawns) the way real clients do —
+//! subscribers on `/api/events/live` with tokens, commands on
+//! `POST /api/commands` — and matches every delivered event to the command that
+//! caused it by the envelope's `command_id`. The fan-out runs the same way
+//! against two references: Nchan (nginx, run as a child) and an in-process
+//! tokio broadcaster, the ceiling for this machine.
+
+pub mod fanout;
+pub mod http;
+pub mod plot;
+pub mod scenarios;
+pub mod sse;
+pub mod stats;
+pub mod targets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use crate::fanout::{FanConfig, FanResult};
+use crate::scenarios::{CatchupResult, CommandsResult, RebuildResult};
+use crate::targets::{Ceiling, Herald, Nchan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    Herald,
+    Nchan,
+    Ceiling,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Herald => "herald",
+            Kind::Nchan => "nchan",
+            Kind::Ceiling => "ceiling",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Kind> {
+        Ok(match s {
+            "herald" => Kind::Herald,
+            "nchan" => Kind::Nchan,
+            "ceiling" => Kind::Ceiling,
+            _ => bail!("--reference {s:?}: expected herald, nchan or ceiling"),
+        })
+    }
+}
+
+/// `herald bench` options.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// A running herald (loopback only), e.g. http://127.0.0.1:8080; needs --token.
+    #[arg(long, env = "HERALD_BENCH_TARGET", conflicts_with = "spawn")]
+    pub target: Option<String>,
+    /// Start a `herald serve` child on a temporary --data and a free port (the default).
+    #[arg(long)]
+    pub spawn: bool,
+    /// An operator token for --target (its --stream-limit must admit every subscriber).
+    #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The --target server's process id, to read its memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// fanout, commands, catchup, rebuild or all (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub scenario: Vec<String>,
+    /// Subscriber counts for the fan-out.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub subscribers: Vec<usize>,
+    /// Fan-out targets: herald, nchan, ceiling.
+    #[arg(long, value_delimiter = ',', default_value = "herald,nchan,ceiling")]
+    pub reference: Vec<String>,
+    /// Seconds of each measured phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Commands per second in the fan-out's latency phase.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Publishing connections in the fan-out's throughput phase.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Messages not yet delivered to every subscriber the throughput phase allows.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Bytes of an event envelope (herald) or message (references).
+    #[arg(long, default_value_t = 450)]
+    pub payload: usize,
+    /// Concurrent clients of the commands scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub clients: Vec<usize>,
+    /// Events the catch-up subscriber resumes behind the head.
+    #[arg(long, default_value_t = 100_000)]
+    pub catchup_events: u64,
+    /// Events in the log the projection rebuild replays.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rebuild_events: u64,
+    /// Upper bound of messages one fan-out run sends.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_messages: usize,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency-against-subscribers plot (SVG) here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub machine: Machine,
+    pub open_files_limit: u64,
+    pub fanout: Vec<FanResult>,
+    pub fanout_skipped: Vec<String>,
+    pub commands: Vec<CommandsResult>,
+    pub catchup: Option<CatchupResult>,
+    pub rebuild: Option<RebuildResult>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: u64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: cpuinfo
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default(),
+            memory: format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:08x}", (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32)
+}
+
+/// Runs the scenarios `args` asks for and prints the figures.
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    let scenarios: Vec<String> = args.scenario.iter().map(|s| s.trim().to_owned()).collect();
+    let wants = |s: &str| scenarios.iter().any(|x| x == s || x == "all");
+    for s in &scenarios {
+        if !["all", "fanout", "commands", "catchup", "rebuild"].contains(&s.as_str()) {
+            bail!("--scenario {s:?}: expected fanout, commands, catchup, rebuild or all");
+        }
+    }
+    let kinds: Vec<Kind> = args.reference.iter().map(|s| Kind::parse(s.trim())).collect::<Result<_>>()?;
+    let open_files = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")?;
+    let exe = std::env::current_exe().context("cannot find the herald executable")?;
+    let duration = Duration::from_secs_f64(args.duration.max(0.5));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = run_id();
+    let mut report = Report {
+        date: now_utc(),
+        machine: Machine::read(),
+        open_files_limit: open_files,
+        ..Report::default()
+    };
+    eprintln!(
+        "herald bench {} on {} × {} ({}, Linux {}), open-file limit {}",
+        report.date,
+        report.machine.cpus,
+        report.machine.cpu_model,
+        report.machine.memory,
+        report.machine.kernel,
+        open_files
+    );
+    let max_subs = args.subscribers.iter().copied().max().unwrap_or(0);
+    if wants("fanout") && max_subs as u64 + 64 > open_files {
+        eprintln!("warning: {max_subs} subscribers need more open files than the limit {open_files}");
+    }
+
+    let needs_herald = wants("commands") || wants("catchup") || (wants("fanout") && kinds.contains(&Kind::Herald));
+    let mut herald = if !needs_herald {
+        None
+    } else if let Some(target) = &args.target {
+        let addr = targets::parse_target(target)?;
+        let token = args.token.clone().context("--target needs --token (an operator token)")?;
+        Some(Herald::running(addr, token, args.server_pid))
+    } else {
+        let h = Herald::spawn(&exe).await?;
+        eprintln!(
+            "spawned herald serve (pid {}) on {} with data in {}",
+            h.pid.unwrap_or(0),
+            h.addr,
+            h.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+        );
+        Some(h)
+    };
+
+    // The `service` length that makes herald's envelopes `payload` bytes.
+    let mut pad = 1;
+    if let Some(h) = &herald {
+        let base = scenarios::probe_envelope(h.addr, &h.token, &run, 1).await?;
+        pad = (args.payload + 1).saturating_sub(base).max(1);
+    }
+
+    let outcome = async {
+        if wants("fanout") {
+            for &n in &args.subscribers {
+                for &kind in &kinds {
+                    eprintln!("fan-out: {} with {n} subscribers", kind.name());
+                    let mut cfg = FanConfig {
+                        kind,
+                        addr: "127.0.0.1:1".parse()?,
+                        token: None,
+                        channel: format!("{run}n{n}"),
+                        subscribers: n,
+                        rate: args.rate,
+                        duration,
+                        publishers: args.publishers,
+                        window: args.window,
+                        payload: args.payload,
+                        herald_pad: pad,
+                        run: format!("{run}{}{n}", &kind.name()[..1]),
+                        max_messages: args.max_messages,
+                        pids: Vec::new(),
+                    };
+                    let result = match kind {
+                        Kind::Herald => {
+                            let Some(h) = &herald else { continue };
+                            cfg.addr = h.addr;
+                            cfg.token = Some(h.token.clone());
+                            cfg.pids = h.pid.into_iter().collect();
+                            fanout::run(cfg).await?
+                        }
+                        Kind::Nchan => {
+                            if let Some(why) = Nchan::missing() {
+                                eprintln!("  skipped: {why}");
+                                report.fanout_skipped.push(format!("nchan: {why}"));
+                                continue;
+                            }
+                            let nchan = Nchan::start(cpus).await?;
+                            cfg.addr = nchan.addr;
+                            cfg.pids = nchan.pids();
+                            let r = fanout::run(cfg).await;
+                            nchan.stop().await;
+                            r?
+                        }
+                        Kind::Ceiling => {
+                            let ceiling = Ceiling::start(cpus)?;
+                            cfg.addr = ceiling.addr;
+                            let r = fanout::run(cfg).await;
+                            ceiling.stop();
+                            r?
+                        }
+                    };
+                    result.print();
+                    report.fanout.push(result);
+                    // Let closed connections leave TIME_WAIT / the servers settle.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        if let Some(h) = &herald {
+            if wants("commands") {
+                for &c in &args.clients {
+                    eprintln!("commands: {c} concurrent clients for {:.0} s", duration.as_secs_f64());
+                    let r = scenarios::commands(h.addr, &h.token, &format!("{run}c{c}"), c, duration, usize::MAX, pad)
+                        .await?;
+                    eprintln!(
+                        "  {} clients: {:.0} commands/s ({} ok, {} errors), latency {}",
+                        r.clients, r.per_s, r.ok, r.errors, r.latency
+                    );
+                    if let Some(e) = &r.first_error {
+                        eprintln!("  first error: {e}");
+                    }
+                    report.commands.push(r);
+                }
+            }
+            if wants("catchup") {
+                let head = scenarios::head(h.addr, &h.token).await?;
+                if head < args.catchup_events + 1 {
+                    let missing = (args.catchup_events + 1 - head) as usize;
+                    eprintln!("catch-up: appending {missing} events first (64 clients)");
+                    let r = scenarios::commands(
+                        h.addr,
+                        &h.token,
+                        &format!("{run}f"),
+                        64,
+                        Duration::from_secs(600),
+                        missing,
+                        pad,
+                    )
+                    .await?;
+                    if r.errors > 0 {
+                        bail!("filling the log failed: {:?}", r.first_error);
+                    }
+                }
+                eprintln!("catch-up: one subscriber resuming {} events behind", args.catchup_events);
+                let r = scenarios::catchup(h.addr, &h.token, args.catchup_events).await?;
+                eprintln!(
+                    "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",
+                    r.received,
+                    r.seconds,
+                    r.events_per_s,
+                    r.first_event_ms,
+                    r.gaps,
+                    r.duplicates,
+                    r.bytes as f64 / 1e6
+                );
+                report.catchup = Some(r);
+            }
+        }
+        if wants("rebuild") {
+            eprintln!("rebuild: seeding {} events", args.rebuild_events);
+            let r = scenarios::rebuild(&exe, args.rebuild_events).await?;
+            eprintln!(
+                "  herald projections rebuild: {} events in {:.2} s = {:.0} events/s ({})",
+                r.events, r.seconds, r.events_per_s, r.output
+            );
+            report.rebuild = Some(r);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Some(h) = herald.as_mut() {
+        h.stop().await;
+    }
+    outcome?;
+
+    print_summary(&report);
+    if let Some(path) = &args.svg {
+        plot::write_svg(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(report: &Report) {
+    if report.fanout.is_empty() {
+        return;
+    }
+    eprintln!("\nfan-out summary (deliveries/s in the throughput phase; latency at the fixed rate)");
+    eprintln!(
+        "{:>8} {:>8} {:>14} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "target", "subs", "deliveries/s", "p50 ms", "p99 ms", "max ms", "B/sub idle", "missing"
+    );
+    for r in &report.fanout {
+        eprintln!(
+            "{:>8} {:>8} {:>14.0} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>12}",
+            r.target,
+            r.subscribers,
+            r.deliveries_per_s,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms,
+            r.rss_per_subscriber_bytes.map_or("-".into(), |b| format!("{b:.0}")),
+            r.latency_missing + r.throughput_missing
+        );
+    }
+    let find = |t: &str, n: usize| report.fanout.iter().find(|r| r.target == t && r.subscribers == n);
+    let mut counts: Vec<usize> = report.fanout.iter().map(|r| r.subscribers).collect();
+    counts.dedup();
+    for n in counts {
+        if let Some(h) = find("herald", n) {
+            if let Some(x) = find("nchan", n) {
+                eprintln!(
+                    "  {n} subscribers: herald / nchan = {:.2}×",
+                    h.deliveries_per_s / x.deliveries_per_s.max(1.0)
+                );
+            }
+            if let Some(c) = find("ceiling", n) {
+                eprintln!(
+                    "  {n} subscribers: herald / ceiling = {:.0} %",
+                    100.0 * h.deliveries_per_s / c.deliveries_per_s.max(1.0)
+                );
+            }
+        }
+    }
+}

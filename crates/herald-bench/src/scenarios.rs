@@ -1,0 +1,368 @@
+//! The commands, catch-up and rebuild scenarios.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use herald_core::envelope::Actor;
+use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use herald_store::sqlite::SqliteStore;
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fanout::herald_command;
+use crate::http::{self, Conn, Dechunker, Framing};
+use crate::sse;
+use crate::stats::{Histogram, Summary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandsResult {
+    pub clients: usize,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub per_s: f64,
+    pub latency: Summary,
+}
+
+/// `clients` keep-alive connections, each sending StartDeployment commands one
+/// after another for `duration` (or until `limit` commands in all).
+pub async fn commands(
+    addr: SocketAddr,
+    token: &str,
+    run: &str,
+    clients: usize,
+    duration: Duration,
+    limit: usize,
+    pad: usize,
+) -> Result<CommandsResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let end = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let next = next.clone();
+        let token = token.to_owned();
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::default();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut conn = Conn::new(http::connect(addr, None).await?);
+            let host = addr.to_string();
+            while Instant::now() < end {
+                let idx = next.fetch_add(1, Ordering::Relaxed);
+                if idx >= limit {
+                    break;
+                }
+                let body = herald_command(&run, idx, pad);
+                let request = http::post(&host, "/api/commands", Some(&token), "application/json", body.as_bytes());
+                let t = Instant::now();
+                match conn.request(&request).await {
+                    Ok(r) if r.status == 200 => hist.record_duration(t.elapsed()),
+                    Ok(r) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{}: {}", r.status, String::from_utf8_lossy(&r.body)));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                        conn = Conn::new(http::connect(addr, None).await?);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((hist, errors, first_error))
+        }));
+    }
+    let mut hist = Histogram::default();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        let (h, e, f) = t.await??;
+        hist.merge(&h);
+        errors += e;
+        if first_error.is_none() {
+            first_error = f;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(CommandsResult {
+        clients,
+        ok: hist.count(),
+        errors,
+        first_error,
+        seconds,
+        per_s: hist.count() as f64 / seconds,
+        latency: hist.summary(),
+    })
+}
+
+/// The log's head, from `GET /api/events?limit=1`.
+pub async fn head(addr: SocketAddr, token: &str) -> Result<u64> {
+    let mut conn = Conn::new(http::connect(addr, None).await?);
+    let r = conn
+        .request(&http::get(&addr.to_string(), "/api/events?limit=1", Some(token), ""))
+        .await?;
+    if r.status != 200 {
+        bail!("GET /api/events: {} {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    v["head"].as_u64().context("no head in /api/events")
+}
+
+/// The length of the envelope a StartDeployment with a `service` of `pad`
+/// characters produces (sends one command).
+pub async fn probe_envelope(addr: SocketAddr, token: &str, run: &str, pad: usize) -> Result<usize> {
+    let mut conn = Conn::new(http::connect(addr, None).await?);
+    let body = herald_command(&format!("{run}p"), 0, pad);
+    let r = conn
+        .request(&http::post(
+            &addr.to_string(),
+            "/api/commands",
+            Some(token),
+            "application/json",
+            body.as_bytes(),
+        ))
+        .await?;
+    if r.status != 200 {
+        bail!("probe command: {} {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let envelope = v["events"][0].clone();
+    Ok(serde_json::to_string(&envelope)?.len())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchupResult {
+    pub behind: u64,
+    pub received: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    /// Request sent → the head's event received.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub first_event_ms: f64,
+    pub bytes: u64,
+}
+
+struct Catch {
+    parser: sse::Parser,
+    started: Instant,
+    received: u64,
+    gaps: u64,
+    duplicates: u64,
+    last: u64,
+    bytes: u64,
+    first_event: Option<Duration>,
+}
+
+impl Catch {
+    fn on_bytes(&mut self, b: &[u8]) {
+        self.bytes += b.len() as u64;
+        let Catch {
+            parser,
+            started,
+            received,
+            gaps,
+            duplicates,
+            last,
+            first_event,
+            ..
+        } = self;
+        parser.feed(b, |m| {
+            if !m.has_data {
+                return;
+            }
+            let Some(p) = m.id.and_then(sse::parse_u64) else { return };
+            first_event.get_or_insert_with(|| started.elapsed());
+            if p <= *last {
+                *duplicates += 1;
+                return;
+            }
+            *gaps += p - *last - 1;
+            *last = p;
+            *received += 1;
+        });
+    }
+}
+
+/// One subscriber resuming `behind` events before the head with `Last-Event-ID`.
+pub async fn catchup(addr: SocketAddr, token: &str, behind: u64) -> Result<CatchupResult> {
+    let head = head(addr, token).await?;
+    if head < behind {
+        bail!("the log has {head} events, fewer than {behind}");
+    }
+    let from = head - behind;
+    let started = Instant::now();
+    let mut conn = Conn::new(http::connect(addr, None).await?);
+    conn.stream
+        .write_all(&http::get(
+            &addr.to_string(),
+            "/api/events/live",
+            Some(token),
+            &format!("Accept: text/event-stream\r\nLast-Event-ID: {from}\r\n"),
+        ))
+        .await?;
+    let h = conn.read_head().await?;
+    if h.status != 200 {
+        bail!("catch-up subscribe: status {}", h.status);
+    }
+    let mut dechunk = (h.framing == Framing::Chunked).then(Dechunker::default);
+    let mut st = Catch {
+        parser: sse::Parser::new(),
+        started,
+        received: 0,
+        gaps: 0,
+        duplicates: 0,
+        last: from,
+        bytes: 0,
+        first_event: None,
+    };
+    let mut chunk = conn.take_leftover();
+    let mut buf = vec![0u8; 256 * 1024];
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        match dechunk.as_mut() {
+            Some(d) => {
+                d.feed(&chunk, |b| st.on_bytes(b))?;
+            }
+            None => st.on_bytes(&chunk),
+        }
+        if st.last >= head || Instant::now() > deadline {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), conn.stream.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        chunk = buf[..n].to_vec();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let Catch {
+        received,
+        gaps,
+        duplicates,
+        bytes,
+        first_event,
+        ..
+    } = st;
+    Ok(CatchupResult {
+        behind,
+        received,
+        gaps,
+        duplicates,
+        seconds,
+        events_per_s: received as f64 / seconds,
+        first_event_ms: first_event.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        bytes,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildResult {
+    pub events: u64,
+    pub seed_seconds: f64,
+    /// Wall time of `herald projections rebuild`, process start to exit.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub output: String,
+}
+
+/// Events per deployment in the seeded log: started, progress ×8, succeeded.
+const PER_DEPLOYMENT: u64 = 10;
+
+/// Writes `events` deployment events into a new store in `dir` (through the
+/// store API, in concurrent appends the writer groups into transactions).
+pub async fn seed(dir: &Path, events: u64) -> Result<()> {
+    let store = SqliteStore::open(dir)?;
+    let deployments = events.div_ceil(PER_DEPLOYMENT);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(2048));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for d in 0..deployments {
+        let permit = in_flight.clone().acquire_owned().await?;
+        let store = store.clone();
+        let n = PER_DEPLOYMENT.min(events - d * PER_DEPLOYMENT);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut list = vec![NewEvent {
+                event_type: "DeploymentStarted".into(),
+                schema: 1,
+                data: json!({"service": format!("service-{}", d % 50), "version": "1.4.2", "environment": "prod"}),
+            }];
+            for i in 1..n.saturating_sub(1) {
+                list.push(NewEvent {
+                    event_type: "DeploymentProgressed".into(),
+                    schema: 1,
+                    data: json!({"percent": i * 10, "message": "canary ok"}),
+                });
+            }
+            if n > 1 {
+                list.push(NewEvent {
+                    event_type: "DeploymentSucceeded".into(),
+                    schema: 1,
+                    data: json!({}),
+                });
+            }
+            list.truncate(n as usize);
+            store
+                .append(AppendRequest {
+                    stream: format!("deployment-seed{d:08}"),
+                    expected: ExpectedVersion::NoStream,
+                    events: list,
+                    actor: Actor::system("bench"),
+                    command_id: format!("seed-{d}"),
+                    correlation_id: format!("seed-{d}"),
+                    idempotency_fingerprint: None,
+                })
+                .await
+        });
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
+        if d % 20_000 == 0 && d > 0 {
+            eprintln!(
+                "  seeded {} events ({:.0}/s)",
+                d * PER_DEPLOYMENT,
+                (d * PER_DEPLOYMENT) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Seeds `events` into a temporary store, then times `herald projections rebuild` on it.
+pub async fn rebuild(exe: &Path, events: u64) -> Result<RebuildResult> {
+    let dir = tempfile::Builder::new().prefix("herald-bench-rebuild-").tempdir()?;
+    let started = Instant::now();
+    seed(dir.path(), events).await?;
+    let seed_seconds = started.elapsed().as_secs_f64();
+    eprintln!("  seeded {events} events in {seed_seconds:.1} s");
+    let started = Instant::now();
+    let out = tokio::process::Command::new(exe)
+        .arg("--data")
+        .arg(dir.path())
+        .args(["projections", "rebuild"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("herald projections rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(RebuildResult {
+        events,
+        seed_seconds,
+        seconds,
+        events_per_s: events as f64 / seconds,
+        output: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    })
+}

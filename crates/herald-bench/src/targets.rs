@@ -1,0 +1,387 @@
+//! What the fan-out drives: herald (spawned or running), Nchan (nginx run as a
+//! child with a config written here) and the ceiling (an in-process tokio
+//! broadcaster serving SSE with axum, the same HTTP stack as herald).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use tokio::sync::broadcast;
+
+use crate::http;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts a TCP connection.
+pub async fn wait_listening(addr: SocketAddr, limit: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("nothing listens on {addr} after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Children of `pid` (from /proc/*/stat).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // pid (comm) state ppid …; comm may hold spaces: split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Parses `http://host:port` (loopback only: the bench sends load nowhere else).
+pub fn parse_target(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--target {url:?}: only http:// is supported"))?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    let addr: SocketAddr = hostport
+        .parse()
+        .with_context(|| format!("--target {url:?}: expected http://127.0.0.1:PORT"))?;
+    if !addr.ip().is_loopback() {
+        bail!("--target {url:?}: the bench only sends load to loopback addresses");
+    }
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------- herald
+
+pub struct Herald {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub pid: Option<u32>,
+    child: Option<tokio::process::Child>,
+    pub data_dir: Option<PathBuf>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Herald {
+    pub fn running(addr: SocketAddr, token: String, pid: Option<u32>) -> Herald {
+        Herald {
+            addr,
+            token,
+            pid,
+            child: None,
+            data_dir: None,
+            _dir: None,
+        }
+    }
+
+    /// Starts `herald serve` (this executable) on a temporary data directory and a
+    /// free port, with an operator token, no command rate limit and a stream
+    /// limit above any subscriber count.
+    pub async fn spawn(exe: &Path) -> Result<Herald> {
+        let dir = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
+        let data = dir.path().to_path_buf();
+        let out = tokio::process::Command::new(exe)
+            .arg("--data")
+            .arg(&data)
+            .args(["token", "create", "--name", "bench", "--role", "operator"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .context("cannot run `herald token create`")?;
+        if !out.status.success() {
+            bail!("herald token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let token = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let port = free_port()?;
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let log = std::fs::File::create(data.join("serve.log"))?;
+        let child = tokio::process::Command::new(exe)
+            .arg("--data")
+            .arg(&data)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--stream-limit", "1000000", "--command-rate", "0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start `herald serve`")?;
+        let pid = child.id();
+        wait_listening(addr, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("herald serve did not start; see {}", data.join("serve.log").display()))?;
+        Ok(Herald {
+            addr,
+            token,
+            pid,
+            child: Some(child),
+            data_dir: Some(data),
+            _dir: Some(dir),
+        })
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SIGTERM for a clean shutdown, then wait a little.
+                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- nchan
+
+pub const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+pub struct Nchan {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    pub master_pid: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Nchan {
+    /// Why Nchan cannot run here, if it cannot.
+    pub fn missing() -> Option<String> {
+        if !Path::new("/usr/sbin/nginx").exists() {
+            return Some("/usr/sbin/nginx is absent (apt-get install nginx-light libnginx-mod-nchan)".into());
+        }
+        if !Path::new(NCHAN_MODULE).exists() {
+            return Some(format!("{NCHAN_MODULE} is absent (apt-get install libnginx-mod-nchan)"));
+        }
+        None
+    }
+
+    pub async fn start(workers: usize) -> Result<Nchan> {
+        if let Some(why) = Nchan::missing() {
+            bail!("Nchan is not available: {why}");
+        }
+        let dir = tempfile::Builder::new().prefix("herald-bench-nchan-").tempdir()?;
+        let p = dir.path().display().to_string();
+        let port = free_port()?;
+        let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+        let conf = format!(
+            "load_module {NCHAN_MODULE};
+daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections {nofile}; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+  client_body_buffer_size 64k;
+  nchan_shared_memory_size 256M;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /pub {{
+      nchan_publisher;
+      nchan_channel_id $arg_chan;
+      nchan_message_buffer_length 1024;
+      nchan_message_timeout 10m;
+    }}
+    location = /sub {{
+      nchan_subscriber eventsource;
+      nchan_channel_id $arg_chan;
+      nchan_subscriber_first_message newest;
+    }}
+  }}
+}}
+"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf)?;
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let child = tokio::process::Command::new("/usr/sbin/nginx")
+            .args(["-p", &p, "-c", "nginx.conf", "-e", &format!("{p}/error.log")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start nginx")?;
+        let master_pid = child.id().context("nginx exited at once")?;
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        wait_listening(addr, Duration::from_secs(15)).await.with_context(|| {
+            format!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            )
+        })?;
+        Ok(Nchan {
+            addr,
+            child,
+            master_pid,
+            dir,
+        })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.master_pid];
+        pids.extend(children(self.master_pid));
+        pids
+    }
+
+    pub async fn stop(mut self) {
+        // SIGQUIT: graceful; then make sure.
+        let _ = std::process::Command::new("kill")
+            .args(["-QUIT", &self.master_pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        drop(self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- ceiling
+
+/// The ceiling: SSE from a `tokio::sync::broadcast` of pre-encoded frames, on
+/// its own 2-thread runtime (as herald has), through axum/hyper like herald.
+pub struct Ceiling {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct CeilingState {
+    tx: broadcast::Sender<Bytes>,
+    seq: Arc<AtomicU64>,
+}
+
+async fn ceiling_sub(axum::extract::State(s): axum::extract::State<CeilingState>) -> Response {
+    let rx = s.tx.subscribe();
+    let first = futures_util::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"retry: 3000\n\n")) });
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(b) => Some((Ok::<_, Infallible>(b), rx)),
+            // Too far behind (or closed): end the stream, like herald.
+            Err(_) => None,
+        }
+    });
+    let mut r = Response::new(Body::from_stream(futures_util::StreamExt::chain(first, rest)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+async fn ceiling_pub(axum::extract::State(s): axum::extract::State<CeilingState>, body: Bytes) -> StatusCode {
+    let id = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut frame = Vec::with_capacity(body.len() + 32);
+    frame.extend_from_slice(format!("id: {id}\nevent: m\ndata: ").as_bytes());
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(b"\n\n");
+    let _ = s.tx.send(Bytes::from(frame));
+    StatusCode::ACCEPTED
+}
+
+impl Ceiling {
+    pub fn start(workers: usize) -> Result<Ceiling> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, _) = broadcast::channel(1024);
+        let state = CeilingState {
+            tx,
+            seq: Arc::new(AtomicU64::new(0)),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("ceiling")
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new().name("ceiling".into()).spawn(move || {
+            runtime.block_on(async move {
+                let app = axum::Router::new()
+                    .route("/sub", axum::routing::get(ceiling_sub))
+                    .route("/pub", axum::routing::post(ceiling_pub))
+                    .with_state(state);
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                // Not a graceful shutdown: open SSE streams would keep it waiting.
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stop_rx => {}
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })?;
+        Ok(Ceiling {
+            addr,
+            shutdown: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request a subscriber sends.
+pub fn subscribe_request(kind: crate::Kind, addr: SocketAddr, token: Option<&str>, channel: &str) -> Vec<u8> {
+    let host = addr.to_string();
+    match kind {
+        crate::Kind::Herald => http::get(&host, "/api/events/live", token, "Accept: text/event-stream\r\n"),
+        crate::Kind::Nchan => http::get(
+            &host,
+            &format!("/sub?chan={channel}"),
+            None,
+            "Accept: text/event-stream\r\n",
+        ),
+        crate::Kind::Ceiling => http::get(&host, "/sub", None, "Accept: text/event-stream\r\n"),
+    }
+}

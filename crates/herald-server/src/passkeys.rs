@@ -1,0 +1,630 @@
+//! Passkey registration and login (API.md §7) with `webauthn-rs`, user
+//! verification required.
+//!
+//! A ceremony's server-side state is stored under a random id for 5 minutes and
+//! taken out (deleted) before it is verified, so it works once. Every
+//! registration, login (success and failure) and logout is an event in the log.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::accounts::{
+    InviteRecord, Millis, RegistrationRefused, SessionRecord, StoredPasskey, User, check_display_name, check_username,
+};
+use herald_core::auth::Role;
+use herald_core::envelope::Actor;
+use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use webauthn_rs::prelude::{
+    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Uuid,
+};
+
+use crate::auth::{Viewer, hash_secret, now_rfc3339};
+use crate::error::ApiError;
+use crate::sessions::{
+    self, check_same_origin, clear_cookie, cookie_secret, millis, new_session, now_millis, session_credential,
+    set_cookie,
+};
+use crate::state::AppState;
+use crate::wire::read_json_body;
+
+/// How long a ceremony may take (API.md §7).
+pub const CEREMONY_TTL_MS: Millis = 5 * 60 * 1000;
+/// How long an invite code stays usable.
+pub const INVITE_TTL_MS: Millis = 7 * 24 * 3600 * 1000;
+const AUTH_BODY_LIMIT: usize = 16 * 1024;
+
+/// The client address the auth rate limit counts against (the peer's address;
+/// "unknown" when the server was not started with connection info, as in tests
+/// that drive the router in process).
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// Appends one account event (`UserRegistered`, `LoginSucceeded`, …).
+pub async fn record(
+    state: &AppState,
+    stream: String,
+    expected: ExpectedVersion,
+    event_type: &str,
+    data: Value,
+    actor: &Actor,
+) -> Result<(), ApiError> {
+    let command_id = uuid::Uuid::now_v7().to_string();
+    state
+        .store
+        .append(AppendRequest {
+            stream,
+            expected,
+            events: vec![NewEvent {
+                event_type: event_type.into(),
+                schema: 1,
+                data,
+            }],
+            actor: actor.clone(),
+            command_id: command_id.clone(),
+            correlation_id: command_id,
+            idempotency_fingerprint: None,
+        })
+        .await?;
+    Ok(())
+}
+
+/// `{user}` as the API shows it.
+pub fn user_json(user: &User) -> Value {
+    json!({
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "roles": user.roles,
+        "created_at": user.created_at,
+    })
+}
+
+fn parse_field<T: serde::de::DeserializeOwned>(field: &str, value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            field.to_owned()
+        } else {
+            format!("{field}.{path}")
+        };
+        ApiError::BadRequest(format!("{at}: {}", e.into_inner()))
+    })
+}
+
+fn credential_key(raw_id: &[u8]) -> String {
+    hex::encode(raw_id)
+}
+
+// ---------------------------------------------------------------------------
+// Registration
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterStart {
+    username: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    invite: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegisterCeremony {
+    user_id: Uuid,
+    username: String,
+    display_name: String,
+    invite_hash: Option<String>,
+    state: PasskeyRegistration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Finish {
+    ceremony: String,
+    credential: Value,
+}
+
+/// Who may register: the first person (admin), or the holder of a live invite.
+async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Result<Role, ApiError> {
+    if state.accounts.count_users().await? == 0 {
+        return Ok(Role::Admin);
+    }
+    let Some(hash) = invite_hash else {
+        return Err(ApiError::Forbidden(
+            "herald already has users: registering needs an invite from an admin".into(),
+        ));
+    };
+    state
+        .accounts
+        .find_invite(hash, now_millis())
+        .await?
+        .map(|i| i.role)
+        .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))
+}
+
+pub async fn register_start(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.limits.auth(&client)?;
+    let body: RegisterStart = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
+    check_username(&body.username).map_err(ApiError::BadRequest)?;
+    let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
+    check_display_name(&display_name).map_err(ApiError::BadRequest)?;
+    let invite_hash = body.invite.as_deref().map(|c| hash_secret(c.trim()));
+    registration_role(&state, invite_hash.as_deref()).await?;
+    if state.accounts.find_user_by_name(&body.username).await?.is_some() {
+        return Err(username_taken(&body.username));
+    }
+    let user_id = Uuid::new_v4();
+    let (options, registration) = state
+        .webauthn
+        .start_passkey_registration(user_id, &body.username, &display_name, None)
+        .map_err(ApiError::internal)?;
+    let ceremony = random_hex(16);
+    let saved = RegisterCeremony {
+        user_id,
+        username: body.username,
+        display_name,
+        invite_hash,
+        state: registration,
+    };
+    state
+        .accounts
+        .put_ceremony(
+            &ceremony,
+            "register",
+            &serde_json::to_string(&saved).map_err(ApiError::internal)?,
+            now_millis() + CEREMONY_TTL_MS,
+        )
+        .await?;
+    Ok(Json(json!({ "ceremony": ceremony, "options": options })).into_response())
+}
+
+fn username_taken(username: &str) -> ApiError {
+    ApiError::Unprocessable {
+        title: "username taken",
+        detail: format!("the username {username:?} is taken; choose another"),
+    }
+}
+
+pub async fn register_finish(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.limits.auth(&client)?;
+    let body: Finish = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
+    let credential: RegisterPublicKeyCredential = parse_field("credential", body.credential)?;
+    let saved = state
+        .accounts
+        .take_ceremony(&body.ceremony, "register", now_millis())
+        .await?
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "ceremony: unknown, already used or expired (a ceremony lasts 5 minutes); start again".into(),
+            )
+        })?;
+    let saved: RegisterCeremony =
+        serde_json::from_str(&saved).map_err(|e| ApiError::internal(format!("stored ceremony: {e}")))?;
+    let passkey = state
+        .webauthn
+        .finish_passkey_registration(&credential, &saved.state)
+        .map_err(|e| ApiError::BadRequest(format!("credential: the passkey could not be verified ({e})")))?;
+
+    let _turn = state.registration.lock().await;
+    let role = registration_role(&state, saved.invite_hash.as_deref()).await?;
+    if state.accounts.find_user_by_name(&saved.username).await?.is_some() {
+        return Err(username_taken(&saved.username));
+    }
+    let now = now_millis();
+    let user = User {
+        id: saved.user_id.simple().to_string(),
+        username: saved.username,
+        display_name: saved.display_name,
+        roles: vec![role],
+        created_at: now_rfc3339(),
+    };
+    let stored = StoredPasskey {
+        credential_id: credential_key(passkey.cred_id()),
+        user_id: user.id.clone(),
+        passkey: serde_json::to_string(&passkey).map_err(ApiError::internal)?,
+        created_at: user.created_at.clone(),
+    };
+    let (session, secret) = new_session(&user.id, now, millis(state.config.session_max), &headers);
+    let invite_id = match &saved.invite_hash {
+        Some(hash) => state.accounts.find_invite(hash, now).await?.map(|i| i.id),
+        None => None,
+    };
+    // The log first: nobody exists without the record of how they came to.
+    record(
+        &state,
+        format!("user-{}", user.id),
+        ExpectedVersion::NoStream,
+        "UserRegistered",
+        json!({
+            "user_id": user.id,
+            "username": user.username,
+            "display_name": user.display_name,
+            "roles": user.roles,
+            "invite_id": invite_id,
+            "credential_id": stored.credential_id,
+            "session_id": session.id,
+        }),
+        &user.actor(),
+    )
+    .await?;
+    match state
+        .accounts
+        .insert_user(&user, &stored, saved.invite_hash.as_deref(), now)
+        .await?
+    {
+        Ok(()) => {}
+        Err(RegistrationRefused::UsernameTaken(name)) => return Err(username_taken(&name)),
+        Err(e) => return Err(ApiError::Forbidden(e.to_string())),
+    }
+    state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
+    let mut response = (StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&state, &secret, &session));
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------
+// Login
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginStart {
+    #[serde(default)]
+    username: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum LoginCeremony {
+    /// The user named themselves: their passkeys are allowed.
+    Known {
+        user_id: String,
+        state: PasskeyAuthentication,
+    },
+    /// No (or an unknown) username: the authenticator says who (discoverable).
+    Discoverable { state: DiscoverableAuthentication },
+}
+
+pub async fn login_start(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.limits.auth(&client)?;
+    let body: LoginStart = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
+    let mut known = None;
+    if let Some(username) = &body.username {
+        check_username(username).map_err(ApiError::BadRequest)?;
+        if let Some(user) = state.accounts.find_user_by_name(username).await? {
+            let passkeys = state
+                .accounts
+                .passkeys_of(&user.id)
+                .await?
+                .iter()
+                .map(|p| serde_json::from_str::<Passkey>(&p.passkey))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
+            if !passkeys.is_empty() {
+                known = Some((user.id, passkeys));
+            }
+        }
+    }
+    // An unknown username gets a discoverable challenge, so the answer does not
+    // tell which usernames exist.
+    let (options, saved) = match known {
+        Some((user_id, passkeys)) => {
+            let (options, auth) = state
+                .webauthn
+                .start_passkey_authentication(&passkeys)
+                .map_err(ApiError::internal)?;
+            (options, LoginCeremony::Known { user_id, state: auth })
+        }
+        None => {
+            let (mut options, auth) = state
+                .webauthn
+                .start_discoverable_authentication()
+                .map_err(ApiError::internal)?;
+            // A modal prompt, not autofill-only (the console asks on a click).
+            options.mediation = None;
+            (options, LoginCeremony::Discoverable { state: auth })
+        }
+    };
+    let ceremony = random_hex(16);
+    state
+        .accounts
+        .put_ceremony(
+            &ceremony,
+            "login",
+            &serde_json::to_string(&saved).map_err(ApiError::internal)?,
+            now_millis() + CEREMONY_TTL_MS,
+        )
+        .await?;
+    Ok(Json(json!({ "ceremony": ceremony, "options": options })).into_response())
+}
+
+/// A refused login: recorded (with who it claimed to be, when known), then 401.
+async fn login_failed(state: &AppState, user: Option<&User>, reason: String) -> ApiError {
+    let (stream, data) = match user {
+        Some(u) => (
+            format!("user-{}", u.id),
+            json!({ "user_id": u.id, "username": u.username, "reason": reason }),
+        ),
+        None => ("login-failures".to_owned(), json!({ "reason": reason })),
+    };
+    let outcome = record(
+        state,
+        stream,
+        ExpectedVersion::Any,
+        "LoginFailed",
+        data,
+        &Actor::system("passkey-login"),
+    )
+    .await;
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "cannot record a failed login");
+    }
+    metrics::counter!("herald_logins_total", "outcome" => "failed").increment(1);
+    ApiError::AuthFailed(format!("login refused: {reason}"))
+}
+
+pub async fn login_finish(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.limits.auth(&client)?;
+    let body: Finish = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
+    let credential: PublicKeyCredential = parse_field("credential", body.credential)?;
+    let now = now_millis();
+    let Some(saved) = state.accounts.take_ceremony(&body.ceremony, "login", now).await? else {
+        return Err(login_failed(&state, None, "the ceremony is unknown, already used or expired".into()).await);
+    };
+    let saved: LoginCeremony =
+        serde_json::from_str(&saved).map_err(|e| ApiError::internal(format!("stored ceremony: {e}")))?;
+    let key = credential_key(&credential.raw_id);
+    let Some(stored) = state.accounts.find_passkey(&key).await? else {
+        return Err(login_failed(&state, None, "the passkey is not registered here".into()).await);
+    };
+    let user = state
+        .accounts
+        .find_user(&stored.user_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("passkey {key} belongs to no user")))?;
+    let mut passkey: Passkey =
+        serde_json::from_str(&stored.passkey).map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
+    let verified = match saved {
+        LoginCeremony::Known { user_id, state: auth } => {
+            if user_id != user.id {
+                return Err(login_failed(&state, Some(&user), "the passkey belongs to another user".into()).await);
+            }
+            state.webauthn.finish_passkey_authentication(&credential, &auth)
+        }
+        LoginCeremony::Discoverable { state: auth } => {
+            match state.webauthn.identify_discoverable_authentication(&credential) {
+                Ok((handle, _)) if handle.simple().to_string() == user.id => state
+                    .webauthn
+                    .finish_discoverable_authentication_v2(&credential, auth, &passkey),
+                Ok(_) => {
+                    return Err(
+                        login_failed(&state, Some(&user), "the passkey's user handle does not match".into()).await,
+                    );
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let result = match verified {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(login_failed(&state, Some(&user), format!("the passkey could not be verified ({e})")).await);
+        }
+    };
+    passkey.update_credential(&result);
+    state
+        .accounts
+        .update_passkey(
+            &key,
+            &serde_json::to_string(&passkey).map_err(ApiError::internal)?,
+            &now_rfc3339(),
+        )
+        .await?;
+
+    // Already logged in as this user: a step-up — the session is kept and
+    // marked verified now. Otherwise a new session (a new id at every login).
+    let current = match cookie_secret(&headers) {
+        Some(secret) => sessions::resume(&state, secret).await?.filter(|s| s.user_id == user.id),
+        None => None,
+    };
+    let (session, secret, step_up) = match current {
+        Some(session) => (session, None, true),
+        None => {
+            let (session, secret) = new_session(&user.id, now, millis(state.config.session_max), &headers);
+            (session, Some(secret), false)
+        }
+    };
+    record(
+        &state,
+        format!("user-{}", user.id),
+        ExpectedVersion::Any,
+        "LoginSucceeded",
+        json!({ "user_id": user.id, "credential_id": key, "session_id": session.id, "step_up": step_up }),
+        &user.actor(),
+    )
+    .await?;
+    metrics::counter!("herald_logins_total", "outcome" => "ok").increment(1);
+    let mut response = Json(json!({ "user": user_json(&user) })).into_response();
+    match secret {
+        Some(secret) => {
+            state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, set_cookie(&state, &secret, &session));
+        }
+        None => state.accounts.touch_session(&session.id, now, true).await?,
+    }
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------
+// Logout, me
+
+/// Ends the caller's session (and its live streams). Without a live session
+/// there is nothing to end: 204 all the same, and the cookie is cleared.
+pub async fn logout(State(state): State<AppState>, method: Method, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(secret) = cookie_secret(&headers)
+        && let Some(session) = sessions::resume(&state, secret).await?
+    {
+        check_same_origin(&state, &method, &headers)?;
+        end_session(&state, &session, None).await?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, clear_cookie(&state));
+    Ok(response)
+}
+
+/// Deletes a session, ends its streams and records it: `LoggedOut` by its own
+/// user, `SessionRevoked` when `by` someone else (an admin).
+pub async fn end_session(state: &AppState, session: &SessionRecord, by: Option<&Actor>) -> Result<bool, ApiError> {
+    let Some(session) = state.accounts.delete_session(&session.id).await? else {
+        return Ok(false);
+    };
+    state.live.end_credential(&session_credential(&session.id));
+    let user = state.accounts.find_user(&session.user_id).await?;
+    let own_actor = user.as_ref().map(User::actor);
+    let (event_type, actor) = match (by, &own_actor) {
+        (Some(by), Some(own)) if by.id == own.id => ("LoggedOut", by),
+        (Some(by), _) => ("SessionRevoked", by),
+        (None, Some(own)) => ("LoggedOut", own),
+        (None, None) => return Ok(true),
+    };
+    record(
+        state,
+        format!("user-{}", session.user_id),
+        ExpectedVersion::Any,
+        event_type,
+        json!({ "user_id": session.user_id, "session_id": session.id }),
+        actor,
+    )
+    .await?;
+    Ok(true)
+}
+
+pub async fn me(State(state): State<AppState>, Viewer(principal): Viewer) -> Result<Response, ApiError> {
+    let user = match &principal.session {
+        Some(session) => {
+            let user = state
+                .accounts
+                .find_user(&session.user_id)
+                .await?
+                .ok_or(ApiError::Unauthorized("the session's user no longer exists"))?;
+            user_json(&user)
+        }
+        None => json!({
+            "id": principal.actor.id,
+            "username": principal.actor.name,
+            "display_name": principal.actor.name,
+            "roles": [principal.role],
+        }),
+    };
+    let mut body = json!({ "user": user, "via": principal.via() });
+    if let Some(session) = &principal.session {
+        body["session"] = json!({
+            "id": session.id,
+            "expires_at": sessions::millis_rfc3339(session.expires_at),
+            "verified_at": sessions::millis_rfc3339(session.verified_at),
+        });
+    }
+    Ok(Json(body).into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Invites (also used by `herald invite create`)
+
+pub struct MintedInvite {
+    pub record: InviteRecord,
+    pub code: String,
+}
+
+/// Mints an invite: `InviteCreated` in the log first, then the code's hash.
+pub async fn create_invite(state: &AppState, by: &Actor, role: Role) -> Result<MintedInvite, ApiError> {
+    create_invite_in(&*state.store, &*state.accounts, by, role).await
+}
+
+pub async fn create_invite_in(
+    store: &dyn herald_core::store::EventStore,
+    accounts: &dyn herald_core::accounts::AccountStore,
+    by: &Actor,
+    role: Role,
+) -> Result<MintedInvite, ApiError> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let code = format!("hinv_{}", random_hex(16));
+    let record = InviteRecord {
+        id: id.clone(),
+        role,
+        created_at: now_rfc3339(),
+        created_by: by.clone(),
+        expires_at: now_millis() + INVITE_TTL_MS,
+        used_by: None,
+    };
+    let command_id = uuid::Uuid::now_v7().to_string();
+    store
+        .append(AppendRequest {
+            stream: format!("invite-{id}"),
+            expected: ExpectedVersion::NoStream,
+            events: vec![NewEvent {
+                event_type: "InviteCreated".into(),
+                schema: 1,
+                data: json!({
+                    "invite_id": id,
+                    "role": role,
+                    "expires_at": sessions::millis_rfc3339(record.expires_at),
+                }),
+            }],
+            actor: by.clone(),
+            command_id: command_id.clone(),
+            correlation_id: command_id,
+            idempotency_fingerprint: None,
+        })
+        .await?;
+    accounts.insert_invite(&record, &hash_secret(&code)).await?;
+    Ok(MintedInvite { record, code })
+}

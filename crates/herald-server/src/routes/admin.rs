@@ -1,0 +1,194 @@
+//! Administration (API.md §7): users and roles, invites, sessions. Every change
+//! is an event with the admin as its actor.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::auth::Role;
+use herald_core::store::ExpectedVersion;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Admin, Viewer};
+use crate::error::ApiError;
+use crate::passkeys::{create_invite, end_session, record, user_json};
+use crate::sessions::{millis_rfc3339, now_millis};
+use crate::state::AppState;
+use crate::wire::{PathParam, read_json_body};
+
+const ADMIN_BODY_LIMIT: usize = 4096;
+
+pub async fn list_users(State(state): State<AppState>, Admin(_): Admin) -> Result<Response, ApiError> {
+    let users: Vec<_> = state.accounts.list_users().await?.iter().map(user_json).collect();
+    Ok(Json(json!({ "users": users })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRoles {
+    roles: Vec<Role>,
+}
+
+pub async fn set_roles(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: SetRoles = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
+    let mut roles = body.roles;
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        return Err(ApiError::BadRequest(
+            "roles: give at least one of viewer, operator, admin".into(),
+        ));
+    }
+    let _turn = state.registration.lock().await;
+    let user = state
+        .accounts
+        .find_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no user {id}")))?;
+    let loses_admin = user.role() == Role::Admin && !roles.contains(&Role::Admin);
+    if loses_admin {
+        let admins = state
+            .accounts
+            .list_users()
+            .await?
+            .iter()
+            .filter(|u| u.role() == Role::Admin)
+            .count();
+        if admins <= 1 {
+            return Err(ApiError::Unprocessable {
+                title: "last admin",
+                detail: format!("{} is the only admin; make someone else admin first", user.username),
+            });
+        }
+    }
+    record(
+        &state,
+        format!("user-{}", user.id),
+        ExpectedVersion::Any,
+        "RolesChanged",
+        json!({ "user_id": user.id, "username": user.username, "roles": roles, "previous": user.roles }),
+        &admin.actor,
+    )
+    .await?;
+    state.accounts.set_roles(&user.id, &roles).await?;
+    let mut user = user;
+    user.roles = roles;
+    Ok(Json(json!({ "user": user_json(&user) })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInvite {
+    role: Role,
+}
+
+pub async fn create_invite_route(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: NewInvite = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
+    let minted = create_invite(&state, &admin.actor, body.role).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": minted.record.id,
+            "code": minted.code,
+            "role": minted.record.role,
+            "expires_at": millis_rfc3339(minted.record.expires_at),
+            "url": format!("{}/register?invite={}", state.config.public_origin, minted.code),
+        })),
+    )
+        .into_response())
+}
+
+pub async fn list_invites(State(state): State<AppState>, Admin(_): Admin) -> Result<Response, ApiError> {
+    let invites: Vec<_> = state
+        .accounts
+        .list_invites()
+        .await?
+        .into_iter()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "role": i.role,
+                "created_at": i.created_at,
+                "created_by": i.created_by,
+                "expires_at": millis_rfc3339(i.expires_at),
+                "used_by": i.used_by,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "invites": invites })).into_response())
+}
+
+/// Admins see every session; anyone else sees their own.
+pub async fn list_sessions(State(state): State<AppState>, Viewer(principal): Viewer) -> Result<Response, ApiError> {
+    let own = match (&principal.session, principal.role) {
+        (_, Role::Admin) => None,
+        (Some(s), _) => Some(s.user_id.clone()),
+        (None, _) => {
+            return Err(ApiError::Forbidden(
+                "listing sessions needs the admin role or a session of your own".into(),
+            ));
+        }
+    };
+    let users = state.accounts.list_users().await?;
+    let sessions: Vec<_> = state
+        .accounts
+        .list_sessions(own.as_deref(), now_millis())
+        .await?
+        .into_iter()
+        .map(|s| {
+            let username = users.iter().find(|u| u.id == s.user_id).map(|u| u.username.clone());
+            json!({
+                "id": s.id,
+                "user_id": s.user_id,
+                "username": username,
+                "created_at": millis_rfc3339(s.created_at),
+                "last_seen_at": millis_rfc3339(s.last_seen_at),
+                "expires_at": millis_rfc3339(s.expires_at),
+                "verified_at": millis_rfc3339(s.verified_at),
+                "user_agent": s.user_agent,
+                "current": principal.session.as_ref().is_some_and(|c| c.id == s.id),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+/// Ends a session at once, with its live streams. Admins may end anyone's; a
+/// user may end their own.
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Viewer(principal): Viewer,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    let session = state
+        .accounts
+        .list_sessions(None, now_millis())
+        .await?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("there is no live session {id}")))?;
+    let own = principal.session.as_ref().is_some_and(|s| s.user_id == session.user_id);
+    if principal.role != Role::Admin && !own {
+        return Err(ApiError::Forbidden(
+            "ending another person's session needs the admin role".into(),
+        ));
+    }
+    if end_session(&state, &session, Some(&principal.actor)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("there is no live session {id}")))
+    }
+}

@@ -1,0 +1,193 @@
+//! Browser sessions (API.md §2): the `herald_session` cookie, its server-side
+//! record, expiry, and the CSRF rule for cookie-authenticated writes.
+//!
+//! The cookie carries 256 random bits; the store keeps only their SHA-256, so a
+//! copy of the database does not let anyone act as a logged-in user. A session
+//! also has a public id (listed and revoked by admins), which is no secret.
+
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use herald_core::accounts::{Millis, SessionRecord};
+use rand::RngCore;
+
+use crate::auth::hash_secret;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const COOKIE: &str = "herald_session";
+
+/// Refresh `last_seen_at` at most this often (one write a minute, not per request).
+const TOUCH_EVERY_MS: Millis = 60_000;
+
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn millis_rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The live-stream/rate-limit key of a session's streams.
+pub fn session_credential(session_id: &str) -> String {
+    format!("session:{session_id}")
+}
+
+/// The `herald_session` cookie's value, if the request has one.
+pub fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// A new session for `user_id`: its record, and the secret for the cookie.
+pub fn new_session(user_id: &str, now: Millis, max_age_ms: Millis, headers: &HeaderMap) -> (SessionRecord, String) {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(200).collect());
+    (
+        SessionRecord {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            user_id: user_id.to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + max_age_ms,
+            verified_at: now,
+            user_agent,
+        },
+        hex::encode(raw),
+    )
+}
+
+fn secure(state: &AppState) -> &'static str {
+    if state.config.public_origin.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// `Set-Cookie` for a session that lasts until its absolute expiry.
+pub fn set_cookie(state: &AppState, secret: &str, session: &SessionRecord) -> HeaderValue {
+    let max_age = ((session.expires_at - now_millis()) / 1000).max(0);
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        secure(state)
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("herald_session=; Path=/; Max-Age=0"))
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie(state: &AppState) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(state)
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("herald_session=; Path=/; Max-Age=0"))
+}
+
+/// CSRF (API.md §2): a cookie-authenticated request other than GET/HEAD must
+/// come from the console's own origin.
+pub fn check_same_origin(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site == Some("same-origin") {
+        return Ok(());
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if origin == Some(state.config.public_origin.as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "cross-site request refused: a request authenticated by the session cookie must carry \
+         Sec-Fetch-Site: same-origin or Origin: {}",
+        state.config.public_origin
+    )))
+}
+
+/// The live session the cookie names, refreshing its activity; `None` when the
+/// cookie is unknown, or the session expired (idle or absolute) — an expired
+/// one is removed and its streams end.
+pub async fn resume(state: &AppState, secret: &str) -> Result<Option<SessionRecord>, ApiError> {
+    let now = now_millis();
+    let Some(mut session) = state.accounts.find_session(&hash_secret(secret), now).await? else {
+        return Ok(None);
+    };
+    let idle_ms = millis(state.config.session_idle);
+    if now - session.last_seen_at > idle_ms {
+        if state.accounts.delete_session(&session.id).await?.is_some() {
+            state.live.end_credential(&session_credential(&session.id));
+        }
+        return Ok(None);
+    }
+    if now - session.last_seen_at > TOUCH_EVERY_MS {
+        state.accounts.touch_session(&session.id, now, false).await?;
+        session.last_seen_at = now;
+    }
+    Ok(Some(session))
+}
+
+pub fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// Removes expired sessions now and then, ending their streams.
+pub async fn purge_loop(state: AppState) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.live.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = now_millis();
+        match state
+            .accounts
+            .purge_sessions(now, now - millis(state.config.session_idle))
+            .await
+        {
+            Ok(gone) => {
+                for s in gone {
+                    state.live.end_credential(&session_credential(&s.id));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired sessions"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; herald_session=abc ; b=2"),
+        );
+        assert_eq!(cookie_secret(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("herald_session=xyz"));
+        assert_eq!(cookie_secret(&h), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("herald_sessionx=1; herald_session="),
+        );
+        assert_eq!(cookie_secret(&h), None);
+    }
+}

@@ -1,0 +1,175 @@
+import { Box, Button, Card, Container, Field, Heading, Input, Stack, Tabs, Text } from '@chakra-ui/react'
+import { browserSupportsWebAuthn } from '@simplewebauthn/browser'
+import { useQueryClient } from '@tanstack/react-query'
+import { useState, type FormEvent } from 'react'
+import { LuFingerprint, LuKeyRound } from 'react-icons/lu'
+import { useLocation, useNavigate, useSearchParams } from 'react-router'
+import { ColorModeButton } from '../../components/ui/color-mode'
+import { ErrorAlert } from '../../components/ErrorAlert'
+import { loginWithPasskey, meKey, registerWithPasskey } from './api'
+import type { Me } from '../../lib/types'
+
+/** Sign in, or create an account (with an invite code from `?invite=`). */
+export function LoginPage() {
+  const [params] = useSearchParams()
+  const { pathname } = useLocation()
+  const invite = params.get('invite') ?? ''
+  const [tab, setTab] = useState(invite || pathname === '/register' ? 'register' : 'login')
+  const supported = typeof window !== 'undefined' && browserSupportsWebAuthn()
+
+  return (
+    <Container maxW="md" py={{ base: '6', md: '16' }} px="4">
+      <Stack gap="6">
+        <Stack direction="row" justify="space-between" align="center">
+          <Heading as="h1" size="2xl">
+            herald
+          </Heading>
+          <ColorModeButton />
+        </Stack>
+        <Text color="fg.muted">Deployments and risky changes, done together and on the record.</Text>
+        {!supported && (
+          <ErrorAlert
+            title="Passkeys are not available"
+            error={new Error('This browser cannot use passkeys here. Use a current browser, over https or on localhost.')}
+          />
+        )}
+        <Card.Root>
+          <Card.Body>
+            <Tabs.Root value={tab} onValueChange={(d) => setTab(d.value)} variant="line" fitted>
+              <Tabs.List>
+                <Tabs.Trigger value="login">Sign in</Tabs.Trigger>
+                <Tabs.Trigger value="register">Create account</Tabs.Trigger>
+              </Tabs.List>
+              <Tabs.Content value="login" pt="6">
+                <LoginForm />
+              </Tabs.Content>
+              <Tabs.Content value="register" pt="6">
+                <RegisterForm invite={invite} />
+              </Tabs.Content>
+            </Tabs.Root>
+          </Card.Body>
+        </Card.Root>
+      </Stack>
+    </Container>
+  )
+}
+
+function useSignedIn() {
+  const qc = useQueryClient()
+  const navigate = useNavigate()
+  const [params] = useSearchParams()
+  return async () => {
+    // The session cookie is set: read who we are, as every later page does.
+    await qc.invalidateQueries({ queryKey: meKey })
+    const me = qc.getQueryData<Me | null>(meKey)
+    if (me) {
+      const next = params.get('next')
+      navigate(next && next.startsWith('/') && !next.startsWith('//') ? next : '/', { replace: true })
+    }
+  }
+}
+
+function LoginForm() {
+  const [username, setUsername] = useState('')
+  const [busy, setBusy] = useState(false)
+  const [error, setError] = useState<unknown>(null)
+  const signedIn = useSignedIn()
+
+  const submit = async (ev: FormEvent) => {
+    ev.preventDefault()
+    setBusy(true)
+    setError(null)
+    try {
+      await loginWithPasskey(username.trim() || undefined)
+      await signedIn()
+    } catch (e) {
+      setError(e)
+    } finally {
+      setBusy(false)
+    }
+  }
+
+  return (
+    <form onSubmit={submit} aria-label="Sign in">
+      <Stack gap="4">
+        <Field.Root>
+          <Field.Label>Username</Field.Label>
+          <Input
+            name="username"
+            autoComplete="username webauthn"
+            value={username}
+            onChange={(e) => setUsername(e.target.value)}
+          />
+          <Field.HelperText>Leave it empty to choose from the passkeys saved on this device.</Field.HelperText>
+        </Field.Root>
+        <ErrorAlert error={error} />
+        <Button type="submit" loading={busy} loadingText="Waiting for passkey…">
+          <LuFingerprint aria-hidden="true" /> Sign in with a passkey
+        </Button>
+      </Stack>
+    </form>
+  )
+}
+
+function RegisterForm({ invite }: { invite: string }) {
+  const [username, setUsername] = useState('')
+  const [displayName, setDisplayName] = useState('')
+  const [code, setCode] = useState(invite)
+  const [busy, setBusy] = useState(false)
+  const [error, setError] = useState<unknown>(null)
+  const signedIn = useSignedIn()
+
+  const submit = async (ev: FormEvent) => {
+    ev.preventDefault()
+    setBusy(true)
+    setError(null)
+    try {
+      await registerWithPasskey({
+        username: username.trim(),
+        ...(displayName.trim() ? { display_name: displayName.trim() } : {}),
+        ...(code.trim() ? { invite: code.trim() } : {}),
+      })
+      await signedIn()
+    } catch (e) {
+      setError(e)
+    } finally {
+      setBusy(false)
+    }
+  }
+
+  return (
+    <form onSubmit={submit} aria-label="Create account">
+      <Stack gap="4">
+        {invite && (
+          <Box borderWidth="1px" borderRadius="md" p="3" bg="bg.muted">
+            <Text fontSize="sm">You were invited to herald. Choose a username and save a passkey to join.</Text>
+          </Box>
+        )}
+        <Field.Root required>
+          <Field.Label>
+            Username <Field.RequiredIndicator />
+          </Field.Label>
+          <Input
+            name="username"
+            autoComplete="username"
+            value={username}
+            onChange={(e) => setUsername(e.target.value)}
+          />
+        </Field.Root>
+        <Field.Root>
+          <Field.Label>Display name</Field.Label>
+          <Input name="display_name" autoComplete="name" value={displayName} onChange={(e) => setDisplayName(e.target.value)} />
+        </Field.Root>
+        <Field.Root>
+          <Field.Label>Invite code</Field.Label>
+          <Input name="invite" autoComplete="off" value={code} onChange={(e) => setCode(e.target.value)} />
+          <Field.HelperText>Not needed for the very first account, which becomes the admin.</Field.HelperText>
+        </Field.Root>
+        <ErrorAlert error={error} />
+        <Button type="submit" loading={busy} loadingText="Waiting for passkey…" disabled={!username.trim()}>
+          <LuKeyRound aria-hidden="true" /> Create account with a passkey
+        </Button>
+      </Stack>
+    </form>
+  )
+}

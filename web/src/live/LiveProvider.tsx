@@ -1,0 +1,128 @@
+import { useQueryClient } from '@tanstack/react-query'
+import { createContext, useContext, useEffect, useRef, useState, useSyncExternalStore, type ReactNode } from 'react'
+import type { Envelope } from '../lib/types'
+import { applyEvents, resyncLiveQueries } from './cache'
+import { LiveConnection, type StatusInfo } from './connection'
+import { KNOWN_EVENT_TYPES } from './eventTypes'
+import { matches, type EventFilter } from './filter'
+
+type Listener = (events: Envelope[]) => void
+
+/** What every view of the tab shares: one connection, its status, and the events it delivers. */
+class LiveHub {
+  private status: StatusInfo = { status: 'connecting', position: 0, attempt: 0, retryAt: null, pollingReason: null }
+  private browserOnline = typeof navigator === 'undefined' ? true : navigator.onLine
+  private snapshot: StatusInfo = this.status
+  private statusListeners = new Set<() => void>()
+  private listeners = new Set<Listener>()
+
+  setStatus(s: StatusInfo): void {
+    this.status = s
+    this.refresh()
+  }
+  setBrowserOnline(online: boolean): void {
+    this.browserOnline = online
+    this.refresh()
+  }
+  private refresh(): void {
+    const s = this.status
+    // The browser knows first when the network is gone.
+    this.snapshot = !this.browserOnline && s.status !== 'stopped' ? { ...s, status: 'offline' } : s
+    for (const l of this.statusListeners) l()
+  }
+  getStatus = (): StatusInfo => this.snapshot
+  subscribeStatus = (l: () => void): (() => void) => {
+    this.statusListeners.add(l)
+    return () => this.statusListeners.delete(l)
+  }
+  subscribe(l: Listener): () => void {
+    this.listeners.add(l)
+    return () => this.listeners.delete(l)
+  }
+  publish(events: Envelope[]): void {
+    for (const l of this.listeners) l(events)
+  }
+}
+
+const LiveContext = createContext<LiveHub | null>(null)
+
+/**
+ * Opens the tab's one live connection (`/api/events/live`) while `enabled`
+ * (signed in), and puts every event into the query cache.
+ */
+export function LiveProvider({
+  enabled,
+  onUnauthorized,
+  children,
+}: {
+  enabled: boolean
+  onUnauthorized?: () => void
+  children: ReactNode
+}) {
+  const qc = useQueryClient()
+  const [hub] = useState(() => new LiveHub())
+  const unauthorized = useRef(onUnauthorized)
+  unauthorized.current = onUnauthorized
+
+  useEffect(() => {
+    if (!enabled) return
+    const conn = new LiveConnection({
+      EventSource: window.EventSource,
+      fetch: window.fetch.bind(window),
+      eventTypes: KNOWN_EVENT_TYPES,
+      onEvents: (events) => {
+        applyEvents(qc, events)
+        hub.publish(events)
+      },
+      onStatus: (s) => hub.setStatus(s),
+      onReady: () => resyncLiveQueries(qc),
+      onUnauthorized: () => unauthorized.current?.(),
+    })
+    conn.start()
+    const online = () => {
+      hub.setBrowserOnline(true)
+      conn.nudge()
+    }
+    const offline = () => hub.setBrowserOnline(false)
+    window.addEventListener('online', online)
+    window.addEventListener('offline', offline)
+    return () => {
+      window.removeEventListener('online', online)
+      window.removeEventListener('offline', offline)
+      conn.stop()
+    }
+  }, [enabled, qc, hub])
+
+  return <LiveContext.Provider value={hub}>{children}</LiveContext.Provider>
+}
+
+function useHub(): LiveHub {
+  const hub = useContext(LiveContext)
+  if (!hub) throw new Error('useLive… must be used inside <LiveProvider>')
+  return hub
+}
+
+/** live / reconnecting / polling / offline (and connecting, at first). */
+export function useConnectionStatus(): StatusInfo {
+  const hub = useHub()
+  return useSyncExternalStore(hub.subscribeStatus, hub.getStatus, hub.getStatus)
+}
+
+/**
+ * Calls `onEvents` with each batch of live events that match `filter` (after
+ * the query cache has them). The callback may change between renders.
+ */
+export function useLiveEvents(filter: EventFilter, onEvents: (events: Envelope[]) => void): void {
+  const hub = useHub()
+  const cb = useRef(onEvents)
+  cb.current = onEvents
+  const { stream, category, type, actor } = filter
+  useEffect(
+    () =>
+      hub.subscribe((events) => {
+        const mine = events.filter((e) => matches({ stream, category, type, actor }, e))
+        if (mine.length) cb.current(mine)
+      }),
+    [hub, stream, category, type, actor],
+  )
+}
