@@ -118,6 +118,17 @@ fn parse_field<T: serde::de::DeserializeOwned>(field: &str, value: Value) -> Res
     })
 }
 
+/// The relying party, or 503 when passkeys are off (an IP public origin).
+fn relying_party(state: &AppState) -> Result<&webauthn_rs::Webauthn, ApiError> {
+    state.webauthn.as_deref().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "passkey login is off: --public-origin {} is not a host name; serve herald under a host name \
+             (e.g. http://localhost:8080) to use passkeys",
+            state.config.public_origin
+        ))
+    })
+}
+
 fn credential_key(raw_id: &[u8]) -> String {
     hex::encode(raw_id)
 }
@@ -186,8 +197,7 @@ pub async fn register_start(
         return Err(username_taken(&body.username));
     }
     let user_id = Uuid::new_v4();
-    let (options, registration) = state
-        .webauthn
+    let (options, registration) = relying_party(&state)?
         .start_passkey_registration(user_id, &body.username, &display_name, None)
         .map_err(ApiError::internal)?;
     let ceremony = random_hex(16);
@@ -237,8 +247,7 @@ pub async fn register_finish(
         })?;
     let saved: RegisterCeremony =
         serde_json::from_str(&saved).map_err(|e| ApiError::internal(format!("stored ceremony: {e}")))?;
-    let passkey = state
-        .webauthn
+    let passkey = relying_party(&state)?
         .finish_passkey_registration(&credential, &saved.state)
         .map_err(|e| ApiError::BadRequest(format!("credential: the passkey could not be verified ({e})")))?;
 
@@ -351,15 +360,13 @@ pub async fn login_start(
     // tell which usernames exist.
     let (options, saved) = match known {
         Some((user_id, passkeys)) => {
-            let (options, auth) = state
-                .webauthn
+            let (options, auth) = relying_party(&state)?
                 .start_passkey_authentication(&passkeys)
                 .map_err(ApiError::internal)?;
             (options, LoginCeremony::Known { user_id, state: auth })
         }
         None => {
-            let (mut options, auth) = state
-                .webauthn
+            let (mut options, auth) = relying_party(&state)?
                 .start_discoverable_authentication()
                 .map_err(ApiError::internal)?;
             // A modal prompt, not autofill-only (the console asks on a click).
@@ -436,13 +443,13 @@ pub async fn login_finish(
             if user_id != user.id {
                 return Err(login_failed(&state, Some(&user), "the passkey belongs to another user".into()).await);
             }
-            state.webauthn.finish_passkey_authentication(&credential, &auth)
+            relying_party(&state)?.finish_passkey_authentication(&credential, &auth)
         }
         LoginCeremony::Discoverable { state: auth } => {
-            match state.webauthn.identify_discoverable_authentication(&credential) {
-                Ok((handle, _)) if handle.simple().to_string() == user.id => state
-                    .webauthn
-                    .finish_discoverable_authentication_v2(&credential, auth, &passkey),
+            match relying_party(&state)?.identify_discoverable_authentication(&credential) {
+                Ok((handle, _)) if handle.simple().to_string() == user.id => {
+                    relying_party(&state)?.finish_discoverable_authentication_v2(&credential, auth, &passkey)
+                }
                 Ok(_) => {
                     return Err(
                         login_failed(&state, Some(&user), "the passkey's user handle does not match".into()).await,

@@ -73,7 +73,9 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub credentials: Arc<dyn CredentialStore>,
     pub accounts: Arc<dyn AccountStore>,
-    pub webauthn: Arc<Webauthn>,
+    /// The passkey relying party; `None` when the public origin is an IP
+    /// address (passkeys need a host name; tokens still work).
+    pub webauthn: Option<Arc<Webauthn>>,
     /// Registrations take turns (the first-user rule and invites are checked,
     /// recorded, then stored).
     pub registration: Arc<tokio::sync::Mutex<()>>,
@@ -90,15 +92,16 @@ pub struct AppState {
 pub enum ConfigError {
     #[error(
         "--public-origin {0:?}: {1} (it must be the scheme://host[:port] browsers use, e.g. http://localhost:8080; \
-         passkeys need a host name, not an IP address)"
+         passkeys need a host name)"
     )]
     PublicOrigin(String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The WebAuthn relying party: its id is the public origin's host.
-pub fn relying_party(public_origin: &str) -> Result<Webauthn, ConfigError> {
+/// The WebAuthn relying party: its id is the public origin's host. `None` (with
+/// a warning) when that host is an IP address, where browsers offer no passkeys.
+pub fn relying_party(public_origin: &str) -> Result<Option<Webauthn>, ConfigError> {
     let bad = |why: &str| ConfigError::PublicOrigin(public_origin.to_owned(), why.to_owned());
     let url = url::Url::parse(public_origin).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || url.query().is_some() {
@@ -107,11 +110,21 @@ pub fn relying_party(public_origin: &str) -> Result<Webauthn, ConfigError> {
     if url.origin().ascii_serialization() != public_origin {
         return Err(bad(&format!("write it as {}", url.origin().ascii_serialization())));
     }
-    let Some(url::Host::Domain(host)) = url.host() else {
-        return Err(bad("not a host name"));
+    let host = match url.host() {
+        Some(url::Host::Domain(host)) => host,
+        Some(_) => {
+            tracing::warn!(
+                public_origin,
+                "passkey login is off: browsers offer passkeys only on a host name (e.g. localhost), \
+                 not an IP address; API tokens still work"
+            );
+            return Ok(None);
+        }
+        None => return Err(bad("no host")),
     };
     WebauthnBuilder::new(host, &url)
         .and_then(|b| b.rp_name("herald").build())
+        .map(Some)
         .map_err(|e| bad(&e.to_string()))
 }
 
@@ -136,7 +149,7 @@ impl AppState {
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
         Ok(AppState {
-            webauthn: Arc::new(relying_party(&config.public_origin)?),
+            webauthn: relying_party(&config.public_origin)?.map(Arc::new),
             registration: Arc::default(),
             store,
             credentials,
@@ -401,6 +414,23 @@ mod tests {
         }
         // Another credential has its own budget.
         assert!(limits.command("token:b").is_ok());
+    }
+
+    #[test]
+    fn the_relying_party_comes_from_the_public_origin() {
+        assert!(relying_party("http://localhost:8080").unwrap().is_some());
+        assert!(relying_party("https://herald.example.com").unwrap().is_some());
+        // An IP address: herald serves, passkeys are off.
+        assert!(relying_party("http://127.0.0.1:8080").unwrap().is_none());
+        for bad in [
+            "localhost:8080",
+            "http://localhost:8080/app",
+            "ftp://localhost",
+            "http://localhost:8080?x=1",
+        ] {
+            let e = relying_party(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains("--public-origin"), "{e}");
+        }
     }
 
     #[test]

@@ -187,10 +187,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("could not create the invite: {e}"))?;
             eprintln!(
-                "created invite {} for role {}, usable once until {}; register at {}/register?invite={}",
+                "created invite {} for role {}, usable once until {}; the code is shown once:",
                 minted.record.id,
                 minted.record.role,
                 herald_server::sessions::millis_rfc3339(minted.record.expires_at),
+            );
+            println!(
+                "register at {}/register?invite={}",
                 public_origin.trim_end_matches('/'),
                 minted.code
             );

@@ -982,6 +982,36 @@ fn a_token_created_while_serving_works_at_once_and_is_seen_live() {
     assert_eq!(started.envelope["actor"]["kind"], "token");
 }
 
+#[test]
+fn invite_create_prints_the_code_last_and_it_is_usable_at_once_while_serving() {
+    let (tmp, data) = workspace();
+    let admin = create_token(&data, "root", "admin");
+    let server = serve(&data, tmp.path());
+    let out = cli(&data, &["invite", "create", "--role", "operator"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let code = stdout.lines().last().expect("a line").to_owned();
+    assert!(code.starts_with("hinv_") && !code.contains(char::is_whitespace), "{stdout:?}");
+    assert!(!text(&out.stderr).contains(&code), "the code goes to stdout only");
+    assert!(stdout.contains("/register?invite=hinv_"), "the registration link is shown: {stdout}");
+
+    // The running server sees it at once: listed, and recorded in the log.
+    let invites = get_json(server.addr, "/api/invites", &admin);
+    let listed = invites["invites"].as_array().expect("invites");
+    assert_eq!(listed.len(), 1, "{invites}");
+    assert_eq!(listed[0]["role"], "operator");
+    assert!(listed[0]["used_by"].is_null());
+    let (events, _) = all_events(server.addr, &admin);
+    let created: Value = serde_json::from_str(events.last().expect("an event")).expect("envelope");
+    assert_eq!(created["type"], "InviteCreated");
+    assert_eq!(created["actor"]["kind"], "system");
+    assert!(!events.iter().any(|e| e.contains(&code)), "the code never enters the log");
+
+    let out = cli(&data, &["invite", "create", "--role", "owner"]);
+    assert!(!out.status.success(), "a bad role must fail");
+    assert!(text(&out.stderr).contains("owner"));
+}
+
 // ---------------------------------------------------------------------------
 // 5. herald verify
 // ---------------------------------------------------------------------------

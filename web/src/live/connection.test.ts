@@ -268,7 +268,7 @@ describe('LiveConnection', () => {
 
   it('polls /api/events when SSE never opens while herald answers, and says so', async () => {
     herald.append(2)
-    connect({ openTimeoutMs: 5000 }).start()
+    connect({ openTimeoutMs: 5000, failuresBeforePolling: 3 }).start()
     await flush()
     // First attempt: no open within the timeout. Next two: errors before any open.
     await vi.advanceTimersByTimeAsync(5000)

@@ -70,7 +70,39 @@ export function DeploymentsPage() {
           </EmptyState.Content>
         </EmptyState.Root>
       ) : (
-        <Box bg="bg" borderWidth="1px" borderRadius="md">
+        <>
+        {/* Phones: one card per deployment. */}
+        <Stack as="ul" listStyleType="none" gap="3" hideFrom="md" aria-label="Deployments">
+          {rows.map((d) => (
+            <Box as="li" key={d.id} bg="bg" borderWidth="1px" borderRadius="md" p="3" data-testid={`deployment-card-${d.id}`}>
+              <Stack gap="2">
+                <HStack justify="space-between" align="start" gap="2">
+                  <Box minW="0">
+                    <ChakraLink asChild fontWeight="medium" colorPalette="blue" variant="underline">
+                      <Link to={`/deployments/${encodeURIComponent(d.id)}`}>{d.service}</Link>
+                    </ChakraLink>
+                    <Text as="span" color="fg.muted" fontSize="sm">
+                      {' '}
+                      {[d.version, d.environment && `in ${d.environment}`].filter(Boolean).join(' ')}
+                    </Text>
+                  </Box>
+                  <StatusBadge status={d.status} />
+                </HStack>
+                <DeploymentProgress deployment={d} />
+                {(d.message || d.reason) && (
+                  <Text fontSize="sm" color="fg.muted">
+                    {d.reason ?? d.message}
+                  </Text>
+                )}
+                <Text fontSize="xs" color="fg.muted">
+                  Started by {d.started_by.name} · updated <Time iso={d.updated_at} />
+                </Text>
+                {canOperate && <DeploymentActions deployment={d} />}
+              </Stack>
+            </Box>
+          ))}
+        </Stack>
+        <Box bg="bg" borderWidth="1px" borderRadius="md" hideBelow="md">
           <Table.ScrollArea>
             <Table.Root size="sm" interactive aria-label="Deployments">
               <Table.Header>
@@ -125,6 +157,7 @@ export function DeploymentsPage() {
             </Table.Root>
           </Table.ScrollArea>
         </Box>
+        </>
       )}
     </Stack>
   )

@@ -1,0 +1,57 @@
+import { QueryClient, type InfiniteData } from '@tanstack/react-query'
+import { describe, expect, it } from 'vitest'
+import { deploymentKeys } from '../features/deployments/api'
+import type { DeploymentList } from '../features/deployments/types'
+import type { Envelope, StreamSlice } from '../lib/types'
+import { applyEvents, auditKey, type AuditWindow } from './cache'
+
+let pos = 100
+const ev = (stream: string, version: number, type: string, data: Record<string, unknown> = {}): Envelope => ({
+  position: ++pos,
+  id: `e${pos}`,
+  stream,
+  version,
+  type,
+  schema: 1,
+  data,
+  actor: { kind: 'user', id: 'u1', name: 'alice' },
+  recorded_at: '2026-01-01T00:00:00.000Z',
+  hash: 'h',
+})
+
+describe('applyEvents', () => {
+  it('folds deployment events into the cached list and detail, and appends to the timeline', () => {
+    const qc = new QueryClient()
+    qc.setQueryData<DeploymentList>(deploymentKeys.list, { deployments: [], position: 100 })
+    qc.setQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'), { stream: 'deployment-a', version: 0, events: [] })
+    const start = ev('deployment-a', 1, 'DeploymentStarted', { service: 'api' })
+    const progress = ev('deployment-a', 2, 'DeploymentProgressed', { percent: 40 })
+    applyEvents(qc, [start, progress])
+    const list = qc.getQueryData<DeploymentList>(deploymentKeys.list)!
+    expect(list.deployments).toHaveLength(1)
+    expect(list.deployments[0]).toMatchObject({ id: 'a', progress: 40, stream_version: 2 })
+    expect(list.position).toBe(progress.position)
+    expect(qc.getQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'))!.events.map((e) => e.version)).toEqual([1, 2])
+    // Again: nothing changes.
+    applyEvents(qc, [start, progress])
+    expect(qc.getQueryData<DeploymentList>(deploymentKeys.list)!.deployments).toHaveLength(1)
+    expect(qc.getQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'))!.events).toHaveLength(2)
+  })
+
+  it('puts new matching events at the top of each cached audit view, once', () => {
+    const qc = new QueryClient()
+    const all = auditKey({})
+    const onlyStarts = auditKey({ type: 'DeploymentStarted' })
+    const empty: InfiniteData<AuditWindow, number | null> = { pages: [{ events: [], after: 0, through: pos }], pageParams: [null] }
+    qc.setQueryData(all, empty)
+    qc.setQueryData(onlyStarts, empty)
+    const a = ev('deployment-b', 1, 'DeploymentStarted', { service: 'x' })
+    const b = ev('deployment-b', 2, 'DeploymentSucceeded')
+    applyEvents(qc, [a, b])
+    applyEvents(qc, [b])
+    const top = (key: readonly unknown[]) =>
+      qc.getQueryData<InfiniteData<AuditWindow>>(key)!.pages[0].events.map((e) => e.position)
+    expect(top(all)).toEqual([b.position, a.position])
+    expect(top(onlyStarts)).toEqual([a.position])
+  })
+})
