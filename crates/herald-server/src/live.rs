@@ -73,6 +73,21 @@ pub async fn live_events(
         principal.stream_deadline(),
     )?;
     let head = state.store.head().await?.position;
+    if let Some(after) = resume
+        && after > head
+    {
+        // Waiting would hide a real problem (the store was replaced or restored
+        // from an older copy): say so instead of silently skipping to later events.
+        let field = if last_event_id(&headers)?.is_some() {
+            "Last-Event-ID"
+        } else {
+            "after"
+        };
+        return Err(ApiError::BadRequest(format!(
+            "{field}: position {after} is beyond the end of the log (head {head}); was the store replaced? \
+             Reconnect without it to start at the head"
+        )));
+    }
     let mut preamble = format!("retry: {}\n\n", state.config.retry.as_millis());
     let start = match resume {
         Some(after) => after,

@@ -1454,3 +1454,28 @@ async fn revoking_a_token_ends_its_live_streams() {
         }
     }
 }
+
+#[tokio::test]
+async fn resuming_beyond_the_end_of_the_log_is_refused_not_left_waiting() {
+    let server = start(config(), 1024).await;
+    let head = server.head().await;
+    let token = server.token.clone();
+    let r = server
+        .open("/api/events/live", Some(&token), Some(&(head + 10).to_string()))
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("problem");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains("Last-Event-ID"),
+        "{body}"
+    );
+    let r = server
+        .open(&format!("/api/events/live?after={}", head + 1), Some(&token), None)
+        .await;
+    assert_eq!(r.status(), 400);
+    // At the head exactly is fine.
+    let r = server
+        .open("/api/events/live", Some(&token), Some(&head.to_string()))
+        .await;
+    assert_eq!(r.status(), 200);
+}

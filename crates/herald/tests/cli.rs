@@ -991,9 +991,15 @@ fn invite_create_prints_the_code_last_and_it_is_usable_at_once_while_serving() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let code = stdout.lines().last().expect("a line").to_owned();
-    assert!(code.starts_with("hinv_") && !code.contains(char::is_whitespace), "{stdout:?}");
+    assert!(
+        code.starts_with("hinv_") && !code.contains(char::is_whitespace),
+        "{stdout:?}"
+    );
     assert!(!text(&out.stderr).contains(&code), "the code goes to stdout only");
-    assert!(stdout.contains("/register?invite=hinv_"), "the registration link is shown: {stdout}");
+    assert!(
+        stdout.contains("/register?invite=hinv_"),
+        "the registration link is shown: {stdout}"
+    );
 
     // The running server sees it at once: listed, and recorded in the log.
     let invites = get_json(server.addr, "/api/invites", &admin);
@@ -1005,7 +1011,10 @@ fn invite_create_prints_the_code_last_and_it_is_usable_at_once_while_serving() {
     let created: Value = serde_json::from_str(events.last().expect("an event")).expect("envelope");
     assert_eq!(created["type"], "InviteCreated");
     assert_eq!(created["actor"]["kind"], "system");
-    assert!(!events.iter().any(|e| e.contains(&code)), "the code never enters the log");
+    assert!(
+        !events.iter().any(|e| e.contains(&code)),
+        "the code never enters the log"
+    );
 
     let out = cli(&data, &["invite", "create", "--role", "owner"]);
     assert!(!out.status.success(), "a bad role must fail");
