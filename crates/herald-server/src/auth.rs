@@ -192,6 +192,35 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Appends one event that herald records on its own behalf (a token, a login,
+/// an invite…): a fresh command id, correlated with itself.
+pub async fn append_one(
+    store: &dyn EventStore,
+    stream: String,
+    expected: ExpectedVersion,
+    event_type: &str,
+    data: serde_json::Value,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    let command_id = uuid::Uuid::now_v7().to_string();
+    store
+        .append(AppendRequest {
+            stream,
+            expected,
+            events: vec![NewEvent {
+                event_type: event_type.into(),
+                schema: 1,
+                data,
+            }],
+            actor: actor.clone(),
+            command_id: command_id.clone(),
+            correlation_id: command_id,
+            idempotency_fingerprint: None,
+        })
+        .await
+        .map(drop)
+}
+
 /// Mints a token: records `TokenCreated` in the log first (so no token ever works
 /// without its audit record), then stores the secret's hash.
 pub async fn create_token(
@@ -214,22 +243,15 @@ pub async fn create_token(
         created_by: by.clone(),
         revoked_at: None,
     };
-    let command_id = uuid::Uuid::now_v7().to_string();
-    store
-        .append(AppendRequest {
-            stream: format!("token-{id}"),
-            expected: ExpectedVersion::NoStream,
-            events: vec![NewEvent {
-                event_type: "TokenCreated".into(),
-                schema: 1,
-                data: serde_json::json!({ "token_id": id, "name": name, "role": role }),
-            }],
-            actor: by.clone(),
-            command_id: command_id.clone(),
-            correlation_id: command_id,
-            idempotency_fingerprint: None,
-        })
-        .await?;
+    append_one(
+        store,
+        format!("token-{id}"),
+        ExpectedVersion::NoStream,
+        "TokenCreated",
+        serde_json::json!({ "token_id": id, "name": name, "role": role }),
+        by,
+    )
+    .await?;
     credentials.insert_token(&record, &hash_secret(&secret)).await?;
     Ok(MintedToken { record, secret })
 }
@@ -244,21 +266,14 @@ pub async fn revoke_token(
     if !credentials.revoke_token(id, &now_rfc3339()).await? {
         return Ok(false);
     }
-    let command_id = uuid::Uuid::now_v7().to_string();
-    store
-        .append(AppendRequest {
-            stream: format!("token-{id}"),
-            expected: ExpectedVersion::StreamExists,
-            events: vec![NewEvent {
-                event_type: "TokenRevoked".into(),
-                schema: 1,
-                data: serde_json::json!({ "token_id": id }),
-            }],
-            actor: by.clone(),
-            command_id: command_id.clone(),
-            correlation_id: command_id,
-            idempotency_fingerprint: None,
-        })
-        .await?;
+    append_one(
+        store,
+        format!("token-{id}"),
+        ExpectedVersion::StreamExists,
+        "TokenRevoked",
+        serde_json::json!({ "token_id": id }),
+        by,
+    )
+    .await?;
     Ok(true)
 }

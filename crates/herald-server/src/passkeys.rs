@@ -18,7 +18,7 @@ use herald_core::accounts::{
 };
 use herald_core::auth::Role;
 use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
+use herald_core::store::ExpectedVersion;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,7 +27,7 @@ use webauthn_rs::prelude::{
     RegisterPublicKeyCredential, Uuid,
 };
 
-use crate::auth::{Viewer, hash_secret, now_rfc3339};
+use crate::auth::{Viewer, append_one, hash_secret, now_rfc3339};
 use crate::error::ApiError;
 use crate::sessions::{
     self, check_same_origin, clear_cookie, cookie_secret, millis, new_session, now_millis, session_credential,
@@ -75,23 +75,7 @@ pub async fn record(
     data: Value,
     actor: &Actor,
 ) -> Result<(), ApiError> {
-    let command_id = uuid::Uuid::now_v7().to_string();
-    state
-        .store
-        .append(AppendRequest {
-            stream,
-            expected,
-            events: vec![NewEvent {
-                event_type: event_type.into(),
-                schema: 1,
-                data,
-            }],
-            actor: actor.clone(),
-            command_id: command_id.clone(),
-            correlation_id: command_id,
-            idempotency_fingerprint: None,
-        })
-        .await?;
+    append_one(&*state.store, stream, expected, event_type, data, actor).await?;
     Ok(())
 }
 
@@ -612,26 +596,19 @@ pub async fn create_invite_in(
         expires_at: now_millis() + INVITE_TTL_MS,
         used_by: None,
     };
-    let command_id = uuid::Uuid::now_v7().to_string();
-    store
-        .append(AppendRequest {
-            stream: format!("invite-{id}"),
-            expected: ExpectedVersion::NoStream,
-            events: vec![NewEvent {
-                event_type: "InviteCreated".into(),
-                schema: 1,
-                data: json!({
-                    "invite_id": id,
-                    "role": role,
-                    "expires_at": sessions::millis_rfc3339(record.expires_at),
-                }),
-            }],
-            actor: by.clone(),
-            command_id: command_id.clone(),
-            correlation_id: command_id,
-            idempotency_fingerprint: None,
-        })
-        .await?;
+    append_one(
+        store,
+        format!("invite-{id}"),
+        ExpectedVersion::NoStream,
+        "InviteCreated",
+        json!({
+            "invite_id": id,
+            "role": role,
+            "expires_at": sessions::millis_rfc3339(record.expires_at),
+        }),
+        by,
+    )
+    .await?;
     accounts.insert_invite(&record, &hash_secret(&code)).await?;
     Ok(MintedInvite { record, code })
 }

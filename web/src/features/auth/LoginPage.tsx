@@ -35,7 +35,7 @@ export function LoginPage() {
         )}
         <Card.Root>
           <Card.Body>
-            <Tabs.Root value={tab} onValueChange={(d) => setTab(d.value)} variant="line" fitted>
+            <Tabs.Root value={tab} onValueChange={(d) => setTab(d.value)} variant="line" fitted lazyMount unmountOnExit>
               <Tabs.List>
                 <Tabs.Trigger value="login">Sign in</Tabs.Trigger>
                 <Tabs.Trigger value="register">Create account</Tabs.Trigger>
