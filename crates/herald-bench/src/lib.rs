@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Events in the log the projection rebuild replays.
     #[arg(long, default_value_t = 1_000_000)]
     pub rebuild_events: u64,
+    /// Keep the rebuild's seeded log in this directory (and reuse it when it is
+    /// there), instead of a temporary one.
+    #[arg(long)]
+    pub rebuild_data: Option<PathBuf>,
     /// Upper bound of messages one fan-out run sends.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_messages: usize,
@@ -110,6 +114,10 @@ pub struct BenchArgs {
     /// Write the latency-against-subscribers plot (SVG) here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Internal: serve the ceiling on this address until stdin closes (the bench
+    /// runs it as its own process, as it runs herald and nginx).
+    #[arg(long, hide = true)]
+    pub serve_ceiling: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -176,6 +184,11 @@ fn run_id() -> String {
 
 /// Runs the scenarios `args` asks for and prints the figures.
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(addr) = args.serve_ceiling {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        targets::serve_ceiling(addr).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let scenarios: Vec<String> = args.scenario.iter().map(|s| s.trim().to_owned()).collect();
     let wants = |s: &str| scenarios.iter().any(|x| x == s || x == "all");
     for s in &scenarios {
@@ -228,10 +241,15 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     };
 
     // The `service` length that makes herald's envelopes `payload` bytes.
+    // herald's smallest envelope may already be longer: then the references
+    // publish messages of that length too.
     let mut pad = 1;
+    let mut payload = args.payload;
     if let Some(h) = &herald {
-        let base = scenarios::probe_envelope(h.addr, &h.token, &run, 1).await?;
+        let base = scenarios::probe_envelope(h.addr, &h.token, &format!("{run}p0000"), 1).await?;
         pad = (args.payload + 1).saturating_sub(base).max(1);
+        payload = base + pad - 1;
+        eprintln!("herald envelopes of this bench: {payload} bytes (asked for {})", args.payload);
     }
 
     let outcome = async {
@@ -249,9 +267,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                         duration,
                         publishers: args.publishers,
                         window: args.window,
-                        payload: args.payload,
+                        payload,
                         herald_pad: pad,
-                        run: format!("{run}{}{n}", &kind.name()[..1]),
+                        run: format!("{run}{}{n:05}", &kind.name()[..1]),
                         max_messages: args.max_messages,
                         pids: Vec::new(),
                     };
@@ -277,10 +295,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                             r?
                         }
                         Kind::Ceiling => {
-                            let ceiling = Ceiling::start(cpus)?;
+                            let ceiling = Ceiling::start(&exe).await?;
                             cfg.addr = ceiling.addr;
+                            cfg.pids = ceiling.pid.into_iter().collect();
                             let r = fanout::run(cfg).await;
-                            ceiling.stop();
+                            ceiling.stop().await;
                             r?
                         }
                     };
@@ -343,7 +362,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         if wants("rebuild") {
             eprintln!("rebuild: seeding {} events", args.rebuild_events);
-            let r = scenarios::rebuild(&exe, args.rebuild_events).await?;
+            let r = scenarios::rebuild(&exe, args.rebuild_events, args.rebuild_data.as_deref()).await?;
             eprintln!(
                 "  herald projections rebuild: {} events in {:.2} s = {:.0} events/s ({})",
                 r.events, r.seconds, r.events_per_s, r.output

@@ -116,10 +116,11 @@ pub async fn head(addr: SocketAddr, token: &str) -> Result<u64> {
 }
 
 /// The length of the envelope a StartDeployment with a `service` of `pad`
-/// characters produces (sends one command).
+/// characters produces (sends one command, as bench run `run`: use a run id
+/// as long as the measured runs' and never theirs).
 pub async fn probe_envelope(addr: SocketAddr, token: &str, run: &str, pad: usize) -> Result<usize> {
     let mut conn = Conn::new(http::connect(addr, None).await?);
-    let body = herald_command(&format!("{run}p"), 0, pad);
+    let body = herald_command(run, 0, pad);
     let r = conn
         .request(&http::post(
             &addr.to_string(),
@@ -132,9 +133,12 @@ pub async fn probe_envelope(addr: SocketAddr, token: &str, run: &str, pad: usize
     if r.status != 200 {
         bail!("probe command: {} {}", r.status, String::from_utf8_lossy(&r.body));
     }
-    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-    let envelope = v["events"][0].clone();
-    Ok(serde_json::to_string(&envelope)?.len())
+    // The envelope as stored (and as the live stream sends it): the raw text
+    // of the one element of `events`.
+    let body = String::from_utf8_lossy(&r.body);
+    let start = body.find("\"events\":[").context("no events in the command's response")? + 10;
+    let end = body.rfind(']').context("no events in the command's response")?;
+    Ok(body[start..end].trim().len())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -340,16 +344,29 @@ pub async fn seed(dir: &Path, events: u64) -> Result<()> {
 }
 
 /// Seeds `events` into a temporary store, then times `herald projections rebuild` on it.
-pub async fn rebuild(exe: &Path, events: u64) -> Result<RebuildResult> {
-    let dir = tempfile::Builder::new().prefix("herald-bench-rebuild-").tempdir()?;
+pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<RebuildResult> {
+    let temp = tempfile::Builder::new().prefix("herald-bench-rebuild-").tempdir()?;
+    let dir = keep.unwrap_or(temp.path());
     let started = Instant::now();
-    seed(dir.path(), events).await?;
+    let existing = if dir.join("herald.db").exists() {
+        let store = SqliteStore::open(dir)?;
+        store.head().await?.position
+    } else {
+        0
+    };
+    if existing == 0 {
+        seed(dir, events).await?;
+        eprintln!("  seeded {events} events in {:.1} s", started.elapsed().as_secs_f64());
+    } else if existing != events {
+        bail!("{} holds {existing} events, not {events}", dir.display());
+    } else {
+        eprintln!("  reusing the {existing} events in {}", dir.display());
+    }
     let seed_seconds = started.elapsed().as_secs_f64();
-    eprintln!("  seeded {events} events in {seed_seconds:.1} s");
     let started = Instant::now();
     let out = tokio::process::Command::new(exe)
         .arg("--data")
-        .arg(dir.path())
+        .arg(dir)
         .args(["projections", "rebuild"])
         .env("RUST_LOG", "warn")
         .output()

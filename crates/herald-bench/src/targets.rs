@@ -7,7 +7,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -279,18 +278,71 @@ http {{
 
 // ---------------------------------------------------------------- ceiling
 
-/// The ceiling: SSE from a `tokio::sync::broadcast` of pre-encoded frames, on
-/// its own 2-thread runtime (as herald has), through axum/hyper like herald.
+/// The ceiling: SSE from a `tokio::sync::broadcast` of pre-encoded frames,
+/// through axum/hyper like herald, in its own process (`herald bench
+/// --serve-ceiling ADDR`) with the same runtime herald has.
 pub struct Ceiling {
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    pub pid: Option<u32>,
+    child: tokio::process::Child,
+}
+
+impl Ceiling {
+    pub async fn start(exe: &Path) -> Result<Ceiling> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+        let child = tokio::process::Command::new(exe)
+            .args(["bench", "--serve-ceiling", &addr.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the ceiling server")?;
+        let pid = child.id();
+        wait_listening(addr, Duration::from_secs(15)).await?;
+        Ok(Ceiling { addr, pid, child })
+    }
+
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Serves the ceiling on `addr` until stdin closes.
+pub async fn serve_ceiling(addr: SocketAddr) -> Result<()> {
+    let (tx, _) = broadcast::channel(1024);
+    let state = CeilingState {
+        tx,
+        seq: Arc::new(std::sync::Mutex::new(0)),
+    };
+    let app = axum::Router::new()
+        .route("/sub", axum::routing::get(ceiling_sub))
+        .route("/pub", axum::routing::post(ceiling_pub))
+        .with_state(state);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
+    };
+    // Not a graceful shutdown: open SSE streams would keep it waiting.
+    tokio::select! {
+        r = axum::serve(listener, app) => r?,
+        _ = stdin_closed => {}
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
 struct CeilingState {
     tx: broadcast::Sender<Bytes>,
-    seq: Arc<AtomicU64>,
+    /// The last id; held while sending so that ids go out in order.
+    seq: Arc<std::sync::Mutex<u64>>,
 }
 
 async fn ceiling_sub(axum::extract::State(s): axum::extract::State<CeilingState>) -> Response {
@@ -312,63 +364,15 @@ async fn ceiling_sub(axum::extract::State(s): axum::extract::State<CeilingState>
 }
 
 async fn ceiling_pub(axum::extract::State(s): axum::extract::State<CeilingState>, body: Bytes) -> StatusCode {
-    let id = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut seq = s.seq.lock().unwrap_or_else(|p| p.into_inner());
+    *seq += 1;
     let mut frame = Vec::with_capacity(body.len() + 32);
-    frame.extend_from_slice(format!("id: {id}\nevent: m\ndata: ").as_bytes());
+    frame.extend_from_slice(format!("id: {}\nevent: m\ndata: ", *seq).as_bytes());
     frame.extend_from_slice(&body);
     frame.extend_from_slice(b"\n\n");
     let _ = s.tx.send(Bytes::from(frame));
+    drop(seq);
     StatusCode::ACCEPTED
-}
-
-impl Ceiling {
-    pub fn start(workers: usize) -> Result<Ceiling> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (tx, _) = broadcast::channel(1024);
-        let state = CeilingState {
-            tx,
-            seq: Arc::new(AtomicU64::new(0)),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("ceiling")
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new().name("ceiling".into()).spawn(move || {
-            runtime.block_on(async move {
-                let app = axum::Router::new()
-                    .route("/sub", axum::routing::get(ceiling_sub))
-                    .route("/pub", axum::routing::post(ceiling_pub))
-                    .with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                // Not a graceful shutdown: open SSE streams would keep it waiting.
-                tokio::select! {
-                    _ = axum::serve(listener, app) => {}
-                    _ = stop_rx => {}
-                }
-            });
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        })?;
-        Ok(Ceiling {
-            addr,
-            shutdown: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-
-    pub fn stop(mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A request a subscriber sends.

@@ -68,14 +68,21 @@ fn serve_path(path: &str) -> Response {
     let relative = path.trim_start_matches('/');
     // rust-embed's keys are plain relative paths; refuse anything that tries to
     // climb out (debug builds read the folder from disk).
-    if relative.split('/').any(|segment| segment == ".." || segment.contains('\\')) {
+    if relative
+        .split('/')
+        .any(|segment| segment == ".." || segment.contains('\\'))
+    {
         return ApiError::NotFound(format!("no file {path}")).into_response();
     }
     if !relative.is_empty()
         && relative != INDEX
         && let Some(file) = Console::get(relative)
     {
-        let cache = if relative.starts_with("assets/") { IMMUTABLE } else { REVALIDATE };
+        let cache = if relative.starts_with("assets/") {
+            IMMUTABLE
+        } else {
+            REVALIDATE
+        };
         return file_response(file.data.into_owned(), file.metadata.mimetype(), cache);
     }
     if relative.starts_with("assets/") {
@@ -87,8 +94,10 @@ fn serve_path(path: &str) -> Response {
         Some(index) => file_response(index.data.into_owned(), "text/html; charset=utf-8", REVALIDATE),
         None => {
             let mut r = (StatusCode::NOT_FOUND, NOT_BUILT).into_response();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static(REVALIDATE));
             r
@@ -139,7 +148,11 @@ mod tests {
         for path in ["/api", "/api/", "/api/nope", "/api/deployments/x/y"] {
             let (status, headers, body) = get(path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
-            assert_eq!(header(&headers, header::CONTENT_TYPE), "application/problem+json", "{path}");
+            assert_eq!(
+                header(&headers, header::CONTENT_TYPE),
+                "application/problem+json",
+                "{path}"
+            );
             assert!(body.contains("no route"), "{path}: {body}");
         }
     }
@@ -148,7 +161,10 @@ mod tests {
     async fn client_side_routes_get_the_page_and_missing_assets_do_not() {
         for path in ["/", "/deployments/7f3a", "/audit", "/login?invite=abc"] {
             let (status, headers, body) = get(path).await;
-            assert!(header(&headers, header::CONTENT_TYPE).starts_with("text/html"), "{path}");
+            assert!(
+                header(&headers, header::CONTENT_TYPE).starts_with("text/html"),
+                "{path}"
+            );
             assert_eq!(header(&headers, header::CACHE_CONTROL), REVALIDATE, "{path}");
             if is_embedded() {
                 assert_eq!(status, StatusCode::OK, "{path}");
@@ -173,7 +189,10 @@ mod tests {
         let (status, headers, _) = get(&format!("/{asset}")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(header(&headers, header::CACHE_CONTROL), IMMUTABLE);
-        assert!(header(&headers, header::CONTENT_TYPE).contains("javascript"), "{headers:?}");
+        assert!(
+            header(&headers, header::CONTENT_TYPE).contains("javascript"),
+            "{headers:?}"
+        );
     }
 
     #[tokio::test]

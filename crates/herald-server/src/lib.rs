@@ -5,6 +5,7 @@
 //! on a listener the caller bound, until `shutdown` resolves.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod live;
 pub mod metrics;
@@ -59,7 +60,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/sessions", get(routes::admin::list_sessions))
         .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
-        .fallback(not_found)
+        .fallback(console::serve_method)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a request handler panicked".into()).into_response()
@@ -71,10 +72,6 @@ pub fn app(state: AppState) -> Router {
             ),
         )
         .with_state(state)
-}
-
-async fn not_found(req: Request<axum::body::Body>) -> Response {
-    ApiError::NotFound(format!("no route for {}", req.uri().path())).into_response()
 }
 
 async fn method_not_allowed(req: Request<axum::body::Body>) -> Response {

@@ -201,6 +201,15 @@ pub async fn register_start(
             now_millis() + CEREMONY_TTL_MS,
         )
         .await?;
+    let mut options = serde_json::to_value(options).map_err(ApiError::internal)?;
+    // Ask for a discoverable credential (a passkey proper) where the
+    // authenticator can, so login can work without typing the username.
+    if let Some(selection) = options
+        .pointer_mut("/publicKey/authenticatorSelection")
+        .and_then(Value::as_object_mut)
+    {
+        selection.insert("residentKey".into(), json!("preferred"));
+    }
     Ok(Json(json!({ "ceremony": ceremony, "options": options })).into_response())
 }
 

@@ -1843,11 +1843,24 @@ async fn admins_create_and_revoke_tokens() {
 #[tokio::test]
 async fn an_unknown_route_is_a_404_problem() {
     let app = setup().await;
-    for uri in ["/nope", "/api/nope", "/api/events/", "/api/streams/", "/api"] {
+    for uri in ["/api/nope", "/api/events/", "/api/streams/", "/api"] {
         let reply = app.get(uri, Some(&app.viewer.secret)).await;
         assert_problem(&reply, StatusCode::NOT_FOUND, "not-found", "Not found", &[uri]);
         assert_eq!(app.get(uri, None).await.status, StatusCode::NOT_FOUND);
     }
+    // Outside /api/ a path is the console's (a client-side route): HTML, never
+    // a problem; 200 with the console built, 404 with how to build it otherwise.
+    let reply = app.get("/deployments/d-1", None).await;
+    assert!(
+        matches!(reply.status, StatusCode::OK | StatusCode::NOT_FOUND),
+        "{}",
+        reply.status
+    );
+    assert!(
+        reply.content_type().starts_with("text/html"),
+        "{}",
+        reply.content_type()
+    );
 }
 
 #[tokio::test]

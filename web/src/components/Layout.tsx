@@ -32,8 +32,9 @@ export function Layout({ children }: { children: ReactNode }) {
       toaster.create({ type: 'error', title: 'Could not sign out', description: errorMessage(e) })
       return
     }
-    qc.clear()
+    // Signed out first (the app switches to the login page), then forget the rest.
     qc.setQueryData(meKey, null)
+    qc.removeQueries({ predicate: (q) => q.queryKey[0] !== meKey[0] })
     navigate('/login', { replace: true })
   }
 

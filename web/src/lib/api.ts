@@ -172,8 +172,11 @@ export const del = <T>(path: string) => api<T>(path, { method: 'DELETE', stepUp:
 /** The message to show for anything a request threw. */
 export function errorMessage(e: unknown): string {
   if (e instanceof ApiError || e instanceof NetworkError) return e.message
-  if (e instanceof DOMException && e.name === 'NotAllowedError')
-    return 'The passkey prompt was closed or timed out. Try again when you are ready.'
+  // The browser's WebAuthn refusals (also as @simplewebauthn/browser's WebAuthnError).
+  if (e instanceof Error && e.name === 'NotAllowedError')
+    return 'No passkey was used: the prompt was closed or timed out, or this device has no passkey for herald (try again with your username).'
+  if (e instanceof Error && e.name === 'InvalidStateError')
+    return 'This device already has a passkey for this account. Sign in instead.'
   if (e instanceof Error) return e.message
   return String(e)
 }

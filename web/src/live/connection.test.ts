@@ -391,4 +391,23 @@ describe('LiveConnection', () => {
     conn.nudge()
     expect(FakeEventSource.instances.length).toBe(n + 1)
   })
+
+  it('starts over from the head when the log was replaced with a shorter one', async () => {
+    const onReady = vi.fn()
+    herald.append(5)
+    connect({ onReady }).start()
+    await flush()
+    FakeEventSource.last.open()
+    // The store is replaced: herald refuses ?after=5 now, and its log ends at 2.
+    herald.log = []
+    herald.append(2)
+    FakeEventSource.last.fail()
+    await flush()
+    expect(onReady).toHaveBeenLastCalledWith(2)
+    expect(FakeEventSource.last.after).toBe(2)
+    FakeEventSource.last.open()
+    const [e3] = herald.append(1)
+    FakeEventSource.last.send(e3)
+    expect(applied).toEqual([3])
+  })
 })

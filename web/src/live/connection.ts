@@ -249,6 +249,19 @@ export class LiveConnection {
     if (this.pending.size > 0) this.ingestLive([])
   }
 
+  /**
+   * The log ends before what was applied: the store was replaced (a dev reset,
+   * a restore). Start over from its head; the views read everything again.
+   */
+  private restartIfLogShrank(page: EventsPage): boolean {
+    if (page.head >= this.lastApplied) return false
+    this.lastApplied = page.head
+    this.pending.clear()
+    this.blockedAttempts = 0
+    this.o.onReady?.(page.head)
+    return true
+  }
+
   private emit(events: Envelope[]): void {
     if (events.length === 0) return
     try {
@@ -429,6 +442,7 @@ export class LiveConnection {
       const page = await this.read(this.lastApplied)
       if (gen !== this.generation) return
       reachable = true
+      if (this.restartIfLogShrank(page)) return this.connectSse()
       this.ingestRead(page.events, page.next_after)
     } catch (e) {
       if (gen !== this.generation) return
@@ -462,6 +476,7 @@ export class LiveConnection {
       return
     }
     if (gen !== this.generation) return
+    if (this.restartIfLogShrank(page)) return this.connectSse()
     const known = new Set(this.o.eventTypes)
     let missed = 0
     for (const e of page.events) {
@@ -508,6 +523,7 @@ export class LiveConnection {
     try {
       const page = await this.read(this.lastApplied)
       if (this.mode !== 'polling') return
+      this.restartIfLogShrank(page)
       this.ingestRead(page.events, page.next_after)
       this.pollFailures = 0
       if (this.status !== 'polling') this.setStatus('polling')

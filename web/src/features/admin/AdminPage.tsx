@@ -90,7 +90,7 @@ function CopyField({ label, value }: { label: string; value: string }) {
         }
       >
         <Clipboard.Input asChild>
-          <Input readOnly fontFamily="mono" fontSize="sm" />
+          <Input readOnly fontFamily="mono" fontSize="sm" lineHeight="1.6" h="auto" py="2" />
         </Clipboard.Input>
       </InputGroup>
     </Clipboard.Root>
