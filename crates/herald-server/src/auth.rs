@@ -95,6 +95,69 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Live tokens recently looked up, by secret hash: agents send a request per
+/// command, and a store round trip for each would cost more than the command.
+/// Revocation through this process removes the entry at once; the TTL bounds
+/// how long a revocation made elsewhere could go unseen. Unknown tokens are not
+/// cached (a token created by `herald token create` works at once).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (TokenRecord, std::time::Instant)>>,
+    /// Bumped by every revocation: a lookup that began before one does not
+    /// cache what it read (it may be the revoked token).
+    revocations: std::sync::atomic::AtomicU64,
+}
+
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<TokenRecord> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(record, _)| record.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn put(&self, hash: &str, record: &TokenRecord, generation: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return;
+        }
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            if entries.len() >= TOKEN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(hash.to_owned(), (record.clone(), std::time::Instant::now()));
+    }
+
+    /// Forgets a token (revoked).
+    pub fn forget(&self, token_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.revocations.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.retain(|_, (record, _)| record.id != token_id);
+    }
+}
+
+async fn find_token(state: &AppState, hash: &str) -> Result<Option<TokenRecord>, ApiError> {
+    if let Some(record) = state.token_cache.get(hash) {
+        return Ok(Some(record));
+    }
+    let generation = state.token_cache.generation();
+    let found = state.credentials.find_token(hash).await?;
+    if let Some(record) = &found {
+        state.token_cache.put(hash, record, generation);
+    }
+    Ok(found)
+}
+
 /// Resolves the caller, or 401 (403 for a cross-site cookie write).
 pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
     reject_query_credentials(parts)?;
@@ -121,9 +184,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             session: Some(session),
         });
     };
-    let record = state
-        .credentials
-        .find_token(&hash_secret(token))
+    let record = find_token(state, &hash_secret(token))
         .await?
         .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;
     Ok(Principal {
@@ -276,4 +337,35 @@ pub async fn revoke_token(
     )
     .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            name: id.into(),
+            role: Role::Viewer,
+            created_at: String::new(),
+            created_by: Actor::system("test"),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_revocation_forgets_the_token_and_spoils_lookups_in_flight() {
+        let cache = TokenCache::default();
+        let g = cache.generation();
+        cache.put("h1", &record("t1"), g);
+        cache.put("h2", &record("t2"), g);
+        assert_eq!(cache.get("h1").map(|r| r.id), Some("t1".into()));
+        // A lookup of t2 starts, t2 is revoked, the lookup ends: not cached.
+        let in_flight = cache.generation();
+        cache.forget("t2");
+        cache.put("h2", &record("t2"), in_flight);
+        assert!(cache.get("h2").is_none());
+        assert!(cache.get("h1").is_some(), "other tokens stay");
+    }
 }

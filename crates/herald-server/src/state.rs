@@ -83,6 +83,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
     pub limits: Arc<RateLimits>,
+    /// Recently seen API tokens (see `auth::TokenCache`).
+    pub token_cache: Arc<crate::auth::TokenCache>,
     /// Commands on one stream take turns in this process.
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
 }
@@ -157,6 +159,7 @@ impl AppState {
             deployments,
             limits: Arc::new(RateLimits::new(&config)),
             stream_locks: Arc::default(),
+            token_cache: Arc::default(),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
         })

@@ -52,7 +52,10 @@ pub async fn revoke(
     Admin(admin): Admin,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
-    if revoke_token(&*state.store, &state.credentials, &admin.actor, &id).await? {
+    let revoked = revoke_token(&*state.store, &state.credentials, &admin.actor, &id).await;
+    // Forget it whatever the log said: the row may have changed.
+    state.token_cache.forget(&id);
+    if revoked? {
         state.live.end_credential(&token_credential(&id));
         Ok(StatusCode::NO_CONTENT)
     } else {
