@@ -150,7 +150,9 @@ impl SubState {
             if !m.has_data {
                 return;
             }
-            let Some(idx) = sse::command_index(m.data, &sh.run) else { return };
+            let Some(idx) = sse::command_index(m.data, &sh.run) else {
+                return;
+            };
             let idx = idx as usize;
             if idx >= sh.sent.len() {
                 return;
@@ -187,7 +189,9 @@ async fn subscriber(
     connecting: Arc<Semaphore>,
 ) -> SubStats {
     let source = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8))),
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8)))
+        }
         _ => None,
     };
     let started = Instant::now();
@@ -286,7 +290,11 @@ async fn reaper(sh: Arc<Shared>, stop: CancellationToken) {
 
 #[derive(Clone, Copy)]
 enum Mode {
-    Paced { first: usize, t0: tokio::time::Instant, rate: f64 },
+    Paced {
+        first: usize,
+        t0: tokio::time::Instant,
+        rate: f64,
+    },
     Windowed,
 }
 
@@ -562,7 +570,11 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     let throughput_deliveries: u64 = (first..published)
         .map(|i| u64::from(sh.count[i].load(Ordering::Relaxed)))
         .sum();
-    let first_sent = if published > first { sh.sent[first].load(Ordering::Relaxed) } else { 0 };
+    let first_sent = if published > first {
+        sh.sent[first].load(Ordering::Relaxed)
+    } else {
+        0
+    };
     let last = sh.last_recv[1].load(Ordering::Relaxed);
     let elapsed_s = last.saturating_sub(first_sent) as f64 / 1e9;
     let per_s = |x: f64| if elapsed_s > 0.0 { x / elapsed_s } else { 0.0 };
@@ -595,7 +607,11 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         first_publish_error: pub_stats.first_error,
         duplicates,
         disconnects,
-        data_bytes: if delivered > 0 { data_bytes as f64 / delivered as f64 } else { 0.0 },
+        data_bytes: if delivered > 0 {
+            data_bytes as f64 / delivered as f64
+        } else {
+            0.0
+        },
     })
 }
 

@@ -11,7 +11,11 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Connects to `addr`, from `source` (a loopback address: each one has its own
 /// ephemeral ports) when given.
 pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
@@ -80,7 +84,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Head> {
     let mut headers = Vec::new();
     let mut framing = Framing::Close;
     for line in lines.filter(|l| !l.is_empty()) {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let (name, value) = (name.trim(), value.trim());
         if name.eq_ignore_ascii_case("content-length") {
             framing = Framing::Length(value.parse().context("bad content-length")?);
@@ -92,7 +98,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Head> {
     if matches!(status, 204 | 304) {
         framing = Framing::Length(0);
     }
-    Ok(Head { status, framing, headers })
+    Ok(Head {
+        status,
+        framing,
+        headers,
+    })
 }
 
 /// A keep-alive connection.
@@ -306,7 +316,9 @@ mod tests {
             let used = if d.finished() {
                 a
             } else {
-                cut + d.feed(&wire[cut..], |p| body.extend_from_slice(p)).expect("second part")
+                cut + d
+                    .feed(&wire[cut..], |p| body.extend_from_slice(p))
+                    .expect("second part")
             };
             assert_eq!(body, b"hello world!", "cut at {cut}");
             assert!(d.finished());

@@ -179,7 +179,10 @@ fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{:08x}", (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32)
+    format!(
+        "{:08x}",
+        (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
+    )
 }
 
 /// Runs the scenarios `args` asks for and prints the figures.
@@ -196,7 +199,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             bail!("--scenario {s:?}: expected fanout, commands, catchup, rebuild or all");
         }
     }
-    let kinds: Vec<Kind> = args.reference.iter().map(|s| Kind::parse(s.trim())).collect::<Result<_>>()?;
+    let kinds: Vec<Kind> = args
+        .reference
+        .iter()
+        .map(|s| Kind::parse(s.trim()))
+        .collect::<Result<_>>()?;
     let open_files = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")?;
     let exe = std::env::current_exe().context("cannot find the herald executable")?;
     let duration = Duration::from_secs_f64(args.duration.max(0.5));
@@ -227,7 +234,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         None
     } else if let Some(target) = &args.target {
         let addr = targets::parse_target(target)?;
-        let token = args.token.clone().context("--target needs --token (an operator token)")?;
+        let token = args
+            .token
+            .clone()
+            .context("--target needs --token (an operator token)")?;
         Some(Herald::running(addr, token, args.server_pid))
     } else {
         let h = Herald::spawn(&exe).await?;
@@ -246,10 +256,13 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut pad = 1;
     let mut payload = args.payload;
     if let Some(h) = &herald {
-        let base = scenarios::probe_envelope(h.addr, &h.token, &format!("{run}p0000"), 1).await?;
+        let base = scenarios::probe_envelope(h.addr, &h.token, &format!("{run}p00000"), 1).await?;
         pad = (args.payload + 1).saturating_sub(base).max(1);
         payload = base + pad - 1;
-        eprintln!("herald envelopes of this bench: {payload} bytes (asked for {})", args.payload);
+        eprintln!(
+            "herald envelopes of this bench: {payload} bytes (asked for {})",
+            args.payload
+        );
     }
 
     let outcome = async {
@@ -345,7 +358,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                         bail!("filling the log failed: {:?}", r.first_error);
                     }
                 }
-                eprintln!("catch-up: one subscriber resuming {} events behind", args.catchup_events);
+                eprintln!(
+                    "catch-up: one subscriber resuming {} events behind",
+                    args.catchup_events
+                );
                 let r = scenarios::catchup(h.addr, &h.token, args.catchup_events).await?;
                 eprintln!(
                     "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",

@@ -8,9 +8,9 @@ use anyhow::Result;
 
 use crate::Report;
 
-const W: f64 = 720.0;
+const W: f64 = 750.0;
 const H: f64 = 440.0;
-const LEFT: f64 = 70.0;
+const LEFT: f64 = 100.0;
 const RIGHT: f64 = 160.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
@@ -44,11 +44,9 @@ pub fn svg(report: &Report) -> String {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min).max(0.01);
     let hi = values.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
     let (lo_e, hi_e) = (lo.log10().floor(), hi.log10().ceil());
-    let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - (v.max(lo).log10() - lo_e) / (hi_e - lo_e));
-    let (smin, smax) = (
-        *subs.first().unwrap_or(&1) as f64,
-        *subs.last().unwrap_or(&10) as f64,
-    );
+    let floor = 10f64.powf(lo_e);
+    let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - (v.max(floor).log10() - lo_e) / (hi_e - lo_e));
+    let (smin, smax) = (*subs.first().unwrap_or(&1) as f64, *subs.last().unwrap_or(&10) as f64);
     let log_x = smax / smin.max(1.0) >= 4.0;
     let x = |n: usize| {
         let t = if subs.len() < 2 {
@@ -76,10 +74,7 @@ pub fn svg(report: &Report) -> String {
     );
     // Axes and grid.
     let (x0, x1, y0, y1) = (LEFT, W - RIGHT, TOP, H - BOTTOM);
-    let _ = writeln!(
-        s,
-        r#"<path d="M{x0} {y0} V{y1} H{x1}" stroke="black" fill="none"/>"#
-    );
+    let _ = writeln!(s, r#"<path d="M{x0} {y0} V{y1} H{x1}" stroke="black" fill="none"/>"#);
     let mut e = lo_e;
     while e <= hi_e {
         let v = 10f64.powf(e);
@@ -89,7 +84,11 @@ pub fn svg(report: &Report) -> String {
             r##"<line x1="{x0}" x2="{x1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
             x0 - 6.0,
             yy + 4.0,
-            if v >= 1.0 { format!("{v:.0} ms") } else { format!("{v} ms") }
+            if v >= 1.0 {
+                format!("{v:.0} ms")
+            } else {
+                format!("{v} ms")
+            }
         );
         e += 1.0;
     }

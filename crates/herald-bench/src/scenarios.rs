@@ -61,13 +61,20 @@ pub async fn commands(
                     break;
                 }
                 let body = herald_command(&run, idx, pad);
-                let request = http::post(&host, "/api/commands", Some(&token), "application/json", body.as_bytes());
+                let request = http::post(
+                    &host,
+                    "/api/commands",
+                    Some(&token),
+                    "application/json",
+                    body.as_bytes(),
+                );
                 let t = Instant::now();
                 match conn.request(&request).await {
                     Ok(r) if r.status == 200 => hist.record_duration(t.elapsed()),
                     Ok(r) => {
                         errors += 1;
-                        first_error.get_or_insert_with(|| format!("{}: {}", r.status, String::from_utf8_lossy(&r.body)));
+                        first_error
+                            .get_or_insert_with(|| format!("{}: {}", r.status, String::from_utf8_lossy(&r.body)));
                     }
                     Err(e) => {
                         errors += 1;
@@ -136,7 +143,10 @@ pub async fn probe_envelope(addr: SocketAddr, token: &str, run: &str, pad: usize
     // The envelope as stored (and as the live stream sends it): the raw text
     // of the one element of `events`.
     let body = String::from_utf8_lossy(&r.body);
-    let start = body.find("\"events\":[").context("no events in the command's response")? + 10;
+    let start = body
+        .find("\"events\":[")
+        .context("no events in the command's response")?
+        + 10;
     let end = body.rfind(']').context("no events in the command's response")?;
     Ok(body[start..end].trim().len())
 }
@@ -373,7 +383,10 @@ pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<Reb
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("herald projections rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "herald projections rebuild failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(RebuildResult {
         events,

@@ -218,7 +218,10 @@ mod tests {
 
     #[test]
     fn field_without_value_and_without_space() {
-        assert_eq!(collect(&[b"data\nid:5\n\n"]), vec![(Some("5".into()), None, String::new())]);
+        assert_eq!(
+            collect(&[b"data\nid:5\n\n"]),
+            vec![(Some("5".into()), None, String::new())]
+        );
     }
 
     #[test]

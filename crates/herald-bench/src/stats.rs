@@ -92,7 +92,11 @@ impl Histogram {
     }
 
     pub fn mean(&self) -> u64 {
-        if self.total == 0 { 0 } else { (self.sum / u128::from(self.total)) as u64 }
+        if self.total == 0 {
+            0
+        } else {
+            (self.sum / u128::from(self.total)) as u64
+        }
     }
 
     /// The value at quantile `q` (0..=1): the smallest bucket whose cumulative

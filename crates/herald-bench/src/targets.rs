@@ -47,14 +47,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// Children of `pid` (from /proc/*/stat).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid …; comm may hold spaces: split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
             out.push(child);
         }
@@ -154,13 +160,16 @@ impl Herald {
     }
 
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SIGTERM for a clean shutdown, then wait a little.
-                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
+        if let Some(mut child) = self.child.take()
+            && let Some(pid) = child.id()
+        {
+            // SIGTERM for a clean shutdown, then wait a little.
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
             }
         }
     }
@@ -196,7 +205,9 @@ impl Nchan {
         let dir = tempfile::Builder::new().prefix("herald-bench-nchan-").tempdir()?;
         let p = dir.path().display().to_string();
         let port = free_port()?;
-        let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+        let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
         let conf = format!(
             "load_module {NCHAN_MODULE};
 daemon off;
@@ -269,7 +280,10 @@ http {{
         let _ = std::process::Command::new("kill")
             .args(["-QUIT", &self.master_pid.to_string()])
             .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         drop(self.dir);
@@ -304,7 +318,10 @@ impl Ceiling {
 
     pub async fn stop(mut self) {
         drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -328,7 +345,10 @@ pub async fn serve_ceiling(addr: SocketAddr) -> Result<()> {
     let stdin_closed = async {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
-        while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
+        while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf)
+            .await
+            .is_ok_and(|n| n > 0)
+        {}
     };
     // Not a graceful shutdown: open SSE streams would keep it waiting.
     tokio::select! {

@@ -108,9 +108,18 @@ pub async fn live_events(
 struct LiveBody {
     preamble: Option<Bytes>,
     subscription: Subscription,
-    keepalive: Duration,
+    /// Resolves when the stream must end (shutdown, revocation, expiry); made
+    /// once per stream, not once per chunk.
+    ended: std::pin::Pin<Box<dyn std::future::Future<Output = EndReason> + Send>>,
+    /// Ticks at half the keep-alive interval; a tick with nothing written since
+    /// the previous one sends a comment, so an idle stream hears from herald at
+    /// least every `keepalive` without a timer per chunk.
+    tick: tokio::time::Interval,
+    wrote: bool,
     done: bool,
     guard: StreamGuard,
+    lag: metrics::Histogram,
+    deliveries: metrics::Counter,
 }
 
 fn event_stream(
@@ -119,12 +128,19 @@ fn event_stream(
     keepalive: Duration,
     guard: StreamGuard,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let half = (keepalive / 2).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let body = LiveBody {
         preamble: Some(preamble),
         subscription,
-        keepalive,
+        ended: Box::pin(guard.ending()),
+        tick,
+        wrote: true,
         done: false,
         guard,
+        lag: metrics::histogram!("herald_subscriber_lag_events"),
+        deliveries: metrics::counter!("herald_live_deliveries_total"),
     };
     futures_util::stream::unfold(body, |mut b| async move {
         if b.done {
@@ -133,35 +149,42 @@ fn event_stream(
         if let Some(p) = b.preamble.take() {
             return Some((Ok(p), b));
         }
-        let bytes = tokio::select! {
-            biased;
-            reason = b.guard.ended() => {
-                b.done = true;
-                Bytes::from_static(match reason {
-                    EndReason::Shutdown => SHUTDOWN,
-                    EndReason::Revoked | EndReason::Expired => REVOKED,
-                })
-            }
-            next = tokio::time::timeout(b.keepalive, b.subscription.next_chunk()) => match next {
-                Err(_idle) => Bytes::from_static(KEEPALIVE),
-                Ok(Ok(Some(chunk))) => {
-                    let lag = b.guard.head().saturating_sub(chunk.examined);
-                    metrics::histogram!("herald_subscriber_lag_events").record(lag as f64);
-                    metrics::counter!("herald_live_deliveries_total").increment(chunk.events.len() as u64);
-                    chunk.frames.unwrap_or_else(|| concat_frames(&chunk.events))
-                }
-                Ok(Ok(None)) => return None,
-                Ok(Err(SubscriptionError::Lagged)) => {
-                    metrics::counter!("herald_live_lagged_disconnects_total").increment(1);
+        loop {
+            let bytes = tokio::select! {
+                biased;
+                reason = b.ended.as_mut() => {
                     b.done = true;
-                    Bytes::from_static(LAGGED)
+                    Bytes::from_static(match reason {
+                        EndReason::Shutdown => SHUTDOWN,
+                        EndReason::Revoked | EndReason::Expired => REVOKED,
+                    })
                 }
-                Ok(Err(SubscriptionError::Store(e))) => {
-                    tracing::warn!(error = %e, "live stream ended by a store error");
-                    return None;
+                next = b.subscription.next_chunk() => match next {
+                    Ok(Some(chunk)) => {
+                        b.lag.record(b.guard.head().saturating_sub(chunk.examined) as f64);
+                        b.deliveries.increment(chunk.events.len() as u64);
+                        chunk.frames.unwrap_or_else(|| concat_frames(&chunk.events))
+                    }
+                    Ok(None) => return None,
+                    Err(SubscriptionError::Lagged) => {
+                        metrics::counter!("herald_live_lagged_disconnects_total").increment(1);
+                        b.done = true;
+                        Bytes::from_static(LAGGED)
+                    }
+                    Err(SubscriptionError::Store(e)) => {
+                        tracing::warn!(error = %e, "live stream ended by a store error");
+                        return None;
+                    }
+                },
+                _ = b.tick.tick() => {
+                    if std::mem::take(&mut b.wrote) {
+                        continue;
+                    }
+                    Bytes::from_static(KEEPALIVE)
                 }
-            },
-        };
-        Some((Ok(bytes), b))
+            };
+            b.wrote = true;
+            return Some((Ok(bytes), b));
+        }
     })
 }

@@ -16,6 +16,18 @@ pub fn install() {
             .build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).ok()?;
+        // Histogram samples wait in the recorder until drained; without upkeep
+        // they would pile up between scrapes (or forever, with no scraper).
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            })
+            .ok()?;
         metrics::describe_counter!(
             "herald_commands_total",
             "Commands handled, by outcome (ok, conflict, rejected, error)."

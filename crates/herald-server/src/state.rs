@@ -300,21 +300,32 @@ impl StreamGuard {
     /// Resolves when the stream must end: herald shuts down, the credential
     /// that opened it is revoked, or it expires.
     pub async fn ended(&self) -> EndReason {
-        let expiry = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.ended.cancelled() => {
-                if self.registry.shutdown.is_cancelled() {
-                    EndReason::Shutdown
-                } else {
-                    EndReason::Revoked
+        self.ending().await
+    }
+
+    /// [`Self::ended`] as a future that owns what it needs, to be made once and
+    /// kept for the stream's life (no timer registered per chunk).
+    pub fn ending(&self) -> impl std::future::Future<Output = EndReason> + Send + 'static {
+        let ended = self.ended.clone();
+        let shutdown = self.registry.shutdown.clone();
+        let deadline = self.deadline;
+        async move {
+            let expiry = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = ended.cancelled() => {
+                    if shutdown.is_cancelled() {
+                        EndReason::Shutdown
+                    } else {
+                        EndReason::Revoked
+                    }
+                }
+                _ = expiry => EndReason::Expired,
             }
-            _ = expiry => EndReason::Expired,
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use herald_core::deployment::DeploymentStatus;
 use herald_core::deployment_view::{CATEGORY, DeploymentView, deployment_id};
-use herald_core::envelope::RecordedEvent;
+use herald_core::envelope::{Envelope, RecordedEvent};
 use herald_core::store::{EventStore, Filter, StoreError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -147,6 +147,18 @@ impl SqliteDeployments {
         events: Vec<Arc<RecordedEvent>>,
         collect: bool,
     ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
+        self.apply_parsed(expected_checkpoint, new_checkpoint, parse_page(events), collect)
+            .await
+    }
+
+    /// [`apply_events`](Self::apply_events) of a page [`parse_page`] already parsed.
+    async fn apply_parsed(
+        &self,
+        expected_checkpoint: u64,
+        new_checkpoint: u64,
+        events: Vec<Parsed>,
+        collect: bool,
+    ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
         self.write(move |conn| apply(conn, expected_checkpoint, new_checkpoint, &events, collect))
             .await
     }
@@ -265,6 +277,33 @@ fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// A deployment event with its envelope parsed (`None`: unreadable, skipped).
+struct Parsed {
+    event: Arc<RecordedEvent>,
+    envelope: Option<Envelope>,
+}
+
+/// Parses the envelopes of a page's deployment events (events of other
+/// categories are dropped). A rebuild does this on the reading thread, for the
+/// next page, while the writing thread applies the previous one.
+fn parse_page(events: Vec<Arc<RecordedEvent>>) -> Vec<Parsed> {
+    events
+        .into_iter()
+        .filter(|event| deployment_id(event.stream()).is_some())
+        .map(|event| {
+            let envelope = match event.envelope() {
+                Ok(envelope) => Some(envelope),
+                Err(e) => {
+                    // The audit (hash chain) reports a damaged log; the model goes on.
+                    tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
+                    None
+                }
+            };
+            Parsed { event, envelope }
+        })
+        .collect()
+}
+
 /// A deployment touched by one apply: loaded at most once, written at most once.
 struct Slot {
     view: Option<DeploymentView>,
@@ -276,7 +315,7 @@ fn apply(
     conn: &mut Connection,
     expected_checkpoint: u64,
     new_checkpoint: u64,
-    events: &[Arc<RecordedEvent>],
+    events: &[Parsed],
     collect: bool,
 ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
     let tx = conn
@@ -292,17 +331,12 @@ fn apply(
         let mut load = tx
             .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
             .map_err(backend)?;
-        for event in events {
+        for Parsed { event, envelope } in events {
             let Some(id) = deployment_id(event.stream()) else {
                 continue;
             };
-            let envelope = match event.envelope() {
-                Ok(envelope) => envelope,
-                Err(e) => {
-                    // The audit (hash chain) reports a damaged log; the model goes on.
-                    tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
-                    continue;
-                }
+            let Some(envelope) = envelope else {
+                continue;
             };
             if !slots.contains_key(id) {
                 let row: Option<(i64, String)> = load
@@ -327,7 +361,7 @@ fn apply(
                 continue; // inserted just above
             };
             let before = slot.view.as_ref().map(|v| v.stream_version);
-            slot.view = DeploymentView::fold(slot.view.take(), &envelope);
+            slot.view = DeploymentView::fold(slot.view.take(), envelope);
             if slot.view.as_ref().map(|v| v.stream_version) == before {
                 continue; // not a change (another type, already applied, …)
             }
@@ -490,14 +524,61 @@ pub async fn rebuild_with_page(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, StoreError> {
     model.reset().await?;
-    let mut projector = Projector::new(store, model);
+    let page = page.max(1);
+    let mut projector = Projector::new(store.clone(), model.clone());
+    let filter = projector.filter.clone();
+    // Pipelined: page N+1 is read and parsed (a reader connection, one blocking
+    // thread) while page N is applied (the writer connection, another thread).
+    let read = |after: u64| {
+        let store = store.clone();
+        let filter = filter.clone();
+        tokio::spawn(async move {
+            let found = store.read_all(after, &filter, page).await?;
+            let (head, next_after) = (found.head, found.next_after);
+            let parsed = tokio::task::spawn_blocking(move || parse_page(found.events))
+                .await
+                .map_err(|e| StoreError::Backend(format!("rebuild parse task failed: {e}")))?;
+            Ok::<_, StoreError>((parsed, next_after, head))
+        })
+    };
     let mut applied = 0u64;
+    let mut checkpoint = 0u64;
+    let mut next = read(checkpoint);
     loop {
-        let step = projector.step(page.max(1), false).await?;
-        applied += step.read as u64;
-        progress(step.checkpoint, step.head);
-        if step.caught_up() {
-            return Ok(applied);
+        let (events, next_after, head) = next
+            .await
+            .map_err(|e| StoreError::Backend(format!("rebuild read task failed: {e}")))??;
+        if events.is_empty() && next_after == checkpoint {
+            progress(checkpoint, head);
+            return Ok(applied); // caught up
+        }
+        if next_after < head {
+            next = read(next_after);
+        } else {
+            next = tokio::spawn(async move { Ok((Vec::new(), next_after, head)) });
+        }
+        let count = events.len() as u64;
+        match model.apply_parsed(checkpoint, next_after, events, false).await? {
+            Some(_) => {
+                applied += count;
+                checkpoint = next_after;
+                progress(checkpoint, head);
+                if checkpoint >= head {
+                    return Ok(applied);
+                }
+            }
+            None => {
+                // Another process moved the checkpoint: go on a step at a time.
+                next.abort();
+                loop {
+                    let step = projector.step(page, false).await?;
+                    applied += step.read as u64;
+                    progress(step.checkpoint, step.head);
+                    if step.caught_up() {
+                        return Ok(applied);
+                    }
+                }
+            }
         }
     }
 }

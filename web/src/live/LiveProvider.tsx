@@ -73,6 +73,9 @@ export function LiveProvider({
       onEvents: (events) => {
         applyEvents(qc, events)
         hub.publish(events)
+        // The status carries the position applied (the audit page compares it with
+        // the last chain check); onStatus alone fires only when the status changes.
+        hub.setStatus(conn.info)
       },
       onStatus: (s) => hub.setStatus(s),
       onReady: () => resyncLiveQueries(qc),

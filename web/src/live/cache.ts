@@ -54,11 +54,21 @@ export function applyEvents(qc: QueryClient, events: Envelope[]): void {
     if (/^Invite/.test(e.type) || e.stream.startsWith('invite-')) invalidate.add('invites')
   }
   appendToAudit(qc, events)
-  for (const what of invalidate) {
-    if (what === 'me') void qc.invalidateQueries({ queryKey: ['me'] })
-    else void qc.invalidateQueries({ queryKey: ['admin', what] })
+  if (invalidate.size === 0) return
+  const refetch = () => {
+    for (const what of invalidate) {
+      if (what === 'me') void qc.invalidateQueries({ queryKey: ['me'] })
+      else void qc.invalidateQueries({ queryKey: ['admin', what] })
+    }
   }
+  refetch()
+  // herald records who may act in the log *before* it stores the row (a user, an
+  // invite, a token, a session, roles), so a list read at once may miss it: read
+  // it again once the row has surely landed.
+  for (const ms of ACCOUNT_SETTLE_MS) setTimeout(refetch, ms)
 }
+
+const ACCOUNT_SETTLE_MS = [500, 2_000]
 
 function applyDeployment(qc: QueryClient, id: string, e: Envelope): void {
   raiseDeploymentWatermark(e.position)
