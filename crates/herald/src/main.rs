@@ -19,6 +19,11 @@ use herald_store::credentials::SqliteCredentials;
 use herald_store::readmodel::{SqliteDeployments, rebuild};
 use herald_store::sqlite::SqliteStore;
 
+/// mimalloc: commands and rebuilds allocate and free envelopes across threads,
+/// where the system allocator spent ~15–35 % of the CPU (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Event-sourced operations with live screens")]
 struct Cli {
