@@ -38,6 +38,8 @@ const SHOTS = path.join(ROOT, 'target/screenshots')
 const LOGS = path.join(ROOT, 'target/e2e')
 /** One expectation (a page shows something) may take this long on a slow box. */
 const WAIT = 20_000
+/** A tab that lost herald retries with a back-off (up to 30 s apart): it may take this long to be Live again. */
+const RECOVER = 45_000
 /** The whole run, browser and herald included. */
 const OVERALL = 4 * 60_000
 
@@ -183,12 +185,12 @@ async function until(what, fn, timeout = WAIT) {
 
 const status = (page) => page.getByTestId('connection-status')
 
-async function expectStatus(page, who, wanted) {
+async function expectStatus(page, who, wanted, timeout = WAIT) {
   const want = Array.isArray(wanted) ? wanted : [wanted]
   await until(`${who}'s connection indicator to say ${want.join(' or ')}`, async () => {
     const s = await status(page).getAttribute('data-status', { timeout: 1_000 })
     return want.includes(s)
-  })
+  }, timeout)
   const label = { live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }
   const text = await status(page).innerText()
   assert.ok(
@@ -235,8 +237,8 @@ async function shot(page, file, opts = {}) {
 }
 
 /** Marks the document: a reload would lose the mark. */
-const markDocument = (page) => page.evaluate(() => ((window).__heraldE2e = 'no reload'))
-const stillSameDocument = async (page) => (await page.evaluate(() => (window).__heraldE2e)) === 'no reload'
+const markDocument = (page) => page.evaluate(() => (window.__heraldE2e = 'no reload'))
+const stillSameDocument = async (page) => (await page.evaluate(() => window.__heraldE2e)) === 'no reload'
 
 /** Registers through the form on the current page (login page or invite link). */
 async function register(page, username, displayName) {
@@ -497,7 +499,7 @@ step('herald is killed with SIGKILL: both tabs say so, then go Live again on the
     aggregate_id: s.deploymentId,
     data: { percent: 60, message: 'from CI while the console reconnects' },
   })
-  await Promise.all([expectStatus(s.admin.page, 'admin', 'live'), expectStatus(s.operator.page, 'operator', 'live')])
+  await Promise.all([expectStatus(s.admin.page, 'admin', 'live', RECOVER), expectStatus(s.operator.page, 'operator', 'live', RECOVER)])
   const op = s.operator.page
   await op.getByText('from CI while the console reconnects').first().waitFor()
   await op.getByText('60%').first().waitFor()
@@ -606,7 +608,7 @@ step('herald stops gracefully (SIGTERM) while both tabs stream; they recover and
     expectStatus(op, 'operator', ['reconnecting', 'offline']),
   ])
   await s.herald.start()
-  await Promise.all([expectStatus(admin, 'admin', 'live'), expectStatus(op, 'operator', 'live')])
+  await Promise.all([expectStatus(admin, 'admin', 'live', RECOVER), expectStatus(op, 'operator', 'live', RECOVER)])
 
   // The admin (an operator too) cancels billing from its dashboard.
   await admin.getByRole('button', { name: 'Cancel billing' }).click()

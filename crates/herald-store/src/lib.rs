@@ -1,9 +1,9 @@
 //! Storage backends for herald: the event store (one module per backend), and
 //! the conformance suite every backend passes (feature `conformance`).
 
+pub mod accounts;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod accounts;
 pub mod credentials;
 pub mod readmodel;
 pub mod sqlite;
