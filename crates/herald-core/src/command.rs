@@ -133,10 +133,11 @@ async fn execute<A: Aggregate>(
     request: &CommandRequest,
     command: A::Command,
 ) -> Result<AppendOutcome, CommandError> {
+    // No lookup of an earlier use of `command_id` up front (a read per command):
+    // a retry either decides to append again, and the store answers with what the
+    // first attempt committed (it checks the id in the write transaction), or is
+    // rejected or conflicts, and then the lookup below finds the first attempt.
     let fingerprint = request.command_id.as_ref().map(|_| fingerprint(request));
-    if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
-        return Ok(AppendOutcome::Duplicate(result));
-    }
     let stream = StreamName::new(A::CATEGORY, &request.aggregate_id);
     let command_id = request
         .command_id

@@ -207,24 +207,8 @@ impl EventStore for SqliteStore {
 
     async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
         let stream = stream.to_owned();
-        self.read(move |conn| {
-            let version = stream_version(conn, &stream)?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT position, stream, version, type, envelope FROM events
-                     WHERE stream = ?1 AND version >= ?2 AND version <= ?3 ORDER BY version LIMIT ?4",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(
-                    params![stream, sql_int(from_version), sql_int(version), sql_int(limit)],
-                    row_event,
-                )
-                .map_err(backend)?;
-            let events = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-            Ok(StreamSlice { version, events })
-        })
-        .await
+        self.read(move |conn| read_stream(conn, &stream, from_version, limit))
+            .await
     }
 
     async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
@@ -283,6 +267,36 @@ fn stream_version(conn: &Connection, stream: &str) -> Result<u64, StoreError> {
         .query_row([stream], |r| r.get::<_, i64>(0))
         .map(|v| v as u64)
         .map_err(backend)
+}
+
+/// One statement for the common case (the whole rest of the stream fits in
+/// `limit`: its last row is the stream's version); a second, in one read
+/// transaction with the first, only when the slice is a page of a longer stream.
+fn read_stream(conn: &Connection, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
+    const SLICE: &str = "SELECT position, stream, version, type, envelope FROM events
+                         WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3";
+    let query = |conn: &Connection| -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        let mut stmt = conn.prepare_cached(SLICE).map_err(backend)?;
+        let rows = stmt
+            .query_map(params![stream, sql_int(from_version), sql_int(limit)], row_event)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    };
+    let events = query(conn)?;
+    if events.len() < limit && (!events.is_empty() || from_version <= 1) {
+        let version = events.last().map_or(0, |e| e.version());
+        return Ok(StreamSlice { version, events });
+    }
+    // A page of a longer stream, or past its end: the version must come from
+    // the same snapshot as the rows.
+    conn.execute_batch("BEGIN DEFERRED").map_err(backend)?;
+    let read = (|| {
+        let events = query(conn)?;
+        let version = stream_version(conn, stream)?;
+        Ok(StreamSlice { version, events })
+    })();
+    conn.execute_batch("COMMIT").map_err(backend)?;
+    read
 }
 
 fn read_all(conn: &Connection, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
