@@ -20,7 +20,7 @@ pub struct Rejection {
 #[error("{0}")]
 pub struct InvalidCommand(pub String);
 
-pub trait Aggregate: Default + Send + Sync + 'static {
+pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// The stream category, e.g. `deployment`.
     const CATEGORY: &'static str;
     type Command: Send + Sync;

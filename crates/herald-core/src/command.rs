@@ -64,15 +64,37 @@ const MAX_ATTEMPTS: usize = 5;
 /// commands on one aggregate take turns instead of burning optimistic retries.
 /// Entries are weak and swept as the map grows, so it stays bounded by the
 /// streams in use.
+///
+/// It also remembers the state of the aggregates it handled lately (a bounded
+/// cache), so a command on a stream this process wrote recently decides without
+/// reading the stream. A cached state is only ever a guess: the append says
+/// `Exact(version)`, so a state another process moved on conflicts, and every
+/// refusal decided on a guess is decided again on the stream as stored.
 #[derive(Default)]
 pub struct StreamLocks {
     inner: std::sync::Mutex<LockMap>,
+    states: std::sync::Mutex<StateCache>,
 }
 
 #[derive(Default)]
 struct LockMap {
     locks: std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
     sweep_at: usize,
+}
+
+/// Streams whose state is kept: two generations of half as many each; a hit in
+/// the older one moves the entry to the newer, a full newer one replaces the older.
+const CACHED_STATES: usize = 16_384;
+
+#[derive(Default)]
+struct StateCache {
+    current: std::collections::HashMap<String, CachedState>,
+    previous: std::collections::HashMap<String, CachedState>,
+}
+
+struct CachedState {
+    version: u64,
+    state: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl StreamLocks {
@@ -93,6 +115,44 @@ impl StreamLocks {
             }
         };
         lock.lock_owned().await
+    }
+
+    fn cached<A: Aggregate>(&self, stream: &str) -> Option<(A, u64)> {
+        let mut cache = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.current.contains_key(stream) {
+            let entry = cache.previous.remove(stream)?;
+            cache.insert(stream.to_owned(), entry);
+        }
+        let entry = cache.current.get(stream)?;
+        let state = entry.state.downcast_ref::<A>()?;
+        Some((state.clone(), entry.version))
+    }
+
+    fn remember<A: Aggregate>(&self, stream: &str, state: A, version: u64) {
+        let mut cache = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        cache.previous.remove(stream);
+        cache.insert(
+            stream.to_owned(),
+            CachedState {
+                version,
+                state: Box::new(state),
+            },
+        );
+    }
+
+    fn forget(&self, stream: &str) {
+        let mut cache = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        cache.current.remove(stream);
+        cache.previous.remove(stream);
+    }
+}
+
+impl StateCache {
+    fn insert(&mut self, stream: String, entry: CachedState) {
+        if self.current.len() >= CACHED_STATES / 2 && !self.current.contains_key(&stream) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(stream, entry);
     }
 }
 
@@ -146,13 +206,27 @@ async fn execute<A: Aggregate>(
     let correlation_id = request.correlation_id.clone().unwrap_or_else(|| command_id.clone());
     let _turn = locks.lock(stream.as_str()).await;
 
+    // First from what this process knows (the cached state, or for a command
+    // that starts an aggregate, a guess that the stream is new); anything but a
+    // successful append decided that way is decided again on the stored stream.
+    let mut fast = true;
     let mut attempt = 0;
     loop {
-        attempt += 1;
-        let (state, version) = load::<A>(store, &stream).await?;
+        let (mut state, version, guessed) = match fast.then(|| quick_state::<A>(locks, &stream, request, &command)) {
+            Some(Some((state, version))) => (state, version, true),
+            _ => {
+                attempt += 1;
+                let (state, version) = load::<A>(store, &stream).await?;
+                (state, version, false)
+            }
+        };
         if let Some(expected) = request.expected_version
             && expected != version
         {
+            if guessed {
+                fast = false;
+                continue;
+            }
             // A concurrent retry of this very command may have just won.
             if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
                 return Ok(AppendOutcome::Duplicate(result));
@@ -166,6 +240,10 @@ async fn execute<A: Aggregate>(
         let events = match state.decide(&command) {
             Ok(events) => events,
             Err(rejection) => {
+                if guessed {
+                    fast = false;
+                    continue;
+                }
                 // A concurrent retry of this very command may have just won.
                 if let Some(result) = earlier_result(store, request, fingerprint.as_deref()).await? {
                     return Ok(AppendOutcome::Duplicate(result));
@@ -183,8 +261,23 @@ async fn execute<A: Aggregate>(
             idempotency_fingerprint: fingerprint.clone(),
         };
         match store.append(append).await {
-            Ok(outcome) => return Ok(outcome),
+            Ok(AppendOutcome::Appended(committed)) => {
+                for event in events {
+                    state.evolve(event);
+                }
+                locks.remember(stream.as_str(), state, committed.version);
+                return Ok(AppendOutcome::Appended(committed));
+            }
+            Ok(duplicate) => {
+                locks.forget(stream.as_str());
+                return Ok(duplicate);
+            }
             Err(StoreError::Conflict { actual, .. }) => {
+                locks.forget(stream.as_str());
+                if guessed {
+                    fast = false;
+                    continue;
+                }
                 if request.expected_version.is_none() && attempt < MAX_ATTEMPTS {
                     continue; // decide again on the newer state
                 }
@@ -197,9 +290,28 @@ async fn execute<A: Aggregate>(
                     actual,
                 });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                locks.forget(stream.as_str());
+                return Err(e.into());
+            }
         }
     }
+}
+
+/// The state to decide on without reading the stream: the cached one, or an
+/// empty stream when the command would start the aggregate (and the caller does
+/// not expect a version other than 0). `None`: read the stream.
+fn quick_state<A: Aggregate>(
+    locks: &StreamLocks,
+    stream: &StreamName,
+    request: &CommandRequest,
+    command: &A::Command,
+) -> Option<(A, u64)> {
+    if let Some(cached) = locks.cached::<A>(stream.as_str()) {
+        return Some(cached);
+    }
+    let fresh = A::default();
+    (request.expected_version.unwrap_or(0) == 0 && fresh.decide(command).is_ok()).then_some((fresh, 0))
 }
 
 async fn earlier_result(

@@ -147,6 +147,12 @@ impl SqliteStore {
         let path = dir.join(EVENTS_FILE);
         let conn = open_connection(&path, false)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        // The writer's own connection: a 64 MiB page cache (the indexes take
+        // random inserts), and checkpoints every 10,000 WAL pages rather than
+        // SQLite's 1,000, so a page many commits touch is copied back once.
+        conn.pragma_update(None, "cache_size", -65_536).map_err(backend)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(backend)?;
         let published = read_head(&conn)?.position;
         let (jobs, rx) = mpsc::channel(config.queue);
         let (live, _) = broadcast::channel(config.live_capacity);
@@ -447,6 +453,22 @@ struct Row {
     json: String,
 }
 
+/// Why a batch's transaction did not commit.
+enum WriteError {
+    /// A job failed after it had written (SQLite failed): write the batch again
+    /// with a savepoint per job.
+    Retry(StoreError),
+    Failed(StoreError),
+}
+
+/// Why one append was not applied.
+enum Refusal {
+    /// Found before the append wrote anything: the others of its batch go on.
+    Refused(StoreError),
+    /// SQLite failed while the append was writing.
+    Failed(StoreError),
+}
+
 enum Applied {
     Appended {
         stream: String,
@@ -514,7 +536,17 @@ impl Writer {
 
     /// Commits every job of `batch` in one transaction and answers each.
     fn commit(&mut self, batch: &mut Vec<Job>) {
-        let result = self.write(batch);
+        // Every refusal (conflict, reused command id, bad event) is found before
+        // a job writes anything, so the jobs need no savepoints; only when
+        // SQLite itself fails part-way is the batch written again job by job,
+        // each in a savepoint, so that one failure does not fail the others.
+        let result = match self.write(batch, false) {
+            Err(WriteError::Retry(e)) => {
+                tracing::warn!(error = %e, appends = batch.len(), "an append failed; writing its batch again one append at a time");
+                self.write(batch, true)
+            }
+            other => other,
+        };
         match result {
             Ok((rows, applied)) => {
                 let events = self.publish(&rows);
@@ -530,7 +562,7 @@ impl Writer {
                     let _ = job.reply.send(answer);
                 }
             }
-            Err(e) => {
+            Err(WriteError::Retry(e) | WriteError::Failed(e)) => {
                 tracing::error!(error = %e, appends = batch.len(), "event store commit failed");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(StoreError::Backend(e.to_string())));
@@ -541,14 +573,21 @@ impl Writer {
 
     /// One transaction: rows appended by others since the last publish, then
     /// every job's rows. Returns all rows (in position order) and each job's outcome.
+    ///
+    /// Without `savepoints`, a job that fails after it started writing fails
+    /// the whole transaction with [`WriteError::Retry`] (nothing is committed).
     #[allow(clippy::type_complexity)]
-    fn write(&mut self, batch: &[Job]) -> Result<(Vec<Row>, Vec<Result<Applied, StoreError>>), StoreError> {
+    fn write(
+        &mut self,
+        batch: &[Job],
+        savepoints: bool,
+    ) -> Result<(Vec<Row>, Vec<Result<Applied, StoreError>>), WriteError> {
         let mut tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let mut rows = external_rows(&tx, self.published)?;
-        let mut head = read_head(&tx)?;
+            .map_err(|e| WriteError::Failed(backend(e)))?;
+        let mut rows = external_rows(&tx, self.published).map_err(WriteError::Failed)?;
+        let mut head = read_head(&tx).map_err(WriteError::Failed)?;
         let recorded_at = {
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             if now > self.last_recorded_at {
@@ -559,17 +598,25 @@ impl Writer {
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch {
+            if !savepoints {
+                match apply(&tx, &job.request, &mut head, &mut rows, &recorded_at) {
+                    Ok(applied) => outcomes.push(Ok(applied)),
+                    Err(Refusal::Refused(e)) => outcomes.push(Err(e)),
+                    // Dropping `tx` rolls the whole batch back.
+                    Err(Refusal::Failed(e)) => return Err(WriteError::Retry(e)),
+                }
+                continue;
+            }
             let sp_head = head.clone();
             let sp_rows = rows.len();
-            let mut sp = tx.savepoint().map_err(backend)?;
-            let outcome = apply(&sp, &job.request, &mut head, &mut rows, &recorded_at);
-            match outcome {
+            let mut sp = tx.savepoint().map_err(|e| WriteError::Failed(backend(e)))?;
+            match apply(&sp, &job.request, &mut head, &mut rows, &recorded_at) {
                 Ok(applied) => {
-                    sp.commit().map_err(backend)?;
+                    sp.commit().map_err(|e| WriteError::Failed(backend(e)))?;
                     outcomes.push(Ok(applied));
                 }
-                Err(e) => {
-                    sp.rollback().map_err(backend)?;
+                Err(Refusal::Refused(e) | Refusal::Failed(e)) => {
+                    sp.rollback().map_err(|e| WriteError::Failed(backend(e)))?;
                     drop(sp);
                     head = sp_head;
                     rows.truncate(sp_rows);
@@ -577,7 +624,7 @@ impl Writer {
                 }
             }
         }
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(|e| WriteError::Failed(backend(e)))?;
         self.last_recorded_at = recorded_at;
         Ok((rows, outcomes))
     }
@@ -638,42 +685,49 @@ fn apply(
     head: &mut Head,
     rows: &mut Vec<Row>,
     recorded_at: &str,
-) -> Result<Applied, StoreError> {
+) -> Result<Applied, Refusal> {
+    // Every check first: until the first insert, a refusal leaves nothing to undo.
     if let Some(fingerprint) = &request.idempotency_fingerprint
-        && let Some((seen, committed)) = find_command(tx, &request.command_id)?
+        && let Some((seen, committed)) = find_command(tx, &request.command_id).map_err(Refusal::Refused)?
     {
         return if &seen == fingerprint {
             Ok(Applied::Duplicate(committed))
         } else {
-            Err(StoreError::CommandIdReused {
+            Err(Refusal::Refused(StoreError::CommandIdReused {
                 command_id: request.command_id.clone(),
-            })
+            }))
         };
     }
-    let current = stream_version(tx, &request.stream)?;
+    let current = stream_version(tx, &request.stream).map_err(Refusal::Refused)?;
     if !request.expected.admits(current) {
-        return Err(StoreError::Conflict {
+        return Err(Refusal::Refused(StoreError::Conflict {
             stream: request.stream.clone(),
             expected: request.expected,
             actual: current,
-        });
+        }));
     }
+    if let Some(event) = request
+        .events
+        .iter()
+        .find(|e| e.event_type.is_empty() || e.event_type.contains(['\n', '\r']))
+    {
+        return Err(Refusal::Refused(StoreError::InvalidAppend(format!(
+            "event type {:?} is empty or has a line break",
+            event.event_type
+        ))));
+    }
+    // From here on, only SQLite can fail.
+    let failed = |e: rusqlite::Error| Refusal::Failed(backend(e));
     let category = herald_core::envelope::category_of(&request.stream);
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO events (position, stream, version, category, type, envelope, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .map_err(backend)?;
+        .map_err(failed)?;
     let first_row = rows.len();
     let mut version = current;
     for event in &request.events {
-        if event.event_type.is_empty() || event.event_type.contains(['\n', '\r']) {
-            return Err(StoreError::InvalidAppend(format!(
-                "event type {:?} is empty or has a line break",
-                event.event_type
-            )));
-        }
         version += 1;
         let mut envelope = Envelope {
             position: head.position + 1,
@@ -701,7 +755,7 @@ fn apply(
                 json,
                 envelope.hash,
             ])
-            .map_err(backend)?;
+            .map_err(failed)?;
         head.position = envelope.position;
         head.hash = envelope.hash;
         rows.push(Row {
@@ -717,7 +771,7 @@ fn apply(
             "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .map_err(backend)?
+        .map_err(failed)?
         .execute(params![
             request.command_id,
             fingerprint,
@@ -726,7 +780,7 @@ fn apply(
             rows[first_row].position as i64,
             head.position as i64,
         ])
-        .map_err(backend)?;
+        .map_err(failed)?;
     }
     Ok(Applied::Appended {
         stream: request.stream.clone(),
