@@ -38,10 +38,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::ops::metrics))
         .route("/api/commands", post(routes::commands::post_command))
         .route("/api/events", get(routes::read::list_events))
-        .route("/api/events/live", get(live::live_events))
         .route("/api/streams/{stream}", get(routes::read::read_stream))
         .route("/api/deployments", get(routes::deployments::list))
-        .route("/api/deployments/live", get(routes::deployments::live))
         .route("/api/deployments/{id}", get(routes::deployments::get))
         .route("/api/audit/verify", get(routes::ops::audit_verify))
         .route("/api/tokens", post(routes::tokens::create).get(routes::tokens::list))
@@ -61,16 +59,22 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sessions", get(routes::admin::list_sessions))
         .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
         .fallback(console::serve_method)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("a request handler panicked".into()).into_response()
-        }))
         .layer(
             // Only the path: a query string never reaches the logs.
             TraceLayer::new_for_http().make_span_with(
                 |req: &Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
             ),
         )
+        // Live streams are added after the trace layer: it would time every
+        // chunk of every subscriber (and enter its span) for nothing; they log
+        // what matters themselves.
+        .route("/api/events/live", get(live::live_events))
+        .route("/api/deployments/live", get(routes::deployments::live))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::Internal("a request handler panicked".into()).into_response()
+        }))
         .with_state(state)
 }
 

@@ -7,6 +7,10 @@
 //! disconnected (it resumes with `Last-Event-ID`), never skipped.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::task::AtomicWaker;
 use herald_core::subscription::{LagPolicy, Subscription, SubscriptionError};
 
 use crate::auth::Viewer;
@@ -109,8 +114,8 @@ struct LiveBody {
     preamble: Option<Bytes>,
     subscription: Subscription,
     /// Resolves when the stream must end (shutdown, revocation, expiry); made
-    /// once per stream, not once per chunk.
-    ended: std::pin::Pin<Box<dyn std::future::Future<Output = EndReason> + Send>>,
+    /// once per stream, and polled only when it has woken the stream.
+    ended: WhenWoken<std::pin::Pin<Box<dyn std::future::Future<Output = EndReason> + Send>>>,
     /// Ticks at half the keep-alive interval; a tick with nothing written since
     /// the previous one sends a comment, so an idle stream hears from herald at
     /// least every `keepalive` without a timer per chunk.
@@ -120,6 +125,77 @@ struct LiveBody {
     guard: StreamGuard,
     lag: metrics::Histogram,
     deliveries: metrics::Counter,
+    /// Deliveries not yet added to `deliveries` (added every
+    /// [`METRICS_EVERY`] chunks and when the stream ends).
+    uncounted: u64,
+    chunks: u64,
+}
+
+/// A stream's metrics are updated once per this many chunks: the lag
+/// histogram gets every such chunk's lag (a uniform sample), the deliveries
+/// counter the sum. Per chunk they cost as much as the rest of the delivery.
+const METRICS_EVERY: u64 = 8;
+
+impl Drop for LiveBody {
+    fn drop(&mut self) {
+        self.deliveries.increment(self.uncounted);
+    }
+}
+
+/// Polls `inner` only on the first poll and after `inner` itself woke the task.
+///
+/// A live stream's task is woken for every batch; its end future (a
+/// cancellation token and a timer, behind locks) would otherwise be polled
+/// again on every wake-up for nothing. `inner` gets a waker of its own that
+/// notes it fired and wakes the task.
+struct WhenWoken<F> {
+    inner: F,
+    signal: Arc<Signal>,
+    waker: Waker,
+    polled: bool,
+}
+
+#[derive(Default)]
+struct Signal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> WhenWoken<F> {
+    fn new(inner: F) -> Self {
+        let signal = Arc::new(Signal::default());
+        WhenWoken {
+            inner,
+            waker: Waker::from(signal.clone()),
+            signal,
+            polled: false,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        this.signal.task.register(cx.waker());
+        if this.polled && !this.signal.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.polled = true;
+        std::pin::Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker))
+    }
 }
 
 fn event_stream(
@@ -134,13 +210,15 @@ fn event_stream(
     let body = LiveBody {
         preamble: Some(preamble),
         subscription,
-        ended: Box::pin(guard.ending()),
+        ended: WhenWoken::new(Box::pin(guard.ending())),
         tick,
         wrote: true,
         done: false,
         guard,
         lag: metrics::histogram!("herald_subscriber_lag_events"),
         deliveries: metrics::counter!("herald_live_deliveries_total"),
+        uncounted: 0,
+        chunks: 0,
     };
     futures_util::stream::unfold(body, |mut b| async move {
         if b.done {
@@ -152,7 +230,7 @@ fn event_stream(
         loop {
             let bytes = tokio::select! {
                 biased;
-                reason = b.ended.as_mut() => {
+                reason = &mut b.ended => {
                     b.done = true;
                     Bytes::from_static(match reason {
                         EndReason::Shutdown => SHUTDOWN,
@@ -161,8 +239,12 @@ fn event_stream(
                 }
                 next = b.subscription.next_chunk() => match next {
                     Ok(Some(chunk)) => {
-                        b.lag.record(b.guard.head().saturating_sub(chunk.examined) as f64);
-                        b.deliveries.increment(chunk.events.len() as u64);
+                        b.chunks += 1;
+                        b.uncounted += chunk.events.len() as u64;
+                        if b.chunks % METRICS_EVERY == 0 {
+                            b.lag.record(b.guard.head().saturating_sub(chunk.examined) as f64);
+                            b.deliveries.increment(std::mem::take(&mut b.uncounted));
+                        }
                         chunk.frames.unwrap_or_else(|| concat_frames(&chunk.events))
                     }
                     Ok(None) => return None,
@@ -187,4 +269,46 @@ fn event_stream(
             return Some((Ok(bytes), b));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn when_woken_polls_its_future_again_only_after_that_future_woke_the_task() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<EndReason>();
+        let counted = {
+            let polls = polls.clone();
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                Pin::new(&mut rx).poll(cx).map(|r| r.unwrap())
+            })
+        };
+        let mut end = WhenWoken::new(Box::pin(counted));
+        let task = Arc::new(CountingWaker::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..5 {
+            assert!(Pin::new(&mut end).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "polled again without having woken");
+        tx.send(EndReason::Revoked).unwrap();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was not woken");
+        assert_eq!(Pin::new(&mut end).poll(&mut cx), Poll::Ready(EndReason::Revoked));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
 }
