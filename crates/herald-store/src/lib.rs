@@ -6,4 +6,5 @@ pub mod accounts;
 pub mod conformance;
 pub mod credentials;
 pub mod readmodel;
+pub mod scan;
 pub mod sqlite;

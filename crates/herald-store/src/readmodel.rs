@@ -19,17 +19,18 @@ use std::sync::{Arc, Mutex};
 
 use herald_core::deployment::DeploymentStatus;
 use herald_core::deployment_view::{CATEGORY, DeploymentView, deployment_id};
-use herald_core::envelope::{Envelope, RecordedEvent};
+use herald_core::envelope::RecordedEvent;
 use herald_core::store::{EventStore, Filter, StoreError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::sqlite::{ReaderPool, open_connection};
+use crate::scan::Scanner;
+use crate::sqlite::{ReaderPool, SqliteStore, open_connection};
 
 /// The read models' database file inside the data directory.
 pub const READMODELS_FILE: &str = "readmodels.db";
 
-/// Events read per page by [`rebuild`].
-pub const REBUILD_PAGE: usize = 10_000;
+/// Events read (and written) per page by [`rebuild`].
+pub const REBUILD_PAGE: usize = 20_000;
 
 /// The format of the tables below; a file with another version is recreated.
 pub const MODEL_VERSION: i64 = 1;
@@ -145,18 +146,6 @@ impl SqliteDeployments {
         expected_checkpoint: u64,
         new_checkpoint: u64,
         events: Vec<Arc<RecordedEvent>>,
-        collect: bool,
-    ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
-        self.apply_parsed(expected_checkpoint, new_checkpoint, parse_page(events), collect)
-            .await
-    }
-
-    /// [`apply_events`](Self::apply_events) of a page [`parse_page`] already parsed.
-    async fn apply_parsed(
-        &self,
-        expected_checkpoint: u64,
-        new_checkpoint: u64,
-        events: Vec<Parsed>,
         collect: bool,
     ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
         self.write(move |conn| apply(conn, expected_checkpoint, new_checkpoint, &events, collect))
@@ -277,33 +266,6 @@ fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// A deployment event with its envelope parsed (`None`: unreadable, skipped).
-struct Parsed {
-    event: Arc<RecordedEvent>,
-    envelope: Option<Envelope>,
-}
-
-/// Parses the envelopes of a page's deployment events (events of other
-/// categories are dropped). A rebuild does this on the reading thread, for the
-/// next page, while the writing thread applies the previous one.
-fn parse_page(events: Vec<Arc<RecordedEvent>>) -> Vec<Parsed> {
-    events
-        .into_iter()
-        .filter(|event| deployment_id(event.stream()).is_some())
-        .map(|event| {
-            let envelope = match event.envelope() {
-                Ok(envelope) => Some(envelope),
-                Err(e) => {
-                    // The audit (hash chain) reports a damaged log; the model goes on.
-                    tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
-                    None
-                }
-            };
-            Parsed { event, envelope }
-        })
-        .collect()
-}
-
 /// A deployment touched by one apply: loaded at most once, written at most once.
 struct Slot {
     view: Option<DeploymentView>,
@@ -315,7 +277,7 @@ fn apply(
     conn: &mut Connection,
     expected_checkpoint: u64,
     new_checkpoint: u64,
-    events: &[Parsed],
+    events: &[Arc<RecordedEvent>],
     collect: bool,
 ) -> Result<Option<Vec<DeploymentView>>, StoreError> {
     let tx = conn
@@ -331,11 +293,8 @@ fn apply(
         let mut load = tx
             .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
             .map_err(backend)?;
-        for Parsed { event, envelope } in events {
+        for event in events {
             let Some(id) = deployment_id(event.stream()) else {
-                continue;
-            };
-            let Some(envelope) = envelope else {
                 continue;
             };
             if !slots.contains_key(id) {
@@ -361,7 +320,11 @@ fn apply(
                 continue; // inserted just above
             };
             let before = slot.view.as_ref().map(|v| v.stream_version);
-            slot.view = DeploymentView::fold(slot.view.take(), envelope);
+            if let Err(e) = DeploymentView::fold_json(&mut slot.view, event.json()) {
+                // The audit (hash chain) reports a damaged log; the model goes on.
+                tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
+                continue;
+            }
             if slot.view.as_ref().map(|v| v.stream_version) == before {
                 continue; // not a change (another type, already applied, …)
             }
@@ -505,11 +468,38 @@ impl Projector {
     }
 }
 
-/// Resets the model and replays the whole log in pages of [`REBUILD_PAGE`];
-/// calls `progress(checkpoint, head)` after each page. Returns the number of
-/// events applied.
-pub async fn rebuild(
-    store: Arc<dyn EventStore>,
+/// What [`rebuild`] reads the log from: any [`EventStore`], and the SQLite
+/// store through a faster path (a streaming scan of its file).
+pub trait RebuildSource: Send + Sync + 'static {
+    fn into_event_store(self: Arc<Self>) -> Arc<dyn EventStore>;
+
+    /// A scanner of the log's file, when the store has one.
+    fn scanner(&self) -> Option<Result<Scanner, StoreError>> {
+        None
+    }
+}
+
+impl RebuildSource for SqliteStore {
+    fn into_event_store(self: Arc<Self>) -> Arc<dyn EventStore> {
+        self
+    }
+
+    fn scanner(&self) -> Option<Result<Scanner, StoreError>> {
+        Some(Scanner::open(self))
+    }
+}
+
+impl RebuildSource for dyn EventStore {
+    fn into_event_store(self: Arc<Self>) -> Arc<dyn EventStore> {
+        self
+    }
+}
+
+/// Resets the model and replays the whole log, writing every [`REBUILD_PAGE`]
+/// events; calls `progress(checkpoint, head)` after each write. Returns the
+/// number of (deployment) events applied.
+pub async fn rebuild<S: RebuildSource + ?Sized>(
+    store: Arc<S>,
     model: Arc<SqliteDeployments>,
     progress: impl FnMut(u64, u64),
 ) -> Result<u64, StoreError> {
@@ -517,68 +507,380 @@ pub async fn rebuild(
 }
 
 /// [`rebuild`] with pages of `page` events (at least 1).
-pub async fn rebuild_with_page(
-    store: Arc<dyn EventStore>,
+pub async fn rebuild_with_page<S: RebuildSource + ?Sized>(
+    store: Arc<S>,
     model: Arc<SqliteDeployments>,
     page: usize,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, StoreError> {
+    let scanner = store.scanner().transpose()?;
+    let store = store.into_event_store();
+    let started = std::time::Instant::now();
     model.reset().await?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "rebuild: model reset");
     let page = page.max(1);
     let mut projector = Projector::new(store.clone(), model.clone());
-    let filter = projector.filter.clone();
-    // Pipelined: page N+1 is read and parsed (a reader connection, one blocking
-    // thread) while page N is applied (the writer connection, another thread).
+    let (mut applied, moved) = match scanner {
+        Some(scanner) => replay(scanner, &model, page, &mut progress).await?,
+        None => replay_pages(&store, &model, page, &mut progress).await?,
+    };
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "rebuild: replayed");
+    if !moved && projector.model.checkpoint().await? >= store.head().await?.position {
+        return Ok(applied);
+    }
+    // Another process moved the checkpoint, or the log grew: go on a step at a time.
+    loop {
+        let step = projector.step(page, false).await?;
+        applied += step.read as u64;
+        if step.read > 0 || moved {
+            progress(step.checkpoint, step.head);
+        }
+        if step.caught_up() {
+            return Ok(applied);
+        }
+    }
+}
+
+/// Replays the log through [`EventStore::read_all`], a page per transaction,
+/// the next page read while the previous one is applied. Returns the events
+/// applied and whether another process moved the checkpoint (which stops it).
+async fn replay_pages(
+    store: &Arc<dyn EventStore>,
+    model: &Arc<SqliteDeployments>,
+    page: usize,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<(u64, bool), StoreError> {
+    let filter = Filter {
+        categories: vec![CATEGORY.to_owned()],
+        ..Filter::default()
+    };
     let read = |after: u64| {
         let store = store.clone();
         let filter = filter.clone();
-        tokio::spawn(async move {
-            let found = store.read_all(after, &filter, page).await?;
-            let (head, next_after) = (found.head, found.next_after);
-            let parsed = tokio::task::spawn_blocking(move || parse_page(found.events))
-                .await
-                .map_err(|e| StoreError::Backend(format!("rebuild parse task failed: {e}")))?;
-            Ok::<_, StoreError>((parsed, next_after, head))
-        })
+        tokio::spawn(async move { store.read_all(after, &filter, page).await })
     };
     let mut applied = 0u64;
     let mut checkpoint = 0u64;
     let mut next = read(checkpoint);
     loop {
-        let (events, next_after, head) = next
+        let found = next
             .await
             .map_err(|e| StoreError::Backend(format!("rebuild read task failed: {e}")))??;
-        if events.is_empty() && next_after == checkpoint {
+        let (head, next_after) = (found.head, found.next_after);
+        if found.events.is_empty() && next_after == checkpoint {
             progress(checkpoint, head);
-            return Ok(applied); // caught up
+            return Ok((applied, false)); // caught up
         }
-        if next_after < head {
-            next = read(next_after);
-        } else {
-            next = tokio::spawn(async move { Ok((Vec::new(), next_after, head)) });
-        }
-        let count = events.len() as u64;
-        match model.apply_parsed(checkpoint, next_after, events, false).await? {
+        next = read(next_after.min(head));
+        let count = found.events.len() as u64;
+        match model.apply_events(checkpoint, next_after, found.events, false).await? {
             Some(_) => {
                 applied += count;
                 checkpoint = next_after;
                 progress(checkpoint, head);
                 if checkpoint >= head {
-                    return Ok(applied);
+                    next.abort();
+                    return Ok((applied, false));
                 }
             }
             None => {
-                // Another process moved the checkpoint: go on a step at a time.
                 next.abort();
-                loop {
-                    let step = projector.step(page, false).await?;
-                    applied += step.read as u64;
-                    progress(step.checkpoint, step.head);
-                    if step.caught_up() {
-                        return Ok(applied);
-                    }
-                }
+                return Ok((applied, true));
             }
         }
     }
+}
+
+/// Chunks a rebuild allocates (scanned, queued, folded).
+const CHUNKS: usize = 3;
+
+/// Rows the rebuild scanned, their text copied into one buffer.
+#[derive(Default)]
+struct Chunk {
+    text: Vec<u8>,
+    rows: Vec<ChunkRow>,
+    /// Events of the deployment category scanned (what a rebuild counts).
+    events: u64,
+    /// The position the model reflects once this chunk is applied.
+    end: u64,
+    head: u64,
+}
+
+/// A deployment event in a [`Chunk`].
+struct ChunkRow {
+    position: u64,
+    version: u64,
+    id: std::ops::Range<usize>,
+    json: std::ops::Range<usize>,
+}
+
+impl Chunk {
+    fn id(&self, row: &ChunkRow) -> &str {
+        // Copied from a `&str` at a char boundary.
+        std::str::from_utf8(&self.text[row.id.clone()]).unwrap_or_default()
+    }
+}
+
+/// The rows one flush writes (changed deployments, sorted by id), and the checkpoint it moves to.
+struct Flush {
+    rows: Vec<(Box<str>, u64, DeploymentView)>,
+    events: u64,
+    end: u64,
+    head: u64,
+}
+
+fn stage_failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("rebuild stage failed: {e}"))
+}
+
+/// Replays the log from an empty model, on three threads: one scans the log's
+/// file (`page` rows at a time, copied into a [`Chunk`]), one parses and folds
+/// each chunk into views in memory, one writes each chunk's changed
+/// deployments, once each, with the checkpoint, in one transaction. Returns
+/// the events applied and whether another process moved the checkpoint
+/// (which stops it).
+async fn replay(
+    scanner: Scanner,
+    model: &Arc<SqliteDeployments>,
+    page: usize,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<(u64, bool), StoreError> {
+    // Chunks in flight are bounded (one queued, one being folded, one being
+    // scanned), and so are flushes (handed over only when the writer is idle).
+    let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
+    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS);
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<Flush>(0);
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+
+    let scan = tokio::task::spawn_blocking(move || scan_stage(&scanner, page, &chunks_tx, &spent_rx));
+    let path = model.path().to_owned();
+    let fold = tokio::task::spawn_blocking(move || fold_stage(&path, &chunks_rx, &spent_tx, &flush_tx));
+    let writer = model.writer.clone();
+    let write = tokio::task::spawn_blocking(move || {
+        let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+        write_stage(&mut conn, &flush_rx, &progress_tx)
+    });
+    while let Some((checkpoint, head)) = progress_rx.recv().await {
+        progress(checkpoint, head);
+    }
+    let written = write.await.map_err(stage_failed)?;
+    let folded = fold.await.map_err(stage_failed)?;
+    let scanned = scan.await.map_err(stage_failed)?;
+    let (applied, moved) = written?;
+    if !moved {
+        // A stage that stopped early stops the ones after it: its error is the cause.
+        scanned?;
+        folded?;
+    }
+    Ok((applied, moved))
+}
+
+fn scan_stage(
+    scanner: &Scanner,
+    page: usize,
+    chunks: &std::sync::mpsc::SyncSender<Chunk>,
+    spent: &std::sync::mpsc::Receiver<Chunk>,
+) -> Result<(), StoreError> {
+    let head = scanner.head()?;
+    let mut after = 0;
+    let mut allocated = 0;
+    let mut busy = std::time::Duration::ZERO;
+    loop {
+        // A pool of CHUNKS buffers, reused (fresh memory costs page faults).
+        let mut chunk = if allocated < CHUNKS {
+            allocated += 1;
+            Chunk::default()
+        } else {
+            match spent.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => return Ok(()), // the fold stage stopped
+            }
+        };
+        let started = std::time::Instant::now();
+        chunk.text.clear();
+        chunk.rows.clear();
+        chunk.events = 0;
+        chunk.head = head;
+        let mut last = after;
+        let scanned = scanner.scan(after, head, page, |row| {
+            last = row.position;
+            if row.category != CATEGORY {
+                return Ok(());
+            }
+            chunk.events += 1;
+            if let Some(id) = deployment_id(row.stream) {
+                let start = chunk.text.len();
+                chunk.text.extend_from_slice(id.as_bytes());
+                let mid = chunk.text.len();
+                chunk.text.extend_from_slice(row.envelope);
+                chunk.rows.push(ChunkRow {
+                    position: row.position,
+                    version: row.version,
+                    id: start..mid,
+                    json: mid..chunk.text.len(),
+                });
+            }
+            Ok(())
+        })?;
+        chunk.end = if scanned < page { head } else { last };
+        let done = chunk.end >= head;
+        after = chunk.end;
+        busy += started.elapsed();
+        if done {
+            tracing::debug!(busy_ms = busy.as_millis() as u64, "rebuild: scan stage done");
+        }
+        if chunks.send(chunk).is_err() || done {
+            return Ok(()); // done, or a later stage stopped
+        }
+    }
+}
+
+fn fold_stage(
+    model_path: &Path,
+    chunks: &std::sync::mpsc::Receiver<Chunk>,
+    spent: &std::sync::mpsc::SyncSender<Chunk>,
+    flushes: &std::sync::mpsc::SyncSender<Flush>,
+) -> Result<(), StoreError> {
+    // Where a deployment's view is before this chunk: in this chunk's slots
+    // once touched; else in the previous chunk's (which the writer may still
+    // be writing); else in the model (every earlier flush is committed: the
+    // previous one was only handed over once the writer was done with the one
+    // before); or nowhere when this is its stream's first event.
+    let mut previous: HashMap<Box<str>, Slot> = HashMap::new();
+    let mut reader: Option<Connection> = None;
+    let mut busy = std::time::Duration::ZERO;
+    for chunk in chunks {
+        let started = std::time::Instant::now();
+        let mut slots: HashMap<Box<str>, Slot> = HashMap::with_capacity(previous.len().max(64));
+        for row in &chunk.rows {
+            let id = chunk.id(row);
+            let slot = match slots.get_mut(id) {
+                Some(slot) => slot,
+                None => {
+                    let slot = match previous.remove(id) {
+                        Some(slot) => Slot { changed: false, ..slot },
+                        // Versions grow with positions: nothing of this stream came before.
+                        None if row.version == 1 => Slot {
+                            view: None,
+                            started_position: 0,
+                            changed: false,
+                        },
+                        None => {
+                            let conn = match &mut reader {
+                                Some(conn) => conn,
+                                None => reader.insert(open_connection(model_path, true)?),
+                            };
+                            load_slot(conn, id)?
+                        }
+                    };
+                    slots.entry(id.into()).or_insert(slot)
+                }
+            };
+            let before = slot.view.as_ref().map(|v| v.stream_version);
+            if let Err(e) = DeploymentView::fold_json(&mut slot.view, &chunk.text[row.json.clone()]) {
+                tracing::warn!(position = row.position, error = %e, "skipping an unreadable event");
+                continue;
+            }
+            if slot.view.as_ref().map(|v| v.stream_version) == before {
+                continue;
+            }
+            if before.is_none() {
+                slot.started_position = row.position;
+            }
+            slot.changed = true;
+        }
+        let mut rows: Vec<(Box<str>, u64, DeploymentView)> = slots
+            .iter()
+            .filter(|(_, slot)| slot.changed)
+            .filter_map(|(id, slot)| Some((id.clone(), slot.started_position, slot.view.clone()?)))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let flush = Flush {
+            rows,
+            events: chunk.events,
+            end: chunk.end,
+            head: chunk.head,
+        };
+        let _ = spent.try_send(chunk);
+        busy += started.elapsed();
+        if flushes.send(flush).is_err() {
+            return Ok(()); // the writer stopped
+        }
+        previous = slots;
+    }
+    tracing::debug!(busy_ms = busy.as_millis() as u64, "rebuild: fold stage done");
+    Ok(())
+}
+
+/// The stored row of deployment `id` as a [`Slot`] (empty when there is none).
+fn load_slot(conn: &Connection, id: &str) -> Result<Slot, StoreError> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
+        .map_err(backend)?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(backend)?;
+    Ok(match row {
+        Some((started_position, json)) => Slot {
+            view: Some(parse_view(id, &json)?),
+            started_position: started_position as u64,
+            changed: false,
+        },
+        None => Slot {
+            view: None,
+            started_position: 0,
+            changed: false,
+        },
+    })
+}
+
+/// Writes each flush in one transaction; returns the events applied and
+/// whether it stopped because the checkpoint was not the one it wrote last.
+fn write_stage(
+    conn: &mut Connection,
+    flushes: &std::sync::mpsc::Receiver<Flush>,
+    progress: &tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
+) -> Result<(u64, bool), StoreError> {
+    let mut checkpoint = 0;
+    let mut applied = 0;
+    let mut json = Vec::new();
+    let mut busy = std::time::Duration::ZERO;
+    for flush in flushes {
+        let started = std::time::Instant::now();
+        if flush.rows.is_empty() && flush.end == checkpoint {
+            let _ = progress.send((checkpoint, flush.head)); // an empty log
+            continue;
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if read_checkpoint(&tx)? != checkpoint {
+            return Ok((applied, true)); // dropping `tx` rolls back
+        }
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET
+                         status = excluded.status, started_position = excluded.started_position, view = excluded.view",
+                )
+                .map_err(backend)?;
+            for (id, started_position, view) in &flush.rows {
+                json.clear();
+                serde_json::to_writer(&mut json, view).map_err(backend)?;
+                let text = std::str::from_utf8(&json).map_err(backend)?;
+                upsert
+                    .execute(params![&**id, view.status.as_str(), *started_position as i64, text])
+                    .map_err(backend)?;
+            }
+        }
+        write_checkpoint(&tx, flush.end)?;
+        tx.commit().map_err(backend)?;
+        applied += flush.events;
+        checkpoint = flush.end;
+        let _ = progress.send((checkpoint, flush.head));
+        busy += started.elapsed();
+    }
+    tracing::debug!(busy_ms = busy.as_millis() as u64, "rebuild: write stage done");
+    Ok((applied, false))
 }
