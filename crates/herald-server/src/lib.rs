@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod passkeys;
 pub mod projector;
 pub mod routes;
+pub mod serve;
 pub mod sessions;
 pub mod state;
 pub mod wire;
@@ -92,13 +93,12 @@ pub async fn run(
     let projector = tokio::spawn(projector::run(state.clone()));
     tokio::spawn(sessions::purge_loop(state.clone()));
     let live = state.live.clone();
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            live.shutdown.cancel();
-        })
-        .await;
+    let router = app(state.clone());
+    let result = serve::serve(state, router, listener, async move {
+        shutdown.await;
+        live.shutdown.cancel();
+    })
+    .await;
     let _ = projector.await;
     result
 }

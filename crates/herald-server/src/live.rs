@@ -22,7 +22,7 @@ use futures_util::Stream;
 use futures_util::task::AtomicWaker;
 use herald_core::subscription::{LagPolicy, Subscription, SubscriptionError};
 
-use crate::auth::Viewer;
+use crate::auth::{Principal, Viewer};
 use crate::error::ApiError;
 use crate::state::{AppState, EndReason, StreamGuard};
 use crate::wire::{EventQuery, concat_frames, parse_number};
@@ -62,15 +62,39 @@ pub fn sse_response(body: Body) -> Response {
     r
 }
 
+/// A live stream's body: pre-encoded SSE frames.
+pub type LiveStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
+
+/// An opened live stream.
+pub struct Opened {
+    /// The log's head when the client gave no position: sent as the
+    /// `Last-Event-ID` response header (and as the stream's first `id:`).
+    pub head: Option<u64>,
+    pub body: LiveStream,
+}
+
+/// `GET /api/events/live` when the connection is served by hyper (see
+/// [`crate::serve`] for the connections herald writes itself).
 pub async fn live_events(
     State(state): State<AppState>,
     Viewer(principal): Viewer,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    let opened = open(&state, &principal, &headers, &uri).await?;
+    let mut response = sse_response(Body::from_stream(opened.body));
+    if let Some(head) = opened.head {
+        response.headers_mut().insert("last-event-id", HeaderValue::from(head));
+    }
+    Ok(response)
+}
+
+/// Checks a live-stream request of an authenticated caller and opens it.
+pub async fn open(state: &AppState, principal: &Principal, headers: &HeaderMap, uri: &Uri) -> Result<Opened, ApiError> {
     let query = EventQuery::parse(uri.query(), false)?;
     // The header wins over `?after=` (an EventSource's reconnect sends it).
-    let resume = last_event_id(&headers)?.or(query.after);
+    let header = last_event_id(headers)?;
+    let resume = header.or(query.after);
     let guard = state.live.acquire(
         &principal.credential_id,
         &principal.ends_with,
@@ -83,11 +107,7 @@ pub async fn live_events(
     {
         // Waiting would hide a real problem (the store was replaced or restored
         // from an older copy): say so instead of silently skipping to later events.
-        let field = if last_event_id(&headers)?.is_some() {
-            "Last-Event-ID"
-        } else {
-            "after"
-        };
+        let field = if header.is_some() { "Last-Event-ID" } else { "after" };
         return Err(ApiError::BadRequest(format!(
             "{field}: position {after} is beyond the end of the log (head {head}); was the store replaced? \
              Reconnect without it to start at the head"
@@ -103,11 +123,10 @@ pub async fn live_events(
     };
     let subscription = Subscription::new(state.store.clone(), start, query.filter, LagPolicy::Disconnect);
     let body = event_stream(Bytes::from(preamble), subscription, state.config.keepalive, guard);
-    let mut response = sse_response(Body::from_stream(body));
-    if resume.is_none() {
-        response.headers_mut().insert("last-event-id", HeaderValue::from(head));
-    }
-    Ok(response)
+    Ok(Opened {
+        head: resume.is_none().then_some(head),
+        body: Box::pin(body),
+    })
 }
 
 struct LiveBody {
@@ -295,7 +314,7 @@ mod tests {
             let polls = polls.clone();
             std::future::poll_fn(move |cx| {
                 polls.fetch_add(1, Ordering::SeqCst);
-                Pin::new(&mut rx).poll(cx).map(|r| r.unwrap())
+                Pin::new(&mut rx).poll(cx).map(|r| r.expect("test setup"))
             })
         };
         let mut end = WhenWoken::new(Box::pin(counted));
@@ -306,7 +325,7 @@ mod tests {
             assert!(Pin::new(&mut end).poll(&mut cx).is_pending());
         }
         assert_eq!(polls.load(Ordering::SeqCst), 1, "polled again without having woken");
-        tx.send(EndReason::Revoked).unwrap();
+        tx.send(EndReason::Revoked).expect("test setup");
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was not woken");
         assert_eq!(Pin::new(&mut end).poll(&mut cx), Poll::Ready(EndReason::Revoked));
         assert_eq!(polls.load(Ordering::SeqCst), 2);

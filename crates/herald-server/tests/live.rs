@@ -1479,3 +1479,219 @@ async fn resuming_beyond_the_end_of_the_log_is_refused_not_left_waiting() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+// ---------------------------------------------------------------------------
+// Fresh connections are written by herald itself (serve.rs), reused ones by
+// hyper: the same stream either way
+// ---------------------------------------------------------------------------
+
+/// A live stream read from a raw socket, after its response head.
+struct RawStream {
+    stream: tokio::net::TcpStream,
+    body: Chunked,
+    parser: SseParser,
+    items: VecDeque<Item>,
+}
+
+impl RawStream {
+    fn new(stream: tokio::net::TcpStream, rest: &[u8]) -> Self {
+        let mut raw = RawStream {
+            stream,
+            body: Chunked::default(),
+            parser: SseParser::default(),
+            items: VecDeque::new(),
+        };
+        raw.feed(rest);
+        raw
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut decoded = Vec::new();
+        self.body.feed(bytes, &mut decoded);
+        self.parser.feed(&decoded, &mut self.items);
+    }
+
+    /// The next item; `None` when the body ended or the connection closed.
+    async fn next(&mut self) -> Option<Item> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(item);
+            }
+            if self.body.done {
+                return None; // the body ended (hyper may keep the connection for another request)
+            }
+            let n = tokio::time::timeout(WAIT, read_some(&self.stream, &mut buf))
+                .await
+                .expect("the stream goes on or ends")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.feed(&buf[..n]);
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        loop {
+            match self.next().await.expect("an event before the end") {
+                Item::Frame(f) if f.data.is_some() => return event_of(&f),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn live_request(server: &TestServer, token: Option<&str>) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /api/events/live HTTP/1.1\r\nHost: {}\r\n{auth}Accept: text/event-stream\r\n\r\n",
+        server.addr
+    )
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Opens a live stream on a new connection; with `reuse`, after a first
+/// request on the same connection (so hyper serves it).
+async fn open_raw(server: &TestServer, token: Option<&str>, reuse: bool) -> (u16, Vec<(String, String)>, RawStream) {
+    let stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    if reuse {
+        let health = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+        write_all(&stream, health.as_bytes()).await.expect("write");
+        let (status, headers, rest) = read_head(&stream).await;
+        assert_eq!(status, 200);
+        let length: usize = header(&headers, "content-length").expect("length").parse().expect("a number");
+        let mut have = rest.len();
+        let mut buf = [0u8; 1024];
+        while have < length {
+            have += read_some(&stream, &mut buf).await.expect("read");
+        }
+    }
+    write_all(&stream, live_request(server, token).as_bytes())
+        .await
+        .expect("write");
+    let (status, headers, rest) = read_head(&stream).await;
+    (status, headers, RawStream::new(stream, &rest))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_stream_is_the_same_on_a_fresh_and_on_a_reused_connection() {
+    let server = start(config(), 1024).await;
+    let head = server.head().await;
+    let (s1, fresh_headers, mut fresh) = open_raw(&server, Some(&server.token), false).await;
+    let (s2, reused_headers, mut reused) = open_raw(&server, Some(&server.token), true).await;
+    assert_eq!((s1, s2), (200, 200));
+    for headers in [&fresh_headers, &reused_headers] {
+        assert_eq!(
+            header(headers, "content-type"),
+            Some("text/event-stream"),
+            "{headers:?}"
+        );
+        assert_eq!(header(headers, "cache-control"), Some("no-cache, no-transform"));
+        assert_eq!(header(headers, "x-accel-buffering"), Some("no"));
+        assert_eq!(header(headers, "transfer-encoding"), Some("chunked"));
+        assert_eq!(header(headers, "last-event-id"), Some(head.to_string().as_str()));
+    }
+    // Which path served which (hyper adds `date`; herald's own writer does not).
+    assert_eq!(header(&fresh_headers, "date"), None, "a fresh connection is herald's");
+    assert!(
+        header(&reused_headers, "date").is_some(),
+        "a reused connection is hyper's"
+    );
+    // The same messages, in the same order: retry, the starting id, then events.
+    for stream in [&mut fresh, &mut reused] {
+        match stream.next().await {
+            Some(Item::Frame(f)) => assert!(f.is_retry_only(), "{f:?}"),
+            other => panic!("expected retry first, got {other:?}"),
+        }
+        match stream.next().await {
+            Some(Item::Frame(f)) => assert_eq!(f.id, Some(head.to_string())),
+            other => panic!("expected the id-only message, got {other:?}"),
+        }
+    }
+    let position = server
+        .command_position("StartDeployment", "both-paths", json!({ "service": "s" }))
+        .await;
+    let a = fresh.next_event().await;
+    let b = reused.next_event().await;
+    assert_eq!((a.position, b.position), (position, position));
+    assert_eq!(a.raw, b.raw);
+    // Shutdown ends both with the terminating chunk.
+    server.state.live.shutdown.cancel();
+    for stream in [&mut fresh, &mut reused] {
+        let mut comments = Vec::new();
+        while let Some(item) = stream.next().await {
+            if let Item::Comment(c) = item {
+                comments.push(c);
+            }
+        }
+        assert!(comments.iter().any(|c| c.contains("shutting down")), "{comments:?}");
+        assert!(stream.body.done, "the body ended with its last chunk");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_live_request_on_a_fresh_connection_gets_a_whole_problem_and_a_close() {
+    let server = start(config(), 1024).await;
+    for (token, status) in [(None, 401), (Some("not-a-token"), 401)] {
+        let (got, headers, mut raw) = open_raw(&server, token, false).await;
+        assert_eq!(got, status);
+        assert!(
+            header(&headers, "content-type").is_some_and(|v| v.starts_with("application/problem+json")),
+            "{headers:?}"
+        );
+        let length: usize = header(&headers, "content-length").expect("a length").parse().expect("a number");
+        let mut body = std::mem::take(&mut raw.body.buf);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(WAIT, read_some(&raw.stream, &mut buf))
+                .await
+                .expect("the connection closes")
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(body.len(), length);
+        let problem: Value = serde_json::from_slice(&body).expect("problem json");
+        assert_eq!(problem["status"], status);
+    }
+    // A resume position beyond the log: 400, naming the header.
+    let stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /api/events/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: 999999\r\n\r\n",
+        server.addr, server.token
+    );
+    write_all(&stream, request.as_bytes()).await.expect("write");
+    let (status, _, rest) = read_head(&stream).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&rest).contains("Last-Event-ID"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_hangs_up_frees_its_stream_slot() {
+    let server = start(
+        ServerConfig {
+            stream_limit: 1,
+            ..config()
+        },
+        1024,
+    )
+    .await;
+    let (status, _, raw) = open_raw(&server, Some(&server.token), false).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = open_raw(&server, Some(&server.token), false).await;
+    assert_eq!(status, 429, "the limit is 1");
+    drop(raw);
+    // The server notices the close without writing anything to the stream.
+    poll_until("the slot is free again", || async {
+        open_raw(&server, Some(&server.token), false).await.0 == 200
+    })
+    .await;
+}

@@ -32,7 +32,7 @@ impl Process {
         };
         let request = CommandRequest {
             command_type: command_type.into(),
-            aggregate_id: AggregateId::parse(id).unwrap(),
+            aggregate_id: AggregateId::parse(id).expect("test setup"),
             expected_version: expected,
             command_id: None,
             correlation_id: None,
@@ -58,20 +58,20 @@ fn rule(result: Result<u64, CommandError>) -> &'static str {
 
 #[tokio::test]
 async fn a_state_cached_by_one_process_is_checked_against_what_another_appended() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let one = Process::open(dir.path());
     let two = Process::open(dir.path());
 
     // `one` starts d1 and caches its state (in progress, version 1).
-    assert_eq!(one.run("StartDeployment", "d1", None, start()).await.unwrap(), 1);
+    assert_eq!(one.run("StartDeployment", "d1", None, start()).await.expect("test setup"), 1);
     assert_eq!(
         one.run("ReportDeploymentProgress", "d1", None, json!({"percent": 10}))
             .await
-            .unwrap(),
+            .expect("test setup"),
         2
     );
     // `two` finishes it behind `one`'s back.
-    assert_eq!(two.run("SucceedDeployment", "d1", None, json!({})).await.unwrap(), 3);
+    assert_eq!(two.run("SucceedDeployment", "d1", None, json!({})).await.expect("test setup"), 3);
 
     // On its cached state `one` would accept progress and a failure; the log says no.
     assert_eq!(
@@ -87,7 +87,7 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     );
 
     // `two` starts d2; `one` guesses d2 is new, and the log says it is not.
-    assert_eq!(two.run("StartDeployment", "d2", None, start()).await.unwrap(), 1);
+    assert_eq!(two.run("StartDeployment", "d2", None, start()).await.expect("test setup"), 1);
     assert_eq!(
         rule(one.run("StartDeployment", "d2", None, start()).await),
         "Deployment already started"
@@ -100,14 +100,14 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     assert_eq!(
         one.run("ReportDeploymentProgress", "d2", Some(1), json!({"percent": 5}))
             .await
-            .unwrap(),
+            .expect("test setup"),
         2
     );
     // A cached version that another process moved on conflicts when it is expected.
     assert_eq!(
         two.run("ReportDeploymentProgress", "d2", None, json!({"percent": 6}))
             .await
-            .unwrap(),
+            .expect("test setup"),
         3
     );
     match one
@@ -120,13 +120,13 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     assert_eq!(
         one.run("ReportDeploymentProgress", "d2", None, json!({"percent": 8}))
             .await
-            .unwrap(),
+            .expect("test setup"),
         4
     );
 
     // Every stream's versions are 1..=n, once each.
     for (stream, n) in [("deployment-d1", 3), ("deployment-d2", 4)] {
-        let slice = one.store.read_stream(stream, 1, 100).await.unwrap();
+        let slice = one.store.read_stream(stream, 1, 100).await.expect("test setup");
         let versions: Vec<u64> = slice.events.iter().map(|e| e.version()).collect();
         assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "{stream}");
     }
@@ -134,28 +134,28 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
 
 #[tokio::test]
 async fn many_streams_overflow_the_state_cache_without_changing_an_answer() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let one = Process::open(dir.path());
     // More aggregates than the cache keeps: the oldest are read from the store again.
     let ids: Vec<String> = (0..20_000).map(|i| format!("m{i}")).collect();
     for chunk in ids.chunks(2_000) {
         let runs = chunk.iter().map(|id| one.run("StartDeployment", id, None, start()));
         for result in futures_util::future::join_all(runs).await {
-            assert_eq!(result.unwrap(), 1);
+            assert_eq!(result.expect("test setup"), 1);
         }
     }
     for id in [&ids[0], &ids[9_999], &ids[19_999]] {
         assert_eq!(
             one.run("ReportDeploymentProgress", id, None, json!({"percent": 1}))
                 .await
-                .unwrap(),
+                .expect("test setup"),
             2
         );
         assert_eq!(
             rule(one.run("StartDeployment", id, None, start()).await),
             "Deployment already started"
         );
-        assert_eq!(one.run("SucceedDeployment", id, Some(2), json!({})).await.unwrap(), 3);
+        assert_eq!(one.run("SucceedDeployment", id, Some(2), json!({})).await.expect("test setup"), 3);
     }
-    assert_eq!(one.store.head().await.unwrap().position, 20_000 + 3 * 2);
+    assert_eq!(one.store.head().await.expect("test setup").position, 20_000 + 3 * 2);
 }
