@@ -130,14 +130,14 @@ impl DeploymentView {
     /// straight into the event's fields (rare shapes — data that is not an
     /// object, a repeated field — take the [`Envelope`] path). `Err` when the
     /// envelope does not parse as an [`Envelope`]; `view` is then unchanged.
-    pub fn fold_json(view: &mut Option<DeploymentView>, json: &[u8]) -> Result<(), serde_json::Error> {
-        match serde_json::from_slice::<EnvelopeRef<'_>>(json) {
+    pub fn fold_json(view: &mut Option<DeploymentView>, json: &str) -> Result<(), serde_json::Error> {
+        match serde_json::from_str::<EnvelopeRef<'_>>(json) {
             Ok(event) if event.data.object && !event.data.duplicate => {
                 fold_ref(view, &event);
                 Ok(())
             }
             _ => {
-                let envelope: Envelope = serde_json::from_slice(json)?;
+                let envelope: Envelope = serde_json::from_str(json)?;
                 *view = Self::fold(view.take(), &envelope);
                 Ok(())
             }
@@ -884,7 +884,10 @@ mod tests {
         let starts: [Option<DeploymentView>; 3] = [
             None,
             fold_all(std::slice::from_ref(&start)),
-            fold_all(&[start.clone(), event("deployment-d1", 2, DeploymentEvent::DeploymentSucceeded {})]),
+            fold_all(&[
+                start.clone(),
+                event("deployment-d1", 2, DeploymentEvent::DeploymentSucceeded {}),
+            ]),
         ];
         let mut cases = 0;
         for stream in ["deployment-d1", "deployment-d2", "post-d1"] {
@@ -897,7 +900,7 @@ mod tests {
                         for current in &starts {
                             let expected = DeploymentView::fold(current.clone(), &e);
                             let mut got = current.clone();
-                            DeploymentView::fold_json(&mut got, json.as_bytes()).expect("parses");
+                            DeploymentView::fold_json(&mut got, &json).expect("parses");
                             assert_eq!(got, expected, "{stream} v{version} {event_type} {data} on {current:?}");
                             cases += 1;
                         }
@@ -911,7 +914,7 @@ mod tests {
         e.actor.name = "al\"ice\u{1}".into();
         e.recorded_at = "2026\\11".into();
         let mut got = None;
-        DeploymentView::fold_json(&mut got, e.to_canonical_json().as_bytes()).unwrap();
+        DeploymentView::fold_json(&mut got, &e.to_canonical_json()).unwrap();
         assert_eq!(got, DeploymentView::fold(None, &e));
         assert_eq!(got.unwrap().started_by.name, "al\"ice\u{1}");
         // A repeated data field takes the envelope path (the last one wins).
@@ -919,7 +922,7 @@ mod tests {
             .to_canonical_json()
             .replace(r#""data":{"service":"x"}"#, r#""data":{"service":"x","service":"y"}"#);
         let mut got = None;
-        DeploymentView::fold_json(&mut got, dup.as_bytes()).unwrap();
+        DeploymentView::fold_json(&mut got, &dup).unwrap();
         assert_eq!(got.unwrap().service, "y");
         // What does not parse as an envelope is an error, and leaves the view alone.
         let mut view = starts[1].clone();
@@ -932,7 +935,7 @@ mod tests {
             format!("{} x", e.to_canonical_json()),
         ] {
             assert!(serde_json::from_str::<Envelope>(&bad).is_err(), "{bad}");
-            assert!(DeploymentView::fold_json(&mut view, bad.as_bytes()).is_err(), "{bad}");
+            assert!(DeploymentView::fold_json(&mut view, &bad).is_err(), "{bad}");
             assert_eq!(view, starts[1]);
         }
     }

@@ -31,7 +31,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,7 +118,6 @@ enum First {
 
 impl Connection {
     async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(1024);
         let first = tokio::select! {
             first = tokio::time::timeout(HEAD_TIMEOUT, first_request(&mut stream, &mut buf)) => match first {
@@ -272,49 +270,86 @@ async fn stream_to(mut stream: TcpStream, opened: Opened) {
     }
     drop(head);
     let mut body = opened.body;
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut probe = [0u8; 1];
     loop {
-        tokio::select! {
-            biased;
-            item = body.next() => match item {
-                Some(Ok(bytes)) => {
-                    if !bytes.is_empty() && write_chunk(&mut stream, &bytes).await.is_err() {
-                        return;
+        // Whatever the stream has ready (up to a bound) goes out in one write;
+        // otherwise wait for the stream or for the peer (which may only close
+        // or fail: a second request is not served on this connection).
+        let ended = std::future::poll_fn(|cx| {
+            while chunks.len() < MAX_CHUNKS_PER_WRITE {
+                match body.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(bytes))) => {
+                        if !bytes.is_empty() {
+                            chunks.push(bytes);
+                        }
                     }
-                }
-                None => {
-                    let _ = write_all(&mut stream, b"0\r\n\r\n").await;
-                    return;
-                }
-            },
-            ready = stream.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-                match stream.try_read(&mut probe) {
-                    // Closed, or sending a second request this connection does not serve.
-                    Ok(_) => return,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
+                    Poll::Ready(None) => return Poll::Ready(Next::End),
+                    Poll::Pending => break,
                 }
             }
+            if !chunks.is_empty() {
+                return Poll::Ready(Next::Write);
+            }
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(_) => Poll::Ready(Next::Peer),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match ended {
+            Next::Write => {
+                let written = write_chunks(&mut stream, &chunks).await;
+                chunks.clear();
+                if written.is_err() {
+                    return;
+                }
+            }
+            Next::End => {
+                let _ = write_chunks(&mut stream, &chunks).await;
+                let _ = write_all(&mut stream, b"0\r\n\r\n").await;
+                return;
+            }
+            Next::Peer => match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed, failed, or sending what this connection does not serve.
+                _ => return,
+            },
         }
     }
 }
 
-/// One chunk of chunked transfer coding, in one vectored write when the socket
-/// takes it (a timer is armed only when it does not).
-async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
-    let mut size = [0u8; 18];
-    let n = {
+/// Most chunks gathered into one write.
+const MAX_CHUNKS_PER_WRITE: usize = 16;
+
+enum Next {
+    Write,
+    End,
+    Peer,
+}
+
+/// `chunks` in chunked transfer coding, in one vectored write when the socket
+/// takes it all (a timer is armed only when it does not).
+async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let mut sizes = [[0u8; 18]; MAX_CHUNKS_PER_WRITE];
+    let mut lengths = [0usize; MAX_CHUNKS_PER_WRITE];
+    for ((chunk, size), length) in chunks.iter().zip(sizes.iter_mut()).zip(lengths.iter_mut()) {
         use std::io::Write;
         let mut cursor = std::io::Cursor::new(&mut size[..]);
-        write!(cursor, "{:x}\r\n", data.len())?;
-        cursor.position() as usize
-    };
-    let mut slices = [IoSlice::new(&size[..n]), IoSlice::new(data), IoSlice::new(b"\r\n")];
+        write!(cursor, "{:x}\r\n", chunk.len())?;
+        *length = cursor.position() as usize;
+    }
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunks.len() * 3);
+    for ((chunk, size), length) in chunks.iter().zip(sizes.iter()).zip(lengths.iter()) {
+        slices.push(IoSlice::new(&size[..*length]));
+        slices.push(IoSlice::new(chunk));
+        slices.push(IoSlice::new(b"\r\n"));
+    }
+    let total: usize = slices.iter().map(|s| s.len()).sum();
     let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    let total = n + data.len() + 2;
     let written = match stream.try_write_vectored(rest) {
         Ok(written) => written,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,

@@ -1565,7 +1565,10 @@ async fn open_raw(server: &TestServer, token: Option<&str>, reuse: bool) -> (u16
         write_all(&stream, health.as_bytes()).await.expect("write");
         let (status, headers, rest) = read_head(&stream).await;
         assert_eq!(status, 200);
-        let length: usize = header(&headers, "content-length").expect("length").parse().expect("a number");
+        let length: usize = header(&headers, "content-length")
+            .expect("length")
+            .parse()
+            .expect("a number");
         let mut have = rest.len();
         let mut buf = [0u8; 1024];
         while have < length {
@@ -1645,7 +1648,10 @@ async fn a_refused_live_request_on_a_fresh_connection_gets_a_whole_problem_and_a
             header(&headers, "content-type").is_some_and(|v| v.starts_with("application/problem+json")),
             "{headers:?}"
         );
-        let length: usize = header(&headers, "content-length").expect("a length").parse().expect("a number");
+        let length: usize = header(&headers, "content-length")
+            .expect("a length")
+            .parse()
+            .expect("a number");
         let mut body = std::mem::take(&mut raw.body.buf);
         let mut buf = [0u8; 4096];
         loop {

@@ -30,7 +30,7 @@ use crate::sqlite::{ReaderPool, SqliteStore, open_connection};
 pub const READMODELS_FILE: &str = "readmodels.db";
 
 /// Events read (and written) per page by [`rebuild`].
-pub const REBUILD_PAGE: usize = 20_000;
+pub const REBUILD_PAGE: usize = 10_000;
 
 /// The format of the tables below; a file with another version is recreated.
 pub const MODEL_VERSION: i64 = 1;
@@ -320,7 +320,11 @@ fn apply(
                 continue; // inserted just above
             };
             let before = slot.view.as_ref().map(|v| v.stream_version);
-            if let Err(e) = DeploymentView::fold_json(&mut slot.view, event.json()) {
+            // Text that is not UTF-8 is not an envelope either.
+            let folded = std::str::from_utf8(event.json())
+                .map_err(|e| e.to_string())
+                .and_then(|json| DeploymentView::fold_json(&mut slot.view, json).map_err(|e| e.to_string()));
+            if let Err(e) = folded {
                 // The audit (hash chain) reports a damaged log; the model goes on.
                 tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
                 continue;
@@ -516,13 +520,15 @@ pub async fn rebuild_with_page<S: RebuildSource + ?Sized>(
     let scanner = store.scanner().transpose()?;
     let store = store.into_event_store();
     let started = std::time::Instant::now();
-    model.reset().await?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "rebuild: model reset");
     let page = page.max(1);
     let mut projector = Projector::new(store.clone(), model.clone());
     let (mut applied, moved) = match scanner {
+        // (It resets the model while it scans the first page.)
         Some(scanner) => replay(scanner, &model, page, &mut progress).await?,
-        None => replay_pages(&store, &model, page, &mut progress).await?,
+        None => {
+            model.reset().await?;
+            replay_pages(&store, &model, page, &mut progress).await?
+        }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "rebuild: replayed");
     if !moved && projector.model.checkpoint().await? >= store.head().await?.position {
@@ -591,13 +597,13 @@ async fn replay_pages(
     }
 }
 
-/// Chunks a rebuild allocates (scanned, queued, folded).
+/// Chunks a rebuild allocates (being scanned, queued, being folded).
 const CHUNKS: usize = 3;
 
 /// Rows the rebuild scanned, their text copied into one buffer.
 #[derive(Default)]
 struct Chunk {
-    text: Vec<u8>,
+    text: String,
     rows: Vec<ChunkRow>,
     /// Events of the deployment category scanned (what a rebuild counts).
     events: u64,
@@ -610,20 +616,33 @@ struct Chunk {
 struct ChunkRow {
     position: u64,
     version: u64,
+    /// The fold thread of its deployment.
+    shard: usize,
     id: std::ops::Range<usize>,
     json: std::ops::Range<usize>,
 }
 
 impl Chunk {
+    // `text` only holds whole `&str`s.
     fn id(&self, row: &ChunkRow) -> &str {
-        // Copied from a `&str` at a char boundary.
-        std::str::from_utf8(&self.text[row.id.clone()]).unwrap_or_default()
+        self.text.get(row.id.clone()).unwrap_or_default()
     }
+    fn json(&self, row: &ChunkRow) -> &str {
+        self.text.get(row.json.clone()).unwrap_or_default()
+    }
+}
+
+/// A row of the model, its view serialized.
+struct Row {
+    id: Box<str>,
+    status: DeploymentStatus,
+    started_position: u64,
+    view: String,
 }
 
 /// The rows one flush writes (changed deployments, sorted by id), and the checkpoint it moves to.
 struct Flush {
-    rows: Vec<(Box<str>, u64, DeploymentView)>,
+    rows: Vec<Row>,
     events: u64,
     end: u64,
     head: u64,
@@ -633,67 +652,114 @@ fn stage_failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("rebuild stage failed: {e}"))
 }
 
-/// Replays the log from an empty model, on three threads: one scans the log's
-/// file (`page` rows at a time, copied into a [`Chunk`]), one parses and folds
-/// each chunk into views in memory, one writes each chunk's changed
-/// deployments, once each, with the checkpoint, in one transaction. Returns
-/// the events applied and whether another process moved the checkpoint
-/// (which stops it).
+/// Replays the log from an empty model, in stages on their own threads: one
+/// scans the log's file (`page` rows at a time, copied into a [`Chunk`]);
+/// [`FOLDERS`] parse and fold each chunk into views in memory, each the
+/// deployments of its shard; one writes each chunk's changed deployments, once
+/// each, with the checkpoint, in one transaction. Returns the events applied
+/// and whether another process moved the checkpoint (which stops it).
 async fn replay(
     scanner: Scanner,
     model: &Arc<SqliteDeployments>,
     page: usize,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<(u64, bool), StoreError> {
-    // Chunks in flight are bounded (one queued, one being folded, one being
-    // scanned), and so are flushes (handed over only when the writer is idle).
-    let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
-    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS);
-    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<Flush>(0);
+    // Chunks in flight are bounded (a pool of CHUNKS), and so are flushes
+    // (handed over only when the writer is idle).
+    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Arc<Chunk>>(CHUNKS * FOLDERS);
     let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
-
-    let scan = tokio::task::spawn_blocking(move || scan_stage(&scanner, page, &chunks_tx, &spent_rx));
-    let path = model.path().to_owned();
-    let fold = tokio::task::spawn_blocking(move || fold_stage(&path, &chunks_rx, &spent_tx, &flush_tx));
+    let (chunk_txs, chunk_rxs): (Vec<_>, Vec<_>) = (0..FOLDERS)
+        .map(|_| std::sync::mpsc::sync_channel::<Arc<Chunk>>(1))
+        .unzip();
+    // The log is scanned while the model is reset; nothing reads the model
+    // (the fold threads) or writes it before the reset is done.
+    let scan = tokio::task::spawn_blocking(move || scan_stage(&scanner, page, &chunk_txs, &spent_rx));
+    let started = std::time::Instant::now();
+    model.reset().await?; // on an error the scan stops: its chunks have nowhere to go
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "rebuild: model reset");
+    let mut flush_rxs = Vec::new();
+    let mut folds = Vec::new();
+    for (shard, chunk_rx) in chunk_rxs.into_iter().enumerate() {
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<Flush>(0);
+        flush_rxs.push(flush_rx);
+        let path = model.path().to_owned();
+        let spent = spent_tx.clone();
+        folds.push(tokio::task::spawn_blocking(move || {
+            fold_stage(&path, shard, &chunk_rx, &spent, &flush_tx)
+        }));
+    }
+    drop(spent_tx);
     let writer = model.writer.clone();
     let write = tokio::task::spawn_blocking(move || {
         let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_stage(&mut conn, &flush_rx, &progress_tx)
+        // Commits in between need not reach the disk: each is atomic (the
+        // checkpoint with its rows) whatever the setting, and the last one,
+        // synced, makes every one before it durable.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        let written = write_stage(&mut conn, &flush_rxs, &progress_tx);
+        let restored = conn.pragma_update(None, "synchronous", "FULL").map_err(backend);
+        let written = written?;
+        restored?;
+        Ok::<_, StoreError>(written)
     });
     while let Some((checkpoint, head)) = progress_rx.recv().await {
         progress(checkpoint, head);
     }
     let written = write.await.map_err(stage_failed)?;
-    let folded = fold.await.map_err(stage_failed)?;
+    let mut folded = Vec::new();
+    for fold in folds {
+        folded.push(fold.await.map_err(stage_failed)?);
+    }
     let scanned = scan.await.map_err(stage_failed)?;
     let (applied, moved) = written?;
     if !moved {
         // A stage that stopped early stops the ones after it: its error is the cause.
         scanned?;
-        folded?;
+        for folded in folded {
+            folded?;
+        }
     }
     Ok((applied, moved))
+}
+
+/// Threads folding chunks, each for a shard of the deployments.
+const FOLDERS: usize = 2;
+
+/// The fold thread of deployment `id`.
+fn shard_of(id: &str) -> usize {
+    // FNV-1a: cheap and stable.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % FOLDERS as u64) as usize
 }
 
 fn scan_stage(
     scanner: &Scanner,
     page: usize,
-    chunks: &std::sync::mpsc::SyncSender<Chunk>,
-    spent: &std::sync::mpsc::Receiver<Chunk>,
+    chunks: &[std::sync::mpsc::SyncSender<Arc<Chunk>>],
+    spent: &std::sync::mpsc::Receiver<Arc<Chunk>>,
 ) -> Result<(), StoreError> {
     let head = scanner.head()?;
     let mut after = 0;
     let mut allocated = 0;
     let mut busy = std::time::Duration::ZERO;
     loop {
-        // A pool of CHUNKS buffers, reused (fresh memory costs page faults).
+        // A pool of CHUNKS buffers, reused (fresh memory costs page faults):
+        // one is free again once every fold thread has sent it back.
         let mut chunk = if allocated < CHUNKS {
             allocated += 1;
             Chunk::default()
         } else {
-            match spent.recv() {
-                Ok(chunk) => chunk,
-                Err(_) => return Ok(()), // the fold stage stopped
+            loop {
+                match spent.recv() {
+                    Ok(chunk) => {
+                        if let Ok(chunk) = Arc::try_unwrap(chunk) {
+                            break chunk;
+                        }
+                    }
+                    Err(_) => return Ok(()), // the fold threads stopped
+                }
             }
         };
         let started = std::time::Instant::now();
@@ -710,12 +776,13 @@ fn scan_stage(
             chunk.events += 1;
             if let Some(id) = deployment_id(row.stream) {
                 let start = chunk.text.len();
-                chunk.text.extend_from_slice(id.as_bytes());
+                chunk.text.push_str(id);
                 let mid = chunk.text.len();
-                chunk.text.extend_from_slice(row.envelope);
+                chunk.text.push_str(row.envelope);
                 chunk.rows.push(ChunkRow {
                     position: row.position,
                     version: row.version,
+                    shard: shard_of(id),
                     id: start..mid,
                     json: mid..chunk.text.len(),
                 });
@@ -729,16 +796,23 @@ fn scan_stage(
         if done {
             tracing::debug!(busy_ms = busy.as_millis() as u64, "rebuild: scan stage done");
         }
-        if chunks.send(chunk).is_err() || done {
-            return Ok(()); // done, or a later stage stopped
+        let chunk = Arc::new(chunk);
+        for to in chunks {
+            if to.send(chunk.clone()).is_err() {
+                return Ok(()); // a later stage stopped
+            }
+        }
+        if done {
+            return Ok(());
         }
     }
 }
 
 fn fold_stage(
     model_path: &Path,
-    chunks: &std::sync::mpsc::Receiver<Chunk>,
-    spent: &std::sync::mpsc::SyncSender<Chunk>,
+    shard: usize,
+    chunks: &std::sync::mpsc::Receiver<Arc<Chunk>>,
+    spent: &std::sync::mpsc::SyncSender<Arc<Chunk>>,
     flushes: &std::sync::mpsc::SyncSender<Flush>,
 ) -> Result<(), StoreError> {
     // Where a deployment's view is before this chunk: in this chunk's slots
@@ -747,12 +821,12 @@ fn fold_stage(
     // previous one was only handed over once the writer was done with the one
     // before); or nowhere when this is its stream's first event.
     let mut previous: HashMap<Box<str>, Slot> = HashMap::new();
+    let mut slots: HashMap<Box<str>, Slot> = HashMap::new();
     let mut reader: Option<Connection> = None;
     let mut busy = std::time::Duration::ZERO;
     for chunk in chunks {
         let started = std::time::Instant::now();
-        let mut slots: HashMap<Box<str>, Slot> = HashMap::with_capacity(previous.len().max(64));
-        for row in &chunk.rows {
+        for row in chunk.rows.iter().filter(|row| row.shard == shard) {
             let id = chunk.id(row);
             let slot = match slots.get_mut(id) {
                 Some(slot) => slot,
@@ -777,7 +851,7 @@ fn fold_stage(
                 }
             };
             let before = slot.view.as_ref().map(|v| v.stream_version);
-            if let Err(e) = DeploymentView::fold_json(&mut slot.view, &chunk.text[row.json.clone()]) {
+            if let Err(e) = DeploymentView::fold_json(&mut slot.view, chunk.json(row)) {
                 tracing::warn!(position = row.position, error = %e, "skipping an unreadable event");
                 continue;
             }
@@ -789,12 +863,19 @@ fn fold_stage(
             }
             slot.changed = true;
         }
-        let mut rows: Vec<(Box<str>, u64, DeploymentView)> = slots
-            .iter()
-            .filter(|(_, slot)| slot.changed)
-            .filter_map(|(id, slot)| Some((id.clone(), slot.started_position, slot.view.clone()?)))
-            .collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Serialized here, where there is a thread per shard, not in the writer.
+        let mut rows = Vec::new();
+        for (id, slot) in &slots {
+            if let (true, Some(view)) = (slot.changed, &slot.view) {
+                rows.push(Row {
+                    id: id.clone(),
+                    status: view.status,
+                    started_position: slot.started_position,
+                    view: serde_json::to_string(view).map_err(backend)?,
+                });
+            }
+        }
+        rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let flush = Flush {
             rows,
             events: chunk.events,
@@ -806,9 +887,11 @@ fn fold_stage(
         if flushes.send(flush).is_err() {
             return Ok(()); // the writer stopped
         }
-        previous = slots;
+        // The slots become the previous chunk's; their maps are reused.
+        std::mem::swap(&mut previous, &mut slots);
+        slots.clear();
     }
-    tracing::debug!(busy_ms = busy.as_millis() as u64, "rebuild: fold stage done");
+    tracing::debug!(shard, busy_ms = busy.as_millis() as u64, "rebuild: fold stage done");
     Ok(())
 }
 
@@ -838,15 +921,34 @@ fn load_slot(conn: &Connection, id: &str) -> Result<Slot, StoreError> {
 /// whether it stopped because the checkpoint was not the one it wrote last.
 fn write_stage(
     conn: &mut Connection,
-    flushes: &std::sync::mpsc::Receiver<Flush>,
+    flushes: &[std::sync::mpsc::Receiver<Flush>],
     progress: &tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
 ) -> Result<(u64, bool), StoreError> {
     let mut checkpoint = 0;
     let mut applied = 0;
-    let mut json = Vec::new();
     let mut busy = std::time::Duration::ZERO;
-    for flush in flushes {
+    'flushes: loop {
+        // A chunk's flush from each fold thread (the same chunk: they go in order).
+        let mut flush: Option<Flush> = None;
+        for from in flushes {
+            let Ok(part) = from.recv() else {
+                break 'flushes; // done, or a fold thread stopped
+            };
+            match &mut flush {
+                None => flush = Some(part),
+                Some(flush) => flush.rows.extend(part.rows),
+            }
+        }
+        let Some(mut flush) = flush else {
+            break;
+        };
+        if flushes.len() > 1 {
+            flush.rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
         let started = std::time::Instant::now();
+        if flush.end >= flush.head {
+            conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        }
         if flush.rows.is_empty() && flush.end == checkpoint {
             let _ = progress.send((checkpoint, flush.head)); // an empty log
             continue;
@@ -865,12 +967,14 @@ fn write_stage(
                          status = excluded.status, started_position = excluded.started_position, view = excluded.view",
                 )
                 .map_err(backend)?;
-            for (id, started_position, view) in &flush.rows {
-                json.clear();
-                serde_json::to_writer(&mut json, view).map_err(backend)?;
-                let text = std::str::from_utf8(&json).map_err(backend)?;
+            for row in &flush.rows {
                 upsert
-                    .execute(params![&**id, view.status.as_str(), *started_position as i64, text])
+                    .execute(params![
+                        &*row.id,
+                        row.status.as_str(),
+                        row.started_position as i64,
+                        row.view
+                    ])
                     .map_err(backend)?;
             }
         }

@@ -63,7 +63,12 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     let two = Process::open(dir.path());
 
     // `one` starts d1 and caches its state (in progress, version 1).
-    assert_eq!(one.run("StartDeployment", "d1", None, start()).await.expect("test setup"), 1);
+    assert_eq!(
+        one.run("StartDeployment", "d1", None, start())
+            .await
+            .expect("test setup"),
+        1
+    );
     assert_eq!(
         one.run("ReportDeploymentProgress", "d1", None, json!({"percent": 10}))
             .await
@@ -71,7 +76,12 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
         2
     );
     // `two` finishes it behind `one`'s back.
-    assert_eq!(two.run("SucceedDeployment", "d1", None, json!({})).await.expect("test setup"), 3);
+    assert_eq!(
+        two.run("SucceedDeployment", "d1", None, json!({}))
+            .await
+            .expect("test setup"),
+        3
+    );
 
     // On its cached state `one` would accept progress and a failure; the log says no.
     assert_eq!(
@@ -87,7 +97,12 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     );
 
     // `two` starts d2; `one` guesses d2 is new, and the log says it is not.
-    assert_eq!(two.run("StartDeployment", "d2", None, start()).await.expect("test setup"), 1);
+    assert_eq!(
+        two.run("StartDeployment", "d2", None, start())
+            .await
+            .expect("test setup"),
+        1
+    );
     assert_eq!(
         rule(one.run("StartDeployment", "d2", None, start()).await),
         "Deployment already started"
@@ -155,7 +170,12 @@ async fn many_streams_overflow_the_state_cache_without_changing_an_answer() {
             rule(one.run("StartDeployment", id, None, start()).await),
             "Deployment already started"
         );
-        assert_eq!(one.run("SucceedDeployment", id, Some(2), json!({})).await.expect("test setup"), 3);
+        assert_eq!(
+            one.run("SucceedDeployment", id, Some(2), json!({}))
+                .await
+                .expect("test setup"),
+            3
+        );
     }
     assert_eq!(one.store.head().await.expect("test setup").position, 20_000 + 3 * 2);
 }
