@@ -206,13 +206,13 @@ async fn execute<A: Aggregate>(
     let correlation_id = request.correlation_id.clone().unwrap_or_else(|| command_id.clone());
     let _turn = locks.lock(stream.as_str()).await;
 
-    // First from what this process knows (the cached state, or for a command
-    // that starts an aggregate, a guess that the stream is new); anything but a
-    // successful append decided that way is decided again on the stored stream.
+    // First from what this process knows (the cached state, or else a guess
+    // that the stream is new); anything but a successful append decided that
+    // way is decided again on the stored stream.
     let mut fast = true;
     let mut attempt = 0;
     loop {
-        let (mut state, version, guessed) = match fast.then(|| quick_state::<A>(locks, &stream, request, &command)) {
+        let (mut state, version, guessed) = match fast.then(|| quick_state::<A>(locks, &stream, request)) {
             Some(Some((state, version))) => (state, version, true),
             _ => {
                 attempt += 1;
@@ -299,19 +299,15 @@ async fn execute<A: Aggregate>(
 }
 
 /// The state to decide on without reading the stream: the cached one, or an
-/// empty stream when the command would start the aggregate (and the caller does
-/// not expect a version other than 0). `None`: read the stream.
-fn quick_state<A: Aggregate>(
-    locks: &StreamLocks,
-    stream: &StreamName,
-    request: &CommandRequest,
-    command: &A::Command,
-) -> Option<(A, u64)> {
+/// empty stream when the caller does not expect a version other than 0 (a
+/// wrong guess costs a `decide`: only a command that starts an aggregate is
+/// accepted on an empty stream, and anything else is decided again on the
+/// stored one). `None`: read the stream.
+fn quick_state<A: Aggregate>(locks: &StreamLocks, stream: &StreamName, request: &CommandRequest) -> Option<(A, u64)> {
     if let Some(cached) = locks.cached::<A>(stream.as_str()) {
         return Some(cached);
     }
-    let fresh = A::default();
-    (request.expected_version.unwrap_or(0) == 0 && fresh.decide(command).is_ok()).then_some((fresh, 0))
+    (request.expected_version.unwrap_or(0) == 0).then(|| (A::default(), 0))
 }
 
 async fn earlier_result(

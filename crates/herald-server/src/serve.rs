@@ -41,8 +41,9 @@ use crate::auth::Viewer;
 use crate::live::{self, Opened};
 use crate::state::AppState;
 
-/// The path herald serves without hyper on a fresh connection.
-const LIVE_PATH: &[u8] = b"/api/events/live";
+/// How the request line herald serves without hyper on a fresh connection starts
+/// (then a space or `?`).
+const LIVE_REQUEST: &[u8] = b"GET /api/events/live";
 /// The most a request head may take before it is handed to hyper (which has its own limits).
 const HEAD_LIMIT: usize = 16 * 1024;
 /// How long a new connection may take to send its first request head.
@@ -202,14 +203,8 @@ async fn first_request(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result
 /// `None`: more bytes are needed to tell.
 fn classify(buf: &[u8]) -> Option<First> {
     // Decide on the request line as soon as it can be told not to be ours.
-    let prefix = b"GET ";
-    let line_so_far = &buf[..buf.len().min(prefix.len() + LIVE_PATH.len() + 1)];
-    let wanted = [&prefix[..], LIVE_PATH].concat();
-    let n = line_so_far.len().min(wanted.len());
-    if line_so_far[..n] != wanted[..n] {
-        return Some(First::Other);
-    }
-    if line_so_far.len() > wanted.len() && !matches!(line_so_far[wanted.len()], b' ' | b'?') {
+    let n = buf.len().min(LIVE_REQUEST.len());
+    if buf[..n] != LIVE_REQUEST[..n] || buf.get(LIVE_REQUEST.len()).is_some_and(|b| !matches!(b, b' ' | b'?')) {
         return Some(First::Other);
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -222,10 +217,7 @@ fn classify(buf: &[u8]) -> Option<First> {
     if length != buf.len() || request.version != Some(1) {
         return Some(First::Other); // pipelined bytes (a body, or a second request), or HTTP/1.0
     }
-    let path = request.path.unwrap_or_default();
-    if !path.starts_with("/api/events/live") {
-        return Some(First::Other);
-    }
+    let path = request.path.unwrap_or_default(); // the request line was checked above
     let mut builder = Request::builder()
         .method(Method::GET)
         .uri(path)

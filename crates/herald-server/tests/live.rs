@@ -1090,10 +1090,7 @@ async fn a_slow_subscriber_is_disconnected_never_skipped_and_resumes() {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
-    let request = format!(
-        "GET /api/events/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
-        server.addr, server.token
-    );
+    let request = live_request(&server, Some(&server.token));
     write_all(&stream, request.as_bytes()).await.expect("write request");
     let (status, headers, rest) = read_head(&stream).await;
     assert_eq!(status, 200);

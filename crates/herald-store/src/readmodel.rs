@@ -267,11 +267,34 @@ fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> 
 }
 
 /// A deployment touched by one apply: loaded at most once, written at most once.
+#[derive(Default)]
 struct Slot {
     view: Option<DeploymentView>,
     started_position: u64,
     changed: bool,
 }
+
+impl Slot {
+    /// Folds the event at `position` (its envelope `json`) into the view;
+    /// returns whether the view changed (and marks the slot changed).
+    fn fold(&mut self, json: &str, position: u64) -> Result<bool, serde_json::Error> {
+        let before = self.view.as_ref().map(|v| v.stream_version);
+        DeploymentView::fold_json(&mut self.view, json)?;
+        if self.view.as_ref().map(|v| v.stream_version) == before {
+            return Ok(false); // not a change (another type, already applied, …)
+        }
+        if before.is_none() {
+            self.started_position = position;
+        }
+        self.changed = true;
+        Ok(true)
+    }
+}
+
+/// Writes a deployment's row, whether it is new or not.
+const UPSERT: &str = "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (id) DO UPDATE SET
+         status = excluded.status, started_position = excluded.started_position, view = excluded.view";
 
 fn apply(
     conn: &mut Connection,
@@ -289,66 +312,28 @@ fn apply(
     let mut slots: HashMap<String, Slot> = HashMap::new();
     // Changed deployments in the order of their first change.
     let mut order: Vec<String> = Vec::new();
-    {
-        let mut load = tx
-            .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
-            .map_err(backend)?;
-        for event in events {
-            let Some(id) = deployment_id(event.stream()) else {
-                continue;
-            };
-            if !slots.contains_key(id) {
-                let row: Option<(i64, String)> = load
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(backend)?;
-                let slot = match row {
-                    Some((started_position, json)) => Slot {
-                        view: Some(parse_view(id, &json)?),
-                        started_position: started_position as u64,
-                        changed: false,
-                    },
-                    None => Slot {
-                        view: None,
-                        started_position: 0,
-                        changed: false,
-                    },
-                };
-                slots.insert(id.to_owned(), slot);
-            }
-            let Some(slot) = slots.get_mut(id) else {
-                continue; // inserted just above
-            };
-            let before = slot.view.as_ref().map(|v| v.stream_version);
-            // Text that is not UTF-8 is not an envelope either.
-            let folded = std::str::from_utf8(event.json())
-                .map_err(|e| e.to_string())
-                .and_then(|json| DeploymentView::fold_json(&mut slot.view, json).map_err(|e| e.to_string()));
-            if let Err(e) = folded {
-                // The audit (hash chain) reports a damaged log; the model goes on.
-                tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event");
-                continue;
-            }
-            if slot.view.as_ref().map(|v| v.stream_version) == before {
-                continue; // not a change (another type, already applied, …)
-            }
-            if before.is_none() {
-                slot.started_position = event.position();
-            }
-            if !slot.changed {
-                slot.changed = true;
-                order.push(id.to_owned());
-            }
+    for event in events {
+        let Some(id) = deployment_id(event.stream()) else {
+            continue;
+        };
+        let slot = match slots.entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+            std::collections::hash_map::Entry::Vacant(vacant) => vacant.insert(load_slot(&tx, id)?),
+        };
+        let was_changed = slot.changed;
+        // Text that is not UTF-8 is not an envelope either.
+        let folded = std::str::from_utf8(event.json())
+            .map_err(|e| e.to_string())
+            .and_then(|json| slot.fold(json, event.position()).map_err(|e| e.to_string()));
+        match folded {
+            Ok(true) if !was_changed => order.push(id.to_owned()),
+            Ok(_) => {}
+            // The audit (hash chain) reports a damaged log; the model goes on.
+            Err(e) => tracing::warn!(position = event.position(), error = %e, "skipping an unreadable event"),
         }
     }
     {
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET
-                     status = excluded.status, started_position = excluded.started_position, view = excluded.view",
-            )
-            .map_err(backend)?;
+        let mut upsert = tx.prepare_cached(UPSERT).map_err(backend)?;
         for id in &order {
             let Some(Slot {
                 view: Some(view),
@@ -834,11 +819,7 @@ fn fold_stage(
                     let slot = match previous.remove(id) {
                         Some(slot) => Slot { changed: false, ..slot },
                         // Versions grow with positions: nothing of this stream came before.
-                        None if row.version == 1 => Slot {
-                            view: None,
-                            started_position: 0,
-                            changed: false,
-                        },
+                        None if row.version == 1 => Slot::default(),
                         None => {
                             let conn = match &mut reader {
                                 Some(conn) => conn,
@@ -850,18 +831,9 @@ fn fold_stage(
                     slots.entry(id.into()).or_insert(slot)
                 }
             };
-            let before = slot.view.as_ref().map(|v| v.stream_version);
-            if let Err(e) = DeploymentView::fold_json(&mut slot.view, chunk.json(row)) {
+            if let Err(e) = slot.fold(chunk.json(row), row.position) {
                 tracing::warn!(position = row.position, error = %e, "skipping an unreadable event");
-                continue;
             }
-            if slot.view.as_ref().map(|v| v.stream_version) == before {
-                continue;
-            }
-            if before.is_none() {
-                slot.started_position = row.position;
-            }
-            slot.changed = true;
         }
         // Serialized here, where there is a thread per shard, not in the writer.
         let mut rows = Vec::new();
@@ -909,11 +881,7 @@ fn load_slot(conn: &Connection, id: &str) -> Result<Slot, StoreError> {
             started_position: started_position as u64,
             changed: false,
         },
-        None => Slot {
-            view: None,
-            started_position: 0,
-            changed: false,
-        },
+        None => Slot::default(),
     })
 }
 
@@ -960,13 +928,7 @@ fn write_stage(
             return Ok((applied, true)); // dropping `tx` rolls back
         }
         {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (id) DO UPDATE SET
-                         status = excluded.status, started_position = excluded.started_position, view = excluded.view",
-                )
-                .map_err(backend)?;
+            let mut upsert = tx.prepare_cached(UPSERT).map_err(backend)?;
             for row in &flush.rows {
                 upsert
                     .execute(params![

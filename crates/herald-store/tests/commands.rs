@@ -49,6 +49,14 @@ fn start() -> Value {
     json!({ "service": "api", "version": "1.0.0", "environment": "prod" })
 }
 
+/// The (expected, actual) versions of a conflict.
+fn conflict(result: Result<u64, CommandError>) -> (u64, u64) {
+    match result {
+        Err(CommandError::Conflict { expected, actual, .. }) => (expected, actual),
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+}
+
 fn rule(result: Result<u64, CommandError>) -> &'static str {
     match result {
         Err(CommandError::Rejected(r)) => r.rule,
@@ -107,10 +115,10 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
         rule(one.run("StartDeployment", "d2", None, start()).await),
         "Deployment already started"
     );
-    match one.run("StartDeployment", "d2", Some(0), start()).await {
-        Err(CommandError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (0, 1)),
-        other => panic!("expected a version conflict, got {other:?}"),
-    }
+    assert_eq!(
+        conflict(one.run("StartDeployment", "d2", Some(0), start()).await),
+        (0, 1)
+    );
     // …and `one` goes on from the stored state, at the next version.
     assert_eq!(
         one.run("ReportDeploymentProgress", "d2", Some(1), json!({"percent": 5}))
@@ -125,13 +133,13 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
             .expect("test setup"),
         3
     );
-    match one
-        .run("ReportDeploymentProgress", "d2", Some(2), json!({"percent": 7}))
-        .await
-    {
-        Err(CommandError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (2, 3)),
-        other => panic!("expected a version conflict, got {other:?}"),
-    }
+    assert_eq!(
+        conflict(
+            one.run("ReportDeploymentProgress", "d2", Some(2), json!({"percent": 7}))
+                .await
+        ),
+        (2, 3)
+    );
     assert_eq!(
         one.run("ReportDeploymentProgress", "d2", None, json!({"percent": 8}))
             .await
