@@ -5,13 +5,9 @@
 use std::path::Path;
 
 use herald_core::store::StoreError;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-use crate::sqlite::{SqliteStore, open_connection};
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+use crate::sqlite::{SqliteStore, backend, open_connection, read_head, sql_int};
 
 /// Bytes of the log's file a scanner maps into memory.
 const SCAN_MMAP: i64 = 1 << 40;
@@ -46,14 +42,7 @@ impl Scanner {
 
     /// The last position in the log (0: empty).
     pub fn head(&self) -> Result<u64, StoreError> {
-        let head: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT position FROM events ORDER BY position DESC LIMIT 1")
-            .map_err(backend)?
-            .query_row([], |r| r.get(0))
-            .optional()
-            .map_err(backend)?;
-        Ok(head.map_or(0, |p| p as u64))
+        Ok(read_head(&self.conn)?.position)
     }
 
     /// Calls `f` for each event with `after < position <= until`, in position
@@ -66,7 +55,6 @@ impl Scanner {
         limit: usize,
         mut f: impl FnMut(ScanRow<'_>) -> Result<(), StoreError>,
     ) -> Result<usize, StoreError> {
-        let sql_int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -75,11 +63,7 @@ impl Scanner {
             )
             .map_err(backend)?;
         let mut rows = stmt
-            .query(params![
-                sql_int(after),
-                sql_int(until),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ])
+            .query(params![sql_int(after), sql_int(until), sql_int(limit)])
             .map_err(backend)?;
         let mut visited = 0;
         while let Some(row) = rows.next().map_err(backend)? {

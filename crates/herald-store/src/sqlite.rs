@@ -81,7 +81,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
@@ -232,7 +232,7 @@ impl EventStore for SqliteStore {
 }
 
 /// SQLite integers are signed: bounds past `i64::MAX` saturate rather than wrap.
-fn sql_int(n: impl TryInto<i64>) -> i64 {
+pub(crate) fn sql_int(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
@@ -251,7 +251,7 @@ fn row_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<RecordedEvent>> {
     )))
 }
 
-fn read_head(conn: &Connection) -> Result<Head, StoreError> {
+pub(crate) fn read_head(conn: &Connection) -> Result<Head, StoreError> {
     let head = conn
         .prepare_cached("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
         .map_err(backend)?
