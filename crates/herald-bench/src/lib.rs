@@ -376,22 +376,28 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 report.catchup = Some(r);
             }
         }
-        if wants("rebuild") {
-            eprintln!("rebuild: seeding {} events", args.rebuild_events);
-            let r = scenarios::rebuild(&exe, args.rebuild_events, args.rebuild_data.as_deref()).await?;
-            eprintln!(
-                "  herald projections rebuild: {} events in {:.2} s = {:.0} events/s ({})",
-                r.events, r.seconds, r.events_per_s, r.output
-            );
-            report.rebuild = Some(r);
-        }
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    if let Some(h) = herald.as_mut() {
+    // Stopped, and its data deleted, before the rebuild.
+    if let Some(mut h) = herald.take() {
         h.stop().await;
     }
     outcome?;
+    if wants("rebuild") {
+        eprintln!("rebuild: seeding {} events", args.rebuild_events);
+        let r = scenarios::rebuild(&exe, args.rebuild_events, args.rebuild_data.as_deref()).await?;
+        eprintln!(
+            "  herald projections rebuild: {} events in {:.2} s = {:.0} events/s (median of {} s, after a first run of {:.2} s; {})",
+            r.events,
+            r.seconds,
+            r.events_per_s,
+            r.runs.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(", "),
+            r.first_seconds,
+            r.output
+        );
+        report.rebuild = Some(r);
+    }
 
     print_summary(&report);
     if let Some(path) = &args.svg {

@@ -125,7 +125,10 @@ impl Parser {
 /// payload), when the command came from the bench run `run`.
 pub fn command_index(data: &[u8], run: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"command_id\":\"";
-    let at = memchr::memmem::find(data, KEY)? + KEY.len();
+    // Built once: building the searcher per message cost as much as the search.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    let at = FINDER.find(data)? + KEY.len();
     let rest = data[at..].strip_prefix(run)?.strip_prefix(b"-")?;
     let end = memchr::memchr(b'"', rest)?;
     parse_u64(&rest[..end])

@@ -119,6 +119,9 @@ enum First {
 
 impl Connection {
     async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
+        // Events and answers are small writes that must leave at once; Nagle
+        // would hold one back until the peer acknowledges the one before.
+        let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(1024);
         let first = tokio::select! {
             first = tokio::time::timeout(HEAD_TIMEOUT, first_request(&mut stream, &mut buf)) => match first {
