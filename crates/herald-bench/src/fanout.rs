@@ -38,6 +38,7 @@ fn lane() -> usize {
     }
     LANE.with(|l| *l)
 }
+
 /// A message not delivered to every subscriber this long after it was sent no
 /// longer holds the window (it will count as missing where it is).
 const STALL: Duration = Duration::from_secs(2);
