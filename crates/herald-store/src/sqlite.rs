@@ -743,8 +743,7 @@ fn apply(
             recorded_at: recorded_at.to_owned(),
             hash: String::new(),
         };
-        envelope.seal(&head.hash);
-        let json = envelope.to_canonical_json();
+        let json = envelope.seal_to_json(&head.hash);
         insert
             .execute(params![
                 envelope.position as i64,
