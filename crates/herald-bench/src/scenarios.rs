@@ -287,9 +287,9 @@ pub struct RebuildResult {
     pub events_per_s: f64,
     /// The timed runs' wall times.
     pub runs: Vec<f64>,
-    /// The first run's, not part of the figure: the log is read from memory
-    /// the machine may have let go cold (this VM's first pass over data untouched for minutes
-    /// costs up to 1.5× — page faults on memory the host reclaimed).
+    /// The first run's, not part of the figure: it reads the log from memory
+    /// the machine may have let go cold (on the VM of docs/BENCHMARKS.md a
+    /// first pass over data untouched for minutes costs up to 1.5×).
     pub first_seconds: f64,
     pub output: String,
 }

@@ -77,24 +77,22 @@ impl Envelope {
         canonical(&value)
     }
 
-    /// Computes `hash` from the previous event's hash and fills it in.
-    pub fn seal(&mut self, prev_hash: &str) {
-        self.hash = chain_hash(prev_hash, &self.canonical_without_hash());
-    }
-
     /// The canonical JSON of the whole envelope (hash included): what is stored and served.
     pub fn to_canonical_json(&self) -> String {
         canonical(&serde_json::to_value(self).expect("an envelope always serializes"))
     }
 
-    /// [`seal`](Self::seal), then [`to_canonical_json`](Self::to_canonical_json),
-    /// with each field canonicalized once instead of the whole envelope twice
-    /// (this runs on the store's one writer thread, for every event).
+    /// Computes `hash` from the previous event's hash, fills it in and returns
+    /// the envelope's canonical JSON — the same text as
+    /// [`canonical_without_hash`](Self::canonical_without_hash) hashed, then
+    /// [`to_canonical_json`](Self::to_canonical_json), with each field
+    /// canonicalized once instead of the whole envelope twice (the store's one
+    /// writer thread runs this for every event).
     ///
-    /// The same text: RFC 8785 writes an object as its members' canonical forms,
-    /// sorted by key, joined by commas — and the envelope's keys are fixed ASCII,
-    /// so their order is known. `hash` sorts between `data` and `id`.
-    pub fn seal_to_json(&mut self, prev_hash: &str) -> String {
+    /// RFC 8785 writes an object as its members' canonical forms, sorted by key,
+    /// joined by commas; the envelope's keys are fixed ASCII, so their order is
+    /// known, and `hash` sorts between `data` and `id`.
+    pub fn seal(&mut self, prev_hash: &str) -> String {
         fn member(out: &mut String, key: &str, value: &impl Serialize) {
             let value = serde_json::to_value(value).expect("an envelope field always serializes");
             out.push_str(if out.len() > 1 { ",\"" } else { "\"" });
@@ -102,32 +100,23 @@ impl Envelope {
             out.push_str("\":");
             out.push_str(&canonical(&value));
         }
-        let mut before = String::from("{");
-        member(&mut before, "actor", &self.actor);
-        member(&mut before, "command_id", &self.command_id);
-        member(&mut before, "correlation_id", &self.correlation_id);
-        before.push_str(",\"data\":");
-        before.push_str(&canonical(&self.data));
-        let mut after = String::from("{");
-        member(&mut after, "id", &self.id);
-        member(&mut after, "position", &self.position);
-        member(&mut after, "recorded_at", &self.recorded_at);
-        member(&mut after, "schema", &self.schema);
-        member(&mut after, "stream", &self.stream);
-        member(&mut after, "type", &self.event_type);
-        member(&mut after, "version", &self.version);
-        after.push('}');
-        let after = &after[1..]; // the members and the closing brace
-        let mut json = String::with_capacity(before.len() + after.len() + 80);
-        json.push_str(&before);
-        json.push(',');
-        json.push_str(after);
+        let mut json = String::from("{");
+        member(&mut json, "actor", &self.actor);
+        member(&mut json, "command_id", &self.command_id);
+        member(&mut json, "correlation_id", &self.correlation_id);
+        json.push_str(",\"data\":");
+        json.push_str(&canonical(&self.data));
+        let hash_at = json.len();
+        member(&mut json, "id", &self.id);
+        member(&mut json, "position", &self.position);
+        member(&mut json, "recorded_at", &self.recorded_at);
+        member(&mut json, "schema", &self.schema);
+        member(&mut json, "stream", &self.stream);
+        member(&mut json, "type", &self.event_type);
+        member(&mut json, "version", &self.version);
+        json.push('}');
         self.hash = chain_hash(prev_hash, &json);
-        json.truncate(before.len());
-        json.push_str(",\"hash\":\"");
-        json.push_str(&self.hash);
-        json.push_str("\",");
-        json.push_str(after);
+        json.insert_str(hash_at, &format!(",\"hash\":\"{}\"", self.hash));
         json
     }
 }
@@ -343,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn seal_to_json_is_seal_then_to_canonical_json() {
+    fn seal_hashes_the_canonical_form_and_returns_the_stored_json() {
         // Values canonical JSON treats with care: escapes, non-ASCII (and keys
         // sorted by UTF-16 units), numbers past 2^53, floats, empty containers.
         let odd = [
@@ -389,11 +378,10 @@ mod tests {
                     "\u{10000}": {"b": 1, "a": {"z": text, "": number}},
                     "a": number,
                 });
-                let mut expected = e.clone();
-                expected.seal(GENESIS_HASH);
-                let json = e.seal_to_json(GENESIS_HASH);
-                assert_eq!(e.hash, expected.hash, "{text:?} {number}");
-                assert_eq!(json, expected.to_canonical_json(), "{text:?} {number}");
+                let without_hash = e.canonical_without_hash();
+                let json = e.seal(GENESIS_HASH);
+                assert_eq!(e.hash, chain_hash(GENESIS_HASH, &without_hash), "{text:?} {number}");
+                assert_eq!(json, e.to_canonical_json(), "{text:?} {number}");
             }
         }
         // And with data of another shape than an object.
@@ -404,10 +392,10 @@ mod tests {
         ] {
             let mut e = sample(7);
             e.data = data;
-            let mut expected = e.clone();
-            expected.seal(&"f".repeat(64));
-            assert_eq!(e.seal_to_json(&"f".repeat(64)), expected.to_canonical_json());
-            assert_eq!(e.hash, expected.hash);
+            let without_hash = e.canonical_without_hash();
+            let json = e.seal(&"f".repeat(64));
+            assert_eq!(json, e.to_canonical_json());
+            assert_eq!(e.hash, chain_hash(&"f".repeat(64), &without_hash));
         }
     }
 

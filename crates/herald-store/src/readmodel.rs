@@ -316,9 +316,13 @@ fn apply(
         let Some(id) = deployment_id(event.stream()) else {
             continue;
         };
-        let slot = match slots.entry(id.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
-            std::collections::hash_map::Entry::Vacant(vacant) => vacant.insert(load_slot(&tx, id)?),
+        // Looked up by `&str` first: no key allocated per event.
+        if !slots.contains_key(id) {
+            let slot = load_slot(&tx, id)?;
+            slots.insert(id.to_owned(), slot);
+        }
+        let Some(slot) = slots.get_mut(id) else {
+            continue; // inserted just above
         };
         let was_changed = slot.changed;
         // Text that is not UTF-8 is not an envelope either.

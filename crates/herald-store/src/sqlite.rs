@@ -743,7 +743,7 @@ fn apply(
             recorded_at: recorded_at.to_owned(),
             hash: String::new(),
         };
-        let json = envelope.seal_to_json(&head.hash);
+        let json = envelope.seal(&head.hash);
         insert
             .execute(params![
                 envelope.position as i64,
