@@ -114,7 +114,7 @@ pub struct InviteRecord {
 pub enum RegistrationRefused {
     #[error("the username {0:?} is taken")]
     UsernameTaken(String),
-    #[error("herald already has users: registration needs an invite")]
+    #[error("registration needs an invite")]
     InviteRequired,
     #[error("the invite code is unknown, used or expired")]
     InviteUnusable,
@@ -127,8 +127,8 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn find_user_by_name(&self, username: &str) -> Result<Option<User>, StoreError>;
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// Stores a user with their first passkey, atomically consuming the invite
-    /// whose code hashes to `invite_hash` (or, without one, only when there are no
-    /// users yet).
+    /// whose code hashes to `invite_hash` (without one: refused, every
+    /// registration needs an invite).
     async fn insert_user(
         &self,
         user: &User,
@@ -159,6 +159,9 @@ pub trait AccountStore: Send + Sync + 'static {
     /// The unused, unexpired invite whose code hashes to `code_hash`.
     async fn find_invite(&self, code_hash: &str, now: Millis) -> Result<Option<InviteRecord>, StoreError>;
     async fn list_invites(&self) -> Result<Vec<InviteRecord>, StoreError>;
+    /// Makes the unused invites whose id starts with `id_prefix` expire now
+    /// (superseded setup codes); returns how many.
+    async fn expire_unused_invites(&self, id_prefix: &str, now: Millis) -> Result<u64, StoreError>;
 
     /// Keeps a ceremony's server-side state until `expires_at`.
     async fn put_ceremony(&self, id: &str, kind: &str, state: &str, expires_at: Millis) -> Result<(), StoreError>;

@@ -31,6 +31,14 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// is not one of its commands.
     fn parse_command(command_type: &str, data: Value) -> Option<Result<Self::Command, InvalidCommand>>;
 
+    /// Whether a person must have proved presence with their passkey recently
+    /// to send this command (step-up). The domain decides, not the transport:
+    /// the command path refuses a risky command from a caller whose last
+    /// verification is too old ([`crate::command::CommandError::StepUpRequired`]).
+    fn needs_step_up(_command: &Self::Command) -> bool {
+        false
+    }
+
     /// The rules: the events a command produces in this state, or why not.
     fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Rejection>;
 

@@ -23,6 +23,10 @@ pub struct CommandRequest {
     pub command_id: Option<String>,
     pub correlation_id: Option<String>,
     pub data: Value,
+    /// The caller proved presence recently enough for a risky command: a
+    /// machine credential (tokens have no step-up), or a person whose last
+    /// passkey verification is within the step-up window.
+    pub presence_verified: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,10 @@ pub enum CommandError {
     Conflict { stream: String, expected: u64, actual: u64 },
     #[error("command_id {0} was already used for a different command")]
     CommandIdReused(String),
+    /// The domain marks this command risky and the caller's last passkey
+    /// verification is too old (HTTP 403 `reauth_required`).
+    #[error("{0} needs a recent passkey verification")]
+    StepUpRequired(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -167,7 +175,11 @@ pub async fn handle(
 ) -> Result<AppendOutcome, CommandError> {
     let data = request.data.clone();
     if let Some(command) = Deployment::parse_command(&request.command_type, data) {
-        return execute::<Deployment>(store, locks, actor, &request, command?).await;
+        let command = command?;
+        if !request.presence_verified && Deployment::needs_step_up(&command) {
+            return Err(CommandError::StepUpRequired(request.command_type));
+        }
+        return execute::<Deployment>(store, locks, actor, &request, command).await;
     }
     Err(CommandError::UnknownType(request.command_type))
 }
@@ -361,6 +373,7 @@ mod tests {
             command_id: Some("c1".into()),
             correlation_id: None,
             data,
+            presence_verified: true,
         }
     }
 

@@ -192,6 +192,12 @@ impl Aggregate for Deployment {
         COMMAND_TYPES.contains(&command_type).then(|| parse(command_type, data))
     }
 
+    /// Starting a deployment changes a running system: a person must have
+    /// confirmed with their passkey lately. Reporting on one that runs does not.
+    fn needs_step_up(command: &DeploymentCommand) -> bool {
+        matches!(command, DeploymentCommand::Start { .. })
+    }
+
     fn decide(&self, command: &DeploymentCommand) -> Result<Vec<DeploymentEvent>, Rejection> {
         use DeploymentCommand as C;
         use DeploymentEvent as E;

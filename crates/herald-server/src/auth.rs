@@ -42,12 +42,50 @@ impl Principal {
         if self.session.is_some() { "session" } else { "token" }
     }
 
+    /// Whether this caller proved presence recently enough for a risky action:
+    /// always for a token (machines have no step-up), for a person when their
+    /// session's last passkey verification is within `--step-up-minutes`.
+    pub fn presence_verified(&self, window: std::time::Duration) -> bool {
+        match &self.session {
+            None => true,
+            Some(session) => crate::sessions::now_millis() - session.verified_at <= crate::sessions::millis(window),
+        }
+    }
+
     /// When a live stream of this caller must end at the latest.
     pub fn stream_deadline(&self) -> Option<tokio::time::Instant> {
         let session = self.session.as_ref()?;
         let left = (session.expires_at - crate::sessions::now_millis()).max(0);
         Some(tokio::time::Instant::now() + std::time::Duration::from_millis(left.unsigned_abs()))
     }
+}
+
+/// Step-up: a risky action (minting a token, an admin invite, a role change,
+/// ending someone else's session, disabling a person, removing a passkey, a
+/// command its domain marks risky) from a browser session needs a passkey
+/// verification within `--step-up-minutes`; otherwise 403 `reauth_required`,
+/// and the console asks for the passkey and sends the request again. A stolen
+/// cookie alone is then not enough to widen anyone's access.
+pub fn require_step_up(state: &AppState, principal: &Principal, action: &str) -> Result<(), ApiError> {
+    if principal.presence_verified(state.config.step_up) {
+        return Ok(());
+    }
+    Err(step_up_error(state, principal, action))
+}
+
+/// The 403 `reauth_required` for `action`, saying how old the last verification is.
+pub fn step_up_error(state: &AppState, principal: &Principal, action: &str) -> ApiError {
+    let age = principal
+        .session
+        .as_ref()
+        .map_or(0, |s| crate::sessions::now_millis() - s.verified_at);
+    let window = crate::sessions::millis(state.config.step_up);
+    ApiError::ReauthRequired(format!(
+        "{action} needs a passkey verification in the last {} minutes; the last was {} minutes ago. \
+         Verify with your passkey (POST /api/auth/login/start and /finish) and send the request again",
+        window / 60_000,
+        age / 60_000
+    ))
 }
 
 /// Query parameters that look like credentials: refused outright so a secret
@@ -162,7 +200,7 @@ async fn find_token(state: &AppState, hash: &str) -> Result<Option<TokenRecord>,
 pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
     reject_query_credentials(parts)?;
     let Some(token) = bearer(&parts.headers)? else {
-        let Some(secret) = sessions::cookie_secret(&parts.headers) else {
+        let Some(secret) = sessions::cookie_secret(state, &parts.headers) else {
             return Err(ApiError::Unauthorized(
                 "log in with a passkey, or send Authorization: Bearer <token>",
             ));

@@ -36,6 +36,9 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The request's `Host` is not one of herald's names (DNS rebinding).
+    #[error("misdirected request: {0}")]
+    MisdirectedRequest(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +97,9 @@ impl From<CommandError> for ApiError {
                 actual,
             },
             CommandError::CommandIdReused(command_id) => StoreError::CommandIdReused { command_id }.into(),
+            CommandError::StepUpRequired(t) => ApiError::ReauthRequired(format!(
+                "{t} needs a recent passkey verification; verify with your passkey and send it again"
+            )),
             CommandError::Store(store) => store.into(),
         }
     }
@@ -222,6 +228,13 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+                &detail,
+                none(),
+            ),
+            ApiError::MisdirectedRequest(detail) => problem(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected-request",
+                "Misdirected request",
                 &detail,
                 none(),
             ),

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod hosts;
 pub mod live;
 pub mod metrics;
 pub mod passkeys;
@@ -45,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/audit/verify", get(routes::ops::audit_verify))
         .route("/api/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/tokens/{id}", delete(routes::tokens::revoke))
+        .route("/api/auth/setup", get(passkeys::setup_status))
         .route("/api/auth/register/start", post(passkeys::register_start))
         .route("/api/auth/register/finish", post(passkeys::register_finish))
         .route("/api/auth/login/start", post(passkeys::login_start))
@@ -76,6 +78,8 @@ pub fn app(state: AppState) -> Router {
             tracing::error!("a request handler panicked");
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
+        // Outermost: a request to a name that is not herald's gets nothing else.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::check_host))
         .with_state(state)
 }
 
@@ -92,6 +96,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let projector = tokio::spawn(projector::run(state.clone()));
     tokio::spawn(sessions::purge_loop(state.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        state.hosts.add_listen_addr(addr);
+    }
     let live = state.live.clone();
     let router = app(state.clone());
     let result = serve::serve(state, router, listener, async move {

@@ -18,7 +18,7 @@ use herald_core::accounts::{
 };
 use herald_core::auth::Role;
 use herald_core::envelope::Actor;
-use herald_core::store::ExpectedVersion;
+use herald_core::store::{ExpectedVersion, StoreError};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -146,14 +146,17 @@ struct Finish {
     credential: Value,
 }
 
-/// Who may register: the first person (admin), or the holder of a live invite.
+/// Who may register: the holder of a live invite, with its role — and nobody
+/// else, not even on an empty store. The first admin's invite is the one-time
+/// setup code `herald serve` prints while no admin exists (or one from
+/// `herald invite create --role admin`): whoever reaches herald first over the
+/// network must not become its admin.
 async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Result<Role, ApiError> {
-    if state.accounts.count_users().await? == 0 {
-        return Ok(Role::Admin);
-    }
     let Some(hash) = invite_hash else {
-        return Err(ApiError::Forbidden(
-            "herald already has users: registering needs an invite from an admin".into(),
+        return Err(ApiError::BadRequest(
+            "invite: registering needs an invite code from an admin; the first admin uses the setup code \
+             `herald serve` printed, or one from `herald invite create --role admin`"
+                .into(),
         ));
     };
     state
@@ -162,6 +165,43 @@ async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Resul
         .await?
         .map(|i| i.role)
         .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))
+}
+
+/// Whether herald still needs its first admin.
+pub async fn needs_setup(accounts: &dyn herald_core::accounts::AccountStore) -> Result<bool, StoreError> {
+    Ok(!accounts.list_users().await?.iter().any(|u| u.role() == Role::Admin))
+}
+
+/// `GET /api/auth/setup` (no credential): `{"setup_required"}`, true while no
+/// admin account exists — the console then asks for the setup code.
+pub async fn setup_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let required = needs_setup(&*state.accounts).await?;
+    Ok(Json(json!({ "setup_required": required })).into_response())
+}
+
+/// The id prefix of setup-code invites.
+const SETUP_INVITE: &str = "setup-";
+
+/// While no admin exists: a fresh one-time setup code (an admin invite; the
+/// codes printed by earlier starts stop working), for `herald serve` to print.
+/// `None` once herald has an admin.
+pub async fn issue_setup_code(
+    store: &dyn herald_core::store::EventStore,
+    accounts: &dyn herald_core::accounts::AccountStore,
+) -> Result<Option<MintedInvite>, ApiError> {
+    if !needs_setup(accounts).await? {
+        return Ok(None);
+    }
+    accounts.expire_unused_invites(SETUP_INVITE, now_millis()).await?;
+    mint_invite(
+        store,
+        accounts,
+        &Actor::system("herald-setup"),
+        Role::Admin,
+        SETUP_INVITE,
+    )
+    .await
+    .map(Some)
 }
 
 pub async fn register_start(
@@ -315,12 +355,14 @@ struct LoginStart {
 
 #[derive(Serialize, Deserialize)]
 enum LoginCeremony {
-    /// The user named themselves: their passkeys are allowed.
+    /// A challenge for one user's passkeys. No longer issued (it revealed
+    /// which usernames exist); kept so a ceremony started by an older herald
+    /// just before an upgrade still finishes.
     Known {
         user_id: String,
         state: PasskeyAuthentication,
     },
-    /// No (or an unknown) username: the authenticator says who (discoverable).
+    /// The authenticator says who (a discoverable credential).
     Discoverable { state: DiscoverableAuthentication },
 }
 
@@ -332,41 +374,19 @@ pub async fn login_start(
 ) -> Result<Response, ApiError> {
     state.limits.auth(&client)?;
     let body: LoginStart = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
-    let mut known = None;
     if let Some(username) = &body.username {
         check_username(username).map_err(ApiError::BadRequest)?;
-        if let Some(user) = state.accounts.find_user_by_name(username).await? {
-            let passkeys = state
-                .accounts
-                .passkeys_of(&user.id)
-                .await?
-                .iter()
-                .map(|p| serde_json::from_str::<Passkey>(&p.passkey))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
-            if !passkeys.is_empty() {
-                known = Some((user.id, passkeys));
-            }
-        }
     }
-    // An unknown username gets a discoverable challenge, so the answer does not
-    // tell which usernames exist.
-    let (options, saved) = match known {
-        Some((user_id, passkeys)) => {
-            let (options, auth) = relying_party(&state)?
-                .start_passkey_authentication(&passkeys)
-                .map_err(ApiError::internal)?;
-            (options, LoginCeremony::Known { user_id, state: auth })
-        }
-        None => {
-            let (mut options, auth) = relying_party(&state)?
-                .start_discoverable_authentication()
-                .map_err(ApiError::internal)?;
-            // A modal prompt, not autofill-only (the console asks on a click).
-            options.mediation = None;
-            (options, LoginCeremony::Discoverable { state: auth })
-        }
-    };
+    // Always a discoverable-credential challenge, with no allowCredentials:
+    // listing a named user's passkeys would tell anyone which usernames exist
+    // (and which credential ids they hold). The authenticator says who it is
+    // for; `login/finish` finds the user from the credential.
+    let (mut options, auth) = relying_party(&state)?
+        .start_discoverable_authentication()
+        .map_err(ApiError::internal)?;
+    // A modal prompt, not autofill-only (the console asks on a click).
+    options.mediation = None;
+    let saved = LoginCeremony::Discoverable { state: auth };
     let ceremony = random_hex(16);
     state
         .accounts
@@ -468,39 +488,42 @@ pub async fn login_finish(
         )
         .await?;
 
-    // Already logged in as this user: a step-up — the session is kept and
-    // marked verified now. Otherwise a new session (a new id at every login).
-    let current = match cookie_secret(&headers) {
+    // Every login gets a new session id, a step-up too (OWASP ASVS v5 7.2.4:
+    // a new session token on re-authentication), so a session id seen before
+    // the verification is worth nothing after it. A step-up (this browser was
+    // already logged in as this user) ends the session it replaces, with its
+    // live streams; the console's streams resume on the new cookie.
+    let replaced = match cookie_secret(&state, &headers) {
         Some(secret) => sessions::resume(&state, secret).await?.filter(|s| s.user_id == user.id),
         None => None,
     };
-    let (session, secret, step_up) = match current {
-        Some(session) => (session, None, true),
-        None => {
-            let (session, secret) = new_session(&user.id, now, millis(state.config.session_max), &headers);
-            (session, Some(secret), false)
-        }
-    };
+    let (session, secret) = new_session(&user.id, now, millis(state.config.session_max), &headers);
     record(
         &state,
         format!("user-{}", user.id),
         ExpectedVersion::Any,
         "LoginSucceeded",
-        json!({ "user_id": user.id, "credential_id": key, "session_id": session.id, "step_up": step_up }),
+        json!({
+            "user_id": user.id,
+            "credential_id": key,
+            "session_id": session.id,
+            "step_up": replaced.is_some(),
+            "replaces_session_id": replaced.as_ref().map(|s| &s.id),
+        }),
         &user.actor(),
     )
     .await?;
     metrics::counter!("herald_logins_total", "outcome" => "ok").increment(1);
-    let mut response = Json(json!({ "user": user_json(&user) })).into_response();
-    match secret {
-        Some(secret) => {
-            state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(&state, &secret, &session));
-        }
-        None => state.accounts.touch_session(&session.id, now, true).await?,
+    state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
+    if let Some(old) = &replaced
+        && state.accounts.delete_session(&old.id).await?.is_some()
+    {
+        state.live.end_credential(&session_credential(&old.id));
     }
+    let mut response = Json(json!({ "user": user_json(&user) })).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&state, &secret, &session));
     Ok(response)
 }
 
@@ -510,7 +533,7 @@ pub async fn login_finish(
 /// Ends the caller's session (and its live streams). Without a live session
 /// there is nothing to end: 204 all the same, and the cookie is cleared.
 pub async fn logout(State(state): State<AppState>, method: Method, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(secret) = cookie_secret(&headers)
+    if let Some(secret) = cookie_secret(&state, &headers)
         && let Some(session) = sessions::resume(&state, secret).await?
     {
         check_same_origin(&state, &method, &headers)?;
@@ -595,7 +618,17 @@ pub async fn create_invite_in(
     by: &Actor,
     role: Role,
 ) -> Result<MintedInvite, ApiError> {
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    mint_invite(store, accounts, by, role, "").await
+}
+
+async fn mint_invite(
+    store: &dyn herald_core::store::EventStore,
+    accounts: &dyn herald_core::accounts::AccountStore,
+    by: &Actor,
+    role: Role,
+    id_prefix: &str,
+) -> Result<MintedInvite, ApiError> {
+    let id = format!("{id_prefix}{}", uuid::Uuid::now_v7().simple());
     let code = format!("hinv_{}", random_hex(16));
     let record = InviteRecord {
         id: id.clone(),
@@ -614,6 +647,7 @@ pub async fn create_invite_in(
             "invite_id": id,
             "role": role,
             "expires_at": sessions::millis_rfc3339(record.expires_at),
+            "setup": !id_prefix.is_empty(),
         }),
         by,
     )

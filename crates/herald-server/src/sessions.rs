@@ -13,7 +13,21 @@ use crate::auth::hash_secret;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The session cookie's name on http origins.
 pub const COOKIE: &str = "herald_session";
+/// Its name on https origins: the `__Host-` prefix makes the browser refuse it
+/// unless it is `Secure`, `Path=/` and has no `Domain`, so a sibling subdomain
+/// cannot plant or shadow a session cookie (cookie tossing).
+pub const HOST_COOKIE: &str = "__Host-herald_session";
+
+/// The session cookie's name for this public origin.
+pub fn cookie_name(public_origin: &str) -> &'static str {
+    if public_origin.starts_with("https://") {
+        HOST_COOKIE
+    } else {
+        COOKIE
+    }
+}
 
 /// Refresh `last_seen_at` at most this often (one write a minute, not per request).
 const TOUCH_EVERY_MS: Millis = 60_000;
@@ -33,15 +47,20 @@ pub fn session_credential(session_id: &str) -> String {
     format!("session:{session_id}")
 }
 
-/// The `herald_session` cookie's value, if the request has one.
-pub fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's value, if the request has one (only under the name of
+/// this origin: on https, a plain `herald_session` is ignored).
+pub fn cookie_secret<'h>(state: &AppState, headers: &'h HeaderMap) -> Option<&'h str> {
+    find_cookie(headers, cookie_name(&state.config.public_origin))
+}
+
+fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim())
         .filter(|v| !v.is_empty())
 }
@@ -80,7 +99,8 @@ fn secure(state: &AppState) -> &'static str {
 pub fn set_cookie(state: &AppState, secret: &str, session: &SessionRecord) -> HeaderValue {
     let max_age = ((session.expires_at - now_millis()) / 1000).max(0);
     HeaderValue::from_str(&format!(
-        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        cookie_name(&state.config.public_origin),
         secure(state)
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("herald_session=; Path=/; Max-Age=0"))
@@ -89,16 +109,19 @@ pub fn set_cookie(state: &AppState, secret: &str, session: &SessionRecord) -> He
 /// `Set-Cookie` that removes the session cookie.
 pub fn clear_cookie(state: &AppState) -> HeaderValue {
     HeaderValue::from_str(&format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        cookie_name(&state.config.public_origin),
         secure(state)
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("herald_session=; Path=/; Max-Age=0"))
 }
 
-/// CSRF (API.md §2): a cookie-authenticated request other than GET/HEAD must
-/// come from the console's own origin.
+/// CSRF: a cookie-authenticated request other than GET/HEAD must come from
+/// the console's own origin. OPTIONS is not exempt: herald answers no CORS
+/// preflight, so a cookie-carrying OPTIONS is no preflight but a request like
+/// any other (and a route may one day act on it).
 pub fn check_same_origin(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    if matches!(*method, Method::GET | Method::HEAD) {
         return Ok(());
     }
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
@@ -172,22 +195,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_get_and_head_are_exempt_from_the_same_origin_rule() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = AppState::open_sqlite(dir.path(), crate::ServerConfig::default()).expect("state");
+        let cross_site = HeaderMap::new();
+        for ok in [Method::GET, Method::HEAD] {
+            assert!(check_same_origin(&state, &ok, &cross_site).is_ok(), "{ok}");
+        }
+        for refused in [
+            Method::OPTIONS,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
+            assert!(
+                matches!(
+                    check_same_origin(&state, &refused, &cross_site),
+                    Err(ApiError::Forbidden(_))
+                ),
+                "{refused}"
+            );
+        }
+        let mut same = HeaderMap::new();
+        same.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(check_same_origin(&state, &Method::OPTIONS, &same).is_ok());
+    }
+
+    #[test]
+    fn https_origins_use_the_host_prefixed_cookie_and_ignore_the_plain_one() {
+        assert_eq!(cookie_name("http://localhost:8080"), COOKIE);
+        assert_eq!(cookie_name("https://herald.example.com"), HOST_COOKIE);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("herald_session=planted; __Host-herald_session=real"),
+        );
+        assert_eq!(find_cookie(&h, HOST_COOKIE), Some("real"));
+        assert_eq!(find_cookie(&h, COOKIE), Some("planted"));
+    }
+
+    #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; herald_session=abc ; b=2"),
         );
-        assert_eq!(cookie_secret(&h), Some("abc"));
+        assert_eq!(find_cookie(&h, COOKIE), Some("abc"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, HeaderValue::from_static("herald_session=xyz"));
-        assert_eq!(cookie_secret(&h), Some("xyz"));
+        assert_eq!(find_cookie(&h, COOKIE), Some("xyz"));
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("herald_sessionx=1; herald_session="),
         );
-        assert_eq!(cookie_secret(&h), None);
+        assert_eq!(find_cookie(&h, COOKIE), None);
     }
 }

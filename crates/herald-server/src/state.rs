@@ -40,8 +40,12 @@ pub struct ServerConfig {
     pub session_idle: Duration,
     /// A session ends this long after login, however active.
     pub session_max: Duration,
-    /// Risky commands (`StartDeployment`) need a passkey verification this recent.
+    /// Risky actions (commands their domain marks risky, minting tokens, admin
+    /// invites, role changes, …) need a passkey verification this recent.
     pub step_up: Duration,
+    /// Host names (`name`, any port) or `name:port` that requests may be
+    /// addressed to, besides the public origin's and the listen address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             session_idle: Duration::from_secs(12 * 3600),
             session_max: Duration::from_secs(7 * 24 * 3600),
             step_up: Duration::from_secs(15 * 60),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct AppState {
     pub token_cache: Arc<crate::auth::TokenCache>,
     /// Commands on one stream take turns in this process.
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
+    /// The names requests may be addressed to (421 otherwise).
+    pub hosts: Arc<crate::hosts::AllowedHosts>,
 }
 
 /// A setting herald cannot start with.
@@ -160,6 +167,10 @@ impl AppState {
             limits: Arc::new(RateLimits::new(&config)),
             stream_locks: Arc::default(),
             token_cache: Arc::default(),
+            hosts: Arc::new(crate::hosts::AllowedHosts::new(
+                &config.public_origin,
+                &config.allowed_hosts,
+            )),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
         })

@@ -77,6 +77,12 @@ struct Person {
     username: String,
     key: SoftPasskey,
     cookie: Option<String>,
+    /// What a discoverable (resident) passkey remembers: its credential id and
+    /// the user handle it was made for. herald's login challenges list no
+    /// credentials; the software authenticator needs to be told which to use,
+    /// and does not return the user handle itself, so the test plays that part.
+    credential_ids: Vec<Value>,
+    user_handle: Option<Value>,
 }
 
 impl Person {
@@ -86,6 +92,8 @@ impl Person {
             // `true`: the authenticator reports user verification (PIN/biometric).
             key: SoftPasskey::new(true),
             cookie: None,
+            credential_ids: Vec::new(),
+            user_handle: None,
         }
     }
 }
@@ -145,7 +153,25 @@ impl Server {
             .key
             .do_registration(Url::parse(origin).expect("origin"), options)
             .expect("the authenticator registers");
-        serde_json::to_value(credential).expect("credential JSON")
+        let credential = serde_json::to_value(credential).expect("credential JSON");
+        who.credential_ids.push(credential["id"].clone());
+        who.user_handle = Some(start["options"]["publicKey"]["user"]["id"].clone());
+        credential
+    }
+
+    /// The one-time setup code `herald serve` prints while there is no admin.
+    async fn setup_code(&self) -> String {
+        herald_server::passkeys::issue_setup_code(&*self.state.store, &*self.state.accounts)
+            .await
+            .expect("issue a setup code")
+            .expect("no admin yet: a setup code")
+            .code
+    }
+
+    /// Registers the first admin with the setup code.
+    async fn register_admin(&self, who: &mut Person) -> reqwest::Response {
+        let code = self.setup_code().await;
+        self.register(who, Some(&code)).await
     }
 
     /// Registers `who` (optionally with an invite); returns the finish response.
@@ -181,13 +207,27 @@ impl Server {
     }
 
     fn assert_credential(who: &mut Person, origin: &str, start: &Value) -> Value {
-        let options: RequestChallengeResponse =
-            serde_json::from_value(start["options"].clone()).expect("request options");
+        let mut options = start["options"].clone();
+        assert!(
+            options["publicKey"]["allowCredentials"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "a login challenge names no credentials (it would tell who has an account): {options}"
+        );
+        // The authenticator finds its own resident credential for this rp.
+        options["publicKey"]["allowCredentials"] = who
+            .credential_ids
+            .iter()
+            .map(|id| json!({ "type": "public-key", "id": id }))
+            .collect();
+        let options: RequestChallengeResponse = serde_json::from_value(options).expect("request options");
         let credential = who
             .key
             .do_authentication(Url::parse(origin).expect("origin"), options)
             .expect("the authenticator signs");
-        serde_json::to_value(credential).expect("credential JSON")
+        let mut credential = serde_json::to_value(credential).expect("credential JSON");
+        credential["response"]["userHandle"] = who.user_handle.clone().unwrap_or(Value::Null);
+        credential
     }
 
     async fn login_finish(&self, who: &mut Person, ceremony: &Value, credential: Value) -> reqwest::Response {
@@ -293,7 +333,7 @@ async fn read_to_end(stream: &mut reqwest::Response, seen: &mut String) {
 async fn the_first_admin_invites_an_operator_who_deploys_live_until_logging_out() {
     let server = start(config()).await;
     let mut admin = Person::new("alice");
-    let r = server.register(&mut admin, None).await;
+    let r = server.register_admin(&mut admin).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let cookie_attrs = r.headers()["set-cookie"].to_str().expect("cookie").to_owned();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -307,10 +347,10 @@ async fn the_first_admin_invites_an_operator_who_deploys_live_until_logging_out(
     assert_eq!(me["via"], "session");
     assert_eq!(me["user"]["username"], "alice");
 
-    // After the first account, registering needs an invite.
+    // After the first account, registering still needs an invite.
     let mut bob = Person::new("bob");
     let r = server.register_start(&bob, None).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(
         problem(r).await["detail"]
             .as_str()
@@ -417,7 +457,7 @@ async fn the_first_admin_invites_an_operator_who_deploys_live_until_logging_out(
 async fn a_ceremony_works_once_and_not_after_five_minutes() {
     let server = start(config()).await;
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
 
     // Replay: the same ceremony and signed answer a second time.
     let start = server.login_start(&alice).await;
@@ -488,7 +528,8 @@ async fn a_passkey_used_at_another_origin_or_unknown_here_is_refused() {
     let mut alice = Person::new("alice");
 
     // Registration made at another origin (a phishing site on another port).
-    let r = server.register_start(&alice, None).await;
+    let code = server.setup_code().await;
+    let r = server.register_start(&alice, Some(&code)).await;
     let start: Value = r.json().await.expect("start");
     let elsewhere = "http://localhost:1";
     let credential = Server::create_credential(&mut alice, elsewhere, &start);
@@ -502,7 +543,7 @@ async fn a_passkey_used_at_another_origin_or_unknown_here_is_refused() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "wrong origin at registration");
 
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
     alice.cookie = None;
     let start = server.login_start(&alice).await;
     let credential = Server::assert_credential(&mut alice, elsewhere, &start);
@@ -510,14 +551,12 @@ async fn a_passkey_used_at_another_origin_or_unknown_here_is_refused() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "wrong origin at login");
     assert!(alice.cookie.is_none());
 
-    // A passkey registered at another herald: the options are rewritten to
-    // allow it, as an attacker could, and it signs; herald does not know it.
+    // A passkey registered at another herald signs this herald's challenge
+    // (for the same rp id); herald does not know it.
     let other = start_other().await;
     let mut mallory = Person::new("mallory");
-    assert_eq!(other.register(&mut mallory, None).await.status(), StatusCode::CREATED);
-    let foreign = other.login_start(&mallory).await;
-    let mut start = server.login_start(&alice).await;
-    start["options"]["publicKey"]["allowCredentials"] = foreign["options"]["publicKey"]["allowCredentials"].clone();
+    assert_eq!(other.register_admin(&mut mallory).await.status(), StatusCode::CREATED);
+    let start = server.login_start(&alice).await;
     let credential = Server::assert_credential(&mut mallory, &server.origin, &start);
     let r = server.login_finish(&mut mallory, &start["ceremony"], credential).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "unknown credential");
@@ -537,7 +576,7 @@ async fn start_other() -> Server {
 async fn a_signature_counter_that_goes_back_is_refused() {
     let server = start(config()).await;
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
     assert_eq!(server.login(&mut alice).await.status(), StatusCode::OK);
     // Pretend the stored counter is ahead of the authenticator (a cloned key).
     let db = server.db();
@@ -558,7 +597,7 @@ async fn a_signature_counter_that_goes_back_is_refused() {
 async fn cookie_writes_need_same_origin_and_credentials_never_come_from_a_query() {
     let server = start(config()).await;
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
     let cookie = alice.cookie.clone().expect("cookie");
     let body = json!({ "type": "StartDeployment", "aggregate_id": "d1", "data": { "service": "api" } });
 
@@ -631,7 +670,7 @@ async fn cookie_writes_need_same_origin_and_credentials_never_come_from_a_query(
 async fn roles_are_enforced_and_changed_by_admins_only() {
     let server = start(config()).await;
     let mut admin = Person::new("alice");
-    assert_eq!(server.register(&mut admin, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut admin).await.status(), StatusCode::CREATED);
     let code = server.invite(&admin, "viewer").await;
     let mut viewer = Person::new("victor");
     assert_eq!(
@@ -726,7 +765,12 @@ async fn roles_are_enforced_and_changed_by_admins_only() {
 async fn a_risky_command_needs_a_recent_passkey_verification() {
     let server = start(config()).await;
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
+    // A deployment started while the verification is fresh, to report on later.
+    let r = server
+        .command(&alice, "StartDeployment", "d0", json!({ "service": "api" }))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     // The last verification is 16 minutes old.
     let aged = server
         .db()
@@ -739,17 +783,29 @@ async fn a_risky_command_needs_a_recent_passkey_verification() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "stale step-up");
     let body = problem(r).await;
     assert_eq!(body["reauth_required"], true, "{body}");
-    // Less risky commands go on.
+    // Commands the domain does not mark risky go on (a known command, answered 200).
     let r = server
-        .command(&alice, "CreatePost", "p1", json!({ "title": "t", "content": "c" }))
+        .command(&alice, "ReportDeploymentProgress", "d0", json!({ "percent": 40 }))
         .await;
-    assert_ne!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
 
-    // Verify again with the passkey: the same session, now fresh.
+    // Verify again with the passkey: a new session (new id, new cookie), fresh.
     let cookie = alice.cookie.clone();
+    let old_id = server.me(&alice).await.json::<Value>().await.expect("me")["session"]["id"].clone();
     let r = server.login(&mut alice).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(alice.cookie, cookie, "a step-up keeps the session");
+    assert_ne!(alice.cookie, cookie, "a step-up issues a new session id");
+    let me: Value = server.me(&alice).await.json().await.expect("me");
+    assert_ne!(me["session"]["id"], old_id);
+    let stale = Person {
+        cookie: cookie.clone(),
+        ..Person::new("alice")
+    };
+    assert_eq!(
+        server.me(&stale).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the session a step-up replaced is over"
+    );
     let r = server
         .command(&alice, "StartDeployment", "d1", json!({ "service": "api" }))
         .await;
@@ -758,16 +814,119 @@ async fn a_risky_command_needs_a_recent_passkey_verification() {
         .events()
         .await
         .into_iter()
-        .find(|e| e["type"] == "LoginSucceeded")
+        .rfind(|e| e["type"] == "LoginSucceeded")
         .expect("LoginSucceeded");
     assert_eq!(step_up["data"]["step_up"], true);
+    assert_eq!(step_up["data"]["replaces_session_id"], old_id);
+}
+
+#[tokio::test]
+async fn every_risky_admin_action_needs_a_recent_passkey_verification() {
+    let server = start(config()).await;
+    let mut admin = Person::new("alice");
+    assert_eq!(server.register_admin(&mut admin).await.status(), StatusCode::CREATED);
+    let code = server.invite(&admin, "viewer").await;
+    let mut bob = Person::new("bob");
+    assert_eq!(
+        server.register(&mut bob, Some(&code)).await.status(),
+        StatusCode::CREATED
+    );
+    let bob_id = server.me(&bob).await.json::<Value>().await.expect("me")["user"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let bob_session = server.me(&bob).await.json::<Value>().await.expect("me")["session"]["id"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let aged = server
+        .db()
+        .execute("UPDATE sessions SET verified_at = verified_at - 16 * 60 * 1000", [])
+        .expect("age the verifications");
+    assert_eq!(aged, 2);
+    let before = server.events().await.len();
+
+    let risky: [(reqwest::Method, String, Value); 4] = [
+        (
+            reqwest::Method::POST,
+            "/api/tokens".into(),
+            json!({ "name": "ci", "role": "admin" }),
+        ),
+        (reqwest::Method::POST, "/api/invites".into(), json!({ "role": "admin" })),
+        (
+            reqwest::Method::PUT,
+            format!("/api/users/{bob_id}/roles"),
+            json!({ "roles": ["admin"] }),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/sessions/{bob_session}"),
+            Value::Null,
+        ),
+    ];
+    for (method, path, body) in &risky {
+        let mut rb = server.as_browser(method.clone(), path, &admin);
+        if !body.is_null() {
+            rb = rb.json(body);
+        }
+        let r = rb.send().await.expect("request");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path} needs a step-up");
+        assert_eq!(problem(r).await["reauth_required"], true, "{method} {path}");
+    }
+    assert_eq!(server.events().await.len(), before, "nothing was done or recorded");
+    assert_eq!(server.me(&bob).await.status(), StatusCode::OK, "bob's session lives on");
+
+    // Less risky: a viewer invite, and ending one's own session, need none.
+    let r = server
+        .as_browser(reqwest::Method::POST, "/api/invites", &admin)
+        .json(&json!({ "role": "viewer" }))
+        .send()
+        .await
+        .expect("invite");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .as_browser(reqwest::Method::DELETE, &format!("/api/sessions/{bob_session}"), &bob)
+        .send()
+        .await
+        .expect("own session");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // After a step-up every one of them works.
+    assert_eq!(server.login(&mut admin).await.status(), StatusCode::OK);
+    for (method, path, body) in risky.iter().take(3) {
+        let mut rb = server.as_browser(method.clone(), path, &admin);
+        if !body.is_null() {
+            rb = rb.json(body);
+        }
+        let r = rb.send().await.expect("request");
+        assert!(r.status().is_success(), "{method} {path}: {}", r.status());
+    }
+    // A token has no step-up (machines): it may do what its role allows.
+    let minted = herald_server::auth::create_token(
+        &*server.state.store,
+        &*server.state.credentials,
+        &herald_core::envelope::Actor::system("test"),
+        "admin-bot",
+        Role::Admin,
+    )
+    .await
+    .expect("token");
+    let r = server
+        .client
+        .post(server.url("/api/tokens"))
+        .bearer_auth(&minted.secret)
+        .json(&json!({ "name": "ci-2", "role": "viewer" }))
+        .send()
+        .await
+        .expect("token mint");
+    assert_eq!(r.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
 async fn an_admin_revoking_a_session_ends_it_and_its_stream() {
     let server = start(config()).await;
     let mut admin = Person::new("alice");
-    assert_eq!(server.register(&mut admin, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut admin).await.status(), StatusCode::CREATED);
     let code = server.invite(&admin, "operator").await;
     let mut bob = Person::new("bob");
     assert_eq!(
@@ -830,7 +989,7 @@ async fn an_admin_revoking_a_session_ends_it_and_its_stream() {
 async fn sessions_survive_a_restart_and_expire_when_idle() {
     let mut server = start(config()).await;
     let mut alice = Person::new("alice");
-    assert_eq!(server.register(&mut alice, None).await.status(), StatusCode::CREATED);
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
     // Restart on the same data directory.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp"));
     drop(server);
@@ -920,4 +1079,196 @@ async fn bad_ceremony_input_gets_a_precise_400() {
         );
     }
     let _ = Role::Viewer;
+}
+
+#[tokio::test]
+async fn every_registration_needs_an_invite_and_the_first_admin_uses_the_setup_code() {
+    let server = start(config()).await;
+    let setup = |r: Value| r["setup_required"].clone();
+    let status: Value = server
+        .client
+        .get(server.url("/api/auth/setup"))
+        .send()
+        .await
+        .expect("setup status")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(setup(status), true);
+
+    // An empty store hands out nothing: whoever reaches the port first does
+    // not become admin.
+    let eve = Person::new("eve");
+    let r = server.register_start(&eve, None).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("invite")
+    );
+    let r = server.register_start(&eve, Some("hinv_guessed")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // An admin token existing changes nothing either.
+    herald_server::auth::create_token(
+        &*server.state.store,
+        &*server.state.credentials,
+        &herald_core::envelope::Actor::system("test"),
+        "root-bot",
+        Role::Admin,
+    )
+    .await
+    .expect("token");
+    assert_eq!(
+        server.register_start(&eve, None).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // A second setup code (herald restarted) retires the first.
+    let first = server.setup_code().await;
+    let second = server.setup_code().await;
+    assert_eq!(
+        server.register_start(&eve, Some(&first)).await.status(),
+        StatusCode::FORBIDDEN,
+        "a superseded setup code is refused"
+    );
+    let mut alice = Person::new("alice");
+    let r = server.register(&mut alice, Some(&second)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.expect("user");
+    assert_eq!(body["user"]["roles"], json!(["admin"]));
+    // The code works once; no more setup once an admin exists.
+    assert_eq!(
+        server.register_start(&eve, Some(&second)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let status: Value = server
+        .client
+        .get(server.url("/api/auth/setup"))
+        .send()
+        .await
+        .expect("setup status")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(setup(status), false);
+    assert!(
+        herald_server::passkeys::issue_setup_code(&*server.state.store, &*server.state.accounts)
+            .await
+            .expect("setup")
+            .is_none(),
+        "no setup code once an admin exists"
+    );
+    let created: Vec<Value> = server
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "InviteCreated")
+        .collect();
+    assert_eq!(created.len(), 2);
+    assert!(
+        created
+            .iter()
+            .all(|e| e["data"]["setup"] == true && e["data"]["role"] == "admin")
+    );
+}
+
+#[tokio::test]
+async fn a_request_for_a_host_that_is_not_heralds_gets_421() {
+    let server = start(ServerConfig {
+        allowed_hosts: vec!["herald.internal".into()],
+        ..config()
+    })
+    .await;
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let get = |host: String| {
+        let client = server.client.clone();
+        let url = server.url("/api/auth/setup");
+        async move { client.get(url).header("host", host).send().await.expect("GET") }
+    };
+    // A DNS-rebinding page: the attacker's name, herald's address.
+    let r = get(format!("rebind.evil.example:{port}")).await;
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--allowed-host")
+    );
+    // Also for live streams and the console.
+    for path in ["/api/events/live", "/", "/api/me"] {
+        let r = server
+            .client
+            .get(server.url(path))
+            .header("host", "rebind.evil.example")
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{path}");
+    }
+    for ok in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "herald.internal".to_owned(),
+        format!("herald.internal:{port}"),
+    ] {
+        assert_eq!(get(ok.clone()).await.status(), StatusCode::OK, "{ok}");
+    }
+}
+
+#[tokio::test]
+async fn login_start_tells_nothing_about_which_usernames_exist() {
+    let server = start(config()).await;
+    let mut alice = Person::new("alice");
+    assert_eq!(server.register_admin(&mut alice).await.status(), StatusCode::CREATED);
+    let shape = |v: &Value| {
+        let mut keys: Vec<String> = v["options"]["publicKey"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        (keys, v["options"]["publicKey"]["allowCredentials"].clone())
+    };
+    let known = server.login_start(&alice).await;
+    let unknown = server.login_start(&Person::new("nobody-here")).await;
+    let anonymous: Value = server
+        .post_json("/api/auth/login/start", json!({}), None)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(shape(&known), shape(&unknown));
+    assert_eq!(shape(&known), shape(&anonymous));
+    assert!(
+        known["options"]["publicKey"]["allowCredentials"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+}
+
+#[tokio::test]
+async fn an_https_origin_uses_a_host_prefixed_cookie() {
+    // On an https origin the cookie is `__Host-` prefixed (Secure, Path=/, no Domain).
+    let dir = tempfile::tempdir().expect("dir");
+    let state = AppState::open_sqlite(
+        dir.path(),
+        ServerConfig {
+            public_origin: "https://localhost".into(),
+            ..config()
+        },
+    )
+    .expect("state");
+    let (session, secret) = herald_server::sessions::new_session(
+        "u1",
+        herald_server::sessions::now_millis(),
+        60_000,
+        &axum::http::HeaderMap::new(),
+    );
+    let cookie = herald_server::sessions::set_cookie(&state, &secret, &session);
+    let cookie = cookie.to_str().expect("ascii");
+    assert!(cookie.starts_with("__Host-herald_session="), "{cookie}");
+    for attr in ["Secure", "Path=/", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    assert!(!cookie.contains("Domain"));
 }

@@ -222,14 +222,7 @@ impl AccountStore for SqliteAccounts {
                 return Ok(Err(RegistrationRefused::UsernameTaken(user.username)));
             }
             match &invite_hash {
-                None => {
-                    let any: bool = tx
-                        .query_row("SELECT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))
-                        .map_err(backend)?;
-                    if any {
-                        return Ok(Err(RegistrationRefused::InviteRequired));
-                    }
-                }
+                None => return Ok(Err(RegistrationRefused::InviteRequired)),
                 Some(hash) => {
                     let used = tx
                         .execute(
@@ -448,6 +441,20 @@ impl AccountStore for SqliteAccounts {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
             rows.into_iter().map(to_invite).collect()
+        })
+        .await
+    }
+
+    async fn expire_unused_invites(&self, id_prefix: &str, now: Millis) -> Result<u64, StoreError> {
+        let id_prefix = id_prefix.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE invites SET expires_at = ?2 \
+                 WHERE substr(id, 1, length(?1)) = ?1 AND used_by IS NULL AND expires_at > ?2",
+                params![id_prefix, now],
+            )
+            .map(|n| n as u64)
+            .map_err(backend)
         })
         .await
     }

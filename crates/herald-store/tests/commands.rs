@@ -25,6 +25,17 @@ impl Process {
     }
 
     async fn run(&self, command_type: &str, id: &str, expected: Option<u64>, data: Value) -> Result<u64, CommandError> {
+        self.run_as(command_type, id, expected, data, true).await
+    }
+
+    async fn run_as(
+        &self,
+        command_type: &str,
+        id: &str,
+        expected: Option<u64>,
+        data: Value,
+        presence_verified: bool,
+    ) -> Result<u64, CommandError> {
         let actor = Actor {
             kind: ActorKind::Token,
             id: "t1".into(),
@@ -37,6 +48,7 @@ impl Process {
             command_id: None,
             correlation_id: None,
             data,
+            presence_verified,
         };
         match handle(&*self.store, &self.locks, &actor, request).await? {
             AppendOutcome::Appended(c) => Ok(c.version),
@@ -186,4 +198,41 @@ async fn many_streams_overflow_the_state_cache_without_changing_an_answer() {
         );
     }
     assert_eq!(one.store.head().await.expect("test setup").position, 20_000 + 3 * 2);
+}
+
+#[tokio::test]
+async fn the_domain_says_which_commands_need_a_recent_passkey_verification() {
+    let dir = tempfile::tempdir().expect("test setup");
+    let p = Process::open(dir.path());
+    // Starting a deployment is risky: refused without a recent verification,
+    // and nothing is appended.
+    match p.run_as("StartDeployment", "d1", None, start(), false).await {
+        Err(CommandError::StepUpRequired(t)) => assert_eq!(t, "StartDeployment"),
+        other => panic!("expected StepUpRequired, got {other:?}"),
+    }
+    assert_eq!(p.store.head().await.expect("head").position, 0);
+    // Bad data is still a 400 first (nothing to verify for).
+    assert!(matches!(
+        p.run_as("StartDeployment", "d1", None, json!({}), false).await,
+        Err(CommandError::Invalid(_))
+    ));
+    assert_eq!(
+        p.run_as("StartDeployment", "d1", None, start(), true)
+            .await
+            .expect("verified"),
+        1
+    );
+    // Reporting on a running deployment is not risky.
+    assert_eq!(
+        p.run_as("ReportDeploymentProgress", "d1", None, json!({ "percent": 50 }), false)
+            .await
+            .expect("progress needs no step-up"),
+        2
+    );
+    assert_eq!(
+        p.run_as("SucceedDeployment", "d1", None, json!({}), false)
+            .await
+            .expect("finishing needs no step-up"),
+        3
+    );
 }

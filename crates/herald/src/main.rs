@@ -90,6 +90,11 @@ struct ServeArgs {
     /// Days a browser session lasts at most.
     #[arg(long, env = "HERALD_SESSION_MAX_DAYS", default_value_t = 7)]
     session_max_days: u64,
+    /// Another name requests may be addressed to (`name` for any port, or
+    /// `name:port`), besides the public origin's host and the listen address;
+    /// any other Host is refused (421). Repeatable; comma-separated in the env.
+    #[arg(long = "allowed-host", env = "HERALD_ALLOWED_HOST", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -289,6 +294,7 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         step_up: Duration::from_secs(args.step_up_minutes.saturating_mul(60)),
         session_idle: Duration::from_secs(args.session_idle_hours.saturating_mul(3600)),
         session_max: Duration::from_secs(args.session_max_days.saturating_mul(86_400)),
+        allowed_hosts: args.allowed_hosts.clone(),
         ..ServerConfig::default()
     };
     let state = AppState::open_sqlite(dir, config).map_err(|e| match e {
@@ -306,9 +312,33 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         "herald is serving on http://{}",
         listener.local_addr()?
     );
+    print_setup_code(&state).await?;
     herald_server::run(state, listener, shutdown_signal()).await?;
     tracing::info!("herald stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// While herald has no admin: a fresh one-time setup code (an admin invite),
+/// printed to the terminal that started herald — only someone who can read it
+/// can become the first admin, not whoever reaches the port first.
+async fn print_setup_code(state: &AppState) -> Result<()> {
+    let minted = herald_server::passkeys::issue_setup_code(&*state.store, &*state.accounts)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not issue the setup code: {e}"))?;
+    if let Some(minted) = minted {
+        tracing::info!(invite = %minted.record.id, "no admin account yet: issued a one-time setup code");
+        // Straight to the terminal, not through the log pipeline; a closed
+        // stderr must not stop herald.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nherald has no admin yet. Open {origin}/ and register the first admin with this one-time \
+             setup code\n(or use {origin}/register?invite=<code>; a restart replaces it, and \
+             `herald invite create --role admin` makes another):\n\n    setup code: {code}\n",
+            origin = state.config.public_origin,
+            code = minted.code,
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -11,7 +11,7 @@ use herald_core::store::ExpectedVersion;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Admin, Viewer};
+use crate::auth::{Admin, Viewer, require_step_up};
 use crate::error::ApiError;
 use crate::passkeys::{create_invite, end_session, record, user_json};
 use crate::sessions::{millis_rfc3339, now_millis};
@@ -39,6 +39,7 @@ pub async fn set_roles(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: SetRoles = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
+    require_step_up(&state, &admin, "changing roles")?;
     let mut roles = body.roles;
     roles.sort();
     roles.dedup();
@@ -97,6 +98,9 @@ pub async fn create_invite_route(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: NewInvite = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
+    if body.role == Role::Admin {
+        require_step_up(&state, &admin, "creating an admin invite")?;
+    }
     let minted = create_invite(&state, &admin.actor, body.role).await?;
     Ok((
         StatusCode::CREATED,
@@ -185,6 +189,9 @@ pub async fn revoke_session(
         return Err(ApiError::Forbidden(
             "ending another person's session needs the admin role".into(),
         ));
+    }
+    if !own {
+        require_step_up(&state, &principal, "ending another person's session")?;
     }
     if end_session(&state, &session, Some(&principal.actor)).await? {
         Ok(StatusCode::NO_CONTENT)

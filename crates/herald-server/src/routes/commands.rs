@@ -10,7 +10,7 @@ use herald_core::store::AppendOutcome;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::{Operator, Principal};
+use crate::auth::{Operator, step_up_error};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{json_response, read_json_body, write_events, write_field};
@@ -30,32 +30,6 @@ struct CommandBody {
     command_id: Option<String>,
     #[serde(default)]
     data: Value,
-}
-
-/// Commands that need a recent passkey verification from a person.
-const RISKY: [&str; 1] = ["StartDeployment"];
-
-/// Step-up (issue 3): a session must have verified a passkey within
-/// `--step-up`; otherwise 403 with `reauth_required`, and the console asks for
-/// the passkey again. API tokens are for machines and have no step-up.
-fn require_step_up(state: &AppState, principal: &Principal, command_type: &str) -> Result<(), ApiError> {
-    let Some(session) = &principal.session else {
-        return Ok(());
-    };
-    if !RISKY.contains(&command_type) {
-        return Ok(());
-    }
-    let age = crate::sessions::now_millis() - session.verified_at;
-    let window = crate::sessions::millis(state.config.step_up);
-    if age > window {
-        return Err(ApiError::ReauthRequired(format!(
-            "{command_type} needs a passkey verification in the last {} minutes; the last was {} minutes ago. \
-             Verify with your passkey (POST /api/auth/login/start and /finish) and send the command again",
-            window / 60_000,
-            age / 60_000
-        )));
-    }
-    Ok(())
 }
 
 fn check_key(field: &str, value: &str) -> Result<(), ApiError> {
@@ -91,7 +65,6 @@ pub async fn post_command(
         None => None,
     };
     let command_type = body.command_type.clone();
-    require_step_up(&state, &principal, &command_type)?;
     let request = CommandRequest {
         command_type: body.command_type,
         aggregate_id,
@@ -99,6 +72,8 @@ pub async fn post_command(
         command_id: body.command_id,
         correlation_id,
         data: body.data,
+        // Which commands need it is the domain's to say (`Aggregate::needs_step_up`).
+        presence_verified: principal.presence_verified(state.config.step_up),
     };
     let result = handle(&*state.store, &state.stream_locks, &principal.actor, request).await;
     let outcome = match &result {
@@ -110,7 +85,10 @@ pub async fn post_command(
     metrics::counter!("herald_commands_total", "outcome" => outcome).increment(1);
     let outcome = result.map_err(|e| {
         tracing::debug!(command = %command_type, error = %e, "command refused");
-        ApiError::from(e)
+        match e {
+            herald_core::command::CommandError::StepUpRequired(t) => step_up_error(&state, &principal, &t),
+            e => ApiError::from(e),
+        }
     })?;
     if let AppendOutcome::Appended(c) = &outcome {
         metrics::counter!("herald_events_appended_total").increment(c.events.len() as u64);

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::auth::Role;
 use serde::Deserialize;
 
-use crate::auth::{Admin, check_token_name, create_token, revoke_token, token_credential};
+use crate::auth::{Admin, check_token_name, create_token, require_step_up, revoke_token, token_credential};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{PathParam, read_json_body};
@@ -28,6 +28,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body: CreateToken = read_json_body(&headers, body, 4096).await?;
     check_token_name(&body.name).map_err(ApiError::BadRequest)?;
+    require_step_up(&state, &admin, "minting an API token")?;
     let minted = create_token(&*state.store, &*state.credentials, &admin.actor, &body.name, body.role).await?;
     Ok((
         StatusCode::CREATED,
