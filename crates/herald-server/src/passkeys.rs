@@ -159,12 +159,18 @@ async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Resul
                 .into(),
         ));
     };
-    state
+    let invite = state
         .accounts
         .find_invite(hash, now_millis())
         .await?
-        .map(|i| i.role)
-        .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))
+        .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))?;
+    // A setup code makes the first admin, and no other.
+    if invite.id.starts_with(SETUP_INVITE) && !needs_setup(&*state.accounts).await? {
+        return Err(ApiError::Forbidden(
+            "this setup code is void: herald has an admin now; ask an admin for an invite".into(),
+        ));
+    }
+    Ok(invite.role)
 }
 
 /// Whether herald still needs its first admin.
@@ -638,20 +644,25 @@ async fn mint_invite(
         expires_at: now_millis() + INVITE_TTL_MS,
         used_by: None,
     };
-    append_one(
-        store,
-        format!("invite-{id}"),
-        ExpectedVersion::NoStream,
-        "InviteCreated",
-        json!({
-            "invite_id": id,
-            "role": role,
-            "expires_at": sessions::millis_rfc3339(record.expires_at),
-            "setup": !id_prefix.is_empty(),
-        }),
-        by,
-    )
-    .await?;
+    // A setup code is not recorded when issued (each start of an empty herald
+    // issues one; the log would grow with restarts): it can only ever be used
+    // for the one registration that makes the first admin, and that
+    // `UserRegistered` names it (`invite_id` "setup-…").
+    if id_prefix.is_empty() {
+        append_one(
+            store,
+            format!("invite-{id}"),
+            ExpectedVersion::NoStream,
+            "InviteCreated",
+            json!({
+                "invite_id": id,
+                "role": role,
+                "expires_at": sessions::millis_rfc3339(record.expires_at),
+            }),
+            by,
+        )
+        .await?;
+    }
     accounts.insert_invite(&record, &hash_secret(&code)).await?;
     Ok(MintedInvite { record, code })
 }

@@ -1272,3 +1272,25 @@ async fn an_https_origin_uses_a_host_prefixed_cookie() {
     }
     assert!(!cookie.contains("Domain"));
 }
+
+#[tokio::test]
+async fn a_setup_code_is_void_once_an_admin_registered_another_way() {
+    let server = start(config()).await;
+    let setup = server.setup_code().await;
+    let invite = herald_server::passkeys::create_invite_in(
+        &*server.state.store,
+        &*server.state.accounts,
+        &herald_core::envelope::Actor::system("cli"),
+        Role::Admin,
+    )
+    .await
+    .expect("admin invite");
+    let mut bob = Person::new("bob");
+    assert_eq!(
+        server.register(&mut bob, Some(&invite.code)).await.status(),
+        StatusCode::CREATED
+    );
+    let r = server.register_start(&Person::new("eve"), Some(&setup)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(problem(r).await["detail"].as_str().unwrap_or_default().contains("void"));
+}

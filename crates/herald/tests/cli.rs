@@ -1003,7 +1003,13 @@ fn invite_create_prints_the_code_last_and_it_is_usable_at_once_while_serving() {
 
     // The running server sees it at once: listed, and recorded in the log.
     let invites = get_json(server.addr, "/api/invites", &admin);
-    let listed = invites["invites"].as_array().expect("invites");
+    // (The setup code `serve` printed on this empty store is an invite too.)
+    let listed: Vec<&Value> = invites["invites"]
+        .as_array()
+        .expect("invites")
+        .iter()
+        .filter(|i| !i["id"].as_str().unwrap_or_default().starts_with("setup-"))
+        .collect();
     assert_eq!(listed.len(), 1, "{invites}");
     assert_eq!(listed[0]["role"], "operator");
     assert!(listed[0]["used_by"].is_null());
@@ -1235,4 +1241,50 @@ fn export_prints_every_envelope_in_position_order() {
     let out = cli(&data, &["export", "--output", file.to_str().expect("path")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&file).expect("export file"), stdout);
+}
+
+/// The setup code `serve` printed to its stderr.
+fn printed_setup_code(server: &Server) -> String {
+    let mut code = None;
+    poll_until("serve printed a setup code", || {
+        code = server
+            .log()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("setup code: ").map(str::to_owned));
+        code.is_some()
+    });
+    code.expect("a setup code")
+}
+
+#[test]
+fn serve_prints_a_one_time_setup_code_while_there_is_no_admin_and_a_restart_replaces_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let server = serve(&data, tmp.path());
+    let first = printed_setup_code(&server);
+    assert!(first.starts_with("hinv_"), "{first}");
+    let log = server.log();
+    assert_eq!(log.matches(&first).count(), 1, "printed once, not logged again: {log}");
+    server.kill();
+
+    let server = serve(&data, tmp.path());
+    let second = printed_setup_code(&server);
+    assert_ne!(first, second);
+    let start = |code: &str| {
+        let body = serde_json::json!({ "username": "root", "invite": code }).to_string();
+        http(
+            server.addr,
+            "POST",
+            "/api/auth/register/start",
+            None,
+            &[("content-type", "application/json")],
+            Some(&body),
+        )
+        .expect("register/start")
+    };
+    assert_eq!(start(&first).status, 403, "the code of an earlier start is void");
+    let r = start(&second);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(server.addr, "GET", "/api/auth/setup", None, &[], None).expect("setup");
+    assert_eq!(r.json()["setup_required"], true);
 }
