@@ -37,7 +37,7 @@ const NOT_BUILT: &str = "<!doctype html>
 <p>This binary was compiled before <code>web/dist</code> existed. Build the console and then herald:
 <code>./scripts/run</code> does both (it needs Node.js and npm), or run
 <code>npm ci &amp;&amp; npm run build</code> in <code>web/</code> and then <code>cargo build --release</code>.</p>
-<p>The API works without it: see <code>API.md</code>, and <a href=\"/healthz\">/healthz</a>.</p>
+<p>The API works without it: see <code>docs/API.md</code> in herald's repository, and <a href=\"/healthz\">/healthz</a>.</p>
 </body></html>
 ";
 
