@@ -206,7 +206,12 @@ function Invites() {
   const qc = useQueryClient()
   const [role, setRole] = useState<Role>('operator')
   const [made, setMade] = useState<Invite[]>([])
-  const invites = useQuery({ queryKey: adminKeys.invites, queryFn: ({ signal }) => fetchInvites(signal) })
+  // Refreshed by the live UserRegistered (an invite used) and whenever the tab comes back into view.
+  const invites = useQuery({
+    queryKey: adminKeys.invites,
+    queryFn: ({ signal }) => fetchInvites(signal),
+    refetchOnWindowFocus: 'always',
+  })
   const create = useMutation({
     mutationFn: () => createInvite(role),
     onSuccess: (inv) => {
