@@ -1,13 +1,13 @@
 // The live connection to herald's log: one per tab, framework-free so that it
 // can be tested with a fake EventSource, a fake fetch and fake timers.
 //
-// It follows `GET /api/events/live` (API.md §6) and hands every event to
+// It follows `GET /api/events/live` (docs/API.md §6) and hands every event to
 // `onEvents` exactly once, in position order:
 //
 // - It manages reconnection itself: on any error it closes the EventSource and
 //   opens a new one with `?after=<last applied position>` after an exponential
 //   back-off with jitter (a new EventSource object cannot send Last-Event-ID;
-//   API.md allows `?after=` on a first connect for exactly this).
+//   docs/API.md allows `?after=` on a first connect for exactly this).
 // - It never applies a position at or below the last one applied, and never
 //   applies N+1 before N: the unfiltered log has no gaps, so a jump means an
 //   event the EventSource did not surface (a type it has no listener for) and

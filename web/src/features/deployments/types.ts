@@ -2,7 +2,7 @@ import type { Actor } from '../../lib/types'
 
 export type DeploymentStatus = 'in_progress' | 'succeeded' | 'failed' | 'cancelled'
 
-/** The deployments read model (API.md §5), as `GET /api/deployments[/{id}]` serves it. */
+/** The deployments read model (docs/API.md §5), as `GET /api/deployments[/{id}]` serves it. */
 export interface Deployment {
   id: string
   service: string
