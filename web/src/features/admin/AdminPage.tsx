@@ -21,14 +21,14 @@ import {
   Text,
 } from '@chakra-ui/react'
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query'
-import { useState, type FormEvent } from 'react'
+import { useEffect, useState, type FormEvent } from 'react'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
 import { toaster } from '../../components/ui/toaster'
 import { ROLES, type Role } from '../../lib/types'
 import { useAuth } from '../auth/AuthContext'
 import { ConfirmDialog } from '../../components/ConfirmDialog'
-import { RolesChangedError, editedRoles, sameRoles, saveRoleEdit, toggleRole, type RoleEdit } from './roles'
+import { RolesChangedError, editedRoles, rebaseEdit, sameRoles, saveRoleEdit, toggleRole, type RoleEdit } from './roles'
 import {
   adminKeys,
   disableUser,
@@ -164,6 +164,18 @@ function UserRow({ user }: { user: AdminUser }) {
   // shows at once and is never reverted by a Save of an older copy.
   const [edit, setEdit] = useState<RoleEdit | null>(null)
   const [confirm, setConfirm] = useState<null | { kind: 'disable' | 'enable' } | { kind: 'passkey'; key: Passkey }>(null)
+  const [changedElsewhere, setChangedElsewhere] = useState(false)
+  const liveKey = ROLES.filter((r) => live.includes(r)).join()
+  useEffect(() => {
+    // The live roles changed while this row is being edited: the row shows
+    // them with the edit on top, and that is what a Save sends.
+    setEdit((cur) => {
+      if (!cur || sameRoles(cur.base, live)) return cur
+      setChangedElsewhere(true)
+      return rebaseEdit(cur, live)
+    })
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [liveKey])
   const roles = editedRoles(live, edit)
   const changed = edit !== null && !sameRoles(roles, live)
   const refresh = () => qc.invalidateQueries({ queryKey: adminKeys.users })
@@ -176,12 +188,13 @@ function UserRow({ user }: { user: AdminUser }) {
     onSuccess: () => {
       toaster.create({ type: 'success', title: `Roles of ${user.username} saved` })
       setEdit(null)
+      setChangedElsewhere(false)
       void refresh()
     },
     onError: (e) => {
       if (e instanceof RolesChangedError) {
         // Keep the person's change, now based on the roles as they are.
-        setEdit((cur) => (cur ? toggleBase(cur, e.now) : cur))
+        setEdit((cur) => (cur ? rebaseEdit(cur, e.now) : cur))
         void refresh()
       }
     },
@@ -244,6 +257,11 @@ function UserRow({ user }: { user: AdminUser }) {
             </Checkbox.Root>
           ))}
         </HStack>
+        {changedElsewhere && edit && !save.error && (
+          <Text color="fg.warning" fontSize="sm" role="status">
+            Someone else changed these roles while you were editing: the boxes show their change with yours on top.
+          </Text>
+        )}
         {save.error != null && (
           <Text color="fg.error" fontSize="sm" role="alert">
             {errorMessage(save.error)}
@@ -318,12 +336,6 @@ function UserRow({ user }: { user: AdminUser }) {
       </Table.Cell>
     </Table.Row>
   )
-}
-
-/** The same wanted change, now based on `now`. */
-function toggleBase(edit: RoleEdit, now: Role[]): RoleEdit | null {
-  const wanted = editedRoles(now, edit)
-  return sameRoles(wanted, now) ? null : { base: now, roles: wanted }
 }
 
 // --- invites -----------------------------------------------------------------

@@ -32,6 +32,15 @@ export function toggleRole(live: readonly Role[], edit: RoleEdit | null, role: R
   return sameRoles(roles, live) ? null : { base: norm(live), roles }
 }
 
+/**
+ * The live roles changed while an edit was open (and the row shows them): the
+ * same wanted change, now based on them. Null when nothing is left to change.
+ */
+export function rebaseEdit(edit: RoleEdit, live: readonly Role[]): RoleEdit | null {
+  const wanted = editedRoles(live, edit)
+  return sameRoles(wanted, live) ? null : { base: norm(live), roles: wanted }
+}
+
 export class RolesChangedError extends Error {
   constructor(
     readonly username: string,
