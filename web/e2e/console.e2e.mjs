@@ -6,7 +6,9 @@
 // with the CDP virtual WebAuthn authenticator standing in for a passkey, against
 // the herald binary cargo built (target/debug/herald, which serves web/dist):
 //
-//   1. the first user registers (and becomes admin);
+//   1. the first user registers with an admin invite made by `herald invite create`
+//      before herald serves (the first-run "Set up herald" screen where herald
+//      asks for a setup code, the invite form where it does not) and is admin;
 //   2. the admin creates an operator invite on the Admin page; a second browser
 //      context opens the invite link and registers as operator;
 //   3. the operator starts a deployment and reports progress; the admin's open
@@ -15,13 +17,20 @@
 //      again on their own once it is back on the same port and data directory;
 //   5. more changes (one from an API token while the tabs reconnect, the rest from
 //      the operator's tab); every tab shows every event exactly once, compared with
-//      what `GET /api/events` returns.
+//      what `GET /api/events` returns;
+//   6. a double-click on Start makes one deployment, and the form clears;
+//   7. an action dialog stays open, with its text, when the deployment finishes
+//      underneath it, and shows herald's refusal;
+//   8. eight tabs of one browser share one live connection (one EventSource),
+//      all receive the same event, and when the leading tab closes another
+//      takes over and nothing is missed.
 //
 // Screenshots of each page go to target/screenshots/. Environment:
 //   HERALD_BIN   the herald binary (default target/debug/herald)
 //   CHROMIUM     the browser (default /usr/bin/chromium)
 
 import { spawn, execFileSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -125,6 +134,16 @@ class Herald {
     }
     this.child = null
     if (timedOut) throw new Error(`herald did not exit within ${graceMs} ms of ${signal}`)
+  }
+
+  /** `herald invite create` on the data directory (also before herald serves): the code. */
+  mintInvite(role) {
+    const out = execFileSync(
+      HERALD_BIN,
+      ['invite', 'create', '--data', this.dataDir, '--role', role, '--public-origin', this.origin],
+      { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    return out.trim().split('\n').pop().trim()
   }
 
   /** `herald token create` on the same data directory, while serving. */
@@ -250,8 +269,8 @@ async function register(page, username, displayName) {
 }
 
 /** Clicks `button`, then goes through the step-up dialog if herald asks for one, until `done` is visible. */
-async function clickWithStepUp(page, button, done) {
-  await button.click()
+async function clickWithStepUp(page, button, done, how = 'click') {
+  await (how === 'dblclick' ? button.dblclick() : button.click())
   const dialog = page.getByRole('alertdialog').filter({ hasText: 'Confirm it is you' })
   await until('the command to go through', async () => {
     if (await done.isVisible()) return true
@@ -309,6 +328,7 @@ const s = {
   token: null,
   deploymentId: null,
   tmp: null,
+  adminInvite: null,
 }
 
 let cleanedUp = false
@@ -330,9 +350,10 @@ async function cleanup() {
 process.on('exit', () => s.herald?.child?.kill('SIGKILL'))
 
 let failed = false
-function step(name, fn, timeout = 90_000) {
+/** Steps run in order; after a failure the rest are skipped, except those that need only the signed-in admin. */
+function step(name, fn, timeout = 90_000, { independent = false } = {}) {
   test(name, { timeout }, async (t) => {
-    if (failed) {
+    if (failed && !(independent && s.admin && s.token && s.herald?.child)) {
       t.skip('an earlier step failed')
       return
     }
@@ -370,6 +391,8 @@ before(async () => {
   const logFile = path.join(LOGS, 'herald.log')
   fs.writeFileSync(logFile, '')
   s.herald = new Herald(await freePort(), path.join(s.tmp, 'data'), logFile)
+  // The first admin's code, made before herald serves (as an operator would on a new install).
+  s.adminInvite = s.herald.mintInvite('admin')
   await s.herald.start()
   const home = await fetch(`http://127.0.0.1:${s.herald.port}/`).then((r) => r.text())
   assert.ok(!home.includes('console was not built'), 'herald serves no console: build web/dist first (npm run build in web/)')
@@ -392,11 +415,22 @@ step('the first user registers with a passkey and becomes admin', async () => {
   await page.getByRole('button', { name: 'Sign in with a passkey' }).waitFor()
   assert.match(page.url(), /\/login\?next=%2F$/)
   await shot(page, 'login.png')
-  await page.getByRole('tab', { name: 'Create account' }).click()
-  await page.getByLabel('Username').fill('alice')
-  await page.getByLabel('Display name').fill('Alice Admin')
+  await page.goto(`${s.herald.origin}/register?invite=${encodeURIComponent(s.adminInvite)}`)
+  // A herald that waits for its first admin shows "Set up herald"; an older one, the invite form.
+  const setupForm = page.getByRole('form', { name: 'Set up herald' })
+  const inviteForm = page.getByRole('form', { name: 'Create account' })
+  const firstRun = await until('the first-run or the invite form', async () =>
+    (await setupForm.isVisible()) ? 'setup' : (await inviteForm.isVisible()) ? 'invite' : false,
+  )
+  const form = firstRun === 'setup' ? setupForm : inviteForm
+  if (firstRun === 'invite') assert.equal(await form.getByLabel('Invite code').inputValue(), s.adminInvite)
+  else assert.equal(await form.getByLabel('Setup code').inputValue(), s.adminInvite)
+  await form.getByLabel('Username').fill('alice')
+  await form.getByLabel('Display name').fill('Alice Admin')
   await shot(page, 'register.png')
-  await page.getByRole('button', { name: 'Create account with a passkey' }).click()
+  await form
+    .getByRole('button', { name: firstRun === 'setup' ? 'Create the admin account with a passkey' : 'Create account with a passkey' })
+    .click()
   await page.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
   await page.getByText('Alice Admin').first().waitFor()
   assert.match(await page.locator('header').innerText(), /\(admin/)
@@ -645,3 +679,135 @@ step('screenshots: the dashboard at phone width and in dark mode', async () => {
   await admin.locator(`tr[data-testid="deployment-${s.deploymentId}"]`).waitFor()
   await shot(admin, 'dashboard-dark.png')
 })
+
+step('the Users tab follows a role change made elsewhere, and a Save keeps it', async () => {
+  const admin = s.admin.page
+  await navigate(admin, 'Admin')
+  await admin.getByRole('tab', { name: 'Users and roles' }).click()
+  const row = admin.getByRole('table', { name: 'Users' }).getByRole('row').filter({ hasText: 'Bob Operator' })
+  await row.waitFor()
+  const box = (role) => row.getByRole('checkbox', { name: role, exact: true })
+  const label = (role) => row.locator('label').filter({ hasText: new RegExp(`^${role}$`) })
+  const save = row.getByRole('button', { name: 'Save roles of bob' })
+  const { users } = await s.herald.api(s.token, 'GET', '/api/users')
+  const bob = users.find((u) => u.username === 'bob')
+  assert.ok(bob, 'bob is listed')
+  await until('bob to show as operator', async () => (await box('operator').isChecked()) && !(await box('viewer').isChecked()))
+
+  // Another admin makes bob a viewer: the open row follows, and there is nothing to save.
+  await s.herald.api(s.token, 'PUT', `/api/users/${bob.id}/roles`, { roles: ['viewer'] })
+  await until('the row to show the new roles', async () => (await box('viewer').isChecked()) && !(await box('operator').isChecked()))
+  assert.equal(await save.isDisabled(), true, 'Save is offered though nothing was changed here')
+
+  // An edit here (add admin) while another change lands (add operator): both are kept.
+  await label('admin').click()
+  await until('admin to be ticked', () => box('admin').isChecked())
+  await s.herald.api(s.token, 'PUT', `/api/users/${bob.id}/roles`, { roles: ['viewer', 'operator'] })
+  await until('the row to show the change made elsewhere under the edit', () => box('operator').isChecked())
+  assert.equal(await box('admin').isChecked(), true, 'the edit made here was lost')
+  await save.click()
+  await until('the roles to be saved', async () => {
+    const list = await s.herald.api(s.token, 'GET', '/api/users')
+    const roles = [...list.users.find((u) => u.username === 'bob').roles].sort()
+    return roles.join() === 'admin,operator,viewer'
+  })
+  await until('Save to be done', () => save.isDisabled())
+  await shot(admin, 'admin-users-roles.png', { fullPage: true })
+  await navigate(admin, 'Deployments')
+  await admin.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
+}, 90_000, { independent: true })
+
+step('a double-click on Start makes one deployment, and the form clears for the next one', async () => {
+  const admin = s.admin.page
+  const before = (await s.herald.api(s.token, 'GET', '/api/deployments')).deployments.length
+  const service = admin.getByRole('textbox', { name: /^Service/ })
+  await service.fill('double')
+  await admin.getByLabel('Version', { exact: true }).fill('2.0')
+  await admin.getByLabel('Environment', { exact: true }).fill('staging')
+  const rows = admin.locator('tr[data-testid^="deployment-"]').filter({ hasText: 'double' })
+  await clickWithStepUp(admin, admin.getByRole('button', { name: 'Start', exact: true }), rows.first(), 'dblclick')
+  // Time for a second command to land, if one was sent.
+  await sleep(1_500)
+  const after = (await s.herald.api(s.token, 'GET', '/api/deployments')).deployments
+  assert.equal(after.filter((d) => d.service === 'double').length, 1, 'a double-click started more than one deployment')
+  assert.equal(after.length, before + 1)
+  assert.equal(await rows.count(), 1)
+  assert.equal(await service.inputValue(), '', 'the form keeps the service after success')
+  assert.equal(await admin.getByLabel('Version', { exact: true }).inputValue(), '')
+  assert.equal(await admin.getByLabel('Environment', { exact: true }).inputValue(), '')
+}, 90_000, { independent: true })
+
+step('an action dialog stays open with its text when the deployment finishes underneath it, and shows the refusal', async () => {
+  const admin = s.admin.page
+  const id = randomUUID()
+  await s.herald.api(s.token, 'POST', '/api/commands', {
+    type: 'StartDeployment',
+    aggregate_id: id,
+    expected_version: 0,
+    data: { service: 'dialog-test' },
+  })
+  const row = admin.locator(`tr[data-testid="deployment-${id}"]`)
+  await row.getByText('In progress').waitFor()
+  await row.getByRole('button', { name: 'Mark dialog-test as failed' }).click()
+  const dialog = admin.getByRole('dialog').filter({ hasText: 'Mark as failed' })
+  await dialog.getByLabel('Reason').fill('typed before it finished')
+  // Someone else finishes it meanwhile.
+  await s.herald.api(s.token, 'POST', '/api/commands', { type: 'SucceedDeployment', aggregate_id: id })
+  await row.getByText('Succeeded').waitFor()
+  await dialog.getByText('This deployment changed while this dialog was open').waitFor()
+  assert.equal(await dialog.getByLabel('Reason').inputValue(), 'typed before it finished', 'the typed reason was lost')
+  await dialog.getByRole('button', { name: 'Mark as failed' }).click()
+  const refusal = dialog.getByRole('alert')
+  await refusal.waitFor()
+  const words = await refusal.innerText()
+  assert.match(words, /changed this first|not in progress|finished|already/i, `the dialog says ${JSON.stringify(words)}`)
+  await shot(admin, 'dialog-refused.png')
+  await dialog.getByRole('button', { name: 'Close' }).click()
+  await dialog.waitFor({ state: 'hidden' })
+}, 90_000, { independent: true })
+
+step('eight tabs of one browser share one live connection, all get the same event, and the next tab takes over', async () => {
+  const { context, page: first } = s.admin
+  await first.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
+  // Every live stream this browser opens from now on.
+  const streams = []
+  context.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/api/events/live') streams.push(r.url())
+  })
+  const tabs = [first]
+  for (let i = 2; i <= 8; i++) {
+    const p = await context.newPage()
+    p.on('pageerror', (e) => s.admin.errors.push(`tab ${i}: ${e.message}`))
+    await p.goto(`${s.herald.origin}/`)
+    await p.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
+    tabs.push(p)
+  }
+  await Promise.all(tabs.map((p, i) => expectStatus(p, `tab ${i + 1}`, 'live')))
+  const id = randomUUID()
+  await s.herald.api(s.token, 'POST', '/api/commands', {
+    type: 'StartDeployment',
+    aggregate_id: id,
+    expected_version: 0,
+    data: { service: 'fan-out' },
+  })
+  await Promise.all(tabs.map((p) => p.locator(`tr[data-testid="deployment-${id}"]`).getByText('In progress').waitFor()))
+  for (const p of tabs) assert.equal(await p.locator(`tr[data-testid="deployment-${id}"]`).count(), 1)
+  assert.deepEqual(streams, [], 'the seven new tabs opened live streams of their own: the first tab leads')
+
+  // The leading tab closes: another takes the lock and resumes, with one stream.
+  await first.close()
+  const rest = tabs.slice(1)
+  await until('one tab to open the live stream again', async () => streams.length >= 1)
+  await s.herald.api(s.token, 'POST', '/api/commands', {
+    type: 'ReportDeploymentProgress',
+    aggregate_id: id,
+    data: { percent: 50, message: 'after the hand-over' },
+  })
+  await Promise.all(rest.map((p) => p.locator(`tr[data-testid="deployment-${id}"]`).getByText('after the hand-over').waitFor()))
+  await Promise.all(rest.map((p, i) => expectStatus(p, `tab ${i + 2}`, 'live')))
+  assert.equal(streams.length, 1, `after the hand-over the browser opened ${streams.length} live streams: ${streams.join(' ')}`)
+  // Resumed from where the old leader stopped.
+  assert.match(streams[0], /after=\d+/)
+  await shot(rest[0], 'eight-tabs.png')
+  assert.deepEqual(s.admin.errors, [], 'uncaught errors in the pages')
+}, 90_000, { independent: true })

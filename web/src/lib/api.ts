@@ -1,4 +1,4 @@
-// The one API client (API.md): JSON in and out, cookies for auth, every error a
+// The one API client (docs/API.md): JSON in and out, cookies for auth, every error a
 // problem+json turned into an `ApiError` whose `message` is plain words.
 
 export interface Problem {

@@ -32,6 +32,12 @@ export function describeEvent(e: Envelope): string {
       return 'ended a session'
     case 'RolesChanged':
       return `set the roles of ${s(d.username) ?? 'a user'} to ${Array.isArray(d.roles) ? d.roles.join(', ') : '?'}`
+    case 'UserDisabled':
+      return `disabled the account ${s(d.username) ?? 'of a user'}${s(d.reason) ? `: ${d.reason}` : ''}`
+    case 'UserEnabled':
+      return `enabled the account ${s(d.username) ?? 'of a user'} again`
+    case 'PasskeyRemoved':
+      return `removed a passkey${s(d.username) ? ` of ${d.username}` : ''}${s(d.credential_id) ? ` (${String(d.credential_id).slice(0, 10)}…)` : ''}`
     case 'InviteCreated':
       return `created an invite${s(d.role) ? ` for a new ${d.role}` : ''}`
     case 'PostCreated':

@@ -1,4 +1,4 @@
-// The shapes of API.md, as the console uses them.
+// The shapes of docs/API.md, as the console uses them.
 
 export type ActorKind = 'user' | 'token' | 'system'
 
@@ -8,7 +8,7 @@ export interface Actor {
   name: string
 }
 
-/** One event as stored in the log (API.md §3). */
+/** One event as stored in the log (docs/API.md §3). */
 export interface Envelope<D = Record<string, unknown>> {
   position: number
   id: string

@@ -3,13 +3,16 @@ import { createContext, useContext, useEffect, useRef, useState, useSyncExternal
 import type { Envelope } from '../lib/types'
 import { applyEvents, resyncLiveQueries } from './cache'
 import { LiveConnection, type StatusInfo } from './connection'
+import { SharedLive, type BroadcastChannelCtor, type LockManagerLike } from './shared'
 import { KNOWN_EVENT_TYPES } from './eventTypes'
 import { matches, type EventFilter } from './filter'
 
 type Listener = (events: Envelope[]) => void
 
-/** What every view of the tab shares: one connection, its status, and the events it delivers. */
+/** What every view of the tab shares: the browser's one connection, its status, and the events it delivers. */
 class LiveHub {
+  /** Resumes the live stream at once on the current session (after a step-up). */
+  reconnect: () => void = () => {}
   private status: StatusInfo = { status: 'connecting', position: 0, attempt: 0, retryAt: null, pollingReason: null }
   private browserOnline = typeof navigator === 'undefined' ? true : navigator.onLine
   private snapshot: StatusInfo = this.status
@@ -47,7 +50,7 @@ class LiveHub {
 const LiveContext = createContext<LiveHub | null>(null)
 
 /**
- * Opens the tab's one live connection (`/api/events/live`) while `enabled`
+ * Follows the browser's one live connection (`/api/events/live`) while `enabled`
  * (signed in), and puts every event into the query cache.
  */
 export function LiveProvider({
@@ -66,25 +69,37 @@ export function LiveProvider({
 
   useEffect(() => {
     if (!enabled) return
-    const conn = new LiveConnection({
-      EventSource: window.EventSource,
-      fetch: window.fetch.bind(window),
-      eventTypes: KNOWN_EVENT_TYPES,
+    // One connection per browser: the tab holding the Web Lock runs it and
+    // passes events and status to the others (shared.ts); without Web Locks or
+    // BroadcastChannel each tab runs its own.
+    const locks = (typeof navigator !== 'undefined' ? (navigator.locks as LockManagerLike | undefined) : undefined) ?? null
+    const BC = (typeof BroadcastChannel !== 'undefined' ? (BroadcastChannel as BroadcastChannelCtor) : null) ?? null
+    const live: SharedLive = new SharedLive({
+      locks,
+      BroadcastChannel: BC,
+      createConnection: (callbacks) =>
+        new LiveConnection({
+          EventSource: window.EventSource,
+          fetch: window.fetch.bind(window),
+          eventTypes: KNOWN_EVENT_TYPES,
+          ...callbacks,
+        }),
       onEvents: (events) => {
         applyEvents(qc, events)
         hub.publish(events)
         // The status carries the position applied (the audit page compares it with
         // the last chain check); onStatus alone fires only when the status changes.
-        hub.setStatus(conn.info)
+        hub.setStatus(live.info)
       },
       onStatus: (s) => hub.setStatus(s),
       onReady: () => resyncLiveQueries(qc),
       onUnauthorized: () => unauthorized.current?.(),
     })
-    conn.start()
+    hub.reconnect = () => live.reconnect()
+    live.start()
     const online = () => {
       hub.setBrowserOnline(true)
-      conn.nudge()
+      live.nudge()
     }
     const offline = () => hub.setBrowserOnline(false)
     window.addEventListener('online', online)
@@ -92,7 +107,8 @@ export function LiveProvider({
     return () => {
       window.removeEventListener('online', online)
       window.removeEventListener('offline', offline)
-      conn.stop()
+      hub.reconnect = () => {}
+      live.stop()
     }
   }, [enabled, qc, hub])
 
@@ -103,6 +119,12 @@ function useHub(): LiveHub {
   const hub = useContext(LiveContext)
   if (!hub) throw new Error('useLive… must be used inside <LiveProvider>')
   return hub
+}
+
+/** Resumes the live stream on the current session at once (call after a step-up issued a new one). */
+export function useLiveReconnect(): () => void {
+  const hub = useHub()
+  return () => hub.reconnect()
 }
 
 /** live / reconnecting / polling / offline (and connecting, at first). */

@@ -38,6 +38,33 @@ describe('applyEvents', () => {
     expect(qc.getQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'))!.events).toHaveLength(2)
   })
 
+  it('patches every cached list; a filtered list takes in only new deployments that match, and keeps rows that leave it', () => {
+    const qc = new QueryClient()
+    const all = deploymentKeys.listOf({ limit: 200 })
+    const inProgress = deploymentKeys.listOf({ status: 'in_progress', limit: 200 })
+    const failed = deploymentKeys.listOf({ status: 'failed', limit: 200 })
+    qc.setQueryData<DeploymentList>(all, { deployments: [], position: pos, status: null })
+    qc.setQueryData<DeploymentList>(inProgress, { deployments: [], position: pos, status: 'in_progress' })
+    qc.setQueryData<DeploymentList>(failed, { deployments: [], position: pos, status: 'failed' })
+    const start = ev('deployment-f', 1, 'DeploymentStarted', { service: 'api' })
+    applyEvents(qc, [start])
+    const ids = (key: readonly unknown[]) => qc.getQueryData<DeploymentList>(key)!.deployments.map((d) => `${d.id}:${d.status}`)
+    expect(ids(all)).toEqual(['f:in_progress'])
+    expect(ids(inProgress)).toEqual(['f:in_progress'])
+    expect(ids(failed)).toEqual([])
+    applyEvents(qc, [ev('deployment-f', 2, 'DeploymentFailed', { reason: 'x' })])
+    expect(ids(all)).toEqual(['f:failed'])
+    expect(ids(inProgress)).toEqual(['f:failed'])
+    expect(ids(failed)).toEqual([])
+  })
+
+  it('refreshes the invites when someone registers (an invite was used)', () => {
+    const qc = new QueryClient()
+    qc.setQueryData(['admin', 'invites'], [])
+    applyEvents(qc, [ev('user-u2', 1, 'UserRegistered', { username: 'bob' })])
+    expect(qc.getQueryState(['admin', 'invites'])!.isInvalidated).toBe(true)
+  })
+
   it('puts new matching events at the top of each cached audit view, once', () => {
     const qc = new QueryClient()
     const all = auditKey({})

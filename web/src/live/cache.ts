@@ -52,6 +52,8 @@ export function applyEvents(qc: QueryClient, events: Envelope[]): void {
     }
     if (/(Session|Login|Logout|LoggedIn|LoggedOut|SignedIn|SignedOut)/.test(e.type)) invalidate.add('sessions')
     if (/^Invite/.test(e.type) || e.stream.startsWith('invite-')) invalidate.add('invites')
+    // A registration uses up an invite.
+    if (e.type === 'UserRegistered') invalidate.add('invites')
   }
   appendToAudit(qc, events)
   if (invalidate.size === 0) return
@@ -72,15 +74,21 @@ const ACCOUNT_SETTLE_MS = [500, 2_000]
 
 function applyDeployment(qc: QueryClient, id: string, e: Envelope): void {
   raiseDeploymentWatermark(e.position)
-  patch<DeploymentList>(qc, deploymentKeys.list, (list) => {
-    const i = list.deployments.findIndex((d) => d.id === id)
-    const current = i >= 0 ? list.deployments[i] : null
-    const next = foldDeployment(current, e)
-    if (next === current || next === null) return list
-    const deployments =
-      i >= 0 ? list.deployments.map((d, j) => (j === i ? next : d)) : [next, ...list.deployments]
-    return { deployments, position: Math.max(list.position, e.position) }
-  })
+  // Every cached list: each status filter and length the dashboard read.
+  for (const [key] of qc.getQueriesData<DeploymentList>({ queryKey: deploymentKeys.list })) {
+    patch<DeploymentList>(qc, key, (list) => {
+      const i = list.deployments.findIndex((d) => d.id === id)
+      const current = i >= 0 ? list.deployments[i] : null
+      const next = foldDeployment(current, e)
+      if (next === current || next === null) return list
+      // A row already shown stays (updated) even when it leaves the filter, so
+      // nothing vanishes under the cursor; a new one joins only if it matches.
+      if (i < 0 && list.status && next.status !== list.status) return { ...list, position: Math.max(list.position, e.position) }
+      const deployments =
+        i >= 0 ? list.deployments.map((d, j) => (j === i ? next : d)) : [next, ...list.deployments]
+      return { ...list, deployments, position: Math.max(list.position, e.position), ...(i < 0 && list.total !== undefined ? { total: list.total + 1 } : {}) }
+    })
+  }
   patch<Deployment>(qc, deploymentKeys.detail(id), (d) => foldDeployment(d, e) ?? d)
 }
 

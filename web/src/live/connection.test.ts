@@ -143,6 +143,38 @@ describe('backoffDelay', () => {
 })
 
 describe('LiveConnection', () => {
+  it('after a step-up (a new session), resumes at once from the last position without showing a drop', async () => {
+    herald.append(3)
+    connect().start()
+    await flush()
+    const first = FakeEventSource.last
+    first.open()
+    const [e4] = herald.append(1)
+    first.send(e4)
+    statuses = []
+    // The console calls reconnect() once the step-up answered; herald then ends the old stream.
+    conn.reconnect()
+    expect(first.closed).toBe(true)
+    const second = FakeEventSource.last
+    expect(second).not.toBe(first)
+    expect(second.after).toBe(4)
+    second.open()
+    // herald ends the new session's first stream too late to matter (the old one's end, in another order).
+    second.fail()
+    const third = FakeEventSource.last
+    expect(third).not.toBe(second)
+    expect(third.after).toBe(4)
+    third.open()
+    const [e5] = herald.append(1)
+    third.send(e5)
+    expect(applied).toEqual([4, 5])
+    expect(statuses.map((s) => s.status).filter((s) => s !== 'live')).toEqual([])
+    // Later drops are reported as before.
+    await vi.advanceTimersByTimeAsync(11_000)
+    third.fail()
+    expect(status()).toBe('reconnecting')
+  })
+
   it('reads the head, then follows from it with ?after=', async () => {
     herald.append(7)
     connect().start()

@@ -1,13 +1,13 @@
 // The live connection to herald's log: one per tab, framework-free so that it
 // can be tested with a fake EventSource, a fake fetch and fake timers.
 //
-// It follows `GET /api/events/live` (API.md §6) and hands every event to
+// It follows `GET /api/events/live` (docs/API.md §6) and hands every event to
 // `onEvents` exactly once, in position order:
 //
 // - It manages reconnection itself: on any error it closes the EventSource and
 //   opens a new one with `?after=<last applied position>` after an exponential
 //   back-off with jitter (a new EventSource object cannot send Last-Event-ID;
-//   API.md allows `?after=` on a first connect for exactly this).
+//   docs/API.md allows `?after=` on a first connect for exactly this).
 // - It never applies a position at or below the last one applied, and never
 //   applies N+1 before N: the unfiltered log has no gaps, so a jump means an
 //   event the EventSource did not surface (a type it has no listener for) and
@@ -99,6 +99,9 @@ export function backoffDelay(attempt: number, baseMs: number, capMs: number, ran
   return Math.round(exp / 2 + (random() * exp) / 2)
 }
 
+/** How long after a `reconnect()` the end of an open stream is taken as expected. */
+const QUIET_RECONNECT_MS = 10_000
+
 const realTimers: Timers = {
   setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
   clearTimeout: (id) => globalThis.clearTimeout(id as ReturnType<typeof setTimeout>),
@@ -134,6 +137,8 @@ export class LiveConnection {
   /** Bumped on every (re)connect or stop, so late answers of an older attempt are ignored. */
   private generation = 0
   private filling = false
+  /** Until then, an open stream that ends is resumed at once and without a word (see `reconnect`). */
+  private quietUntil = 0
 
   constructor(options: LiveOptions) {
     this.o = {
@@ -207,6 +212,23 @@ export class LiveConnection {
     } else if (this.mode === 'init' && this.timers.has('init')) {
       this.clearTimer('init')
       void this.init()
+    }
+  }
+
+  /**
+   * The session changed underneath (a passkey step-up issues a new session id,
+   * and herald ends the old session's streams): resume on the new one at once,
+   * from the last position applied, without showing a drop. A stream that ends
+   * within the next few seconds (the old session's end arriving late) is
+   * resumed the same way.
+   */
+  reconnect(): void {
+    this.quietUntil = this.o.timers.now() + QUIET_RECONNECT_MS
+    if (this.mode === 'sse' && !this.esTrial) {
+      this.connectSse(false, true)
+    } else if (this.mode === 'waiting') {
+      this.clearTimer('retry')
+      this.connectSse()
     }
   }
 
@@ -346,13 +368,13 @@ export class LiveConnection {
 
   // --- SSE -------------------------------------------------------------------
 
-  private connectSse(trial = false): void {
+  private connectSse(trial = false, quiet = false): void {
     const gen = ++this.generation
     this.closeEs()
     this.retryAt = null
     if (!trial) {
       this.mode = 'sse'
-      if (this.status !== 'offline' && this.status !== 'reconnecting') this.setStatus('connecting')
+      if (!quiet && this.status !== 'offline' && this.status !== 'reconnecting') this.setStatus('connecting')
     }
     const es = new this.o.EventSource(`${this.o.liveUrl}?after=${this.lastApplied}`)
     this.es = es
@@ -426,6 +448,12 @@ export class LiveConnection {
     if (trial) {
       // Polling goes on; try SSE again later.
       this.schedule('trial', this.o.sseRetryWhilePollingMs, () => this.startTrial())
+      return
+    }
+    if (opened && this.status === 'live' && this.o.timers.now() < this.quietUntil) {
+      // The old session's stream ended as expected: resume on the new one now.
+      this.quietUntil = 0
+      this.connectSse(false, true)
       return
     }
     this.failures = opened ? 1 : this.failures + 1

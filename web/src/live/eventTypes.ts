@@ -19,4 +19,7 @@ export const KNOWN_EVENT_TYPES: readonly string[] = [
   'SessionRevoked',
   'RolesChanged',
   'InviteCreated',
+  'UserDisabled',
+  'UserEnabled',
+  'PasskeyRemoved',
 ]

@@ -21,14 +21,20 @@ import {
   Text,
 } from '@chakra-ui/react'
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query'
-import { useState, type FormEvent } from 'react'
+import { useEffect, useState, type FormEvent } from 'react'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
 import { toaster } from '../../components/ui/toaster'
 import { ROLES, type Role } from '../../lib/types'
 import { useAuth } from '../auth/AuthContext'
+import { ConfirmDialog } from '../../components/ConfirmDialog'
+import { RolesChangedError, editedRoles, rebaseEdit, sameRoles, saveRoleEdit, toggleRole, type RoleEdit } from './roles'
 import {
   adminKeys,
+  disableUser,
+  enableUser,
+  removePasskey,
+  type Passkey,
   createInvite,
   createToken,
   fetchInvites,
@@ -153,38 +159,109 @@ function Users() {
 function UserRow({ user }: { user: AdminUser }) {
   const qc = useQueryClient()
   const me = useAuth().user
-  const [roles, setLocal] = useState<Role[]>(user.roles ?? [])
-  const changed = [...roles].sort().join() !== [...(user.roles ?? [])].sort().join()
+  const live = user.roles ?? []
+  // What the person toggled, on top of the live roles: a change made elsewhere
+  // shows at once and is never reverted by a Save of an older copy.
+  const [edit, setEdit] = useState<RoleEdit | null>(null)
+  const [confirm, setConfirm] = useState<null | { kind: 'disable' | 'enable' } | { kind: 'passkey'; key: Passkey }>(null)
+  const [changedElsewhere, setChangedElsewhere] = useState(false)
+  const liveKey = ROLES.filter((r) => live.includes(r)).join()
+  useEffect(() => {
+    // The live roles changed while this row is being edited: the row shows
+    // them with the edit on top, and that is what a Save sends.
+    setEdit((cur) => {
+      if (!cur || sameRoles(cur.base, live)) return cur
+      setChangedElsewhere(true)
+      return rebaseEdit(cur, live)
+    })
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [liveKey])
+  const roles = editedRoles(live, edit)
+  const changed = edit !== null && !sameRoles(roles, live)
+  const refresh = () => qc.invalidateQueries({ queryKey: adminKeys.users })
   const save = useMutation({
-    mutationFn: () => setRoles(user.id, roles),
+    mutationFn: (e: RoleEdit) =>
+      saveRoleEdit(user, e, {
+        currentRoles: async (id) => (await fetchUsers()).find((u) => u.id === id)?.roles,
+        setRoles,
+      }),
     onSuccess: () => {
       toaster.create({ type: 'success', title: `Roles of ${user.username} saved` })
-      void qc.invalidateQueries({ queryKey: adminKeys.users })
+      setEdit(null)
+      setChangedElsewhere(false)
+      void refresh()
+    },
+    onError: (e) => {
+      if (e instanceof RolesChangedError) {
+        // Keep the person's change, now based on the roles as they are.
+        setEdit((cur) => (cur ? rebaseEdit(cur, e.now) : cur))
+        void refresh()
+      }
     },
   })
+  const disabled = Boolean(user.disabled_at)
+  const name = user.display_name || user.username
+  const passkeys = user.passkeys
   return (
-    <Table.Row>
+    <Table.Row data-testid={`user-${user.username}`} opacity={disabled ? 0.75 : undefined}>
       <Table.Cell>
-        <Text fontWeight="medium">{user.display_name || user.username}</Text>
+        <Text fontWeight="medium">{name}</Text>
         <Text fontSize="sm" color="fg.muted">
           {user.username}
           {user.id === me.id && ' (you)'}
         </Text>
+        {disabled && (
+          <Badge colorPalette="red" mt="1">
+            Disabled {user.disabled_at && <Time iso={user.disabled_at} />}
+          </Badge>
+        )}
+        {passkeys && (
+          <Stack as="ul" listStyleType="none" gap="1" mt="2" aria-label={`Passkeys of ${user.username}`}>
+            {passkeys.length === 0 && (
+              <Text as="li" fontSize="xs" color="fg.muted">
+                No passkeys
+              </Text>
+            )}
+            {passkeys.map((k) => (
+              <HStack as="li" key={k.credential_id} gap="2" fontSize="xs" color="fg.muted" wrap="wrap">
+                <Text as="span" fontFamily="mono" title={k.credential_id}>
+                  Passkey {k.credential_id.slice(0, 10)}…
+                </Text>
+                {k.created_at && (
+                  <Text as="span">
+                    added <Time iso={k.created_at} />
+                  </Text>
+                )}
+                <Text as="span">{k.last_used_at ? <>used <Time iso={k.last_used_at} /></> : 'never used'}</Text>
+                <Button
+                  size="2xs"
+                  variant="ghost"
+                  colorPalette="red"
+                  onClick={() => setConfirm({ kind: 'passkey', key: k })}
+                  aria-label={`Remove passkey ${k.credential_id.slice(0, 10)} of ${user.username}`}
+                >
+                  Remove
+                </Button>
+              </HStack>
+            ))}
+          </Stack>
+        )}
       </Table.Cell>
       <Table.Cell>
         <HStack as="fieldset" gap="4" wrap="wrap" aria-label={`Roles of ${user.username}`}>
           {ROLES.map((r) => (
-            <Checkbox.Root
-              key={r}
-              checked={roles.includes(r)}
-              onCheckedChange={(d) => setLocal((cur) => (d.checked ? [...new Set([...cur, r])] : cur.filter((x) => x !== r)))}
-            >
+            <Checkbox.Root key={r} checked={roles.includes(r)} onCheckedChange={(d) => setEdit((cur) => toggleRole(live, cur, r, d.checked === true))}>
               <Checkbox.HiddenInput />
               <Checkbox.Control />
               <Checkbox.Label>{r}</Checkbox.Label>
             </Checkbox.Root>
           ))}
         </HStack>
+        {changedElsewhere && edit && !save.error && (
+          <Text color="fg.warning" fontSize="sm" role="status">
+            Someone else changed these roles while you were editing: the boxes show their change with yours on top.
+          </Text>
+        )}
         {save.error != null && (
           <Text color="fg.error" fontSize="sm" role="alert">
             {errorMessage(save.error)}
@@ -192,9 +269,70 @@ function UserRow({ user }: { user: AdminUser }) {
         )}
       </Table.Cell>
       <Table.Cell>
-        <Button size="xs" onClick={() => save.mutate()} disabled={!changed} loading={save.isPending} aria-label={`Save roles of ${user.username}`}>
-          Save
-        </Button>
+        <HStack gap="2" wrap="wrap">
+          <Button
+            size="xs"
+            onClick={() => edit && save.mutate(edit)}
+            disabled={!changed || save.isPending}
+            loading={save.isPending}
+            aria-label={`Save roles of ${user.username}`}
+          >
+            Save
+          </Button>
+          {'disabled_at' in user && (
+            <Button
+              size="xs"
+              variant="outline"
+              colorPalette={disabled ? undefined : 'red'}
+              onClick={() => setConfirm({ kind: disabled ? 'enable' : 'disable' })}
+              aria-label={`${disabled ? 'Enable' : 'Disable'} ${user.username}`}
+            >
+              {disabled ? 'Enable' : 'Disable'}
+            </Button>
+          )}
+        </HStack>
+        <ConfirmDialog
+          open={confirm?.kind === 'disable'}
+          title={`Disable ${name}?`}
+          confirmLabel="Disable"
+          danger
+          onConfirm={async () => {
+            await disableUser(user.id)
+            toaster.create({ type: 'success', title: `${user.username} disabled` })
+            await refresh()
+          }}
+          onClose={() => setConfirm(null)}
+        >
+          {`${user.username} is signed out everywhere and cannot sign in or act until an admin enables the account again. Their API tokens are not affected.`}
+        </ConfirmDialog>
+        <ConfirmDialog
+          open={confirm?.kind === 'enable'}
+          title={`Enable ${name}?`}
+          confirmLabel="Enable"
+          onConfirm={async () => {
+            await enableUser(user.id)
+            toaster.create({ type: 'success', title: `${user.username} enabled` })
+            await refresh()
+          }}
+          onClose={() => setConfirm(null)}
+        >
+          {`${user.username} can sign in again with their passkeys, with the roles shown here.`}
+        </ConfirmDialog>
+        <ConfirmDialog
+          open={confirm?.kind === 'passkey'}
+          title={`Remove a passkey of ${name}?`}
+          confirmLabel="Remove passkey"
+          danger
+          onConfirm={async () => {
+            if (confirm?.kind !== 'passkey') return
+            await removePasskey(user.id, confirm.key.credential_id)
+            toaster.create({ type: 'success', title: `Passkey of ${user.username} removed` })
+            await refresh()
+          }}
+          onClose={() => setConfirm(null)}
+        >
+          {`That passkey can no longer sign in as ${user.username}${confirm?.kind === 'passkey' ? ` (passkey ${confirm.key.credential_id.slice(0, 10)}…)` : ''}. Their other passkeys keep working.`}
+        </ConfirmDialog>
       </Table.Cell>
     </Table.Row>
   )
@@ -206,7 +344,12 @@ function Invites() {
   const qc = useQueryClient()
   const [role, setRole] = useState<Role>('operator')
   const [made, setMade] = useState<Invite[]>([])
-  const invites = useQuery({ queryKey: adminKeys.invites, queryFn: ({ signal }) => fetchInvites(signal) })
+  // Refreshed by the live UserRegistered (an invite used) and whenever the tab comes back into view.
+  const invites = useQuery({
+    queryKey: adminKeys.invites,
+    queryFn: ({ signal }) => fetchInvites(signal),
+    refetchOnWindowFocus: 'always',
+  })
   const create = useMutation({
     mutationFn: () => createInvite(role),
     onSuccess: (inv) => {

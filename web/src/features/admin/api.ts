@@ -16,11 +16,27 @@ function listOf<T>(body: unknown, field: string): T[] {
   return []
 }
 
+export interface Passkey {
+  credential_id: string
+  created_at?: string | null
+  last_used_at?: string | null
+}
 export interface AdminUser extends User {
   created_at?: string
+  /** When an admin disabled the account (null or absent: it is enabled). */
+  disabled_at?: string | null
+  /** Absent from an older herald. */
+  passkeys?: Passkey[]
 }
 export const fetchUsers = async (signal?: AbortSignal) => listOf<AdminUser>(await get<unknown>('/api/users', signal), 'users')
-export const setRoles = (id: string, roles: Role[]) => put<unknown>(`/api/users/${encodeURIComponent(id)}/roles`, { roles })
+const userPath = (id: string) => `/api/users/${encodeURIComponent(id)}`
+// Every admin write goes through post/put/del: a 403 `reauth_required` runs the
+// passkey step-up and the request is sent again once.
+export const setRoles = (id: string, roles: Role[]) => put<unknown>(`${userPath(id)}/roles`, { roles })
+export const disableUser = (id: string) => post<{ user: AdminUser }>(`${userPath(id)}/disable`)
+export const enableUser = (id: string) => post<{ user: AdminUser }>(`${userPath(id)}/enable`)
+export const removePasskey = (userId: string, credentialId: string) =>
+  del<void>(`${userPath(userId)}/passkeys/${encodeURIComponent(credentialId)}`)
 
 export interface Invite {
   id?: string

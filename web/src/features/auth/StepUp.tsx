@@ -3,6 +3,7 @@ import { useEffect, useRef, useState, type ReactNode } from 'react'
 import { LuFingerprint } from 'react-icons/lu'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { setReauthHandler } from '../../lib/api'
+import { useLiveReconnect } from '../../live/LiveProvider'
 import { loginWithPasskey } from './api'
 
 interface Pending {
@@ -27,6 +28,7 @@ export function StepUpProvider({ username, children }: { username: string; child
   const [busy, setBusy] = useState(false)
   const [error, setError] = useState<unknown>(null)
   const pendingRef = useRef<Pending | null>(null)
+  const reconnectLive = useLiveReconnect()
 
   useEffect(() => {
     setReauthHandler(
@@ -55,6 +57,9 @@ export function StepUpProvider({ username, children }: { username: string; child
     setError(null)
     try {
       await loginWithPasskey(username)
+      // herald may have issued a new session id (cookie) and ended the old
+      // session's live streams: resume on the new one now, without a drop.
+      reconnectLive()
       close(true)
     } catch (e) {
       setError(e)

@@ -19,6 +19,33 @@ export async function fetchMe(signal?: AbortSignal): Promise<Me | null> {
   }
 }
 
+export const setupKey = ['auth', 'setup'] as const
+
+/**
+ * `GET /api/auth/setup` (no credential): whether herald still waits for its
+ * first admin. `null` when this herald has no such endpoint (404: an older
+ * server, where the first account becomes admin without a code).
+ */
+export async function fetchSetup(signal?: AbortSignal): Promise<{ setup_required: boolean } | null> {
+  try {
+    const body = await api<{ setup_required?: unknown }>('/api/auth/setup', { signal, quiet401: true })
+    return { setup_required: body?.setup_required === true }
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 404 || e.status === 405)) return null
+    throw e
+  }
+}
+
+/** A wrong or used setup code (403 from register/start). */
+export class BadSetupCode extends Error {
+  constructor(detail?: string) {
+    super(
+      `herald did not accept that setup code${detail ? ` (${detail.replace(/\.$/, '')})` : ''}. Copy it again from the terminal where \`herald serve\` runs, or make one with \`herald invite create --role admin\`.`,
+    )
+    this.name = 'BadSetupCode'
+  }
+}
+
 interface Ceremony<O> {
   ceremony: string
   options: { publicKey: O } | O
@@ -31,7 +58,7 @@ function publicKeyOf<O>(options: { publicKey: O } | O): O {
     : (options as O)
 }
 
-/** Registers a passkey for a new account (with an invite, unless it is the first account). */
+/** Registers a passkey for a new account, with an invite code (or the first-run setup code). */
 export async function registerWithPasskey(input: {
   username: string
   display_name?: string

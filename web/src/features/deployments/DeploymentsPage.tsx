@@ -1,5 +1,5 @@
-import { Box, EmptyState, HStack, Heading, Link as ChakraLink, NativeSelect, Skeleton, Stack, Table, Text } from '@chakra-ui/react'
-import { useQuery } from '@tanstack/react-query'
+import { Box, Button, EmptyState, HStack, Heading, Link as ChakraLink, NativeSelect, Skeleton, Stack, Table, Text } from '@chakra-ui/react'
+import { keepPreviousData, useQuery } from '@tanstack/react-query'
 import { useState } from 'react'
 import { LuRocket } from 'react-icons/lu'
 import { Link } from 'react-router'
@@ -7,7 +7,7 @@ import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
 import { useAuth } from '../auth/AuthContext'
 import { DeploymentActions } from './actions'
-import { deploymentKeys, fetchDeployments } from './api'
+import { DEPLOYMENTS_MAX, DEPLOYMENTS_PAGE, deploymentKeys, fetchDeployments } from './api'
 import { DeploymentProgress, StatusBadge } from './components'
 import { StartForm } from './StartForm'
 import { STATUS_LABEL, type DeploymentStatus } from './types'
@@ -15,8 +15,18 @@ import { STATUS_LABEL, type DeploymentStatus } from './types'
 export function DeploymentsPage() {
   const { canOperate } = useAuth()
   const [status, setStatus] = useState<DeploymentStatus | ''>('')
-  const list = useQuery({ queryKey: deploymentKeys.list, queryFn: ({ signal }) => fetchDeployments(signal) })
-  const rows = (list.data?.deployments ?? []).filter((d) => !status || d.status === status)
+  const [limit, setLimit] = useState(DEPLOYMENTS_PAGE)
+  // herald filters by status and says when there are more than the page.
+  const query = { status: status || null, limit }
+  const list = useQuery({
+    queryKey: deploymentKeys.listOf(query),
+    queryFn: ({ signal }) => fetchDeployments(query, signal),
+    // "Load more" keeps the rows on screen while the longer list loads.
+    placeholderData: keepPreviousData,
+  })
+  const rows = list.data?.deployments ?? []
+  const more = list.data?.more === true
+  const total = list.data?.total
 
   return (
     <Stack gap="6">
@@ -30,7 +40,7 @@ export function DeploymentsPage() {
           {list.data && (
             <Text as="span" color="fg.muted" fontWeight="normal" fontSize="sm">
               {' '}
-              ({rows.length})
+              ({total !== undefined ? total : more ? `${rows.length}+` : rows.length})
             </Text>
           )}
         </Heading>
@@ -38,7 +48,10 @@ export function DeploymentsPage() {
           <NativeSelect.Field
             aria-label="Show deployments with status"
             value={status}
-            onChange={(e) => setStatus(e.target.value as DeploymentStatus | '')}
+            onChange={(e) => {
+              setStatus(e.target.value as DeploymentStatus | '')
+              setLimit(DEPLOYMENTS_PAGE)
+            }}
           >
             <option value="">Every status</option>
             {Object.entries(STATUS_LABEL).map(([v, label]) => (
@@ -157,6 +170,26 @@ export function DeploymentsPage() {
             </Table.Root>
           </Table.ScrollArea>
         </Box>
+        {(more || (total !== undefined && total > rows.length)) && (
+          <HStack gap="3" wrap="wrap" data-testid="deployments-more">
+            <Text color="fg.muted" fontSize="sm" role="status">
+              {total !== undefined
+                ? `Showing ${rows.length} of ${total}${status ? ` ${STATUS_LABEL[status].toLowerCase()}` : ''} deployments, newest first.`
+                : `Showing the newest ${rows.length}${status ? ` ${STATUS_LABEL[status].toLowerCase()}` : ''} deployments; there are more.`}
+              {limit >= DEPLOYMENTS_MAX && ' This is as many as herald lists at once: choose a status to narrow it down.'}
+            </Text>
+            {limit < DEPLOYMENTS_MAX && (
+              <Button
+                size="sm"
+                variant="outline"
+                loading={list.isFetching && list.isPlaceholderData}
+                onClick={() => setLimit((l) => Math.min(DEPLOYMENTS_MAX, l + DEPLOYMENTS_PAGE))}
+              >
+                Load more
+              </Button>
+            )}
+          </HStack>
+        )}
         </>
       )}
     </Stack>

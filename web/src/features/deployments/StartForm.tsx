@@ -4,39 +4,45 @@ import { useState, type FormEvent } from 'react'
 import { LuRocket } from 'react-icons/lu'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { toaster } from '../../components/ui/toaster'
-import { newId } from '../../lib/api'
-import { sendDeploymentCommand } from './api'
+import { OnceCommand } from '../../lib/once'
+import { sendDeploymentCommand, type CommandResult } from './api'
 
-/** StartDeployment: a new stream (`expected_version: 0`) with a fresh id. */
+/**
+ * StartDeployment: a new stream (`expected_version: 0`). Its aggregate id and
+ * command id are made once per filled-in form, so a double click or a retry is
+ * the same command; the form clears after success and the next one gets new ids.
+ */
 export function StartForm() {
   const [service, setService] = useState('')
   const [version, setVersion] = useState('')
   const [environment, setEnvironment] = useState('')
+  const [once] = useState(() => new OnceCommand<CommandResult>())
 
   const mutation = useMutation({
-    mutationFn: () =>
-      sendDeploymentCommand(
-        newId(),
-        {
-          type: 'StartDeployment',
-          data: {
-            service: service.trim(),
-            ...(version.trim() ? { version: version.trim() } : {}),
-            ...(environment.trim() ? { environment: environment.trim() } : {}),
-          },
-        },
-        0,
-      ),
-    onSuccess: () => {
-      toaster.create({ type: 'success', title: 'Deployment started', description: service.trim() })
+    mutationFn: (data: { service: string; version?: string; environment?: string }) =>
+      once.submit((ids) => sendDeploymentCommand(ids.aggregateId, { type: 'StartDeployment', data }, 0, ids.commandId)),
+    onSuccess: (_r, data) => {
+      toaster.create({ type: 'success', title: 'Deployment started', description: data.service })
+      setService('')
       setVersion('')
+      setEnvironment('')
     },
   })
 
+  const edit = (set: (v: string) => void) => (v: string) => {
+    // Different fields are a different command.
+    once.renew()
+    set(v)
+  }
+
   const submit = (ev: FormEvent) => {
     ev.preventDefault()
-    if (!service.trim()) return
-    mutation.mutate()
+    if (!service.trim() || once.pending) return
+    mutation.mutate({
+      service: service.trim(),
+      ...(version.trim() ? { version: version.trim() } : {}),
+      ...(environment.trim() ? { environment: environment.trim() } : {}),
+    })
   }
 
   return (
@@ -52,17 +58,17 @@ export function StartForm() {
                 <Field.Label>
                   Service <Field.RequiredIndicator />
                 </Field.Label>
-                <Input value={service} onChange={(e) => setService(e.target.value)} placeholder="user-service" maxLength={200} />
+                <Input value={service} onChange={(e) => edit(setService)(e.target.value)} placeholder="user-service" maxLength={200} />
               </Field.Root>
               <Field.Root>
                 <Field.Label>Version</Field.Label>
-                <Input value={version} onChange={(e) => setVersion(e.target.value)} placeholder="1.4.2" maxLength={200} />
+                <Input value={version} onChange={(e) => edit(setVersion)(e.target.value)} placeholder="1.4.2" maxLength={200} />
               </Field.Root>
               <Field.Root>
                 <Field.Label>Environment</Field.Label>
-                <Input value={environment} onChange={(e) => setEnvironment(e.target.value)} placeholder="prod" maxLength={200} />
+                <Input value={environment} onChange={(e) => edit(setEnvironment)(e.target.value)} placeholder="prod" maxLength={200} />
               </Field.Root>
-              <Button type="submit" loading={mutation.isPending} disabled={!service.trim()}>
+              <Button type="submit" loading={mutation.isPending} disabled={!service.trim() || mutation.isPending}>
                 <LuRocket aria-hidden="true" /> Start
               </Button>
             </SimpleGrid>

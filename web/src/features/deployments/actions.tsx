@@ -1,12 +1,14 @@
-import { Button, Dialog, Field, HStack, Input, Portal, Stack, Text, Textarea } from '@chakra-ui/react'
+import { Alert, Button, Dialog, Field, HStack, Input, Portal, Stack, Text, Textarea } from '@chakra-ui/react'
 import { useMutation } from '@tanstack/react-query'
-import { useState, type FormEvent } from 'react'
+import { useRef, useState, type FormEvent } from 'react'
 import { LuBan, LuCircleCheck, LuCircleX, LuGauge } from 'react-icons/lu'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { toaster } from '../../components/ui/toaster'
-import { sendDeploymentCommand } from './api'
+import { ApiError } from '../../lib/api'
+import { OnceCommand } from '../../lib/once'
+import { sendDeploymentCommand, type CommandResult } from './api'
 import { deploymentName } from './components'
-import type { Deployment, DeploymentCommand } from './types'
+import { STATUS_LABEL, type Deployment, type DeploymentCommand } from './types'
 
 type Action = 'progress' | 'succeed' | 'fail' | 'cancel'
 
@@ -26,10 +28,13 @@ const DONE: Record<Action, string> = {
 /** The operator's buttons for one deployment in progress. */
 export function DeploymentActions({ deployment, size = 'xs' }: { deployment: Deployment; size?: 'xs' | 'sm' }) {
   const [open, setOpen] = useState<Action | null>(null)
-  if (deployment.status !== 'in_progress') return null
   const name = deploymentName(deployment)
+  // The dialog stays open (with what was typed) when the deployment changes or
+  // finishes underneath it; only the buttons go.
+  if (deployment.status !== 'in_progress' && !open) return null
   return (
     <>
+      {deployment.status === 'in_progress' && (
       <HStack gap="1" wrap="wrap" role="group" aria-label={`Actions for ${name}`}>
         <Button size={size} variant="outline" onClick={() => setOpen('progress')} aria-label={`Report progress of ${name}`}>
           <LuGauge aria-hidden="true" /> Progress
@@ -44,6 +49,7 @@ export function DeploymentActions({ deployment, size = 'xs' }: { deployment: Dep
           <LuBan aria-hidden="true" /> Cancel
         </Button>
       </HStack>
+      )}
       {open && <ActionDialog action={open} deployment={deployment} onClose={() => setOpen(null)} />}
     </>
   )
@@ -53,6 +59,14 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
   const [percent, setPercent] = useState(String(Math.min(100, deployment.progress + 10)))
   const [text, setText] = useState('')
   const name = deploymentName(deployment)
+  // The version the person looked at when they opened the dialog: a change
+  // since then answers 409, shown here; after it, a retry is against the latest.
+  const [baseVersion, setBaseVersion] = useState(deployment.stream_version)
+  const latest = useRef(deployment)
+  latest.current = deployment
+  // One dialog, one command: a double click or a retry is the same command_id.
+  const [once] = useState(() => new OnceCommand<CommandResult>())
+  const changed = deployment.stream_version !== baseVersion
 
   const mutation = useMutation({
     mutationFn: () => {
@@ -73,7 +87,14 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
           break
       }
       // Against the version shown: if someone changed it meanwhile, 409 says so.
-      return sendDeploymentCommand(deployment.id, command, deployment.stream_version)
+      return once.submit((ids) => sendDeploymentCommand(deployment.id, command, baseVersion, ids.commandId))
+    },
+    onError: (e) => {
+      if (e instanceof ApiError && e.status === 409) {
+        // Seen now: the next try is a new command against the latest version.
+        setBaseVersion(latest.current.stream_version)
+        once.renew()
+      }
     },
     onSuccess: () => {
       toaster.create({ type: 'success', title: DONE[action], description: name })
@@ -87,7 +108,7 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
 
   const submit = (ev: FormEvent) => {
     ev.preventDefault()
-    if (percentInvalid || reasonMissing) return
+    if (percentInvalid || reasonMissing || once.pending) return
     mutation.mutate()
   }
 
@@ -104,12 +125,35 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
             <Dialog.Body>
               <Stack gap="4">
                 <Text color="fg.muted">{name}</Text>
+                {changed && (
+                  <Alert.Root status="info" size="sm" role="status">
+                    <Alert.Indicator />
+                    <Alert.Description>
+                      This deployment changed while this dialog was open: it is now{' '}
+                      {deployment.status === 'in_progress'
+                        ? `at ${deployment.progress}%${deployment.message ? ` (${deployment.message})` : ''}`
+                        : STATUS_LABEL[deployment.status].toLowerCase()}
+                      .
+                    </Alert.Description>
+                  </Alert.Root>
+                )}
                 {action === 'progress' && (
                   <Field.Root required invalid={percentInvalid}>
                     <Field.Label>
                       Percent done <Field.RequiredIndicator />
                     </Field.Label>
-                    <Input type="number" inputMode="numeric" min={0} max={100} step={1} value={percent} onChange={(e) => setPercent(e.target.value)} />
+                    <Input
+                      type="number"
+                      inputMode="numeric"
+                      min={0}
+                      max={100}
+                      step={1}
+                      value={percent}
+                      onChange={(e) => {
+                        once.renew()
+                        setPercent(e.target.value)
+                      }}
+                    />
                     <Field.ErrorText>A whole number from 0 to 100.</Field.ErrorText>
                   </Field.Root>
                 )}
@@ -118,7 +162,15 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
                     <Field.Label>
                       {action === 'progress' ? 'Message' : 'Reason'} {action === 'fail' && <Field.RequiredIndicator />}
                     </Field.Label>
-                    <Textarea value={text} onChange={(e) => setText(e.target.value)} rows={3} maxLength={2000} />
+                    <Textarea
+                      value={text}
+                      onChange={(e) => {
+                        once.renew()
+                        setText(e.target.value)
+                      }}
+                      rows={3}
+                      maxLength={2000}
+                    />
                     {action === 'fail' && <Field.HelperText>Say what went wrong; it goes in the log.</Field.HelperText>}
                   </Field.Root>
                 )}
@@ -133,7 +185,7 @@ function ActionDialog({ action, deployment, onClose }: { action: Action; deploym
               <Button
                 type="submit"
                 loading={mutation.isPending}
-                disabled={percentInvalid || reasonMissing}
+                disabled={percentInvalid || reasonMissing || mutation.isPending}
                 colorPalette={action === 'fail' ? 'red' : action === 'succeed' ? 'green' : undefined}
               >
                 {TITLES[action]}

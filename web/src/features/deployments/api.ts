@@ -1,9 +1,11 @@
 import { get, newId, post } from '../../lib/api'
 import type { Envelope, StreamSlice } from '../../lib/types'
-import type { Deployment, DeploymentCommand, DeploymentList } from './types'
+import type { Deployment, DeploymentCommand, DeploymentList, DeploymentStatus } from './types'
 
 export const deploymentKeys = {
+  /** Every cached list (each status filter and length) is under this prefix. */
   list: ['deployments'] as const,
+  listOf: (q: ListQuery) => ['deployments', { status: q.status ?? null, limit: q.limit }] as const,
   detail: (id: string) => ['deployment', id] as const,
   stream: (stream: string) => ['stream', stream] as const,
 }
@@ -19,13 +21,38 @@ export function raiseDeploymentWatermark(position: number): void {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-export async function fetchDeployments(signal?: AbortSignal): Promise<DeploymentList> {
-  let list = await get<DeploymentList>('/api/deployments?limit=200', signal)
+/** What the dashboard asks for: a status (filtered by herald) and how many, newest first. */
+export interface ListQuery {
+  status?: DeploymentStatus | null
+  limit: number
+}
+/** The first page, and how much "Load more" adds. */
+export const DEPLOYMENTS_PAGE = 200
+/** herald sends at most this many in one list. */
+export const DEPLOYMENTS_MAX = 1000
+
+/**
+ * `GET /api/deployments?status=S&limit=N`: herald filters, so a status finds
+ * every deployment that has it, not only those among the newest. One more
+ * than asked is read to know whether there are more (`more`).
+ */
+export async function fetchDeployments(q: ListQuery = { limit: DEPLOYMENTS_PAGE }, signal?: AbortSignal): Promise<DeploymentList> {
+  const limit = Math.max(1, Math.min(q.limit, DEPLOYMENTS_MAX))
+  const ask = Math.min(limit + 1, DEPLOYMENTS_MAX)
+  const url = `/api/deployments?${q.status ? `status=${encodeURIComponent(q.status)}&` : ''}limit=${ask}`
+  let list = await get<DeploymentList>(url, signal)
   for (let i = 0; i < 5 && list.position < watermark; i++) {
     await sleep(150 * (i + 1))
-    list = await get<DeploymentList>('/api/deployments?limit=200', signal)
+    list = await get<DeploymentList>(url, signal)
   }
-  return list
+  const all = list.deployments ?? []
+  return {
+    ...list,
+    deployments: all.slice(0, limit),
+    // At herald's maximum, a full page may or may not be all of them.
+    more: all.length > limit || (ask === limit && all.length === limit && limit === DEPLOYMENTS_MAX),
+    status: q.status ?? null,
+  }
 }
 
 export const fetchDeployment = (id: string, signal?: AbortSignal) =>
@@ -53,17 +80,22 @@ export interface CommandResult {
   events: Envelope[]
 }
 
-/** `POST /api/commands` for a deployment; the command id makes a retry safe. */
+/**
+ * `POST /api/commands` for a deployment. The command id makes a retry safe:
+ * pass the same one for a repeat of the same command (a double click, a retry
+ * after an error), so herald answers with the first result instead of acting twice.
+ */
 export function sendDeploymentCommand(
   aggregateId: string,
   command: DeploymentCommand,
   expectedVersion?: number,
+  commandId: string = newId(),
 ): Promise<CommandResult> {
   return post<CommandResult>('/api/commands', {
     type: command.type,
     aggregate_id: aggregateId,
     ...(expectedVersion !== undefined ? { expected_version: expectedVersion } : {}),
-    command_id: newId(),
+    command_id: commandId,
     ...(command.data && Object.keys(command.data).length > 0 ? { data: command.data } : {}),
   })
 }

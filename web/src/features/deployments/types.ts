@@ -2,7 +2,7 @@ import type { Actor } from '../../lib/types'
 
 export type DeploymentStatus = 'in_progress' | 'succeeded' | 'failed' | 'cancelled'
 
-/** The deployments read model (API.md §5), as `GET /api/deployments[/{id}]` serves it. */
+/** The deployments read model (docs/API.md §5), as `GET /api/deployments[/{id}]` serves it. */
 export interface Deployment {
   id: string
   service: string
@@ -22,6 +22,12 @@ export interface DeploymentList {
   deployments: Deployment[]
   /** How far the read model has caught up. */
   position: number
+  /** There are more than the list holds (the console read one more than it shows). */
+  more?: boolean
+  /** How many there are in all, where herald says so. */
+  total?: number
+  /** The status herald filtered on (null: every status). */
+  status?: DeploymentStatus | null
 }
 
 export const STATUS_LABEL: Record<DeploymentStatus, string> = {

@@ -1,0 +1,274 @@
+import { describe, expect, it } from 'vitest'
+import type { Envelope } from '../lib/types'
+import type { StatusInfo } from './connection'
+import {
+  SharedLive,
+  type BroadcastChannelLike,
+  type ConnectionCallbacks,
+  type ConnectionLike,
+  type LockManagerLike,
+} from './shared'
+
+// --- fakes: Web Locks, BroadcastChannel, and the leader's connection ----------
+
+/** An exclusive lock per name, granted in request order; released when the callback's promise settles. */
+class FakeLocks implements LockManagerLike {
+  private held = new Map<string, boolean>()
+  private queue = new Map<string, { cb: () => Promise<unknown>; signal?: AbortSignal; done: (v: unknown) => void; fail: (e: unknown) => void }[]>()
+
+  request(name: string, options: { signal?: AbortSignal }, cb: (lock: unknown) => Promise<unknown>): Promise<unknown> {
+    return new Promise((done, fail) => {
+      const q = this.queue.get(name) ?? []
+      this.queue.set(name, q)
+      const entry = { cb: () => cb({ name }), signal: options.signal, done, fail }
+      q.push(entry)
+      options.signal?.addEventListener('abort', () => {
+        const i = q.indexOf(entry)
+        if (i >= 0) {
+          q.splice(i, 1)
+          fail(new DOMException('aborted', 'AbortError'))
+        }
+      })
+      this.grant(name)
+    })
+  }
+
+  private grant(name: string): void {
+    if (this.held.get(name)) return
+    const next = this.queue.get(name)?.shift()
+    if (!next) return
+    this.held.set(name, true)
+    void Promise.resolve()
+      .then(next.cb)
+      .then(next.done, next.fail)
+      .finally(() => {
+        this.held.set(name, false)
+        this.grant(name)
+      })
+  }
+}
+
+/** Channels of one name see each other's messages (never their own), asynchronously, in order. */
+class FakeChannels {
+  private members = new Map<string, Set<FakeChannel>>()
+  readonly Ctor: new (name: string) => BroadcastChannelLike
+  constructor() {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const hub = this
+    this.Ctor = class extends FakeChannel {
+      constructor(name: string) {
+        super(name, hub)
+      }
+    }
+  }
+  join(c: FakeChannel): void {
+    const set = this.members.get(c.name) ?? new Set()
+    set.add(c)
+    this.members.set(c.name, set)
+  }
+  leave(c: FakeChannel): void {
+    this.members.get(c.name)?.delete(c)
+  }
+  send(from: FakeChannel, message: unknown): void {
+    const data = structuredClone(message)
+    for (const c of this.members.get(from.name) ?? []) {
+      if (c !== from) setTimeout(() => c.deliver(data), 0)
+    }
+  }
+}
+
+class FakeChannel implements BroadcastChannelLike {
+  private listeners: ((ev: MessageEvent) => void)[] = []
+  private closed = false
+  constructor(
+    readonly name: string,
+    private readonly hub: FakeChannels,
+  ) {
+    hub.join(this)
+  }
+  postMessage(message: unknown): void {
+    if (this.closed) throw new Error('closed')
+    this.hub.send(this, message)
+  }
+  addEventListener(_type: 'message', l: (ev: MessageEvent) => void): void {
+    this.listeners.push(l)
+  }
+  deliver(data: unknown): void {
+    if (this.closed) return
+    for (const l of this.listeners) l({ data } as MessageEvent)
+  }
+  close(): void {
+    this.closed = true
+    this.hub.leave(this)
+  }
+}
+
+function envelope(position: number): Envelope {
+  return {
+    position,
+    id: `e${position}`,
+    stream: 'deployment-d1',
+    version: position,
+    type: 'DeploymentProgressed',
+    schema: 1,
+    data: {},
+    actor: { kind: 'user', id: 'u1', name: 'alice' },
+    recorded_at: new Date(0).toISOString(),
+    hash: 'h',
+  }
+}
+
+/** Stands in for LiveConnection: the test plays herald through it. */
+class FakeConnection implements ConnectionLike {
+  static all: FakeConnection[] = []
+  startedAfter: number | undefined | null = null
+  stopped = false
+  reconnects = 0
+  nudges = 0
+  private applied = 0
+  info: StatusInfo = { status: 'connecting', position: 0, attempt: 0, retryAt: null, pollingReason: null }
+  constructor(
+    readonly tab: string,
+    private readonly cb: ConnectionCallbacks,
+    private readonly head: number,
+  ) {
+    FakeConnection.all.push(this)
+  }
+  static open(): FakeConnection[] {
+    return FakeConnection.all.filter((c) => c.startedAfter !== null && !c.stopped)
+  }
+  start(after?: number): void {
+    this.startedAfter = after
+    this.applied = after ?? this.head
+    this.cb.onReady(this.applied)
+    this.info = { ...this.info, status: 'live', position: this.applied }
+    this.cb.onStatus(this.info)
+  }
+  stop(): void {
+    this.stopped = true
+    this.info = { ...this.info, status: 'stopped' }
+    this.cb.onStatus(this.info)
+  }
+  nudge(): void {
+    this.nudges++
+  }
+  reconnect(): void {
+    this.reconnects++
+  }
+  /** What herald streams from `after`: LiveConnection hands on only what is past its position. */
+  deliver(positions: number[]): void {
+    const fresh = positions.filter((p) => p > this.applied).map(envelope)
+    if (fresh.length === 0) return
+    this.applied = fresh[fresh.length - 1].position
+    this.info = { ...this.info, position: this.applied }
+    this.cb.onEvents(fresh)
+  }
+}
+
+interface Tab {
+  name: string
+  live: SharedLive
+  seen: number[]
+  statuses: string[]
+  ready: number[]
+}
+
+function openTab(name: string, locks: LockManagerLike | null, channels: FakeChannels | null, head = 10): Tab {
+  const tab: Tab = { name, live: null as unknown as SharedLive, seen: [], statuses: [], ready: [] }
+  tab.live = new SharedLive({
+    locks,
+    BroadcastChannel: channels?.Ctor ?? null,
+    createConnection: (cb) => new FakeConnection(name, cb, head),
+    onEvents: (events) => tab.seen.push(...events.map((e) => e.position)),
+    onStatus: (s) => tab.statuses.push(s.status),
+    onReady: (p) => tab.ready.push(p),
+  })
+  tab.live.start()
+  return tab
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 5))
+
+describe('SharedLive: one connection per browser', () => {
+  it('elects one leader; every follower gets every event once; on close a follower takes over from the last position', async () => {
+    FakeConnection.all = []
+    const locks = new FakeLocks()
+    const channels = new FakeChannels()
+    const a = openTab('a', locks, channels)
+    await settle()
+    const b = openTab('b', locks, channels)
+    const c = openTab('c', locks, channels)
+    await settle()
+
+    expect([a.live.mode, b.live.mode, c.live.mode]).toEqual(['leader', 'follower', 'follower'])
+    expect(FakeConnection.open().map((x) => x.tab)).toEqual(['a'])
+    // The followers learnt the leader's position and status from its answer to their hello.
+    expect(b.ready).toEqual([10])
+    expect(b.live.info.status).toBe('live')
+
+    const leader = FakeConnection.open()[0]
+    leader.deliver([11, 12])
+    leader.deliver([13])
+    await settle()
+    for (const t of [a, b, c]) expect(t.seen, t.name).toEqual([11, 12, 13])
+
+    // The leader's tab closes: b (next in the lock's queue) leads, from 13.
+    a.live.stop()
+    await settle()
+    expect(b.live.mode).toBe('leader')
+    expect(c.live.mode).toBe('follower')
+    const open = FakeConnection.open()
+    expect(open.map((x) => x.tab)).toEqual(['b'])
+    expect(open[0].startedAfter).toBe(13)
+    // The old leader's "stopped" stayed in its own tab.
+    expect(c.statuses).not.toContain('stopped')
+
+    // herald resends 13 (it is at or below the resume point) and goes on.
+    open[0].deliver([13, 14, 15])
+    await settle()
+    expect(b.seen).toEqual([11, 12, 13, 14, 15])
+    expect(c.seen).toEqual([11, 12, 13, 14, 15])
+    expect(a.seen).toEqual([11, 12, 13])
+
+    // And once more: c takes over from 15.
+    b.live.stop()
+    await settle()
+    expect(c.live.mode).toBe('leader')
+    expect(FakeConnection.open().map((x) => [x.tab, x.startedAfter])).toEqual([['c', 15]])
+    c.live.stop()
+  })
+
+  it('a tab that joins while events flow starts at the first batch it sees, and nudges and step-up reconnects go to the leader', async () => {
+    FakeConnection.all = []
+    const locks = new FakeLocks()
+    const channels = new FakeChannels()
+    const a = openTab('a', locks, channels)
+    await settle()
+    const leader = FakeConnection.open()[0]
+    leader.deliver([11])
+    const b = openTab('b', locks, channels)
+    leader.deliver([12])
+    await settle()
+    expect(b.seen).toEqual([12])
+    expect(b.ready[0]).toBe(11)
+    b.live.nudge()
+    b.live.reconnect()
+    await settle()
+    expect(leader.nudges).toBe(1)
+    expect(leader.reconnects).toBe(1)
+    expect(FakeConnection.open()).toHaveLength(1)
+    a.live.stop()
+    b.live.stop()
+  })
+
+  it('without Web Locks or BroadcastChannel, each tab runs its own connection', async () => {
+    FakeConnection.all = []
+    const a = openTab('a', null, new FakeChannels())
+    const b = openTab('b', new FakeLocks(), null)
+    await settle()
+    expect([a.live.mode, b.live.mode]).toEqual(['solo', 'solo'])
+    expect(FakeConnection.open().map((x) => x.tab)).toEqual(['a', 'b'])
+    a.live.stop()
+    b.live.stop()
+  })
+})
