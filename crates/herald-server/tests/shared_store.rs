@@ -15,8 +15,8 @@ use herald_core::auth::Role;
 use herald_core::deployment::DeploymentEvent;
 use herald_core::envelope::Actor;
 use herald_core::store::{
-    AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, Filter, Head, LiveReceiver, Page,
-    StoreError, StreamSlice,
+    AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, Filter, Head, LiveReceiver, Page, StoreError,
+    StreamSlice,
 };
 use herald_server::auth::create_token;
 use herald_server::projector::Publisher;
@@ -247,7 +247,14 @@ async fn a_command_sent_to_one_process_reaches_the_deployment_streams_of_the_oth
     assert_eq!(view_of(&change)["id"], "web");
     assert!(id_of(&change) >= p, "{change:?} reflects {p}");
 
-    let p = command(&node_a, &token, "ReportDeploymentProgress", "web", json!({ "percent": 30 })).await;
+    let p = command(
+        &node_a,
+        &token,
+        "ReportDeploymentProgress",
+        "web",
+        json!({ "percent": 30 }),
+    )
+    .await;
     let change = on_b.next().await;
     assert_eq!(view_of(&change)["progress"], 30);
     assert!(id_of(&change) >= p);
@@ -322,7 +329,11 @@ async fn a_snapshot_between_two_published_positions_gets_each_change_once() {
     let token = mint(&b).await;
     let mut publisher = Publisher::start(&b).await.expect("publisher");
     while !a_projector.process_next(100).await.expect("step").caught_up() {}
-    assert_eq!(publisher.publish(&b).await.expect("publish"), 0, "no deployment changed yet");
+    assert_eq!(
+        publisher.publish(&b).await.expect("publish"),
+        0,
+        "no deployment changed yet"
+    );
 
     let p1 = deploy(&a_store, "one", started("one")).await;
     while !a_projector.process_next(100).await.expect("step").caught_up() {}
