@@ -65,12 +65,33 @@ impl Default for ServerConfig {
     }
 }
 
-/// Changed deployments after one projector step, pre-encoded as SSE frames.
+/// Deployments changed in the read model between two of its checkpoints
+/// (whichever process applied them), pre-encoded as SSE frames.
 #[derive(Debug)]
 pub struct DeploymentChanges {
-    /// The log position the read model reflects after the step.
+    /// The log position the frames' states reflect: every change at or before it
+    /// has been published (in this batch or an earlier one). Each frame's `id`.
     pub position: u64,
+    /// `id: …\nevent: deployment\ndata: {view}\n\n` per deployment, back to back.
     pub frames: Bytes,
+    /// Per frame, in order: the position of the last event that changed its
+    /// deployment (ascending, unique), and where the frame starts in `frames`.
+    pub starts: Vec<(u64, usize)>,
+}
+
+impl DeploymentChanges {
+    /// The frames of the deployments changed after `position` (a subscriber's
+    /// snapshot position): a suffix of `frames`, shared, not copied; `None`
+    /// when there are none. A deployment whose last change is at or before
+    /// `position` is already in the subscriber's state as it is now.
+    pub fn after(&self, position: u64) -> Option<Bytes> {
+        if self.position <= position {
+            return None;
+        }
+        let first = self.starts.partition_point(|(changed, _)| *changed <= position);
+        let (_, start) = self.starts.get(first)?;
+        Some(self.frames.slice(*start..))
+    }
 }
 
 #[derive(Clone)]

@@ -10,8 +10,13 @@
 //!   happens when the checkpoint is still the one the caller read: a second
 //!   process (`herald projections rebuild` while `herald serve` runs) cannot
 //!   make either of them apply events twice or skip some.
+//! - Each row also records the log position of the last event that changed it
+//!   (`updated_position`, indexed), so any process can find what changed
+//!   between two checkpoints, whoever applied it ([`SqliteDeployments::changed`]).
 //! - The model is derived data: when its format changes ([`MODEL_VERSION`]) the
-//!   tables are recreated empty at checkpoint 0 and the projector replays the log.
+//!   tables are migrated when a migration exists (version 1 → 2 adds
+//!   `updated_position`), otherwise recreated empty at checkpoint 0 and the
+//!   projector replays the log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +38,7 @@ pub const READMODELS_FILE: &str = "readmodels.db";
 pub const REBUILD_PAGE: usize = 10_000;
 
 /// The format of the tables below; a file with another version is recreated.
-pub const MODEL_VERSION: i64 = 1;
+pub const MODEL_VERSION: i64 = 2;
 
 /// The checkpoint's name in `checkpoints`.
 const CHECKPOINT: &str = "deployments";
@@ -47,10 +52,12 @@ CREATE TABLE IF NOT EXISTS deployments (
     id               TEXT PRIMARY KEY,
     status           TEXT NOT NULL,
     started_position INTEGER NOT NULL,
-    view             TEXT NOT NULL
+    view             TEXT NOT NULL,
+    updated_position INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deployments_status ON deployments (status, started_position);
 CREATE INDEX IF NOT EXISTS deployments_started ON deployments (started_position);
+CREATE INDEX IF NOT EXISTS deployments_updated ON deployments (updated_position);
 CREATE TABLE IF NOT EXISTS checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL
@@ -59,6 +66,46 @@ INSERT OR IGNORE INTO checkpoints (name, position) VALUES ('deployments', 0);
 "#;
 
 const DROP: &str = "DROP TABLE IF EXISTS deployments; DROP TABLE IF EXISTS checkpoints;";
+
+/// Version 1 → 2: rows learn the position of their last change. What changed
+/// them before is not known any more; the checkpoint is an upper bound (so a
+/// query for changes after an older position finds them rather than missing them).
+const MIGRATE_1_TO_2: &str = "ALTER TABLE deployments ADD COLUMN updated_position INTEGER NOT NULL DEFAULT 0;
+UPDATE deployments SET updated_position =
+    COALESCE((SELECT position FROM checkpoints WHERE name = 'deployments'), 0);";
+
+/// Rows read per [`SqliteDeployments::changed`] call at most.
+pub const CHANGED_PAGE: usize = 1000;
+
+/// A deployments row changed within some range of log positions, its view as stored (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRow {
+    pub id: String,
+    /// The position of the last event that changed it.
+    pub updated_position: u64,
+    /// The [`DeploymentView`] as JSON (what `serde_json::to_string` gives).
+    pub view: String,
+}
+
+impl ChangedRow {
+    pub fn parse(&self) -> Result<DeploymentView, StoreError> {
+        parse_view(&self.id, &self.view)
+    }
+}
+
+/// What [`SqliteDeployments::changed`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// Rows changed after the position asked for, by `updated_position` ascending
+    /// (positions are unique: an event changes one deployment).
+    pub rows: Vec<ChangedRow>,
+    /// The position every row changed at or before is in `rows` up to: the
+    /// checkpoint (read in the same transaction) when they all fit, else the last
+    /// row's `updated_position`. Never below the position asked for.
+    pub position: u64,
+    /// The model's checkpoint, read in the same transaction as the rows.
+    pub checkpoint: u64,
+}
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -92,7 +139,11 @@ impl SqliteDeployments {
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(backend)?;
-        if version != MODEL_VERSION {
+        if version == 1 {
+            tracing::info!(from = version, to = MODEL_VERSION, "migrating the read model");
+            tx.execute_batch(MIGRATE_1_TO_2).map_err(backend)?;
+            tx.pragma_update(None, "user_version", MODEL_VERSION).map_err(backend)?;
+        } else if version != MODEL_VERSION {
             if version != 0 {
                 tracing::info!(
                     from = version,
@@ -205,6 +256,63 @@ impl SqliteDeployments {
         .await
     }
 
+    /// The rows changed after log position `after` (by index on
+    /// `updated_position`, at most `limit`, oldest change first), with the
+    /// checkpoint, in one read transaction: whoever applied the changes, this
+    /// process or another one.
+    ///
+    /// When the checkpoint is not above `after` (nothing new, or a rebuild
+    /// started over) nothing is returned and `position` is `after`.
+    pub async fn changed(&self, after: u64, limit: usize) -> Result<Changed, StoreError> {
+        let limit = limit.max(1);
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let checkpoint = read_checkpoint(&tx)?;
+            if checkpoint <= after {
+                return Ok(Changed {
+                    rows: Vec::new(),
+                    position: after,
+                    checkpoint,
+                });
+            }
+            let rows: Vec<ChangedRow> = tx
+                .prepare_cached(
+                    "SELECT id, updated_position, view FROM deployments
+                     WHERE updated_position > ?1 AND updated_position <= ?2
+                     ORDER BY updated_position LIMIT ?3",
+                )
+                .map_err(backend)?
+                .query_map(
+                    params![
+                        after as i64,
+                        checkpoint as i64,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        Ok(ChangedRow {
+                            id: r.get(0)?,
+                            updated_position: r.get::<_, i64>(1)? as u64,
+                            view: r.get(2)?,
+                        })
+                    },
+                )
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            let position = match rows.last() {
+                Some(last) if rows.len() >= limit => last.updated_position,
+                _ => checkpoint,
+            };
+            Ok(Changed {
+                rows,
+                position,
+                checkpoint,
+            })
+        })
+        .await
+    }
+
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
         self.write(|conn| {
@@ -271,6 +379,8 @@ fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> 
 struct Slot {
     view: Option<DeploymentView>,
     started_position: u64,
+    /// The position of the last event that changed the view.
+    updated_position: u64,
     changed: bool,
 }
 
@@ -286,15 +396,18 @@ impl Slot {
         if before.is_none() {
             self.started_position = position;
         }
+        self.updated_position = position;
         self.changed = true;
         Ok(true)
     }
 }
 
 /// Writes a deployment's row, whether it is new or not.
-const UPSERT: &str = "INSERT INTO deployments (id, status, started_position, view) VALUES (?1, ?2, ?3, ?4)
+const UPSERT: &str = "INSERT INTO deployments (id, status, started_position, view, updated_position)
+     VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT (id) DO UPDATE SET
-         status = excluded.status, started_position = excluded.started_position, view = excluded.view";
+         status = excluded.status, started_position = excluded.started_position, view = excluded.view,
+         updated_position = excluded.updated_position";
 
 fn apply(
     conn: &mut Connection,
@@ -342,6 +455,7 @@ fn apply(
             let Some(Slot {
                 view: Some(view),
                 started_position,
+                updated_position,
                 ..
             }) = slots.get(id)
             else {
@@ -349,7 +463,13 @@ fn apply(
             };
             let json = serde_json::to_string(view).map_err(backend)?;
             upsert
-                .execute(params![id, view.status.as_str(), *started_position as i64, json])
+                .execute(params![
+                    id,
+                    view.status.as_str(),
+                    *started_position as i64,
+                    json,
+                    *updated_position as i64
+                ])
                 .map_err(backend)?;
         }
     }
@@ -626,6 +746,7 @@ struct Row {
     id: Box<str>,
     status: DeploymentStatus,
     started_position: u64,
+    updated_position: u64,
     view: String,
 }
 
@@ -847,6 +968,7 @@ fn fold_stage(
                     id: id.clone(),
                     status: view.status,
                     started_position: slot.started_position,
+                    updated_position: slot.updated_position,
                     view: serde_json::to_string(view).map_err(backend)?,
                 });
             }
@@ -873,16 +995,17 @@ fn fold_stage(
 
 /// The stored row of deployment `id` as a [`Slot`] (empty when there is none).
 fn load_slot(conn: &Connection, id: &str) -> Result<Slot, StoreError> {
-    let row: Option<(i64, String)> = conn
-        .prepare_cached("SELECT started_position, view FROM deployments WHERE id = ?1")
+    let row: Option<(i64, i64, String)> = conn
+        .prepare_cached("SELECT started_position, updated_position, view FROM deployments WHERE id = ?1")
         .map_err(backend)?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()
         .map_err(backend)?;
     Ok(match row {
-        Some((started_position, json)) => Slot {
+        Some((started_position, updated_position, json)) => Slot {
             view: Some(parse_view(id, &json)?),
             started_position: started_position as u64,
+            updated_position: updated_position as u64,
             changed: false,
         },
         None => Slot::default(),
@@ -939,7 +1062,8 @@ fn write_stage(
                         &*row.id,
                         row.status.as_str(),
                         row.started_position as i64,
-                        row.view
+                        row.view,
+                        row.updated_position as i64
                     ])
                     .map_err(backend)?;
             }

@@ -705,3 +705,168 @@ async fn the_read_model_lives_in_its_own_file() {
         .unwrap();
     assert_eq!(tables, 0);
 }
+
+// ---------------------------------------------------------------------------
+// Changed rows: what any process can publish from the checkpoint
+// ---------------------------------------------------------------------------
+
+fn changed_ids(changed: &herald_store::readmodel::Changed) -> Vec<(&str, u64)> {
+    changed
+        .rows
+        .iter()
+        .map(|r| (r.id.as_str(), r.updated_position))
+        .collect()
+}
+
+#[tokio::test]
+async fn changed_finds_rows_by_the_position_of_their_last_change() {
+    let f = Fixture::new();
+    let a = deploy(&f.store, "a", alice(), &[started("a")]).await.events[0].position();
+    let b = deploy(&f.store, "b", alice(), &[started("b")]).await.events[0].position();
+    let a2 = deploy(&f.store, "a", ci(), &[progressed(50, None)]).await.events[0].position();
+    f.catch_up(100).await;
+    let checkpoint = f.head().await;
+    assert!(a < b && b < a2);
+
+    // Every row once, by its last change, oldest first; the state as stored now.
+    let all = f.model.changed(0, 100).await.unwrap();
+    assert_eq!(changed_ids(&all), vec![("b", b), ("a", a2)]);
+    assert_eq!((all.position, all.checkpoint), (checkpoint, checkpoint));
+    assert_eq!(all.rows[1].parse().unwrap(), f.model.get("a").await.unwrap().unwrap());
+    assert_eq!(all.rows[1].parse().unwrap().progress, 50);
+
+    // After a position: only what changed after it.
+    let after_b = f.model.changed(b, 100).await.unwrap();
+    assert_eq!(changed_ids(&after_b), vec![("a", a2)]);
+    let after_a = f.model.changed(a, 100).await.unwrap();
+    assert_eq!(changed_ids(&after_a), vec![("b", b), ("a", a2)]);
+
+    // Caught up, or a checkpoint behind the position asked for: nothing.
+    for after in [checkpoint, checkpoint + 10] {
+        let none = f.model.changed(after, 100).await.unwrap();
+        assert!(none.rows.is_empty());
+        assert_eq!(none.position, after);
+        assert_eq!(none.checkpoint, checkpoint);
+    }
+
+    // A limit: the position is the last row's, and the rest follows from there.
+    let first = f.model.changed(0, 1).await.unwrap();
+    assert_eq!(changed_ids(&first), vec![("b", b)]);
+    assert_eq!(first.position, b);
+    let rest = f.model.changed(first.position, 1).await.unwrap();
+    assert_eq!(changed_ids(&rest), vec![("a", a2)]);
+    let end = f.model.changed(rest.position, 1).await.unwrap();
+    assert!(end.rows.is_empty());
+    assert_eq!(end.position, checkpoint);
+
+    // Events of other categories move the checkpoint, change no row.
+    post(&f.store, "p").await;
+    f.catch_up(100).await;
+    let later = f.model.changed(checkpoint, 100).await.unwrap();
+    assert!(later.rows.is_empty());
+    assert_eq!(later.position, f.head().await);
+}
+
+#[tokio::test]
+async fn a_rebuild_records_the_same_last_change_positions_as_the_projector() {
+    let f = Fixture::new();
+    varied_history(&f.store, 40).await;
+    f.catch_up(7).await;
+    let incremental = f.model.changed(0, 10_000).await.unwrap();
+    assert_eq!(incremental.rows.len(), 40);
+    assert!(
+        incremental
+            .rows
+            .windows(2)
+            .all(|w| w[0].updated_position < w[1].updated_position)
+    );
+    for page in [1, 13, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let rebuilt = SqliteDeployments::open(dir.path()).unwrap();
+        rebuild_with_page(f.store.clone(), rebuilt.clone(), page, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.changed(0, 10_000).await.unwrap(), incremental, "page {page}");
+    }
+    // Each row's position is the one of its stream's last event.
+    for row in &incremental.rows {
+        let stream = f
+            .store
+            .read_stream(&format!("deployment-{}", row.id), 1, 10_000)
+            .await
+            .unwrap();
+        let last = stream.events.last().unwrap().position();
+        assert_eq!(row.updated_position, last, "{}", row.id);
+    }
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_on_open_and_keeps_its_rows() {
+    let f = Fixture::new();
+    deploy(&f.store, "old", alice(), &[started("old"), progressed(10, Some("x"))]).await;
+    post(&f.store, "p").await;
+    f.catch_up(100).await;
+    let checkpoint = f.head().await;
+    let view = f.model.get("old").await.unwrap().unwrap();
+    drop(f.model);
+
+    // The same data as a version 1 file: the tables as they were, no updated_position.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(READMODELS_FILE)).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE deployments (
+                 id TEXT PRIMARY KEY, status TEXT NOT NULL, started_position INTEGER NOT NULL, view TEXT NOT NULL
+             ) STRICT, WITHOUT ROWID;
+             CREATE INDEX deployments_status ON deployments (status, started_position);
+             CREATE INDEX deployments_started ON deployments (started_position);
+             CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL) STRICT, WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO deployments (id, status, started_position, view) VALUES ('old', 'in_progress', 1, ?1)",
+            [serde_json::to_string(&view).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO checkpoints (name, position) VALUES ('deployments', ?1)",
+            [checkpoint as i64],
+        )
+        .unwrap();
+    }
+
+    let model = SqliteDeployments::open(dir.path()).unwrap();
+    assert_eq!(model.checkpoint().await.unwrap(), checkpoint, "nothing to replay");
+    assert_eq!(model.get("old").await.unwrap(), Some(view.clone()));
+    // Old rows changed at or before the checkpoint: found from before it, not after.
+    let before = model.changed(0, 100).await.unwrap();
+    assert_eq!(changed_ids(&before), vec![("old", checkpoint)]);
+    assert!(model.changed(checkpoint, 100).await.unwrap().rows.is_empty());
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(READMODELS_FILE)).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, herald_store::readmodel::MODEL_VERSION);
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list('deployments') WHERE name = 'deployments_updated'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1, "updated_position is indexed");
+    }
+    drop(model);
+
+    // Reopening a migrated file changes nothing; new events are recorded as before.
+    let model = SqliteDeployments::open(dir.path()).unwrap();
+    assert_eq!(model.get("old").await.unwrap(), Some(view));
+    let next = deploy(&f.store, "old", ci(), &[succeeded()]).await.events[0].position();
+    let mut projector = Projector::new(f.store.clone(), model.clone());
+    while !projector.process_next(100).await.unwrap().caught_up() {}
+    let after = model.changed(checkpoint, 100).await.unwrap();
+    assert_eq!(changed_ids(&after), vec![("old", next)]);
+    assert_eq!(after.rows[0].parse().unwrap().status, DeploymentStatus::Succeeded);
+    assert_eq!(model.list(None, 10).await.unwrap().0.len(), 1);
+}

@@ -129,12 +129,15 @@ pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri:
                     };
                     match next {
                         Err(_idle) => return Some((Ok(Bytes::from_static(KEEPALIVE)), (None, rx, false, guard))),
-                        Ok(Ok(change)) if change.position <= position => continue,
                         Ok(Ok(change)) => {
+                            // Only deployments changed after the snapshot.
+                            let Some(frames) = change.after(position) else {
+                                continue;
+                            };
                             // A status filter sends only deployments that now have it.
                             let frames = match status {
-                                None => change.frames.clone(),
-                                Some(s) => filter_frames(&change.frames, s),
+                                None => frames,
+                                Some(s) => filter_frames(&frames, s),
                             };
                             if frames.is_empty() {
                                 continue;
