@@ -333,11 +333,10 @@ impl Connection {
 
 /// Whether a response ends its connection (`Connection: close`).
 fn closes(response: &Response) -> bool {
-    response
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))))
+    response.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
 }
 
 /// 408 for a request whose body did not arrive in time; the connection closes.
@@ -346,7 +345,10 @@ fn request_timeout() -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
@@ -472,7 +474,10 @@ impl Guarded {
             return Poll::Pending;
         }
         let _ = self.io.stream.set_zero_linger();
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")))
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )))
     }
 
     fn wrote<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {

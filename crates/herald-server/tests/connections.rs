@@ -101,11 +101,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
                 .map(|v| v.trim().parse().expect("a length"))
                 .unwrap_or(0);
             if buf.len() >= end + 4 + length {
-                let status = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .expect("a status");
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
                 let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
                 return (status, body);
             }
@@ -152,7 +148,10 @@ async fn a_slowloris_head_is_cut_off_within_the_header_timeout() {
     // Half a head for hyper, half a head for herald's own live path, and one byte.
     for partial in [
         "GET /healthz HTTP/1.1\r\nHost: her".to_owned(),
-        format!("GET /api/events/live HTTP/1.1\r\nAuthorization: Bearer {}\r\n", server.token),
+        format!(
+            "GET /api/events/live HTTP/1.1\r\nAuthorization: Bearer {}\r\n",
+            server.token
+        ),
         "G".to_owned(),
     ] {
         let mut stream = connect(&server).await;
@@ -224,7 +223,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_
     let mut stream = connect(&server).await;
     assert_eq!(healthz(&mut stream).await, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(healthz(&mut stream).await, 200, "idle for longer than the header timeout");
+    assert_eq!(
+        healthz(&mut stream).await,
+        200,
+        "idle for longer than the header timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +251,9 @@ async fn connections_beyond_the_per_address_cap_are_refused_at_once() {
     );
     // Another address is not affected.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
     let mut other = socket.connect(server.addr).await.expect("connect");
     assert_eq!(healthz(&mut other).await, 200);
     // A closed connection frees its slot; the refusal was counted.
@@ -256,9 +261,7 @@ async fn connections_beyond_the_per_address_cap_are_refused_at_once() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let metrics = loop {
         let mut stream = connect(&server).await;
-        let sent = stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: herald\r\n\r\n")
-            .await;
+        let sent = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: herald\r\n\r\n").await;
         let mut probe = [0u8; 1];
         let refused = sent.is_err() || matches!(stream.peek(&mut probe).await, Ok(0) | Err(_));
         if !refused {

@@ -1484,9 +1484,17 @@ async fn resuming_beyond_the_end_of_the_log_starts_at_the_head_and_says_so() {
             "{path}"
         );
         let position = server
-            .command_position("StartDeployment", &format!("beyond-{by_header}"), json!({ "service": "s" }))
+            .command_position(
+                "StartDeployment",
+                &format!("beyond-{by_header}"),
+                json!({ "service": "s" }),
+            )
             .await;
-        assert_eq!(sse.next_event().await.position, position, "{path}: live from the head on");
+        assert_eq!(
+            sse.next_event().await.position,
+            position,
+            "{path}: live from the head on"
+        );
     }
     // At the head exactly is a plain resume: no header, no id-only message.
     let head = server.head().await;
@@ -1503,11 +1511,17 @@ async fn the_deployments_stream_resumed_beyond_the_log_says_where_it_starts() {
     server.command("StartDeployment", "d1", json!({ "service": "s" })).await;
     let head = server.head().await;
     let r = server
-        .open("/api/deployments/live", Some(&server.token), Some(&(head + 100).to_string()))
+        .open(
+            "/api/deployments/live",
+            Some(&server.token),
+            Some(&(head + 100).to_string()),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let mut sse = Sse::new(r);
-    let said = sse.header("last-event-id").expect("the response says where the stream starts");
+    let said = sse
+        .header("last-event-id")
+        .expect("the response says where the stream starts");
     let snapshot = sse.next_frame().await;
     assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
     assert_eq!(snapshot.id, Some(said), "the header is the snapshot's position");
@@ -1761,7 +1775,11 @@ async fn live_responses_say_connection_close_and_close_when_herald_ends_them() {
         let (id, viewer) = mint(&server.state, &format!("closing-{reuse}"), Role::Viewer).await;
         let (status, headers, mut raw) = open_raw(&server, Some(&viewer), reuse).await;
         assert_eq!(status, 200);
-        assert_eq!(header(&headers, "connection"), Some("close"), "reuse {reuse}: {headers:?}");
+        assert_eq!(
+            header(&headers, "connection"),
+            Some("close"),
+            "reuse {reuse}: {headers:?}"
+        );
         match raw.next().await {
             Some(Item::Frame(f)) => assert!(f.is_retry_only(), "{f:?}"),
             other => panic!("expected retry first, got {other:?}"),
@@ -1815,7 +1833,11 @@ async fn a_live_reader_that_stops_reading_is_dropped_and_reset_on_either_path() 
             .expect("write");
         let (status, headers, _) = read_head(&stream).await;
         assert_eq!(status, 200);
-        assert_eq!(header(&headers, "date").is_some(), reuse, "served by the path under test");
+        assert_eq!(
+            header(&headers, "date").is_some(),
+            reuse,
+            "served by the path under test"
+        );
         // The stream holds the viewer's only slot.
         let (status, _, _) = open_raw(&server, Some(&viewer), false).await;
         assert_eq!(status, 429);
@@ -1981,4 +2003,40 @@ async fn a_stream_authenticated_before_a_revocation_is_not_opened_after_it() {
             .end_credential(&herald_server::auth::token_credential(&id)),
         0
     );
+}
+
+#[tokio::test]
+async fn a_stream_of_a_session_that_ended_after_authentication_is_not_opened() {
+    use herald_core::accounts::SessionRecord;
+    use herald_server::auth::Principal;
+    use herald_server::error::ApiError;
+
+    let server = start(config(), 1024).await;
+    // What `authenticate` gave for a session that was then logged out (its row
+    // is gone): the store, not the request's earlier view, decides.
+    let now = herald_server::sessions::now_millis();
+    let session = SessionRecord {
+        id: "logged-out".into(),
+        user_id: "u1".into(),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + 3_600_000,
+        verified_at: now,
+        user_agent: None,
+    };
+    let principal = Principal {
+        actor: Actor::system("someone"),
+        role: Role::Viewer,
+        credential_id: "user:u1".into(),
+        ends_with: herald_server::sessions::session_credential(&session.id),
+        session: Some(session),
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", "herald_session=ended-secret".parse().expect("header"));
+    let uri: axum::http::Uri = "/api/events/live".parse().expect("uri");
+    match herald_server::live::open(&server.state, &principal, &headers, &uri).await {
+        Err(ApiError::Unauthorized(_)) => {}
+        Err(e) => panic!("expected 401, got {e:?}"),
+        Ok(_) => panic!("a stream of an ended session was opened"),
+    }
 }

@@ -181,7 +181,9 @@ pub async fn live(
     );
     let mut response = sse_response(Body::from_stream(stream));
     if beyond {
-        response.headers_mut().insert("last-event-id", HeaderValue::from(position));
+        response
+            .headers_mut()
+            .insert("last-event-id", HeaderValue::from(position));
     }
     Ok(response)
 }
