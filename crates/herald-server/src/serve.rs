@@ -883,7 +883,10 @@ mod tests {
         let text = std::str::from_utf8(REFUSED).expect("text");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
         assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
-        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+        assert!(
+            format!("{head}\r\n").contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
         let problem: serde_json::Value = serde_json::from_str(body).expect("JSON");
         assert_eq!(problem["status"], 503);
     }
