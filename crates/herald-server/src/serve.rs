@@ -15,6 +15,16 @@
 //! to hyper with the bytes already read, so its answers are hyper's and the
 //! router's. A live stream on a connection that served other requests first
 //! goes through the router (`live::live_events`), same stream, same rules.
+//!
+//! Every connection is bounded (`ServerConfig`): its first head must be whole
+//! within `header_timeout` of the accept (this sniffing included), a later head
+//! within `header_timeout` of its first byte, an idle keep-alive wait lasts at
+//! most `idle_timeout`, a request body must arrive within `body_timeout` (408),
+//! and a write that makes no progress for `write_timeout` drops the client with
+//! a reset. Live responses say `Connection: close` and close when they end.
+//! Connections are capped in all and per client address (a static 503 and a
+//! close beyond, counted in `herald_connections_refused_total`), and shutdown
+//! waits at most `shutdown_grace` before closing what is still open.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -154,7 +164,7 @@ impl Limits {
     /// A slot for one more connection from `ip`, or `None` beyond a limit.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         // One task accepts: a load then a store cannot overshoot.
-        if self.open.load(Ordering::Relaxed) >= self.max {
+        if self.max > 0 && self.open.load(Ordering::Relaxed) >= self.max {
             return None;
         }
         let ip = ip.to_canonical();
@@ -910,6 +920,10 @@ mod tests {
         let _x = open.admit(a).expect("one");
         let _y = open.admit(a).expect("two");
         assert!(open.admit(a).is_none());
+        // 0 in all: no limit.
+        let unlimited = Arc::new(Limits::new(0, 0));
+        let kept: Vec<Slot> = (0..100).map(|_| unlimited.admit(a).expect("no limit")).collect();
+        assert_eq!(kept.len(), 100);
     }
 
     #[tokio::test]

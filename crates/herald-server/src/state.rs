@@ -53,7 +53,7 @@ pub struct ServerConfig {
     /// A write that makes no progress for this long drops the connection (a
     /// reader that stopped reading).
     pub write_timeout: Duration,
-    /// Open connections at most; more are closed at once.
+    /// Open connections at most; more are closed at once (0 = no limit).
     pub max_connections: usize,
     /// Open connections per client address at most (0 = no limit).
     pub max_connections_per_address: usize,

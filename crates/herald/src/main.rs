@@ -90,7 +90,7 @@ struct ServeArgs {
     /// Days a browser session lasts at most.
     #[arg(long, env = "HERALD_SESSION_MAX_DAYS", default_value_t = 7)]
     session_max_days: u64,
-    /// Open connections at most; more are answered 503 and closed at once.
+    /// Open connections at most; more are answered 503 and closed at once (0 = no limit).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
     /// Open connections per client address at most (0 = no limit).
