@@ -108,8 +108,8 @@ impl Herald {
     }
 
     /// Starts `herald serve` (this executable) on a temporary data directory and a
-    /// free port, with an operator token, no command rate limit and a stream
-    /// limit above any subscriber count.
+    /// free port, with an operator token, no command rate limit and stream and
+    /// connection limits above any subscriber count.
     pub async fn spawn(exe: &Path) -> Result<Herald> {
         let dir = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
         let data = dir.path().to_path_buf();
@@ -138,6 +138,9 @@ impl Herald {
             .arg(&data)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--stream-limit", "1000000", "--command-rate", "0"])
+            // Every subscriber comes from 127.0.0.1: no per-address cap, and a
+            // global one above any subscriber count.
+            .args(["--max-connections", "1000000", "--max-connections-per-address", "0"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

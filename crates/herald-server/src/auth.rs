@@ -5,8 +5,6 @@
 //! `herald_session` cookie (people, after a passkey login); never from a query
 //! string. Cookie-authenticated writes must pass the CSRF rule.
 
-use std::sync::Arc;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -355,26 +353,40 @@ pub async fn create_token(
     Ok(MintedToken { record, secret })
 }
 
-/// Revokes a token: takes effect first, then is recorded. False when unknown.
-pub async fn revoke_token(
-    store: &dyn EventStore,
-    credentials: &Arc<dyn CredentialStore>,
-    by: &Actor,
-    id: &str,
-) -> Result<bool, StoreError> {
-    if !credentials.revoke_token(id, &now_rfc3339()).await? {
+/// Revokes a token: takes effect first — the row, the token cache, and every
+/// live stream it opened end — then is recorded. `Ok(false)` when there is no
+/// such live token. An error after the row changed (recording `TokenRevoked`
+/// failed) leaves the token revoked: [`RevokeError::NotRecorded`].
+pub async fn revoke_token(state: &AppState, by: &Actor, id: &str) -> Result<bool, RevokeError> {
+    let revoked = state.credentials.revoke_token(id, &now_rfc3339()).await;
+    // Forget it whatever the store said: the row may have changed.
+    state.token_cache.forget(id);
+    if !revoked.map_err(RevokeError::NotRevoked)? {
         return Ok(false);
     }
+    state.live.end_credential(&token_credential(id));
     append_one(
-        store,
+        &*state.store,
         format!("token-{id}"),
         ExpectedVersion::StreamExists,
         "TokenRevoked",
         serde_json::json!({ "token_id": id }),
         by,
     )
-    .await?;
+    .await
+    .map_err(RevokeError::NotRecorded)?;
     Ok(true)
+}
+
+/// Why [`revoke_token`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// The token could not be revoked; it still works.
+    #[error("the token could not be revoked: {0}")]
+    NotRevoked(StoreError),
+    /// The token is revoked (and its streams ended), but `TokenRevoked` is not in the log.
+    #[error("the token is revoked, but recording TokenRevoked failed: {0}")]
+    NotRecorded(StoreError),
 }
 
 #[cfg(test)]

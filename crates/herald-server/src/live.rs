@@ -49,7 +49,9 @@ pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// Response headers of every event stream.
+/// Response headers of every event stream. herald ends streams itself
+/// (shutdown, revocation, expiry, falling behind), so the connection is not
+/// left for reuse: `Connection: close`.
 pub fn sse_response(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
@@ -59,7 +61,50 @@ pub fn sse_response(body: Body) -> Response {
         HeaderValue::from_static("no-cache, no-transform"),
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
+}
+
+/// Ends a stream whose credential was revoked (or whose session ended) after
+/// the request authenticated: checked from the store, not the token cache,
+/// after [`crate::state::LiveRegistry::acquire`]. A revocation that comes after
+/// this check finds the stream registered and ends it; one that came before
+/// is seen here.
+pub async fn check_still_valid(state: &AppState, principal: &Principal, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &principal.session {
+        Some(session) => {
+            let live = match crate::sessions::cookie_secret(state, headers) {
+                Some(secret) => state
+                    .accounts
+                    .find_session(&crate::auth::hash_secret(secret), crate::sessions::now_millis())
+                    .await?
+                    .is_some_and(|s| s.id == session.id),
+                None => false,
+            };
+            if !live {
+                return Err(ApiError::Unauthorized("the session has ended; log in again"));
+            }
+        }
+        None => {
+            let token = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .map(|(_, token)| token.trim());
+            let live = match token {
+                Some(token) => state
+                    .credentials
+                    .find_token(&crate::auth::hash_secret(token))
+                    .await?
+                    .is_some_and(|t| crate::auth::token_credential(&t.id) == principal.ends_with),
+                None => false,
+            };
+            if !live {
+                return Err(ApiError::Unauthorized("the token is unknown or revoked"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A live stream's body: pre-encoded SSE frames.
@@ -101,18 +146,23 @@ pub async fn open(state: &AppState, principal: &Principal, headers: &HeaderMap, 
         state.config.stream_limit,
         principal.stream_deadline(),
     )?;
+    check_still_valid(state, principal, headers).await?;
     let head = state.store.head().await?.position;
-    if let Some(after) = resume
-        && after > head
-    {
-        // Waiting would hide a real problem (the store was replaced or restored
-        // from an older copy): say so instead of silently skipping to later events.
-        let field = if header.is_some() { "Last-Event-ID" } else { "after" };
-        return Err(ApiError::BadRequest(format!(
-            "{field}: position {after} is beyond the end of the log (head {head}); was the store replaced? \
-             Reconnect without it to start at the head"
-        )));
-    }
+    let resume = match resume {
+        Some(after) if after > head => {
+            // The store was replaced or restored from an older copy. A 400 would
+            // strand an EventSource (it never retries one): start at the head
+            // and say so, as on a fresh connect.
+            tracing::warn!(
+                requested = after,
+                head,
+                "a live stream asked to resume beyond the end of the log; starting at the head \
+                 (was the store replaced or restored?)"
+            );
+            None
+        }
+        resume => resume,
+    };
     let mut preamble = format!("retry: {}\n\n", state.config.retry.as_millis());
     let start = match resume {
         Some(after) => after,

@@ -15,12 +15,25 @@
 //! to hyper with the bytes already read, so its answers are hyper's and the
 //! router's. A live stream on a connection that served other requests first
 //! goes through the router (`live::live_events`), same stream, same rules.
+//!
+//! Every connection is bounded (`ServerConfig`): its first head must be whole
+//! within `header_timeout` of the accept (this sniffing included), a later head
+//! within `header_timeout` of its first byte, an idle keep-alive wait lasts at
+//! most `idle_timeout`, a request body must arrive within `body_timeout` (408),
+//! and a write that makes no progress for `write_timeout` drops the client with
+//! a reset. Live responses say `Connection: close` and close when they end.
+//! Connections are capped in all and per client address (a static 503 and a
+//! close beyond, counted in `herald_connections_refused_total`), and shutdown
+//! waits at most `shutdown_grace` before closing what is still open.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,9 +44,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -46,17 +62,17 @@ use crate::state::AppState;
 const LIVE_REQUEST: &[u8] = b"GET /api/events/live";
 /// The most a request head may take before it is handed to hyper (which has its own limits).
 const HEAD_LIMIT: usize = 16 * 1024;
-/// How long a new connection may take to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one chunk may take to leave: a client that stops reading is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most headers parsed in a live request (more: hyper takes it).
 const MAX_HEADERS: usize = 64;
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops
-/// accepting, lets hyper connections finish what they are doing, and waits for
-/// every connection (live streams end through `state.live.shutdown`, which the
-/// caller cancels).
+/// accepting, lets hyper connections finish what they are doing for up to
+/// `shutdown_grace` (live streams end through `state.live.shutdown`, which the
+/// caller cancels), closes whatever is still open, and returns.
+///
+/// Connections beyond `max_connections`, or beyond
+/// `max_connections_per_address` from one client address, are answered with a
+/// static 503 (best effort, nothing read or buffered) and closed at once.
 pub async fn serve(
     state: AppState,
     router: Router,
@@ -64,8 +80,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let stopping = CancellationToken::new();
-    // Every connection holds a sender; `closed` resolves when the last is gone.
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<Infallible>(1);
+    let limits = Arc::new(Limits::new(
+        state.config.max_connections,
+        state.config.max_connections_per_address,
+    ));
+    let grace = state.config.shutdown_grace;
+    let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -79,22 +99,110 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Reap finished connections so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = &mut shutdown => break,
+        };
+        let Some(slot) = limits.admit(peer.ip()) else {
+            refuse(stream);
+            continue;
         };
         let connection = Connection {
             state: state.clone(),
             router: router.clone(),
             stopping: stopping.clone(),
-            _open: open_tx.clone(),
+            _slot: slot,
         };
-        tokio::spawn(connection.run(stream, peer));
+        connections.spawn(connection.run(stream, peer));
     }
     drop(listener);
     stopping.cancel();
-    drop(open_tx);
-    // `recv` returns `None` once every connection has dropped its sender.
-    let _ = open_rx.recv().await;
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            grace_seconds = grace.as_secs_f64(),
+            "closing the connections still open after the shutdown grace period"
+        );
+        // Aborts every connection task (its socket closes) and waits for them.
+        connections.shutdown().await;
+    }
     Ok(())
+}
+
+/// What a connection beyond a limit gets before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+retry-after: 5\r\nconnection: close\r\ncontent-length: 164\r\n\r\n\
+{\"type\":\"/problems/unavailable\",\"title\":\"Service unavailable\",\"status\":503,\
+\"detail\":\"too many open connections (from this address or in all); close some and retry\"}";
+
+/// Closes a connection beyond a limit: one non-blocking try at the static
+/// 503, nothing read, nothing kept.
+fn refuse(stream: TcpStream) {
+    metrics::counter!("herald_connections_refused_total").increment(1);
+    let _ = stream.try_write(REFUSED);
+}
+
+/// Open connections, in all and per client address.
+struct Limits {
+    max: usize,
+    per_address: usize,
+    open: AtomicUsize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Limits {
+    fn new(max: usize, per_address: usize) -> Self {
+        Limits {
+            max,
+            per_address,
+            open: AtomicUsize::new(0),
+            by_address: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` beyond a limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        // One task accepts: a load then a store cannot overshoot.
+        if self.max > 0 && self.open.load(Ordering::Relaxed) >= self.max {
+            return None;
+        }
+        let ip = ip.to_canonical();
+        if self.per_address > 0 {
+            let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            let n = by_address.entry(ip).or_insert(0);
+            if *n >= self.per_address {
+                return None;
+            }
+            *n += 1;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; released when dropped.
+struct Slot {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::Relaxed);
+        if self.limits.per_address > 0 {
+            let mut by_address = self.limits.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = by_address.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_address.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
@@ -108,7 +216,7 @@ struct Connection {
     state: AppState,
     router: Router,
     stopping: CancellationToken,
-    _open: tokio::sync::mpsc::Sender<Infallible>,
+    _slot: Slot,
 }
 
 /// What the first request of a connection is.
@@ -122,9 +230,12 @@ impl Connection {
         // Events and answers are small writes that must leave at once; Nagle
         // would hold one back until the peer acknowledges the one before.
         let _ = stream.set_nodelay(true);
+        // The first head must be whole within the header timeout of the
+        // accept, whoever reads it (this sniffing, then hyper).
+        let head_deadline = Instant::now() + self.state.config.header_timeout;
         let mut buf = BytesMut::with_capacity(1024);
         let first = tokio::select! {
-            first = tokio::time::timeout(HEAD_TIMEOUT, first_request(&mut stream, &mut buf)) => match first {
+            first = tokio::time::timeout_at(head_deadline, first_request(&mut stream, &mut buf)) => match first {
                 Ok(Ok(Some(first))) => first,
                 // Closed, failed or silent before a whole head: nothing to answer.
                 _ => return,
@@ -137,20 +248,65 @@ impl Connection {
                 parts.extensions.insert(ConnectInfo(peer));
                 self.live(stream, *parts).await;
             }
-            First::Other => self.hyper(stream, buf.freeze(), peer).await,
+            First::Other => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
         }
     }
 
     /// The connection through hyper and the router, `prefix` first.
-    async fn hyper(self, stream: TcpStream, prefix: Bytes, peer: SocketAddr) {
+    async fn hyper(self, stream: TcpStream, prefix: Bytes, peer: SocketAddr, head_deadline: Instant) {
+        let config = self.state.config.clone();
+        let phase = Arc::new(AtomicU8::new(HEAD));
         let router = self.router;
+        let service_phase = phase.clone();
+        let body_timeout = config.body_timeout;
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-            let mut request = request.map(Body::new);
+            service_phase.store(BUSY, Ordering::Relaxed);
+            let timed_out = (!request.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+            let mut request = match &timed_out {
+                None => request.map(Body::new),
+                Some(flag) => request.map(|body| {
+                    Body::new(TimedBody {
+                        inner: body,
+                        sleep: Box::pin(tokio::time::sleep(body_timeout)),
+                        timed_out: flag.clone(),
+                    })
+                }),
+            };
             request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(request)
+            let response = router.clone().oneshot(request);
+            let phase = service_phase.clone();
+            async move {
+                let response = response.await?;
+                if timed_out.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+                    return Ok(request_timeout());
+                }
+                if closes(&response) {
+                    // No next request on this connection (a live stream, say):
+                    // its body is handed to hyper as it is.
+                    return Ok(response);
+                }
+                Ok::<_, Infallible>(response.map(|body| Body::new(KeepAliveBody { inner: body, phase })))
+            }
         });
-        let io = TokioIo::new(Rewind { prefix, stream });
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let io = TokioIo::new(Guarded {
+            io: Rewind { prefix, stream },
+            phase: phase.clone(),
+            seen: HEAD,
+            read_sleep: Some(Box::pin(tokio::time::sleep_until(head_deadline))),
+            read_armed: true,
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+            write_sleep: None,
+            write_armed: false,
+            write_timeout: config.write_timeout,
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // A backstop: hyper's clock starts when it waits for a head, so it
+            // bounds the idle wait and the head together (the finer rules are
+            // `Guarded`'s).
+            .header_read_timeout(config.idle_timeout.saturating_add(config.header_timeout))
+            .serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {
@@ -170,17 +326,254 @@ impl Connection {
     /// router's handler, then the stream straight to the socket.
     async fn live(self, mut stream: TcpStream, mut parts: Parts) {
         let opened = async {
+            // The router's first layer (`hosts::check_host`), here too.
+            self.state
+                .hosts
+                .check(parts.headers.get(header::HOST).map(|h| h.as_bytes()))?;
             let Viewer(principal) = Viewer::from_request_parts(&mut parts, &self.state).await?;
             live::open(&self.state, &principal, &parts.headers, &parts.uri).await
         }
         .await;
         drop(parts);
+        let write_timeout = self.state.config.write_timeout;
         match opened {
-            Ok(opened) => stream_to(stream, opened).await,
+            Ok(opened) => stream_to(stream, opened, write_timeout).await,
             Err(e) => {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, write_response(&mut stream, e.into_response())).await;
+                let _ = tokio::time::timeout(write_timeout, write_response(&mut stream, e.into_response())).await;
             }
         }
+    }
+}
+
+/// Whether a response ends its connection (`Connection: close`).
+fn closes(response: &Response) -> bool {
+    response.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
+/// 408 for a request whose body did not arrive in time; the connection closes.
+fn request_timeout() -> Response {
+    let body = r#"{"type":"/problems/request-timeout","title":"Request timeout","status":408,"detail":"the request body did not arrive in time"}"#;
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Where a hyper connection is (shared by its service and its IO): waiting for
+/// a request ([`IDLE`]), reading a head ([`HEAD`]), or serving one ([`BUSY`]).
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// A request body that must arrive whole before its deadline.
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    sleep: Pin<Box<Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    this.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body on a connection that stays open: when hyper is done with
+/// it, the connection waits for its next request.
+struct KeepAliveBody {
+    inner: Body,
+    phase: Arc<AtomicU8>,
+}
+
+impl HttpBody for KeepAliveBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for KeepAliveBody {
+    fn drop(&mut self) {
+        self.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// A hyper connection's socket with its clocks:
+/// - reading: a head must be whole within `header_timeout` of its first byte
+///   (of the accept, for the first), and an idle connection gets
+///   `idle_timeout` to start its next request; serving a request has no read
+///   clock (its body has its own, [`TimedBody`]);
+/// - writing: a write that makes no progress for `write_timeout` fails the
+///   connection, and the socket is then reset rather than closed, so the
+///   kernel drops what it still holds for a reader that stopped reading.
+///
+/// A timer is armed only when a read or a write would wait.
+struct Guarded {
+    io: Rewind,
+    phase: Arc<AtomicU8>,
+    /// The phase the read clock was last set for.
+    seen: u8,
+    read_sleep: Option<Pin<Box<Sleep>>>,
+    read_armed: bool,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    write_sleep: Option<Pin<Box<Sleep>>>,
+    write_armed: bool,
+    write_timeout: Duration,
+}
+
+impl Guarded {
+    fn arm_read(&mut self, deadline: Instant) {
+        match &mut self.read_sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.read_sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.read_armed = true;
+    }
+
+    /// A write would wait: arms the write clock, or fails when it ran out.
+    fn write_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.write_armed {
+            let deadline = Instant::now() + self.write_timeout;
+            match &mut self.write_sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.write_sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.write_armed = true;
+        }
+        let expired = self
+            .write_sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if !expired {
+            return Poll::Pending;
+        }
+        let _ = self.io.stream.set_zero_linger();
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )))
+    }
+
+    fn wrote<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.write_stalled(cx),
+            ready => {
+                self.write_armed = false;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let phase = this.phase.load(Ordering::Relaxed);
+        if phase != this.seen {
+            this.seen = phase;
+            match phase {
+                IDLE => this.arm_read(Instant::now() + this.idle_timeout),
+                BUSY => this.read_armed = false,
+                _ => {}
+            }
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.seen == IDLE && buf.filled().len() > before {
+                    // The next request has begun: its head gets the header timeout.
+                    this.seen = HEAD;
+                    this.phase.store(HEAD, Ordering::Relaxed);
+                    this.arm_read(Instant::now() + this.header_timeout);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if this.read_armed
+                    && let Some(sleep) = &mut this.read_sleep
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    let why = if this.seen == IDLE {
+                        "the connection was idle too long"
+                    } else {
+                        "the request head did not arrive in time"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.wrote(cx, result)
     }
 }
 
@@ -250,17 +643,24 @@ fn classify(buf: &[u8]) -> Option<First> {
 }
 
 /// Writes an opened stream: the head, then each chunk as it comes, until the
-/// stream ends (then the last chunk), the peer goes away, or a write stalls.
-async fn stream_to(mut stream: TcpStream, opened: Opened) {
+/// stream ends (then the last chunk), the peer goes away, or a write stalls
+/// for `timeout` (then the socket is reset: the kernel drops what it holds).
+async fn stream_to(mut stream: TcpStream, opened: Opened, timeout: Duration) {
+    let stalled = |stream: &TcpStream, e: &io::Error| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            let _ = stream.set_zero_linger();
+        }
+    };
     let mut head = String::from(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache, no-transform\r\n\
-         x-accel-buffering: no\r\n",
+         x-accel-buffering: no\r\nconnection: close\r\n",
     );
     if let Some(position) = opened.head {
         head.push_str(&format!("last-event-id: {position}\r\n"));
     }
     head.push_str("transfer-encoding: chunked\r\n\r\n");
-    if write_all(&mut stream, head.as_bytes()).await.is_err() {
+    if let Err(e) = write_all(&mut stream, head.as_bytes(), timeout).await {
+        stalled(&stream, &e);
         return;
     }
     drop(head);
@@ -294,15 +694,21 @@ async fn stream_to(mut stream: TcpStream, opened: Opened) {
         .await;
         match ended {
             Next::Write => {
-                let written = write_chunks(&mut stream, &chunks).await;
+                let written = write_chunks(&mut stream, &chunks, timeout).await;
                 chunks.clear();
-                if written.is_err() {
+                if let Err(e) = written {
+                    stalled(&stream, &e);
                     return;
                 }
             }
             Next::End => {
-                let _ = write_chunks(&mut stream, &chunks).await;
-                let _ = write_all(&mut stream, b"0\r\n\r\n").await;
+                let mut written = write_chunks(&mut stream, &chunks, timeout).await;
+                if written.is_ok() {
+                    written = write_all(&mut stream, b"0\r\n\r\n", timeout).await;
+                }
+                if let Err(e) = written {
+                    stalled(&stream, &e);
+                }
                 return;
             }
             Next::Peer => match stream.try_read(&mut probe) {
@@ -325,7 +731,7 @@ enum Next {
 
 /// `chunks` in chunked transfer coding, in one vectored write when the socket
 /// takes it all (a timer is armed only when it does not).
-async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes], timeout: Duration) -> io::Result<()> {
     if chunks.is_empty() {
         return Ok(());
     }
@@ -354,7 +760,7 @@ async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()
         return Ok(());
     }
     IoSlice::advance_slices(&mut rest, written);
-    tokio::time::timeout(WRITE_TIMEOUT, async {
+    tokio::time::timeout(timeout, async {
         while !rest.is_empty() {
             let written = stream.write_vectored(rest).await?;
             if written == 0 {
@@ -368,8 +774,8 @@ async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
 }
 
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes))
+async fn write_all(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    tokio::time::timeout(timeout, stream.write_all(bytes))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
 }
@@ -484,6 +890,44 @@ mod tests {
         ] {
             assert_eq!(kind(other), "hyper", "{other:?}");
         }
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_problem_response() {
+        let text = std::str::from_utf8(REFUSED).expect("text");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            format!("{head}\r\n").contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(problem["status"], 503);
+    }
+
+    #[test]
+    fn connections_are_limited_in_all_and_per_address() {
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let limits = Arc::new(Limits::new(3, 2));
+        let a1 = limits.admit(a).expect("first");
+        let _a2 = limits.admit(a).expect("second");
+        assert!(limits.admit(a).is_none(), "per address");
+        // The same address written as IPv4-mapped IPv6 counts as the same.
+        assert!(limits.admit("::ffff:10.0.0.1".parse().expect("ip")).is_none());
+        let _b1 = limits.admit(b).expect("another address");
+        assert!(limits.admit(b).is_none(), "in all");
+        drop(a1);
+        assert!(limits.admit(a).is_some(), "a closed connection frees its slot");
+        // 0 per address: only the global limit.
+        let open = Arc::new(Limits::new(2, 0));
+        let _x = open.admit(a).expect("one");
+        let _y = open.admit(a).expect("two");
+        assert!(open.admit(a).is_none());
+        // 0 in all: no limit.
+        let unlimited = Arc::new(Limits::new(0, 0));
+        let kept: Vec<Slot> = (0..100).map(|_| unlimited.admit(a).expect("no limit")).collect();
+        assert_eq!(kept.len(), 100);
     }
 
     #[tokio::test]

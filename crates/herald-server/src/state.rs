@@ -46,6 +46,24 @@ pub struct ServerConfig {
     /// Host names (`name`, any port) or `name:port` that requests may be
     /// addressed to, besides the public origin's and the listen address.
     pub allowed_hosts: Vec<String>,
+    // --- Connections (serve.rs) ---
+    /// A request head must arrive whole within this (from the connection's
+    /// start, or from its first byte after an idle keep-alive wait).
+    pub header_timeout: Duration,
+    /// A keep-alive connection waiting for its next request is closed after this.
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this after its head (408 otherwise).
+    pub body_timeout: Duration,
+    /// A write that makes no progress for this long drops the connection (a
+    /// reader that stopped reading).
+    pub write_timeout: Duration,
+    /// Open connections at most; more are closed at once (0 = no limit).
+    pub max_connections: usize,
+    /// Open connections per client address at most (0 = no limit).
+    pub max_connections_per_address: usize,
+    /// After the shutdown signal, open requests get this long; then every
+    /// connection is closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +79,13 @@ impl Default for ServerConfig {
             session_max: Duration::from_secs(7 * 24 * 3600),
             step_up: Duration::from_secs(15 * 60),
             allowed_hosts: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 50_000,
+            max_connections_per_address: 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

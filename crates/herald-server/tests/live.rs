@@ -1453,28 +1453,78 @@ async fn revoking_a_token_ends_its_live_streams() {
 }
 
 #[tokio::test]
-async fn resuming_beyond_the_end_of_the_log_is_refused_not_left_waiting() {
+async fn resuming_beyond_the_end_of_the_log_starts_at_the_head_and_says_so() {
+    // A store restored from an older copy: an EventSource's Last-Event-ID is
+    // beyond the head. A 400 would strand it (EventSource never retries one).
     let server = start(config(), 1024).await;
-    let head = server.head().await;
     let token = server.token.clone();
-    let r = server
-        .open("/api/events/live", Some(&token), Some(&(head + 10).to_string()))
-        .await;
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.expect("problem");
-    assert!(
-        body["detail"].as_str().unwrap_or_default().contains("Last-Event-ID"),
-        "{body}"
-    );
-    let r = server
-        .open(&format!("/api/events/live?after={}", head + 1), Some(&token), None)
-        .await;
-    assert_eq!(r.status(), 400);
-    // At the head exactly is fine.
+    for by_header in [true, false] {
+        let head = server.head().await;
+        let (path, last_event_id) = if by_header {
+            ("/api/events/live".to_owned(), Some((head + 10).to_string()))
+        } else {
+            (format!("/api/events/live?after={}", head + 1), None)
+        };
+        let r = server.open(&path, Some(&token), last_event_id.as_deref()).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let mut sse = Sse::new(r);
+        assert_eq!(sse.header("last-event-id"), Some(head.to_string()), "{path}");
+        // The fresh-connect rule: retry, then a message that is only `id: <head>`.
+        match sse.next().await {
+            Some(Item::Frame(f)) => assert!(f.is_retry_only(), "{f:?}"),
+            other => panic!("expected retry first, got {other:?}"),
+        }
+        let first = sse.next_frame().await;
+        assert_eq!(
+            first,
+            Frame {
+                id: Some(head.to_string()),
+                ..Frame::default()
+            },
+            "{path}"
+        );
+        let position = server
+            .command_position(
+                "StartDeployment",
+                &format!("beyond-{by_header}"),
+                json!({ "service": "s" }),
+            )
+            .await;
+        assert_eq!(
+            sse.next_event().await.position,
+            position,
+            "{path}: live from the head on"
+        );
+    }
+    // At the head exactly is a plain resume: no header, no id-only message.
+    let head = server.head().await;
     let r = server
         .open("/api/events/live", Some(&token), Some(&head.to_string()))
         .await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("last-event-id"), None);
+}
+
+#[tokio::test]
+async fn the_deployments_stream_resumed_beyond_the_log_says_where_it_starts() {
+    let server = start(config(), 1024).await;
+    server.command("StartDeployment", "d1", json!({ "service": "s" })).await;
+    let head = server.head().await;
+    let r = server
+        .open(
+            "/api/deployments/live",
+            Some(&server.token),
+            Some(&(head + 100).to_string()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut sse = Sse::new(r);
+    let said = sse
+        .header("last-event-id")
+        .expect("the response says where the stream starts");
+    let snapshot = sse.next_frame().await;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    assert_eq!(snapshot.id, Some(said), "the header is the snapshot's position");
 }
 
 // ---------------------------------------------------------------------------
@@ -1665,16 +1715,17 @@ async fn a_refused_live_request_on_a_fresh_connection_gets_a_whole_problem_and_a
         let problem: Value = serde_json::from_slice(&body).expect("problem json");
         assert_eq!(problem["status"], status);
     }
-    // A resume position beyond the log: 400, naming the header.
+    // A resume position beyond the log: the stream starts at the head.
+    let head = server.head().await;
     let stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
     let request = format!(
         "GET /api/events/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: 999999\r\n\r\n",
         server.addr, server.token
     );
     write_all(&stream, request.as_bytes()).await.expect("write");
-    let (status, _, rest) = read_head(&stream).await;
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&rest).contains("Last-Event-ID"));
+    let (status, headers, _) = read_head(&stream).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "last-event-id"), Some(head.to_string().as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1697,4 +1748,295 @@ async fn a_client_that_hangs_up_frees_its_stream_slot() {
         open_raw(&server, Some(&server.token), false).await.0 == 200
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------
+// Streams herald ends close their connection; stalled readers are dropped
+// ---------------------------------------------------------------------------
+
+/// Reads a raw socket until it closes; `Ok(())` at EOF, the error otherwise.
+async fn read_until_closed(stream: &tokio::net::TcpStream, within: Duration) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = tokio::time::timeout_at(deadline, read_some(stream, &mut buf))
+            .await
+            .expect("the connection was closed in time")?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_responses_say_connection_close_and_close_when_herald_ends_them() {
+    let server = start(config(), 1024).await;
+    for reuse in [false, true] {
+        let (id, viewer) = mint(&server.state, &format!("closing-{reuse}"), Role::Viewer).await;
+        let (status, headers, mut raw) = open_raw(&server, Some(&viewer), reuse).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "connection"),
+            Some("close"),
+            "reuse {reuse}: {headers:?}"
+        );
+        match raw.next().await {
+            Some(Item::Frame(f)) => assert!(f.is_retry_only(), "{f:?}"),
+            other => panic!("expected retry first, got {other:?}"),
+        }
+        // herald ends the stream (as on revocation): the body ends, then the connection.
+        server
+            .state
+            .live
+            .end_credential(&herald_server::auth::token_credential(&id));
+        while raw.next().await.is_some() {}
+        assert!(raw.body.done, "reuse {reuse}: the body ended with its last chunk");
+        read_until_closed(&raw.stream, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("reuse {reuse}: the connection broke instead of closing: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_reader_that_stops_reading_is_dropped_and_reset_on_either_path() {
+    let server = start(
+        ServerConfig {
+            stream_limit: 1,
+            write_timeout: Duration::from_millis(500),
+            ..config()
+        },
+        1024,
+    )
+    .await;
+    let blob = "x".repeat(1000);
+    for reuse in [true, false] {
+        let (_, viewer) = mint(&server.state, &format!("stalled-{reuse}"), Role::Viewer).await;
+        // A tiny receive buffer, so the kernel cannot hold the backlog.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        if reuse {
+            // One plain request first, so hyper serves the live request.
+            let health = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+            write_all(&stream, health.as_bytes()).await.expect("write");
+            let (status, headers, rest) = read_head(&stream).await;
+            assert_eq!(status, 200);
+            let length: usize = header(&headers, "content-length").expect("length").parse().expect("n");
+            let mut have = rest.len();
+            let mut buf = [0u8; 1024];
+            while have < length {
+                have += read_some(&stream, &mut buf).await.expect("read");
+            }
+        }
+        write_all(&stream, live_request(&server, Some(&viewer)).as_bytes())
+            .await
+            .expect("write");
+        let (status, headers, _) = read_head(&stream).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "date").is_some(),
+            reuse,
+            "served by the path under test"
+        );
+        // The stream holds the viewer's only slot.
+        let (status, _, _) = open_raw(&server, Some(&viewer), false).await;
+        assert_eq!(status, 429);
+        // Many large events (few batches: nobody falls behind the live channel)
+        // while the client reads nothing.
+        for a in 0..40 {
+            server
+                .state
+                .store
+                .append(AppendRequest {
+                    stream: format!("stall-{reuse}-{a}"),
+                    expected: ExpectedVersion::NoStream,
+                    events: (0..100)
+                        .map(|i| NewEvent {
+                            event_type: "LoadGenerated".into(),
+                            schema: 1,
+                            data: json!({ "i": i, "blob": blob }),
+                        })
+                        .collect(),
+                    actor: Actor::system("load"),
+                    command_id: format!("stall-{reuse}-{a}"),
+                    correlation_id: format!("stall-{reuse}-{a}"),
+                    idempotency_fingerprint: None,
+                })
+                .await
+                .expect("append");
+        }
+        // The stalled stream is dropped: its slot is free again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, raw) = open_raw(&server, Some(&viewer), false).await;
+            if status == 200 {
+                drop(raw);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "reuse {reuse}: the stalled stream still holds its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And reset, not closed: what the kernel held for it is gone.
+        match read_until_closed(&stream, WAIT).await {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "reuse {reuse}: {e}"),
+            Ok(()) => panic!("reuse {reuse}: the connection was closed, not reset"),
+        }
+        // The freed slot may still be held by the stream opened above until it closes.
+        poll_until("the slot is free", || async {
+            open_raw(&server, Some(&viewer), false).await.0 == 200
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_that_cannot_be_recorded_still_revokes_and_ends_streams() {
+    let server = start(config(), 1024).await;
+    let (_, admin) = mint(&server.state, "admin", Role::Admin).await;
+    // A token whose `token-<id>` stream does not exist: recording TokenRevoked
+    // (which expects the stream) fails.
+    let id = "unrecorded".to_owned();
+    let secret = "hrld_unrecorded-secret";
+    server
+        .state
+        .credentials
+        .insert_token(
+            &herald_core::auth::TokenRecord {
+                id: id.clone(),
+                name: "unrecorded".into(),
+                role: Role::Viewer,
+                created_at: herald_server::auth::now_rfc3339(),
+                created_by: Actor::system("live-tests"),
+                revoked_at: None,
+            },
+            &herald_server::auth::hash_secret(secret),
+        )
+        .await
+        .expect("insert token");
+    let r = server.open("/api/events/live", Some(secret), None).await;
+    assert_eq!(r.status(), 200);
+    let mut sse = Sse::new(r);
+    sse.next_frame().await;
+    let r = server
+        .client
+        .delete(server.url(&format!("/api/tokens/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("DELETE token");
+    assert_eq!(r.status(), 500, "the missing audit record is reported");
+    assert!(is_problem_json(&r));
+    // The revocation stands: the stream ends, the token no longer works.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the stream was still open");
+        match sse.next().await {
+            None => break,
+            Some(Item::Comment(_)) => {}
+            Some(Item::Frame(f)) => panic!("no event after the revocation: {f:?}"),
+        }
+    }
+    let r = server.open("/api/events/live", Some(secret), None).await;
+    assert_eq!(r.status(), 401);
+    let r = server
+        .client
+        .get(server.url("/api/events"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_authenticated_before_a_revocation_is_not_opened_after_it() {
+    use axum::extract::State;
+    use herald_server::auth::Viewer;
+    use herald_server::error::ApiError;
+
+    let server = start(config(), 1024).await;
+    let (id, viewer) = mint(&server.state, "racing", Role::Viewer).await;
+    let parts = axum::http::Request::builder()
+        .uri("/api/events/live")
+        .header("authorization", format!("Bearer {viewer}"))
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    // Authenticated (the token is cached now too)…
+    let principal = herald_server::auth::authenticate(&server.state, &parts)
+        .await
+        .expect("authenticated");
+    // …then revoked before the stream registers…
+    assert!(
+        herald_server::auth::revoke_token(&server.state, &Actor::system("live-tests"), &id)
+            .await
+            .expect("revoked")
+    );
+    // …then opened: refused, on both streams.
+    match herald_server::live::open(&server.state, &principal, &parts.headers, &parts.uri).await {
+        Err(ApiError::Unauthorized(_)) => {}
+        Err(e) => panic!("expected 401, got {e:?}"),
+        Ok(_) => panic!("a stream of a revoked token was opened"),
+    }
+    let uri: axum::http::Uri = "/api/deployments/live".parse().expect("uri");
+    match herald_server::routes::deployments::live(
+        State(server.state.clone()),
+        Viewer(principal.clone()),
+        parts.headers.clone(),
+        uri,
+    )
+    .await
+    {
+        Err(ApiError::Unauthorized(_)) => {}
+        Err(e) => panic!("expected 401, got {e:?}"),
+        Ok(_) => panic!("a deployments stream of a revoked token was opened"),
+    }
+    // Nothing stayed registered: the revoked credential holds no slot.
+    assert_eq!(
+        server
+            .state
+            .live
+            .end_credential(&herald_server::auth::token_credential(&id)),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_a_session_that_ended_after_authentication_is_not_opened() {
+    use herald_core::accounts::SessionRecord;
+    use herald_server::auth::Principal;
+    use herald_server::error::ApiError;
+
+    let server = start(config(), 1024).await;
+    // What `authenticate` gave for a session that was then logged out (its row
+    // is gone): the store, not the request's earlier view, decides.
+    let now = herald_server::sessions::now_millis();
+    let session = SessionRecord {
+        id: "logged-out".into(),
+        user_id: "u1".into(),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + 3_600_000,
+        verified_at: now,
+        user_agent: None,
+    };
+    let principal = Principal {
+        actor: Actor::system("someone"),
+        role: Role::Viewer,
+        credential_id: "user:u1".into(),
+        ends_with: herald_server::sessions::session_credential(&session.id),
+        session: Some(session),
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", "herald_session=ended-secret".parse().expect("header"));
+    let uri: axum::http::Uri = "/api/events/live".parse().expect("uri");
+    match herald_server::live::open(&server.state, &principal, &headers, &uri).await {
+        Err(ApiError::Unauthorized(_)) => {}
+        Err(e) => panic!("expected 401, got {e:?}"),
+        Ok(_) => panic!("a stream of an ended session was opened"),
+    }
 }

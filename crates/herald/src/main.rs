@@ -95,6 +95,27 @@ struct ServeArgs {
     /// any other Host is refused (421). Repeatable; comma-separated in the env.
     #[arg(long = "allowed-host", env = "HERALD_ALLOWED_HOST", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// Open connections at most; more are answered 503 and closed at once (0 = no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
+    /// Open connections per client address at most (0 = no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024)]
+    max_connections_per_address: usize,
+    /// Seconds open requests get after the shutdown signal; then every connection is closed.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
+    /// Seconds a request head may take to arrive whole.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_seconds: u64,
+    /// Seconds a keep-alive connection may wait for its next request.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_seconds: u64,
+    /// Seconds a request body may take to arrive whole after its head (408 beyond).
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_seconds: u64,
+    /// Seconds a write to a client may make no progress before the client is dropped.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +316,13 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         session_idle: Duration::from_secs(args.session_idle_hours.saturating_mul(3600)),
         session_max: Duration::from_secs(args.session_max_days.saturating_mul(86_400)),
         allowed_hosts: args.allowed_hosts.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        header_timeout: Duration::from_secs(args.header_timeout_seconds),
+        idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
+        body_timeout: Duration::from_secs(args.body_timeout_seconds),
+        write_timeout: Duration::from_secs(args.write_timeout_seconds),
         ..ServerConfig::default()
     };
     let state = AppState::open_sqlite(dir, config).map_err(|e| match e {

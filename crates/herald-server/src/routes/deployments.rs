@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use herald_core::deployment::DeploymentStatus;
@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Viewer;
 use crate::error::ApiError;
-use crate::live::{KEEPALIVE, sse_response};
+use crate::live::{KEEPALIVE, check_still_valid, last_event_id, sse_response};
 use crate::state::AppState;
 use crate::wire::{PathParam, json_response, parse_number, write_field};
 
@@ -88,17 +88,43 @@ pub async fn get(
 }
 
 /// The current list first (`event: snapshot`), then `event: deployment` per change.
-pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri: Uri) -> Result<Response, ApiError> {
+pub async fn live(
+    State(state): State<AppState>,
+    Viewer(principal): Viewer,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = list_query(&uri)?;
+    let resume = last_event_id(&headers)?;
     let guard = state.live.acquire(
         &principal.credential_id,
         &principal.ends_with,
         state.config.stream_limit,
         principal.stream_deadline(),
     )?;
+    // Revoked between authentication and `acquire`: end here (see `check_still_valid`).
+    check_still_valid(&state, &principal, &headers).await?;
     // Subscribe before reading the snapshot so no change falls between.
     let changes = state.live.deployment_changes.subscribe();
     let (snapshot, position) = list_json(&state, &q).await?;
+    // A position beyond the log (a store restored from an older copy): the
+    // snapshot below is the state at `position`; say where the stream starts.
+    let beyond = match resume {
+        Some(after) => {
+            let head = state.store.head().await?.position;
+            if after > head {
+                tracing::warn!(
+                    requested = after,
+                    head,
+                    position,
+                    "a deployments stream asked to resume beyond the end of the log; starting at the current state \
+                     (was the store replaced or restored?)"
+                );
+            }
+            after > head
+        }
+        None => false,
+    };
     let mut first = Vec::with_capacity(snapshot.len() + 64);
     first.extend_from_slice(
         format!(
@@ -156,7 +182,13 @@ pub async fn live(State(state): State<AppState>, Viewer(principal): Viewer, uri:
             }
         },
     );
-    Ok(sse_response(Body::from_stream(stream)))
+    let mut response = sse_response(Body::from_stream(stream));
+    if beyond {
+        response
+            .headers_mut()
+            .insert("last-event-id", HeaderValue::from(position));
+    }
+    Ok(response)
 }
 
 /// Keeps the frames whose deployment has `status` (frames are `…data: {json}\n\n`).

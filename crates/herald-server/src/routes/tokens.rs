@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::auth::Role;
 use serde::Deserialize;
 
-use crate::auth::{Admin, check_token_name, create_token, require_step_up, revoke_token, token_credential};
+use crate::auth::{Admin, RevokeError, check_token_name, create_token, require_step_up, revoke_token};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{PathParam, read_json_body};
@@ -53,13 +53,14 @@ pub async fn revoke(
     Admin(admin): Admin,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = revoke_token(&*state.store, &state.credentials, &admin.actor, &id).await;
-    // Forget it whatever the log said: the row may have changed.
-    state.token_cache.forget(&id);
-    if revoked? {
-        state.live.end_credential(&token_credential(&id));
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!("there is no live token {id}")))
+    match revoke_token(&state, &admin.actor, &id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::NotFound(format!("there is no live token {id}"))),
+        Err(RevokeError::NotRevoked(e)) => Err(e.into()),
+        // The revocation stands; the missing audit record is the server's fault.
+        Err(e @ RevokeError::NotRecorded(_)) => {
+            tracing::error!(token_id = %id, error = %e, "a token revocation was not recorded in the log");
+            Err(ApiError::Internal(e.to_string()))
+        }
     }
 }
