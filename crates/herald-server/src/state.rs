@@ -42,6 +42,15 @@ pub struct ServerConfig {
     pub session_max: Duration,
     /// Risky commands (`StartDeployment`) need a passkey verification this recent.
     pub step_up: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<crate::passkeys::TrustedProxy>,
+    /// Login attempts per account (username) per `login_window`; 0 = unlimited.
+    pub login_limit: u32,
+    /// The window of the per-account login limit and of `LoginFailed` events
+    /// (at most one per account per window).
+    pub login_window: Duration,
+    /// A request other than a live stream answers 503 after this long.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +65,10 @@ impl Default for ServerConfig {
             session_idle: Duration::from_secs(12 * 3600),
             session_max: Duration::from_secs(7 * 24 * 3600),
             step_up: Duration::from_secs(15 * 60),
+            trusted_proxies: Vec::new(),
+            login_limit: 10,
+            login_window: Duration::from_secs(15 * 60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

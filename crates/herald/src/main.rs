@@ -90,6 +90,10 @@ struct ServeArgs {
     /// Days a browser session lasts at most.
     #[arg(long, env = "HERALD_SESSION_MAX_DAYS", default_value_t = 7)]
     session_max_days: u64,
+    /// A reverse proxy (IP or CIDR, repeatable; env comma-separated) whose
+    /// X-Forwarded-For names the client for rate limits; from anyone else it is ignored.
+    #[arg(long = "trusted-proxy", env = "HERALD_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<herald_server::passkeys::TrustedProxy>,
 }
 
 #[derive(Subcommand)]
@@ -289,6 +293,7 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         step_up: Duration::from_secs(args.step_up_minutes.saturating_mul(60)),
         session_idle: Duration::from_secs(args.session_idle_hours.saturating_mul(3600)),
         session_max: Duration::from_secs(args.session_max_days.saturating_mul(86_400)),
+        trusted_proxies: args.trusted_proxy,
         ..ServerConfig::default()
     };
     let state = AppState::open_sqlite(dir, config).map_err(|e| match e {
