@@ -212,8 +212,12 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Counts one login attempt against `account` (a username) in fixed windows
     /// of `window_ms`: a window older than that starts over. Windows long over
     /// with nothing left to record are deleted (the table stays bounded).
-    async fn count_login_attempt(&self, account: &str, now: Millis, window_ms: Millis)
-    -> Result<LoginWindow, StoreError>;
+    async fn count_login_attempt(
+        &self,
+        account: &str,
+        now: Millis,
+        window_ms: Millis,
+    ) -> Result<LoginWindow, StoreError>;
     /// Forgets the attempts counted against `account` (after a successful login).
     async fn clear_login_attempts(&self, account: &str) -> Result<(), StoreError>;
     /// Counts one failed login of `account` (a username; `None` when the attempt

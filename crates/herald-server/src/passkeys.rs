@@ -832,7 +832,10 @@ mod client_addr_tests {
     fn forwarded_for_counts_only_from_a_trusted_peer() {
         let trusted = proxies(&["10.0.0.0/8"]);
         // An untrusted peer: its header is ignored.
-        assert_eq!(client_addr(ip("203.0.113.9"), &xff(&["1.1.1.1"]), &trusted), "203.0.113.9");
+        assert_eq!(
+            client_addr(ip("203.0.113.9"), &xff(&["1.1.1.1"]), &trusted),
+            "203.0.113.9"
+        );
         // A trusted peer: the right-most address that is not a trusted proxy.
         assert_eq!(
             client_addr(ip("10.0.0.2"), &xff(&["6.6.6.6, 198.51.100.4, 10.0.0.9"]), &trusted),
@@ -846,14 +849,23 @@ mod client_addr_tests {
         );
         // No header, or all hops trusted.
         assert_eq!(client_addr(ip("10.0.0.2"), &HeaderMap::new(), &trusted), "10.0.0.2");
-        assert_eq!(client_addr(ip("10.0.0.2"), &xff(&["10.0.0.5, 10.0.0.9"]), &trusted), "10.0.0.5");
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["10.0.0.5, 10.0.0.9"]), &trusted),
+            "10.0.0.5"
+        );
         // Garbage: not believed past the last trusted hop.
         assert_eq!(
             client_addr(ip("10.0.0.2"), &xff(&["1.2.3.4, not-an-ip, 10.0.0.9"]), &trusted),
             "10.0.0.9"
         );
-        assert_eq!(client_addr(ip("10.0.0.2"), &xff(&["[2001:db8::1]:443"]), &trusted), "2001:db8::1");
-        assert_eq!(client_addr(ip("::ffff:10.0.0.2"), &xff(&["192.0.2.1"]), &trusted), "192.0.2.1");
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["[2001:db8::1]:443"]), &trusted),
+            "2001:db8::1"
+        );
+        assert_eq!(
+            client_addr(ip("::ffff:10.0.0.2"), &xff(&["192.0.2.1"]), &trusted),
+            "192.0.2.1"
+        );
         // No proxies configured: the peer, whatever the header says.
         assert_eq!(client_addr(ip("10.0.0.2"), &xff(&["1.1.1.1"]), &[]), "10.0.0.2");
         assert_eq!(client_addr(None, &xff(&["1.1.1.1"]), &trusted), "unknown");

@@ -170,7 +170,12 @@ fn touch_soon(state: &AppState, session_id: &str, now: Millis) {
             let at = now_millis();
             if at - last >= 60_000
                 && TOUCH_WARNED_AT
-                    .compare_exchange(last, at, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+                    .compare_exchange(
+                        last,
+                        at,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 tracing::warn!(error = %e, "cannot record session activity (best effort; retried later)");

@@ -196,7 +196,10 @@ impl Server {
             .key
             .do_authentication(Url::parse(&self.origin).expect("origin"), options)
             .expect("the authenticator signs");
-        (start["ceremony"].clone(), serde_json::to_value(credential).expect("JSON"))
+        (
+            start["ceremony"].clone(),
+            serde_json::to_value(credential).expect("JSON"),
+        )
     }
 
     async fn login_finish(&self, ceremony: &Value, credential: &Value) -> reqwest::Response {
@@ -377,7 +380,12 @@ async fn a_thousand_failed_logins_add_a_handful_of_events_to_the_log() {
         .find(|e| e["stream"] == "login-failures")
         .expect("one record of failures naming no account");
     assert_eq!(anonymous["type"], "LoginFailed");
-    assert!(anonymous["data"]["reason"].as_str().unwrap_or_default().contains("ceremony"));
+    assert!(
+        anonymous["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ceremony")
+    );
     for field in ["window_start", "window_end"] {
         assert!(anonymous["data"][field].is_string(), "{field}: {anonymous}");
     }
@@ -455,7 +463,12 @@ async fn the_per_account_login_limit_answers_429_with_retry_after() {
         .parse()
         .expect("seconds");
     assert!((1..=15 * 60).contains(&retry), "Retry-After {retry}");
-    assert!(problem(r).await["detail"].as_str().unwrap_or_default().contains("this account"));
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("this account")
+    );
     // Presenting alice's passkey counts against alice too (even without naming her).
     let r = server.post_json("/api/auth/login/start", json!({}), None).await;
     assert_eq!(r.status(), StatusCode::OK, "a ceremony that names nobody");
@@ -472,7 +485,9 @@ async fn the_per_account_login_limit_answers_429_with_retry_after() {
     // The count is in herald.db, where other herald processes see it.
     let db = rusqlite::Connection::open(server.dir.path().join("herald.db")).expect("db");
     let attempts: i64 = db
-        .query_row("SELECT attempts FROM login_attempts WHERE account = 'alice'", [], |r| r.get(0))
+        .query_row("SELECT attempts FROM login_attempts WHERE account = 'alice'", [], |r| {
+            r.get(0)
+        })
         .expect("alice's row");
     assert!(attempts > 4, "{attempts}");
 }
@@ -560,9 +575,19 @@ async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_
     assert_eq!(server.me(&bob).await.status(), StatusCode::UNAUTHORIZED);
     let mut other = Person::new("bob");
     other.cookie = Some(second_cookie);
-    assert_eq!(server.me(&other).await.status(), StatusCode::UNAUTHORIZED, "every session");
+    assert_eq!(
+        server.me(&other).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "every session"
+    );
     assert!(
-        server.state.accounts.list_sessions(Some(&bob.id), 0).await.expect("list").is_empty(),
+        server
+            .state
+            .accounts
+            .list_sessions(Some(&bob.id), 0)
+            .await
+            .expect("list")
+            .is_empty(),
         "the sessions are deleted"
     );
     // A session that appears anyway (another process) does not work either.
@@ -602,7 +627,11 @@ async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_
     assert_eq!(keys.len(), 1);
     assert!(keys[0]["credential_id"].is_string() && keys[0]["created_at"].is_string());
     assert!(keys[0].get("last_used_at").is_some());
-    assert!(users["users"][0]["disabled_at"].is_null(), "alice: {}", users["users"][0]);
+    assert!(
+        users["users"][0]["disabled_at"].is_null(),
+        "alice: {}",
+        users["users"][0]
+    );
 
     let r = server
         .as_browser(reqwest::Method::POST, &format!("/api/users/{}/enable", bob.id), &alice)
@@ -617,7 +646,10 @@ async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_
 
     let events = server.events().await;
     for kind in ["UserDisabled", "UserEnabled"] {
-        let e = events.iter().find(|e| e["type"] == kind).unwrap_or_else(|| panic!("{kind}"));
+        let e = events
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("{kind}"));
         assert_eq!(e["stream"], format!("user-{}", bob.id));
         assert_eq!(e["data"], json!({ "user_id": bob.id, "username": "bob" }));
         assert_eq!(e["actor"]["name"], "alice");
@@ -644,16 +676,14 @@ async fn the_last_enabled_admin_and_oneself_cannot_be_disabled() {
     server.register(&mut alice, None).await;
     let bob = server.user("bob", Role::Operator).await;
     let token = server.token("robot", Role::Admin).await;
-    let post = |path: String| {
-        server
-            .client
-            .post(server.url(&path))
-            .bearer_auth(&token)
-            .send()
-    };
+    let post = |path: String| server.client.post(server.url(&path)).bearer_auth(&token).send();
 
     let r = server
-        .as_browser(reqwest::Method::POST, &format!("/api/users/{}/disable", alice.id), &alice)
+        .as_browser(
+            reqwest::Method::POST,
+            &format!("/api/users/{}/disable", alice.id),
+            &alice,
+        )
         .send()
         .await
         .expect("disable");
@@ -758,7 +788,12 @@ async fn removing_a_passkey_is_recorded_and_it_no_longer_logs_in() {
     }
     let r = server.login_finish(&ceremony, &signed).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the passkey is gone");
-    assert!(problem(r).await["detail"].as_str().unwrap_or_default().contains("not registered"));
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not registered")
+    );
 
     let removed = server
         .events()
@@ -791,7 +826,10 @@ async fn a_cookie_get_answers_while_another_process_holds_the_write_lock() {
     let r = server.me(&alice).await;
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
-    assert!(took < Duration::from_secs(5), "the request waited {took:?} for the lock");
+    assert!(
+        took < Duration::from_secs(5),
+        "the request waited {took:?} for the lock"
+    );
     other.execute_batch("COMMIT").expect("release");
 
     // The refresh is retried by a later request once the database is free.

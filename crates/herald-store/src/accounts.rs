@@ -88,13 +88,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(backend)
     };
-    if !has("disabled_at")? {
-        if let Err(e) = conn.execute_batch("ALTER TABLE users ADD COLUMN disabled_at TEXT") {
-            // Another process may have added it in the meantime.
-            if !has("disabled_at")? {
-                return Err(backend(e));
-            }
-        }
+    if !has("disabled_at")?
+        && let Err(e) = conn.execute_batch("ALTER TABLE users ADD COLUMN disabled_at TEXT")
+        // Another process may have added it in the meantime.
+        && !has("disabled_at")?
+    {
+        return Err(backend(e));
     }
     Ok(())
 }

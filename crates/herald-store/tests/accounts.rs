@@ -222,7 +222,10 @@ async fn a_user_is_disabled_and_enabled_and_the_flag_persists() {
         .await
         .expect("io")
         .expect("first");
-    assert_eq!(store.find_user("u1").await.expect("find").expect("u1").disabled_at, None);
+    assert_eq!(
+        store.find_user("u1").await.expect("find").expect("u1").disabled_at,
+        None
+    );
     let at = "2026-12-01T10:00:00.000Z";
     assert!(store.set_disabled("u1", Some(at)).await.expect("disable"));
     assert!(!store.set_disabled("nobody", Some(at)).await.expect("disable"));
@@ -231,7 +234,10 @@ async fn a_user_is_disabled_and_enabled_and_the_flag_persists() {
     let alice = store.find_user_by_name("alice").await.expect("find").expect("alice");
     assert_eq!(alice.disabled_at.as_deref(), Some(at));
     assert!(alice.is_disabled());
-    assert_eq!(store.list_users().await.expect("list")[0].disabled_at.as_deref(), Some(at));
+    assert_eq!(
+        store.list_users().await.expect("list")[0].disabled_at.as_deref(),
+        Some(at)
+    );
     assert!(store.set_disabled("u1", None).await.expect("enable"));
     assert!(!store.find_user("u1").await.expect("find").expect("u1").is_disabled());
 }
@@ -251,7 +257,12 @@ async fn an_older_database_gets_the_disabled_at_column_on_open() {
     let store = SqliteAccounts::open(dir.path()).expect("open migrates");
     let alice = store.find_user("u1").await.expect("find").expect("alice");
     assert_eq!(alice.disabled_at, None);
-    assert!(store.set_disabled("u1", Some("2026-12-01T00:00:00.000Z")).await.expect("disable"));
+    assert!(
+        store
+            .set_disabled("u1", Some("2026-12-01T00:00:00.000Z"))
+            .await
+            .expect("disable")
+    );
     drop(store);
     // Opening again (column present) is fine too.
     let store = SqliteAccounts::open(dir.path()).expect("reopen");
@@ -273,7 +284,10 @@ async fn a_passkey_is_removed_only_from_its_own_user_and_sessions_of_a_user_go_t
         .await
         .expect("io")
         .expect("bob");
-    store.update_passkey("c2", "{}", "2026-12-01T00:00:00.000Z").await.expect("use");
+    store
+        .update_passkey("c2", "{}", "2026-12-01T00:00:00.000Z")
+        .await
+        .expect("use");
     let all = store.list_passkeys().await.expect("list");
     assert_eq!(all.len(), 2);
     let c2 = all.iter().find(|p| p.credential_id == "c2").expect("c2");
@@ -287,7 +301,10 @@ async fn a_passkey_is_removed_only_from_its_own_user_and_sessions_of_a_user_go_t
     assert!(!store.remove_passkey("u2", "c2").await.expect("remove"), "once");
 
     for (id, user_id, hash) in [("s1", "u1", "h-s1"), ("s2", "u2", "h-s2"), ("s3", "u2", "h-s3")] {
-        store.insert_session(&session(id, user_id), hash).await.expect("session");
+        store
+            .insert_session(&session(id, user_id), hash)
+            .await
+            .expect("session");
     }
     let mut gone: Vec<String> = store
         .delete_sessions_of("u2")
@@ -298,7 +315,11 @@ async fn a_passkey_is_removed_only_from_its_own_user_and_sessions_of_a_user_go_t
         .collect();
     gone.sort();
     assert_eq!(gone, vec!["s2", "s3"]);
-    assert_eq!(store.list_sessions(None, 0).await.expect("list").len(), 1, "alice's stays");
+    assert_eq!(
+        store.list_sessions(None, 0).await.expect("list").len(),
+        1,
+        "alice's stays"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +328,10 @@ async fn login_attempts_are_counted_per_account_in_windows() {
     let store = SqliteAccounts::open(dir.path()).expect("open");
     let window = 1000;
     for n in 1..=3 {
-        let w = store.count_login_attempt("alice", 100 + n, window).await.expect("count");
+        let w = store
+            .count_login_attempt("alice", 100 + n, window)
+            .await
+            .expect("count");
         assert_eq!((w.started_at, w.attempts), (101, n.unsigned_abs()));
     }
     let bob = store.count_login_attempt("bob", 150, window).await.expect("count");
@@ -317,7 +341,14 @@ async fn login_attempts_are_counted_per_account_in_windows() {
     assert_eq!((w.started_at, w.attempts), (1101, 1));
     store.count_login_attempt("alice", 1102, window).await.expect("count");
     store.clear_login_attempts("alice").await.expect("clear");
-    assert_eq!(store.count_login_attempt("alice", 1103, window).await.expect("count").attempts, 1);
+    assert_eq!(
+        store
+            .count_login_attempt("alice", 1103, window)
+            .await
+            .expect("count")
+            .attempts,
+        1
+    );
 }
 
 #[tokio::test]
@@ -327,7 +358,10 @@ async fn one_failure_per_account_and_window_is_to_be_recorded_the_rest_counted()
     let window = 1000;
     store.count_login_attempt("alice", 100, window).await.expect("attempt");
     assert_eq!(
-        store.count_login_failure(Some("alice"), 100, window).await.expect("fail"),
+        store
+            .count_login_failure(Some("alice"), 100, window)
+            .await
+            .expect("fail"),
         FailureRecord::Record {
             window_start: 100,
             unrecorded: 0
@@ -349,21 +383,41 @@ async fn one_failure_per_account_and_window_is_to_be_recorded_the_rest_counted()
         FailureRecord::Counted
     );
     // The attempt window still counts what came before the failures.
-    assert_eq!(store.count_login_attempt("alice", 107, window).await.expect("attempt").attempts, 2);
+    assert_eq!(
+        store
+            .count_login_attempt("alice", 107, window)
+            .await
+            .expect("attempt")
+            .attempts,
+        2
+    );
     // Old windows are pruned, but not while they hold unrecorded failures.
     store.count_login_attempt("zed", 108, window).await.expect("attempt");
     store.count_login_attempt("other", 5000, window).await.expect("prune");
-    assert_eq!(store.count_login_attempt("zed", 5001, window).await.expect("attempt").attempts, 1);
+    assert_eq!(
+        store
+            .count_login_attempt("zed", 5001, window)
+            .await
+            .expect("attempt")
+            .attempts,
+        1
+    );
     // A new window: recorded again, with the 5 failures no event recorded.
     assert_eq!(
-        store.count_login_failure(Some("alice"), 5002, window).await.expect("fail"),
+        store
+            .count_login_failure(Some("alice"), 5002, window)
+            .await
+            .expect("fail"),
         FailureRecord::Record {
             window_start: 5002,
             unrecorded: 5
         }
     );
     assert_eq!(
-        store.count_login_failure(Some("alice"), 5003, window).await.expect("fail"),
+        store
+            .count_login_failure(Some("alice"), 5003, window)
+            .await
+            .expect("fail"),
         FailureRecord::Counted
     );
 }
@@ -386,7 +440,15 @@ async fn a_best_effort_touch_gives_up_quickly_while_another_connection_writes() 
         .try_touch_session("s1", 600, Duration::from_millis(50))
         .await
         .expect("touch");
-    assert_eq!(store.find_session("h1", 100).await.expect("find").expect("s1").last_seen_at, 600);
+    assert_eq!(
+        store
+            .find_session("h1", 100)
+            .await
+            .expect("find")
+            .expect("s1")
+            .last_seen_at,
+        600
+    );
     // The pooled connection has its usual patience back: a plain write waits
     // out a short lock instead of failing.
     other.execute_batch("BEGIN IMMEDIATE").expect("lock");
