@@ -23,12 +23,20 @@ pub struct User {
     pub display_name: String,
     pub roles: Vec<Role>,
     pub created_at: String,
+    /// When an admin disabled the account (RFC 3339); a disabled user cannot log
+    /// in and none of their sessions works.
+    #[serde(default)]
+    pub disabled_at: Option<String>,
 }
 
 impl User {
     /// The strongest role held (roles are cumulative: admin ⊃ operator ⊃ viewer).
     pub fn role(&self) -> Role {
         self.roles.iter().copied().max().unwrap_or(Role::Viewer)
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
     }
 
     pub fn actor(&self) -> Actor {
@@ -82,6 +90,35 @@ pub struct StoredPasskey {
     /// The WebAuthn library's serialized credential (public key, counter, flags).
     pub passkey: String,
     pub created_at: String,
+}
+
+/// What an admin sees of a passkey (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyInfo {
+    pub credential_id: String,
+    pub user_id: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// The login-attempt counters of one account in the current window (see
+/// [`AccountStore::count_login_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginWindow {
+    /// When the current window began.
+    pub started_at: Millis,
+    /// Attempts counted in it, this one included.
+    pub attempts: u64,
+}
+
+/// What to do with one failed login (see [`AccountStore::count_login_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureRecord {
+    /// The first failure of its window: record a `LoginFailed` event, with the
+    /// failures since the last such event that no event recorded.
+    Record { window_start: Millis, unrecorded: u64 },
+    /// Counted only (a `LoginFailed` for this window is in the log already).
+    Counted,
 }
 
 /// A browser session. The cookie carries a secret; the store keeps its hash and
@@ -138,18 +175,30 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> Result<Result<(), RegistrationRefused>, StoreError>;
     /// Replaces a user's roles; false when there is no such user.
     async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, StoreError>;
+    /// Disables a user as of `at` (RFC 3339), or enables them (`None`); false
+    /// when there is no such user.
+    async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError>;
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError>;
     async fn find_passkey(&self, credential_id: &str) -> Result<Option<StoredPasskey>, StoreError>;
     async fn update_passkey(&self, credential_id: &str, passkey: &str, used_at: &str) -> Result<(), StoreError>;
+    /// Every passkey of every user (for the admin's user list), oldest first.
+    async fn list_passkeys(&self) -> Result<Vec<PasskeyInfo>, StoreError>;
+    /// Removes one passkey of `user_id`; false when that user has no such passkey.
+    async fn remove_passkey(&self, user_id: &str, credential_id: &str) -> Result<bool, StoreError>;
 
     async fn insert_session(&self, session: &SessionRecord, secret_hash: &str) -> Result<(), StoreError>;
     /// The unexpired session whose secret hashes to `secret_hash`.
     async fn find_session(&self, secret_hash: &str, now: Millis) -> Result<Option<SessionRecord>, StoreError>;
     /// Records activity (and, with `verified`, a fresh passkey verification).
     async fn touch_session(&self, id: &str, now: Millis, verified: bool) -> Result<(), StoreError>;
+    /// Records activity if the database lets it within `wait` (best effort: a
+    /// busy database is not waited for longer; the error says so).
+    async fn try_touch_session(&self, id: &str, now: Millis, wait: std::time::Duration) -> Result<(), StoreError>;
     /// Deletes a session; returns it when it existed.
     async fn delete_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Deletes every session of a user; returns them.
+    async fn delete_sessions_of(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
     /// Live sessions, newest first (of one user, or all).
     async fn list_sessions(&self, user_id: Option<&str>, now: Millis) -> Result<Vec<SessionRecord>, StoreError>;
     /// Deletes sessions idle since before `idle_before` or past their absolute expiry.
@@ -162,6 +211,26 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Makes the unused invites whose id starts with `id_prefix` expire now
     /// (superseded setup codes); returns how many.
     async fn expire_unused_invites(&self, id_prefix: &str, now: Millis) -> Result<u64, StoreError>;
+
+    /// Counts one login attempt against `account` (a username) in fixed windows
+    /// of `window_ms`: a window older than that starts over. Windows long over
+    /// with nothing left to record are deleted (the table stays bounded).
+    async fn count_login_attempt(
+        &self,
+        account: &str,
+        now: Millis,
+        window_ms: Millis,
+    ) -> Result<LoginWindow, StoreError>;
+    /// Forgets the attempts counted against `account` (after a successful login).
+    async fn clear_login_attempts(&self, account: &str) -> Result<(), StoreError>;
+    /// Counts one failed login of `account` (a username; `None` when the attempt
+    /// named no account) and says whether it is the one of its window to record.
+    async fn count_login_failure(
+        &self,
+        account: Option<&str>,
+        now: Millis,
+        window_ms: Millis,
+    ) -> Result<FailureRecord, StoreError>;
 
     /// Keeps a ceremony's server-side state until `expires_at`.
     async fn put_ceremony(&self, id: &str, kind: &str, state: &str, expires_at: Millis) -> Result<(), StoreError>;
@@ -201,6 +270,7 @@ mod tests {
             display_name: "U".into(),
             roles: vec![Role::Viewer, Role::Admin, Role::Operator],
             created_at: String::new(),
+            disabled_at: None,
         };
         assert_eq!(u.role(), Role::Admin);
         u.roles.clear();

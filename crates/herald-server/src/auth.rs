@@ -212,6 +212,9 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             .find_user(&session.user_id)
             .await?
             .ok_or(ApiError::Unauthorized("the session's user no longer exists"))?;
+        if user.is_disabled() {
+            return Err(ApiError::Unauthorized("this account is disabled"));
+        }
         return Ok(Principal {
             actor: user.actor(),
             role: user.role(),

@@ -55,6 +55,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/me", get(passkeys::me))
         .route("/api/users", get(routes::admin::list_users))
         .route("/api/users/{id}/roles", put(routes::admin::set_roles))
+        .route("/api/users/{id}/disable", post(routes::admin::disable_user))
+        .route("/api/users/{id}/enable", post(routes::admin::enable_user))
+        .route(
+            "/api/users/{id}/passkeys/{credential_id}",
+            delete(routes::admin::remove_passkey),
+        )
         .route(
             "/api/invites",
             post(routes::admin::create_invite_route).get(routes::admin::list_invites),
@@ -62,6 +68,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sessions", get(routes::admin::list_sessions))
         .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
         .fallback(console::serve_method)
+        // Every request but the live streams (added below) has a deadline.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(
             // Only the path: a query string never reaches the logs.
             TraceLayer::new_for_http().make_span_with(
@@ -81,6 +89,28 @@ pub fn app(state: AppState) -> Router {
         // Outermost: a request to a name that is not herald's gets nothing else.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::check_host))
         .with_state(state)
+}
+
+/// 503 when a request takes longer than `--request-timeout` (its handler is
+/// dropped; a command that was already queued may still be committed: retry
+/// with the same `command_id`).
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ::metrics::counter!("herald_request_timeouts_total").increment(1);
+            ApiError::Unavailable(format!(
+                "the request took longer than {limit:?} and was abandoned; try again (a command may still \
+                 have been recorded: retry it with the same command_id)"
+            ))
+            .into_response()
+        }
+    }
 }
 
 async fn method_not_allowed(req: Request<axum::body::Body>) -> Response {

@@ -5,7 +5,7 @@
 //! taken out (deleted) before it is verified, so it works once. Every
 //! registration, login (success and failure) and logout is an event in the log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::body::Body;
@@ -14,7 +14,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::accounts::{
-    InviteRecord, Millis, RegistrationRefused, SessionRecord, StoredPasskey, User, check_display_name, check_username,
+    FailureRecord, InviteRecord, Millis, RegistrationRefused, SessionRecord, StoredPasskey, User, check_display_name,
+    check_username,
 };
 use herald_core::auth::Role;
 use herald_core::envelope::Actor;
@@ -42,22 +43,119 @@ pub const CEREMONY_TTL_MS: Millis = 5 * 60 * 1000;
 pub const INVITE_TTL_MS: Millis = 7 * 24 * 3600 * 1000;
 const AUTH_BODY_LIMIT: usize = 16 * 1024;
 
-/// The client address the auth rate limit counts against (the peer's address;
+/// The client address the auth rate limit counts against: the peer's address,
+/// or, when the peer is a `--trusted-proxy`, the right-most address in
+/// `X-Forwarded-For` that is not itself a trusted proxy (see [`client_addr`]).
 /// "unknown" when the server was not started with connection info, as in tests
-/// that drive the router in process).
+/// that drive the router in process.
 pub struct ClientAddr(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr(client_addr(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
     }
+}
+
+/// An address or a network (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`) of a reverse
+/// proxy whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl TrustedProxy {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = |why: &str| format!("{s:?} is not an IP address or network ({why}; e.g. 10.0.0.7 or 10.0.0.0/8)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
+        };
+        let net = addr
+            .parse::<IpAddr>()
+            .map_err(|_| bad("not an address"))?
+            .to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {max}")))?,
+        };
+        Ok(TrustedProxy { net, prefix })
+    }
+}
+
+impl std::fmt::Display for TrustedProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+/// Who the client is for rate limits: `peer` unless it is a trusted proxy, then
+/// the right-most `X-Forwarded-For` address that is not a trusted proxy (each
+/// trusted proxy appends the address it was reached from; anything to the left
+/// of the first untrusted one may be made up by the client). When every hop is
+/// trusted, the left-most; when an entry is not an address, the last trusted
+/// hop before it (a misconfigured proxy is not believed further).
+pub fn client_addr(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[TrustedProxy]) -> String {
+    let Some(peer) = peer.map(|p| p.to_canonical()) else {
+        return "unknown".to_owned();
+    };
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
+    if !is_trusted(peer) {
+        return peer.to_string();
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer.to_string();
+        };
+        hops.extend(value.split(','));
+    }
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let hop = hop.trim();
+        let parsed = hop
+            .parse::<IpAddr>()
+            .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()));
+        let Ok(ip) = parsed.map(|ip| ip.to_canonical()) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client.to_string()
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -87,6 +185,7 @@ pub fn user_json(user: &User) -> Value {
         "display_name": user.display_name,
         "roles": user.roles,
         "created_at": user.created_at,
+        "disabled_at": user.disabled_at,
     })
 }
 
@@ -302,6 +401,7 @@ pub async fn register_finish(
         display_name: saved.display_name,
         roles: vec![role],
         created_at: now_rfc3339(),
+        disabled_at: None,
     };
     let stored = StoredPasskey {
         credential_id: credential_key(passkey.cred_id()),
@@ -382,6 +482,7 @@ pub async fn login_start(
     let body: LoginStart = read_json_body(&headers, body, AUTH_BODY_LIMIT).await?;
     if let Some(username) = &body.username {
         check_username(username).map_err(ApiError::BadRequest)?;
+        count_account_attempt(&state, username).await?;
     }
     // Always a discoverable-credential challenge, with no allowCredentials:
     // listing a named user's passkeys would tell anyone which usernames exist
@@ -406,28 +507,85 @@ pub async fn login_start(
     Ok(Json(json!({ "ceremony": ceremony, "options": options })).into_response())
 }
 
-/// A refused login: recorded (with who it claimed to be, when known), then 401.
-async fn login_failed(state: &AppState, user: Option<&User>, reason: String) -> ApiError {
-    let (stream, data) = match user {
-        Some(u) => (
-            format!("user-{}", u.id),
-            json!({ "user_id": u.id, "username": u.username, "reason": reason }),
-        ),
-        None => ("login-failures".to_owned(), json!({ "reason": reason })),
-    };
-    let outcome = record(
-        state,
-        stream,
-        ExpectedVersion::Any,
-        "LoginFailed",
-        data,
-        &Actor::system("passkey-login"),
-    )
-    .await;
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "cannot record a failed login");
+/// Counts one login attempt against `username` (login/start naming it, or
+/// login/finish with a passkey of theirs): beyond `login_limit` per
+/// `login_window`, 429 until the window is over. The counts live in herald.db
+/// (`login_attempts`), so several herald processes on one database share them.
+async fn count_account_attempt(state: &AppState, username: &str) -> Result<(), ApiError> {
+    let limit = u64::from(state.config.login_limit);
+    if limit == 0 {
+        return Ok(());
     }
+    let now = now_millis();
+    let window_ms = millis(state.config.login_window);
+    let window = state.accounts.count_login_attempt(username, now, window_ms).await?;
+    if window.attempts <= limit {
+        return Ok(());
+    }
+    metrics::counter!("herald_logins_total", "outcome" => "limited").increment(1);
+    let left_ms = (window.started_at.saturating_add(window_ms) - now).max(0);
+    Err(ApiError::TooManyRequests {
+        detail: format!(
+            "too many login attempts for this account ({limit} per {} minutes); wait and try again",
+            state.config.login_window.as_secs() / 60
+        ),
+        retry_after_secs: left_ms.unsigned_abs().div_ceil(1000).max(1),
+    })
+}
+
+/// A refused login, then 401. The log is append-only and anyone can fail a
+/// login, so failures do not each become an event: per account (the user the
+/// passkey belongs to), and once more for failures that name no account, only
+/// the first failure of each `login_window` is recorded as `LoginFailed` (with
+/// its window and reason, and how many failures since the previous event no
+/// event recorded); the others are counted in herald.db (`login_attempts`,
+/// shared by every herald process on the database) and in
+/// `herald_logins_total{outcome="failed"}`. Log growth from unauthenticated
+/// clients is so bounded by (accounts + 1) events per window.
+async fn login_failed(state: &AppState, user: Option<&User>, reason: String) -> ApiError {
     metrics::counter!("herald_logins_total", "outcome" => "failed").increment(1);
+    let window_ms = millis(state.config.login_window);
+    let counted = state
+        .accounts
+        .count_login_failure(user.map(|u| u.username.as_str()), now_millis(), window_ms)
+        .await;
+    match counted {
+        Ok(FailureRecord::Counted) => {
+            metrics::counter!("herald_login_failures_unrecorded_total").increment(1);
+        }
+        Ok(FailureRecord::Record {
+            window_start,
+            unrecorded,
+        }) => {
+            let mut data = json!({
+                "reason": reason,
+                "window_start": sessions::millis_rfc3339(window_start),
+                "window_end": sessions::millis_rfc3339(window_start.saturating_add(window_ms)),
+                "unrecorded_failures": unrecorded,
+            });
+            let stream = match user {
+                Some(u) => {
+                    data["user_id"] = json!(u.id);
+                    data["username"] = json!(u.username);
+                    format!("user-{}", u.id)
+                }
+                None => "login-failures".to_owned(),
+            };
+            let outcome = record(
+                state,
+                stream,
+                ExpectedVersion::Any,
+                "LoginFailed",
+                data,
+                &Actor::system("passkey-login"),
+            )
+            .await;
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "cannot record a failed login");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count a failed login"),
+    }
     ApiError::AuthFailed(format!("login refused: {reason}"))
 }
 
@@ -455,6 +613,7 @@ pub async fn login_finish(
         .find_user(&stored.user_id)
         .await?
         .ok_or_else(|| ApiError::internal(format!("passkey {key} belongs to no user")))?;
+    count_account_attempt(&state, &user.username).await?;
     let mut passkey: Passkey =
         serde_json::from_str(&stored.passkey).map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
     let verified = match saved {
@@ -484,6 +643,13 @@ pub async fn login_finish(
             return Err(login_failed(&state, Some(&user), format!("the passkey could not be verified ({e})")).await);
         }
     };
+    // Checked once the passkey is proven, so only its holder learns it.
+    if user.is_disabled() {
+        return Err(login_failed(&state, Some(&user), "this account is disabled".into()).await);
+    }
+    if let Err(e) = state.accounts.clear_login_attempts(&user.username).await {
+        tracing::warn!(error = %e, "cannot reset the login attempts of an account");
+    }
     passkey.update_credential(&result);
     state
         .accounts
@@ -665,4 +831,88 @@ async fn mint_invite(
     }
     accounts.insert_invite(&record, &hash_secret(&code)).await?;
     Ok(MintedInvite { record, code })
+}
+
+#[cfg(test)]
+mod client_addr_tests {
+    use super::*;
+
+    fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
+        list.iter().map(|p| p.parse().expect("proxy")).collect()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().expect("header"));
+        }
+        h
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_addresses_or_networks() {
+        let net: TrustedProxy = "10.1.2.3/8".parse().expect("cidr");
+        assert!(net.contains("10.200.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.0.0.1".parse().expect("mapped ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let one: TrustedProxy = " 192.168.0.7 ".parse().expect("address");
+        assert_eq!(one.to_string(), "192.168.0.7/32");
+        assert!(!one.contains("192.168.0.8".parse().expect("ip")));
+        let v6: TrustedProxy = "fd00::/8".parse().expect("v6");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(!v6.contains("10.0.0.1".parse().expect("ip")));
+        let all: TrustedProxy = "0.0.0.0/0".parse().expect("any");
+        assert!(all.contains("1.2.3.4".parse().expect("ip")));
+        for bad in ["", "localhost", "10.0.0.0/33", "::/129", "10.0.0.0/x", "10.0.0.1:80"] {
+            let e = bad.parse::<TrustedProxy>().expect_err(bad);
+            assert!(e.contains("not an IP address or network"), "{e}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_peer() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        // An untrusted peer: its header is ignored.
+        assert_eq!(
+            client_addr(ip("203.0.113.9"), &xff(&["1.1.1.1"]), &trusted),
+            "203.0.113.9"
+        );
+        // A trusted peer: the right-most address that is not a trusted proxy.
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["6.6.6.6, 198.51.100.4, 10.0.0.9"]), &trusted),
+            "198.51.100.4",
+            "the left part may be made up by the client"
+        );
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["6.6.6.6", "198.51.100.4 , 10.0.0.9"]), &trusted),
+            "198.51.100.4",
+            "several headers are one list"
+        );
+        // No header, or all hops trusted.
+        assert_eq!(client_addr(ip("10.0.0.2"), &HeaderMap::new(), &trusted), "10.0.0.2");
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["10.0.0.5, 10.0.0.9"]), &trusted),
+            "10.0.0.5"
+        );
+        // Garbage: not believed past the last trusted hop.
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["1.2.3.4, not-an-ip, 10.0.0.9"]), &trusted),
+            "10.0.0.9"
+        );
+        assert_eq!(
+            client_addr(ip("10.0.0.2"), &xff(&["[2001:db8::1]:443"]), &trusted),
+            "2001:db8::1"
+        );
+        assert_eq!(
+            client_addr(ip("::ffff:10.0.0.2"), &xff(&["192.0.2.1"]), &trusted),
+            "192.0.2.1"
+        );
+        // No proxies configured: the peer, whatever the header says.
+        assert_eq!(client_addr(ip("10.0.0.2"), &xff(&["1.1.1.1"]), &[]), "10.0.0.2");
+        assert_eq!(client_addr(None, &xff(&["1.1.1.1"]), &trusted), "unknown");
+    }
 }

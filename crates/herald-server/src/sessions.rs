@@ -155,10 +155,56 @@ pub async fn resume(state: &AppState, secret: &str) -> Result<Option<SessionReco
         return Ok(None);
     }
     if now - session.last_seen_at > TOUCH_EVERY_MS {
-        state.accounts.touch_session(&session.id, now, false).await?;
+        touch_soon(state, &session.id, now);
         session.last_seen_at = now;
     }
     Ok(Some(session))
+}
+
+/// How long a session touch waits for the database's write lock.
+const TOUCH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Sessions with a touch in flight (one at a time per session).
+static TOUCHING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// When a failed touch was last logged (at most one warning a minute).
+static TOUCH_WARNED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Refreshes a session's activity in the background, best effort: the request
+/// does not wait for it, and a busy database (another process writing) is
+/// waited for `TOUCH_WAIT` at most. A touch that fails is tried again by the
+/// next request (`last_seen_at` stayed old); the idle limit is hours, a
+/// missed touch costs nothing.
+fn touch_soon(state: &AppState, session_id: &str, now: Millis) {
+    {
+        let mut touching = TOUCHING.lock().unwrap_or_else(|p| p.into_inner());
+        if !touching.insert(session_id.to_owned()) {
+            return;
+        }
+    }
+    let accounts = state.accounts.clone();
+    let id = session_id.to_owned();
+    tokio::spawn(async move {
+        let outcome = accounts.try_touch_session(&id, now, TOUCH_WAIT).await;
+        TOUCHING.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Err(e) = outcome {
+            metrics::counter!("herald_session_touch_failures_total").increment(1);
+            let last = TOUCH_WARNED_AT.load(std::sync::atomic::Ordering::Relaxed);
+            let at = now_millis();
+            if at - last >= 60_000
+                && TOUCH_WARNED_AT
+                    .compare_exchange(
+                        last,
+                        at,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(error = %e, "cannot record session activity (best effort; retried later)");
+            }
+        }
+    });
 }
 
 pub fn millis(d: std::time::Duration) -> Millis {

@@ -64,6 +64,15 @@ pub struct ServerConfig {
     /// After the shutdown signal, open requests get this long; then every
     /// connection is closed.
     pub shutdown_grace: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<crate::passkeys::TrustedProxy>,
+    /// Login attempts per account (username) per `login_window`; 0 = unlimited.
+    pub login_limit: u32,
+    /// The window of the per-account login limit and of `LoginFailed` events
+    /// (at most one per account per window).
+    pub login_window: Duration,
+    /// A request other than a live stream answers 503 after this long.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +95,10 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_connections_per_address: 1024,
             shutdown_grace: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            login_limit: 10,
+            login_window: Duration::from_secs(15 * 60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

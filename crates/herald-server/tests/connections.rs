@@ -51,6 +51,8 @@ fn config() -> ServerConfig {
         body_timeout: LONG,
         write_timeout: LONG,
         shutdown_grace: LONG,
+        // The raw requests here say `Host: herald`.
+        allowed_hosts: vec!["herald".into()],
         ..ServerConfig::default()
     }
 }

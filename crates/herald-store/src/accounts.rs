@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::accounts::{
-    AccountStore, InviteRecord, Millis, RegistrationRefused, SessionRecord, StoredPasskey, User,
+    AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo, RegistrationRefused, SessionRecord,
+    StoredPasskey, User,
 };
 use herald_core::auth::Role;
 use herald_core::store::StoreError;
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS users (
     username     TEXT NOT NULL UNIQUE,
     display_name TEXT NOT NULL,
     roles        TEXT NOT NULL,
-    created_at   TEXT NOT NULL
+    created_at   TEXT NOT NULL,
+    disabled_at  TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS passkeys (
     credential_id TEXT PRIMARY KEY,
@@ -56,7 +58,45 @@ CREATE TABLE IF NOT EXISTS ceremonies (
     state      TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 ) STRICT;
+-- Login attempts and failures per account, in fixed windows (the per-account
+-- login limit, and which failure of a window is recorded in the log). Here
+-- rather than in process memory so that several herald processes sharing this
+-- database count together. `account` is a username, or '*' for failures that
+-- named no account. `unrecorded`: failures since the account's last
+-- `LoginFailed` event that no event recorded (the next one carries the count).
+CREATE TABLE IF NOT EXISTS login_attempts (
+    account      TEXT PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    failures     INTEGER NOT NULL,
+    unrecorded   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS login_attempts_window ON login_attempts (window_start);
 "#;
+
+/// The `login_attempts` key of failures that named no account (no username
+/// starts with `*`).
+const NO_ACCOUNT: &str = "*";
+
+/// Columns added after the first release, added to older files on open.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has = |column: &str| -> Result<bool, StoreError> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('users') WHERE name = ?1)",
+            [column],
+            |r| r.get(0),
+        )
+        .map_err(backend)
+    };
+    if !has("disabled_at")?
+        && let Err(e) = conn.execute_batch("ALTER TABLE users ADD COLUMN disabled_at TEXT")
+        // Another process may have added it in the meantime.
+        && !has("disabled_at")?
+    {
+        return Err(backend(e));
+    }
+    Ok(())
+}
 
 pub struct SqliteAccounts {
     pool: ReaderPool,
@@ -74,7 +114,9 @@ impl SqliteAccounts {
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(EVENTS_FILE);
-        open_connection(&path, false)?.execute_batch(SCHEMA).map_err(backend)?;
+        let conn = open_connection(&path, false)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&conn)?;
         Ok(Arc::new(SqliteAccounts {
             pool: ReaderPool::new(path, 4, false),
         }))
@@ -88,15 +130,15 @@ impl SqliteAccounts {
     }
 }
 
-const USER_COLUMNS: &str = "id, username, display_name, roles, created_at";
+const USER_COLUMNS: &str = "id, username, display_name, roles, created_at, disabled_at";
 
-fn row_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+type UserRow = (String, String, String, String, String, Option<String>);
+
+fn row_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn to_user(
-    (id, username, display_name, roles, created_at): (String, String, String, String, String),
-) -> Result<User, StoreError> {
+fn to_user((id, username, display_name, roles, created_at, disabled_at): UserRow) -> Result<User, StoreError> {
     let roles: Vec<Role> = serde_json::from_str(&roles).map_err(|e| corrupt(&format!("user {id} roles"), e))?;
     Ok(User {
         id,
@@ -104,6 +146,7 @@ fn to_user(
         display_name,
         roles,
         created_at,
+        disabled_at,
     })
 }
 
@@ -261,6 +304,16 @@ impl AccountStore for SqliteAccounts {
         .await
     }
 
+    async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError> {
+        let (user_id, at) = (user_id.to_owned(), at.map(str::to_owned));
+        self.with(move |conn| {
+            conn.execute("UPDATE users SET disabled_at = ?2 WHERE id = ?1", params![user_id, at])
+                .map(|n| n == 1)
+                .map_err(backend)
+        })
+        .await
+    }
+
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError> {
         let user_id = user_id.to_owned();
         self.with(move |conn| {
@@ -298,6 +351,40 @@ impl AccountStore for SqliteAccounts {
                 params![credential_id, passkey, used_at],
             )
             .map(drop)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_passkeys(&self) -> Result<Vec<PasskeyInfo>, StoreError> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT credential_id, user_id, created_at, last_used_at FROM passkeys ORDER BY created_at, credential_id",
+            )
+            .map_err(backend)?
+            .query_map([], |r| {
+                Ok(PasskeyInfo {
+                    credential_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    created_at: r.get(2)?,
+                    last_used_at: r.get(3)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn remove_passkey(&self, user_id: &str, credential_id: &str) -> Result<bool, StoreError> {
+        let (user_id, credential_id) = (user_id.to_owned(), credential_id.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM passkeys WHERE credential_id = ?1 AND user_id = ?2",
+                params![credential_id, user_id],
+            )
+            .map(|n| n == 1)
             .map_err(backend)
         })
         .await
@@ -350,6 +437,40 @@ impl AccountStore for SqliteAccounts {
                 "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1"
             };
             conn.execute(sql, params![id, now]).map(drop).map_err(backend)
+        })
+        .await
+    }
+
+    async fn try_touch_session(&self, id: &str, now: Millis, wait: std::time::Duration) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            let usual: i64 = conn
+                .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+                .map_err(backend)?;
+            conn.busy_timeout(wait).map_err(backend)?;
+            let touched = conn
+                .execute("UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1", params![id, now])
+                .map(drop)
+                .map_err(backend);
+            // The pooled connection goes back with its usual patience.
+            let usual = std::time::Duration::from_millis(u64::try_from(usual).unwrap_or(0));
+            conn.busy_timeout(usual).map_err(backend)?;
+            touched
+        })
+        .await
+    }
+
+    async fn delete_sessions_of(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached(&format!(
+                "DELETE FROM sessions WHERE user_id = ?1 RETURNING {SESSION_COLUMNS}"
+            ))
+            .map_err(backend)?
+            .query_map([user_id], row_session)
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
         })
         .await
     }
@@ -455,6 +576,96 @@ impl AccountStore for SqliteAccounts {
             )
             .map(|n| n as u64)
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn count_login_attempt(
+        &self,
+        account: &str,
+        now: Millis,
+        window_ms: Millis,
+    ) -> Result<LoginWindow, StoreError> {
+        let account = account.to_owned();
+        self.with(move |conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(backend)?;
+            let over = now.saturating_sub(window_ms);
+            tx.prepare_cached("DELETE FROM login_attempts WHERE window_start <= ?1 AND unrecorded = 0")
+                .map_err(backend)?
+                .execute([over])
+                .map_err(backend)?;
+            // In SET, column names are the row's values before the update.
+            let (started_at, attempts): (Millis, i64) = tx
+                .prepare_cached(
+                    "INSERT INTO login_attempts (account, window_start, attempts, failures, unrecorded)                      VALUES (?1, ?2, 1, 0, 0)                      ON CONFLICT (account) DO UPDATE SET                        attempts = CASE WHEN window_start <= ?3 THEN 1 ELSE attempts + 1 END,                        failures = CASE WHEN window_start <= ?3 THEN 0 ELSE failures END,                        window_start = CASE WHEN window_start <= ?3 THEN ?2 ELSE window_start END                      RETURNING window_start, attempts",
+                )
+                .map_err(backend)?
+                .query_row(params![account, now, over], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(LoginWindow {
+                started_at,
+                attempts: u64::try_from(attempts).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn clear_login_attempts(&self, account: &str) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached("UPDATE login_attempts SET attempts = 0 WHERE account = ?1")
+                .map_err(backend)?
+                .execute([account])
+                .map(drop)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn count_login_failure(
+        &self,
+        account: Option<&str>,
+        now: Millis,
+        window_ms: Millis,
+    ) -> Result<FailureRecord, StoreError> {
+        let account = account.unwrap_or(NO_ACCOUNT).to_owned();
+        self.with(move |conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(backend)?;
+            let row: Option<(Millis, i64, i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT window_start, attempts, failures, unrecorded FROM login_attempts WHERE account = ?1",
+                )
+                .map_err(backend)?
+                .query_row([&account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()
+                .map_err(backend)?;
+            let (window_start, attempts, failures, unrecorded) = match row {
+                Some((start, attempts, failures, unrecorded)) if start > now.saturating_sub(window_ms) => {
+                    (start, attempts, failures, unrecorded)
+                }
+                Some((_, _, _, unrecorded)) => (now, 0, 0, unrecorded),
+                None => (now, 0, 0, 0),
+            };
+            let (outcome, unrecorded) = if failures == 0 {
+                (
+                    FailureRecord::Record {
+                        window_start,
+                        unrecorded: u64::try_from(unrecorded).unwrap_or(0),
+                    },
+                    0,
+                )
+            } else {
+                (FailureRecord::Counted, unrecorded.saturating_add(1))
+            };
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO login_attempts (account, window_start, attempts, failures, unrecorded)                  VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(backend)?
+            .execute(params![account, window_start, attempts, failures.saturating_add(1), unrecorded])
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(outcome)
         })
         .await
     }

@@ -116,6 +116,10 @@ struct ServeArgs {
     /// Seconds a write to a client may make no progress before the client is dropped.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     write_timeout_seconds: u64,
+    /// A reverse proxy (IP or CIDR, repeatable; env comma-separated) whose
+    /// X-Forwarded-For names the client for rate limits; from anyone else it is ignored.
+    #[arg(long = "trusted-proxy", env = "HERALD_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<herald_server::passkeys::TrustedProxy>,
 }
 
 #[derive(Subcommand)]
@@ -323,6 +327,7 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
         body_timeout: Duration::from_secs(args.body_timeout_seconds),
         write_timeout: Duration::from_secs(args.write_timeout_seconds),
+        trusted_proxies: args.trusted_proxy,
         ..ServerConfig::default()
     };
     let state = AppState::open_sqlite(dir, config).map_err(|e| match e {

@@ -11,18 +11,165 @@ use herald_core::store::ExpectedVersion;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Admin, Viewer, require_step_up};
+use crate::auth::{Admin, Viewer, now_rfc3339, require_step_up};
 use crate::error::ApiError;
 use crate::passkeys::{create_invite, end_session, record, user_json};
-use crate::sessions::{millis_rfc3339, now_millis};
+use crate::sessions::{millis_rfc3339, now_millis, session_credential};
 use crate::state::AppState;
 use crate::wire::{PathParam, read_json_body};
 
 const ADMIN_BODY_LIMIT: usize = 4096;
 
+/// Every user, with their passkeys (never the keys themselves).
 pub async fn list_users(State(state): State<AppState>, Admin(_): Admin) -> Result<Response, ApiError> {
-    let users: Vec<_> = state.accounts.list_users().await?.iter().map(user_json).collect();
+    let passkeys = state.accounts.list_passkeys().await?;
+    let users: Vec<_> = state
+        .accounts
+        .list_users()
+        .await?
+        .iter()
+        .map(|user| {
+            let mut body = user_json(user);
+            body["passkeys"] = passkeys
+                .iter()
+                .filter(|p| p.user_id == user.id)
+                .map(|p| {
+                    json!({
+                        "credential_id": p.credential_id,
+                        "created_at": p.created_at,
+                        "last_used_at": p.last_used_at,
+                    })
+                })
+                .collect();
+            body
+        })
+        .collect();
     Ok(Json(json!({ "users": users })).into_response())
+}
+
+/// How many users are admins and not disabled.
+async fn enabled_admins(state: &AppState) -> Result<usize, ApiError> {
+    Ok(state
+        .accounts
+        .list_users()
+        .await?
+        .iter()
+        .filter(|u| u.role() == Role::Admin && !u.is_disabled())
+        .count())
+}
+
+async fn user_or_404(state: &AppState, id: &str) -> Result<herald_core::accounts::User, ApiError> {
+    state
+        .accounts
+        .find_user(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no user {id}")))
+}
+
+/// Takes a person's access away: they cannot log in, their sessions are
+/// deleted and their live streams end at once. Like a token revocation it
+/// takes effect first and is recorded right after (`UserDisabled`), so it
+/// holds even if recording fails. Disabling an already disabled user changes
+/// nothing.
+pub async fn disable_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    require_step_up(&state, &admin, "disabling a person")?;
+    let _turn = state.registration.lock().await;
+    let mut user = user_or_404(&state, &id).await?;
+    if user.id == admin.actor.id {
+        return Err(ApiError::Unprocessable {
+            title: "cannot disable yourself",
+            detail: "an admin cannot disable their own account; ask another admin".into(),
+        });
+    }
+    let newly = !user.is_disabled();
+    if newly {
+        if user.role() == Role::Admin && enabled_admins(&state).await? <= 1 {
+            return Err(ApiError::Unprocessable {
+                title: "last admin",
+                detail: format!(
+                    "{} is the only enabled admin; make someone else admin first",
+                    user.username
+                ),
+            });
+        }
+        let at = now_rfc3339();
+        state.accounts.set_disabled(&user.id, Some(&at)).await?;
+        user.disabled_at = Some(at);
+    }
+    // Also when already disabled: a session another process let in is ended.
+    for session in state.accounts.delete_sessions_of(&user.id).await? {
+        state.live.end_credential(&session_credential(&session.id));
+    }
+    if newly {
+        record(
+            &state,
+            format!("user-{}", user.id),
+            ExpectedVersion::Any,
+            "UserDisabled",
+            json!({ "user_id": user.id, "username": user.username }),
+            &admin.actor,
+        )
+        .await?;
+    }
+    Ok(Json(json!({ "user": user_json(&user) })).into_response())
+}
+
+/// Gives a disabled person their access back (recorded first, `UserEnabled`).
+/// Enabling an enabled user changes nothing.
+pub async fn enable_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    require_step_up(&state, &admin, "enabling a person")?;
+    let _turn = state.registration.lock().await;
+    let mut user = user_or_404(&state, &id).await?;
+    if user.is_disabled() {
+        record(
+            &state,
+            format!("user-{}", user.id),
+            ExpectedVersion::Any,
+            "UserEnabled",
+            json!({ "user_id": user.id, "username": user.username }),
+            &admin.actor,
+        )
+        .await?;
+        state.accounts.set_disabled(&user.id, None).await?;
+        user.disabled_at = None;
+    }
+    Ok(Json(json!({ "user": user_json(&user) })).into_response())
+}
+
+/// Removes one passkey of a user: it no longer logs in (takes effect first,
+/// then `PasskeyRemoved` is recorded). Sessions it opened are not ended (disable
+/// the user, or end them, for that).
+pub async fn remove_passkey(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathParam((id, credential_id)): PathParam<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require_step_up(&state, &admin, "removing a passkey")?;
+    let user = user_or_404(&state, &id).await?;
+    if !state.accounts.remove_passkey(&user.id, &credential_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "{} has no passkey {credential_id}",
+            user.username
+        )));
+    }
+    record(
+        &state,
+        format!("user-{}", user.id),
+        ExpectedVersion::Any,
+        "PasskeyRemoved",
+        json!({ "user_id": user.id, "username": user.username, "credential_id": credential_id }),
+        &admin.actor,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -54,16 +201,10 @@ pub async fn set_roles(
         .find_user(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no user {id}")))?;
-    let loses_admin = user.role() == Role::Admin && !roles.contains(&Role::Admin);
+    let loses_admin = user.role() == Role::Admin && !roles.contains(&Role::Admin) && !user.is_disabled();
     if loses_admin {
-        let admins = state
-            .accounts
-            .list_users()
-            .await?
-            .iter()
-            .filter(|u| u.role() == Role::Admin)
-            .count();
-        if admins <= 1 {
+        // A disabled admin cannot act: only enabled admins count.
+        if enabled_admins(&state).await? <= 1 {
             return Err(ApiError::Unprocessable {
                 title: "last admin",
                 detail: format!("{} is the only admin; make someone else admin first", user.username),

@@ -1,0 +1,905 @@
+//! Taking access away and keeping abuse bounded (audit issue 9, items 6, 7, 9):
+//! login limits per account and per client address (`X-Forwarded-For` only
+//! from trusted proxies), failed logins that cannot grow the log without bound,
+//! disabling people and removing passkeys, and requests that neither wait on
+//! another process's write lock nor run forever.
+//!
+//! Over a real socket, with `webauthn-authenticator-rs`'s software passkey as
+//! the authenticator where a login is needed; other people and sessions are
+//! made directly in the account store (no browser).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use herald_core::accounts::User;
+use herald_core::auth::Role;
+use herald_server::auth::hash_secret;
+use herald_server::{AppState, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Server {
+    base: String,
+    origin: String,
+    state: AppState,
+    client: reqwest::Client,
+    dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        command_rate: 0,
+        auth_rate: 0,
+        keepalive: Duration::from_millis(200),
+        ..ServerConfig::default()
+    }
+}
+
+async fn start(mut config: ServerConfig) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let origin = format!("http://localhost:{}", addr.port());
+    config.public_origin = origin.clone();
+    let state = AppState::open_sqlite(dir.path(), config).expect("open state");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
+        let _ = rx.await;
+    }));
+    Server {
+        base: format!("http://127.0.0.1:{}", addr.port()),
+        origin,
+        state,
+        client: reqwest::Client::new(),
+        dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// A person: an authenticator (when they registered with a passkey) and a cookie.
+struct Person {
+    username: String,
+    id: String,
+    key: SoftPasskey,
+    cookie: Option<String>,
+    /// What a resident passkey remembers (herald's login challenges name no
+    /// credential; the software authenticator is told which to use, and the
+    /// test returns the user handle it does not).
+    credential_id: Value,
+    user_handle: Value,
+}
+
+impl Person {
+    fn new(username: &str) -> Self {
+        Person {
+            username: username.into(),
+            id: String::new(),
+            key: SoftPasskey::new(true),
+            cookie: None,
+            credential_id: Value::Null,
+            user_handle: Value::Null,
+        }
+    }
+}
+
+fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("herald_session="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+}
+
+async fn problem(r: reqwest::Response) -> Value {
+    assert_eq!(
+        r.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    r.json().await.expect("problem JSON")
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn as_browser(&self, method: reqwest::Method, path: &str, who: &Person) -> reqwest::RequestBuilder {
+        let mut rb = self.client.request(method.clone(), self.url(path));
+        if let Some(c) = &who.cookie {
+            rb = rb.header("cookie", c);
+        }
+        if method != reqwest::Method::GET {
+            rb = rb.header("sec-fetch-site", "same-origin");
+        }
+        rb
+    }
+
+    async fn post_json(&self, path: &str, body: Value, who: Option<&Person>) -> reqwest::Response {
+        let mut rb = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .header("origin", &self.origin);
+        if let Some(c) = who.and_then(|p| p.cookie.as_ref()) {
+            rb = rb.header("cookie", c);
+        }
+        rb.send().await.expect("POST")
+    }
+
+    /// Registers `who` with their passkey, with `invite` or else (the first
+    /// admin) the setup code `herald serve` would print.
+    async fn register(&self, who: &mut Person, invite: Option<&str>) {
+        let code = match invite {
+            Some(code) => code.to_owned(),
+            None => {
+                herald_server::passkeys::issue_setup_code(&*self.state.store, &*self.state.accounts)
+                    .await
+                    .expect("setup code")
+                    .expect("no admin yet")
+                    .code
+            }
+        };
+        let body = json!({ "username": who.username, "invite": code });
+        let r = self.post_json("/api/auth/register/start", body, None).await;
+        assert_eq!(r.status(), StatusCode::OK, "register/start");
+        let start: Value = r.json().await.expect("start JSON");
+        let options: CreationChallengeResponse =
+            serde_json::from_value(start["options"].clone()).expect("creation options");
+        let credential = who
+            .key
+            .do_registration(Url::parse(&self.origin).expect("origin"), options)
+            .expect("the authenticator registers");
+        let credential = serde_json::to_value(credential).expect("credential JSON");
+        who.credential_id = credential["id"].clone();
+        who.user_handle = start["options"]["publicKey"]["user"]["id"].clone();
+        let r = self
+            .post_json(
+                "/api/auth/register/finish",
+                json!({ "ceremony": start["ceremony"], "credential": credential }),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "register/finish");
+        who.cookie = session_cookie(&r);
+        let body: Value = r.json().await.expect("user JSON");
+        who.id = body["user"]["id"].as_str().expect("id").to_owned();
+    }
+
+    async fn invite(&self, admin: &Person, role: &str) -> String {
+        let r = self
+            .as_browser(reqwest::Method::POST, "/api/invites", admin)
+            .json(&json!({ "role": role }))
+            .send()
+            .await
+            .expect("POST /api/invites");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.expect("invite JSON");
+        body["code"].as_str().expect("code").to_owned()
+    }
+
+    /// login/start naming `who`, and the authenticator's signed answer (the
+    /// software authenticator signs only for a challenge that lists its key).
+    async fn login_start(&self, who: &mut Person) -> (Value, Value) {
+        let body = json!({ "username": who.username });
+        let r = self.post_json("/api/auth/login/start", body, None).await;
+        assert_eq!(r.status(), StatusCode::OK, "login/start");
+        let start: Value = r.json().await.expect("login start JSON");
+        let mut options = start["options"].clone();
+        options["publicKey"]["allowCredentials"] = json!([{ "type": "public-key", "id": who.credential_id }]);
+        let options: RequestChallengeResponse = serde_json::from_value(options).expect("request options");
+        let credential = who
+            .key
+            .do_authentication(Url::parse(&self.origin).expect("origin"), options)
+            .expect("the authenticator signs");
+        let mut credential = serde_json::to_value(credential).expect("JSON");
+        credential["response"]["userHandle"] = who.user_handle.clone();
+        (start["ceremony"].clone(), credential)
+    }
+
+    async fn login_finish(&self, ceremony: &Value, credential: &Value) -> reqwest::Response {
+        self.post_json(
+            "/api/auth/login/finish",
+            json!({ "ceremony": ceremony, "credential": credential }),
+            None,
+        )
+        .await
+    }
+
+    /// A full passkey login; sets `who`'s cookie when it works.
+    async fn login(&self, who: &mut Person) -> reqwest::Response {
+        let (ceremony, credential) = self.login_start(who).await;
+        let r = self.login_finish(&ceremony, &credential).await;
+        if let Some(c) = session_cookie(&r) {
+            who.cookie = Some(c);
+        }
+        r
+    }
+
+    async fn me(&self, who: &Person) -> reqwest::Response {
+        self.as_browser(reqwest::Method::GET, "/api/me", who)
+            .send()
+            .await
+            .expect("GET /api/me")
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        let page = self
+            .state
+            .store
+            .read_all(0, &herald_core::Filter::default(), 1000)
+            .await
+            .expect("read the log");
+        page.events
+            .iter()
+            .map(|e| serde_json::from_slice(e.json()).expect("envelope"))
+            .collect()
+    }
+
+    async fn head(&self) -> usize {
+        self.events().await.len()
+    }
+
+    /// A session made directly in the store for `user_id`, last seen
+    /// `idle_for` ago; returns the cookie.
+    async fn session_for(&self, user_id: &str, idle_for: Duration) -> String {
+        let now = herald_server::sessions::now_millis();
+        let (mut session, secret) =
+            herald_server::sessions::new_session(user_id, now, 24 * 3600 * 1000, &Default::default());
+        session.last_seen_at = now - i64::try_from(idle_for.as_millis()).expect("ms");
+        self.state
+            .accounts
+            .insert_session(&session, &hash_secret(&secret))
+            .await
+            .expect("insert session");
+        format!("herald_session={secret}")
+    }
+
+    /// A user made directly in the store (through an invite, as herald does).
+    async fn user(&self, username: &str, role: Role) -> Person {
+        let accounts = &self.state.accounts;
+        let id = uuid_like(username);
+        let now = herald_server::sessions::now_millis();
+        let code_hash = hash_secret(&format!("code-{username}"));
+        accounts
+            .insert_invite(
+                &herald_core::accounts::InviteRecord {
+                    id: format!("inv-{username}"),
+                    role,
+                    created_at: "2026-12-01T00:00:00.000Z".into(),
+                    created_by: herald_core::Actor::system("test"),
+                    expires_at: now + 60_000,
+                    used_by: None,
+                },
+                &code_hash,
+            )
+            .await
+            .expect("invite");
+        let user = User {
+            id: id.clone(),
+            username: username.into(),
+            display_name: username.into(),
+            roles: vec![role],
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+            disabled_at: None,
+        };
+        let passkey = herald_core::accounts::StoredPasskey {
+            credential_id: format!("cred-{username}"),
+            user_id: id.clone(),
+            passkey: "{}".into(),
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+        };
+        accounts
+            .insert_user(&user, &passkey, Some(&code_hash), now)
+            .await
+            .expect("io")
+            .expect("inserted");
+        let mut person = Person::new(username);
+        person.id = id.clone();
+        person.cookie = Some(self.session_for(&id, Duration::ZERO).await);
+        person
+    }
+
+    async fn token(&self, name: &str, role: Role) -> String {
+        herald_server::auth::create_token(
+            &*self.state.store,
+            &*self.state.credentials,
+            &herald_core::Actor::system("test"),
+            name,
+            role,
+        )
+        .await
+        .expect("token")
+        .secret
+    }
+}
+
+fn uuid_like(name: &str) -> String {
+    format!("{:0>32}", hex_of(name))
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads until the stream ends; panics if it stays open past the bound.
+async fn read_to_end(stream: &mut reqwest::Response) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Err(_) => panic!("the stream was still open after {WAIT:?}"),
+            Ok(Ok(Some(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(Ok(None)) | Ok(Err(_)) => return seen,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Item 6: login abuse
+
+#[tokio::test]
+async fn a_thousand_failed_logins_add_a_handful_of_events_to_the_log() {
+    let server = start(ServerConfig {
+        login_limit: 0,
+        ..config()
+    })
+    .await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    // One signed answer of alice's, to replay against later ceremonies.
+    let (ceremony, stale) = server.login_start(&mut alice).await;
+    assert_eq!(server.login_finish(&ceremony, &stale).await.status(), StatusCode::OK);
+    let before = server.head().await;
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let r = if i % 2 == 0 {
+            // No such ceremony: a failure that names no account.
+            server.login_finish(&json!(format!("nope-{i}")), &stale).await
+        } else {
+            // A fresh ceremony, answered with a replayed signature: alice's failure.
+            let r = server.post_json("/api/auth/login/start", json!({}), None).await;
+            let start: Value = r.json().await.expect("start");
+            server.login_finish(&start["ceremony"], &stale).await
+        };
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(401, 1000)].into_iter().collect(), "every attempt failed");
+
+    let events = server.events().await;
+    let added = &events[before..];
+    assert!(added.len() <= 2, "{} events added: {added:?}", added.len());
+    let anonymous = added
+        .iter()
+        .find(|e| e["stream"] == "login-failures")
+        .expect("one record of failures naming no account");
+    assert_eq!(anonymous["type"], "LoginFailed");
+    assert!(
+        anonymous["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ceremony")
+    );
+    for field in ["window_start", "window_end"] {
+        assert!(anonymous["data"][field].is_string(), "{field}: {anonymous}");
+    }
+    let hers = added
+        .iter()
+        .find(|e| e["stream"] == format!("user-{}", alice.id))
+        .expect("one record of alice's failures");
+    assert_eq!(hers["type"], "LoginFailed");
+    assert_eq!(hers["data"]["username"], "alice");
+    assert_eq!(hers["data"]["unrecorded_failures"], 0);
+}
+
+#[tokio::test]
+async fn failures_after_the_first_of_a_window_are_counted_and_carried_by_the_next_record() {
+    let server = start(ServerConfig {
+        login_limit: 0,
+        login_window: Duration::from_millis(1500),
+        ..config()
+    })
+    .await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    let (_, stale) = server.login_start(&mut alice).await;
+    for i in 0..4 {
+        let r = server.login_finish(&json!(format!("nope-{i}")), &stale).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = server.login_finish(&json!("nope-late"), &stale).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let failed: Vec<Value> = server
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "LoginFailed")
+        .collect();
+    assert_eq!(failed.len(), 2, "one per window: {failed:?}");
+    assert_eq!(failed[0]["data"]["unrecorded_failures"], 0);
+    assert_eq!(
+        failed[1]["data"]["unrecorded_failures"], 3,
+        "the 3 failures after the first of the window before"
+    );
+    assert_ne!(failed[0]["data"]["window_start"], failed[1]["data"]["window_start"]);
+}
+
+#[tokio::test]
+async fn the_per_account_login_limit_answers_429_with_retry_after() {
+    let server = start(ServerConfig {
+        login_limit: 4,
+        ..config()
+    })
+    .await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    // A successful login (2 attempts: start and finish) starts the count over,
+    // so alice logs in as often as she likes.
+    for _ in 0..4 {
+        assert_eq!(server.login(&mut alice).await.status(), StatusCode::OK);
+    }
+    // Someone else asking for alice: 4 attempts, then 429.
+    let (_, signed) = server.login_start(&mut alice).await;
+    for _ in 0..3 {
+        let r = server
+            .post_json("/api/auth/login/start", json!({ "username": "alice" }), None)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = server
+        .post_json("/api/auth/login/start", json!({ "username": "alice" }), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=15 * 60).contains(&retry), "Retry-After {retry}");
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("this account")
+    );
+    // Presenting alice's passkey counts against alice too (even without naming her).
+    let r = server.post_json("/api/auth/login/start", json!({}), None).await;
+    assert_eq!(r.status(), StatusCode::OK, "a ceremony that names nobody");
+    let start: Value = r.json().await.expect("start");
+    let r = server.login_finish(&start["ceremony"], &signed).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "refused before verifying");
+    // Other names, known or not, have their own count.
+    for name in ["bob", "nobody"] {
+        let r = server
+            .post_json("/api/auth/login/start", json!({ "username": name }), None)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+    }
+    // The count is in herald.db, where other herald processes see it.
+    let db = rusqlite::Connection::open(server.dir.path().join("herald.db")).expect("db");
+    let attempts: i64 = db
+        .query_row("SELECT attempts FROM login_attempts WHERE account = 'alice'", [], |r| {
+            r.get(0)
+        })
+        .expect("alice's row");
+    assert!(attempts > 4, "{attempts}");
+}
+
+async fn burst_until_limited(server: &Server, forwarded_for: impl Fn(usize) -> String) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let r = server
+            .client
+            .post(server.url("/api/auth/login/start"))
+            .header("x-forwarded-for", forwarded_for(i))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("POST");
+        statuses.push(r.status());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_trusted_proxies_only() {
+    // auth_rate 1: bursts of 5 per address.
+    let untrusted = start(ServerConfig {
+        auth_rate: 1,
+        ..config()
+    })
+    .await;
+    let statuses = burst_until_limited(&untrusted, |i| format!("198.51.100.{i}")).await;
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "made-up addresses do not escape the limit of the peer: {statuses:?}"
+    );
+
+    let proxied = start(ServerConfig {
+        auth_rate: 1,
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("cidr")],
+        ..config()
+    })
+    .await;
+    let statuses = burst_until_limited(&proxied, |i| format!("198.51.100.{i}")).await;
+    assert_eq!(statuses.len(), 30, "one attempt per forwarded client: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    // One client behind the proxy is limited on its own address, whatever it
+    // puts in front of it.
+    let statuses = burst_until_limited(&proxied, |i| format!("10.9.9.{i}, 203.0.113.5")).await;
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert!(statuses.len() > 1, "{statuses:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Item 7: disabling people, removing passkeys
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_is_recorded() {
+    let server = start(config()).await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    let code = server.invite(&alice, "operator").await;
+    let mut bob = Person::new("bob");
+    server.register(&mut bob, Some(&code)).await;
+    let mut stream = server
+        .as_browser(reqwest::Method::GET, "/api/events/live", &bob)
+        .send()
+        .await
+        .expect("bob's stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let second_cookie = server.session_for(&bob.id, Duration::ZERO).await;
+
+    let r = server
+        .as_browser(reqwest::Method::POST, &format!("/api/users/{}/disable", bob.id), &alice)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("user JSON");
+    assert_eq!(body["user"]["username"], "bob");
+    assert!(body["user"]["disabled_at"].is_string(), "{body}");
+
+    read_to_end(&mut stream).await;
+    assert_eq!(server.me(&bob).await.status(), StatusCode::UNAUTHORIZED);
+    let mut other = Person::new("bob");
+    other.cookie = Some(second_cookie);
+    assert_eq!(
+        server.me(&other).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "every session"
+    );
+    assert!(
+        server
+            .state
+            .accounts
+            .list_sessions(Some(&bob.id), 0)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the sessions are deleted"
+    );
+    // A session that appears anyway (another process) does not work either.
+    other.cookie = Some(server.session_for(&bob.id, Duration::ZERO).await);
+    let r = server.me(&other).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(r).await["detail"], "this account is disabled");
+    // Nor does his passkey.
+    bob.cookie = None;
+    let r = server.login(&mut bob).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("this account is disabled")
+    );
+    assert!(bob.cookie.is_none());
+
+    let users: Value = server
+        .as_browser(reqwest::Method::GET, "/api/users", &alice)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("users JSON");
+    let listed = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "bob")
+        .expect("bob")
+        .clone();
+    assert!(listed["disabled_at"].is_string());
+    let keys = listed["passkeys"].as_array().expect("passkeys");
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0]["credential_id"].is_string() && keys[0]["created_at"].is_string());
+    assert!(keys[0].get("last_used_at").is_some());
+    assert!(
+        users["users"][0]["disabled_at"].is_null(),
+        "alice: {}",
+        users["users"][0]
+    );
+
+    let r = server
+        .as_browser(reqwest::Method::POST, &format!("/api/users/{}/enable", bob.id), &alice)
+        .send()
+        .await
+        .expect("enable");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("user JSON");
+    assert!(body["user"]["disabled_at"].is_null());
+    assert_eq!(server.login(&mut bob).await.status(), StatusCode::OK, "bob is back");
+    assert_eq!(server.me(&bob).await.status(), StatusCode::OK);
+
+    let events = server.events().await;
+    for kind in ["UserDisabled", "UserEnabled"] {
+        let e = events
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("{kind}"));
+        assert_eq!(e["stream"], format!("user-{}", bob.id));
+        assert_eq!(e["data"], json!({ "user_id": bob.id, "username": "bob" }));
+        assert_eq!(e["actor"]["name"], "alice");
+    }
+    let unknown = server
+        .as_browser(reqwest::Method::POST, "/api/users/nobody/disable", &alice)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // Only admins.
+    let r = server
+        .as_browser(reqwest::Method::POST, &format!("/api/users/{}/disable", alice.id), &bob)
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_last_enabled_admin_and_oneself_cannot_be_disabled() {
+    let server = start(config()).await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    let bob = server.user("bob", Role::Operator).await;
+    let token = server.token("robot", Role::Admin).await;
+    let post = |path: String| server.client.post(server.url(&path)).bearer_auth(&token).send();
+
+    let r = server
+        .as_browser(
+            reqwest::Method::POST,
+            &format!("/api/users/{}/disable", alice.id),
+            &alice,
+        )
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem(r).await["title"], "cannot disable yourself");
+
+    let r = post(format!("/api/users/{}/disable", alice.id)).await.expect("disable");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p = problem(r).await;
+    assert_eq!(p["title"], "last admin");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("alice"), "{p}");
+
+    // With a second admin, alice can be disabled...
+    let r = server
+        .client
+        .put(server.url(&format!("/api/users/{}/roles", bob.id)))
+        .bearer_auth(&token)
+        .json(&json!({ "roles": ["admin"] }))
+        .send()
+        .await
+        .expect("roles");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = post(format!("/api/users/{}/disable", alice.id)).await.expect("disable");
+    assert_eq!(r.status(), StatusCode::OK);
+    // ...and then bob is the last enabled admin: not disabled, not demoted.
+    let r = post(format!("/api/users/{}/disable", bob.id)).await.expect("disable");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = server
+        .client
+        .put(server.url(&format!("/api/users/{}/roles", bob.id)))
+        .bearer_auth(&token)
+        .json(&json!({ "roles": ["viewer"] }))
+        .send()
+        .await
+        .expect("roles");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem(r).await["title"], "last admin");
+    // Disabling twice changes nothing and records nothing more.
+    let r = post(format!("/api/users/{}/disable", alice.id)).await.expect("disable");
+    assert_eq!(r.status(), StatusCode::OK);
+    let disabled = server
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "UserDisabled")
+        .count();
+    assert_eq!(disabled, 1);
+}
+
+#[tokio::test]
+async fn removing_a_passkey_is_recorded_and_it_no_longer_logs_in() {
+    let server = start(config()).await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    let code = server.invite(&alice, "viewer").await;
+    let mut bob = Person::new("bob");
+    server.register(&mut bob, Some(&code)).await;
+    let users: Value = server
+        .as_browser(reqwest::Method::GET, "/api/users", &alice)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("JSON");
+    let credential_id = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "bob")
+        .and_then(|u| u["passkeys"][0]["credential_id"].as_str())
+        .expect("bob's passkey")
+        .to_owned();
+
+    // Signed before the removal, presented after it.
+    let (ceremony, signed) = server.login_start(&mut bob).await;
+    let path = format!("/api/users/{}/passkeys/{credential_id}", bob.id);
+    let r = server
+        .as_browser(reqwest::Method::DELETE, &path, &bob)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "admins only");
+    let r = server
+        .as_browser(reqwest::Method::DELETE, &path, &alice)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for unknown in [
+        path.clone(),
+        format!("/api/users/{}/passkeys/{credential_id}", alice.id),
+        format!("/api/users/nobody/passkeys/{credential_id}"),
+    ] {
+        let r = server
+            .as_browser(reqwest::Method::DELETE, &unknown, &alice)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{unknown}");
+        assert!(problem(r).await["detail"].is_string());
+    }
+    let r = server.login_finish(&ceremony, &signed).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the passkey is gone");
+    assert!(
+        problem(r).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not registered")
+    );
+
+    let removed = server
+        .events()
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "PasskeyRemoved")
+        .expect("PasskeyRemoved");
+    assert_eq!(removed["stream"], format!("user-{}", bob.id));
+    assert_eq!(
+        removed["data"],
+        json!({ "user_id": bob.id, "username": "bob", "credential_id": credential_id })
+    );
+    assert_eq!(removed["actor"]["name"], "alice");
+}
+
+// ---------------------------------------------------------------------------
+// Item 9: the session touch is best effort; requests have a deadline
+
+#[tokio::test]
+async fn a_cookie_get_answers_while_another_process_holds_the_write_lock() {
+    let server = start(config()).await;
+    let mut alice = Person::new("alice");
+    server.register(&mut alice, None).await;
+    // Last seen 5 minutes ago: this request is due to refresh it.
+    alice.cookie = Some(server.session_for(&alice.id, Duration::from_secs(300)).await);
+    let other = rusqlite::Connection::open(server.dir.path().join("herald.db")).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+
+    let started = Instant::now();
+    let r = server.me(&alice).await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
+    assert!(
+        took < Duration::from_secs(5),
+        "the request waited {took:?} for the lock"
+    );
+    other.execute_batch("COMMIT").expect("release");
+
+    // The refresh is retried by a later request once the database is free.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert_eq!(server.me(&alice).await.status(), StatusCode::OK);
+        let sessions = server
+            .state
+            .accounts
+            .list_sessions(Some(&alice.id), 0)
+            .await
+            .expect("sessions");
+        let now = herald_server::sessions::now_millis();
+        if sessions.iter().any(|s| now - s.last_seen_at < 60_000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session was never refreshed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_runs_past_the_timeout_answers_503() {
+    let server = start(ServerConfig {
+        request_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let token = server.token("deployer", Role::Operator).await;
+    let other = rusqlite::Connection::open(server.dir.path().join("herald.db")).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let started = Instant::now();
+    let r = server
+        .client
+        .post(server.url("/api/commands"))
+        .bearer_auth(&token)
+        .json(&json!({ "type": "StartDeployment", "aggregate_id": "web-1", "data": { "service": "web" } }))
+        .send()
+        .await
+        .expect("POST");
+    let took = started.elapsed();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let p = problem(r).await;
+    assert!(p["detail"].as_str().unwrap_or_default().contains("took longer"), "{p}");
+    other.execute_batch("COMMIT").expect("release");
+    // Quick requests are untouched.
+    let r = server
+        .client
+        .get(server.url("/api/deployments"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+}
