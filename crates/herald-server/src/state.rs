@@ -87,6 +87,8 @@ pub struct AppState {
     pub token_cache: Arc<crate::auth::TokenCache>,
     /// Commands on one stream take turns in this process.
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
+    /// `GET /api/audit/verify`: one at a time, one per credential every 10 s.
+    pub audit: Arc<crate::routes::ops::AuditLimits>,
 }
 
 /// A setting herald cannot start with.
@@ -160,6 +162,7 @@ impl AppState {
             limits: Arc::new(RateLimits::new(&config)),
             stream_locks: Arc::default(),
             token_cache: Arc::default(),
+            audit: Arc::default(),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
         })

@@ -4,10 +4,21 @@
 
 use std::path::Path;
 
+use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
 use herald_core::store::StoreError;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::sqlite::{SqliteStore, backend, open_connection, read_head, sql_int};
+use crate::sqlite::{EVENTS_FILE, SqliteStore, backend, open_connection, read_head, sql_int};
+
+/// The append-only triggers every herald log has, and the statement each must be.
+const TRIGGERS: [(&str, &str); 2] = [
+    ("events_append_only_update", "BEFORE UPDATE ON events"),
+    ("events_append_only_delete", "BEFORE DELETE ON events"),
+];
+
+/// Rows per read transaction while verifying (a long one would hold back
+/// checkpoints of a serving herald).
+const VERIFY_PAGE: i64 = 10_000;
 
 /// Bytes of the log's file a scanner maps into memory.
 const SCAN_MMAP: i64 = 1 << 40;
@@ -31,6 +42,20 @@ impl Scanner {
     /// Opens a read-only connection to `store`'s file.
     pub fn open(store: &SqliteStore) -> Result<Self, StoreError> {
         Self::open_path(store.path())
+    }
+
+    /// Opens the store in `dir` read-only (`SQLITE_OPEN_READ_ONLY`): nothing is
+    /// created or changed — a dropped trigger stays dropped, for
+    /// [`verify`](Self::verify) to report. Fails if there is no store there.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(EVENTS_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Backend(format!(
+                "there is no herald store at {}",
+                path.display()
+            )));
+        }
+        Self::open_path(&path)
     }
 
     pub fn open_path(path: &Path) -> Result<Self, StoreError> {
@@ -79,5 +104,102 @@ impl Scanner {
             visited += 1;
         }
         Ok(visited)
+    }
+
+    /// Problems with the schema that only tampering explains: an append-only
+    /// trigger missing or changed.
+    pub fn schema_findings(&self) -> Result<Vec<String>, StoreError> {
+        let mut findings = Vec::new();
+        for (name, what) in TRIGGERS {
+            let sql: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let normalized = sql
+                .as_deref()
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
+            match normalized {
+                None => findings.push(format!(
+                    "the append-only trigger {name} is missing: rows may have been changed or deleted \
+                     (herald recreates it on its next start; verify does not)"
+                )),
+                Some(sql) if !(sql.contains(what) && sql.contains("RAISE(ABORT")) => {
+                    findings.push(format!("the append-only trigger {name} has been changed: {sql}"))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(findings)
+    }
+
+    /// Verifies every row and column of the log (see [`herald_core::audit`]),
+    /// the `expect` anchor and the append-only triggers. `progress` is called
+    /// after each page with (checked, head).
+    pub fn verify(
+        &self,
+        expect: Option<Expect>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<VerifyReport, StoreError> {
+        let findings = self.schema_findings()?;
+        let head = read_head(&self.conn)?;
+        let until = head.position;
+        let mut verifier = ChainVerifier::new(head, expect);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT position, stream, version, type, category, hash, envelope FROM events
+                 WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let mut after = 0u64;
+        'pages: while after < until {
+            let mut rows = stmt
+                .query(params![sql_int(after), sql_int(until), VERIFY_PAGE])
+                .map_err(backend)?;
+            let mut seen = 0;
+            while let Some(row) = rows.next().map_err(backend)? {
+                seen += 1;
+                let position = row.get::<_, i64>(0).map_err(backend)?;
+                let Ok(position) = u64::try_from(position) else {
+                    verifier.fail_at(1, format!("a row has the negative position {position}"));
+                    break 'pages;
+                };
+                // A column of the wrong type (STRICT tables refuse them, but the
+                // file may have been rewritten) is a finding, not an error.
+                let text = |i: usize| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+                let (Some(stream), Some(event_type), Some(category), Some(hash), Some(envelope)) =
+                    (text(1), text(3), text(4), text(5), text(6))
+                else {
+                    verifier.fail_at(
+                        position,
+                        format!("the row at position {position} has a column that is not text"),
+                    );
+                    break 'pages;
+                };
+                let version = row.get::<_, i64>(2).map_err(backend)?;
+                if !verifier.check(StoredRow {
+                    position,
+                    envelope,
+                    stream: Some(stream),
+                    version: Some(u64::try_from(version).unwrap_or(u64::MAX)),
+                    event_type: Some(event_type),
+                    category: Some(category),
+                    hash: Some(hash),
+                }) {
+                    break 'pages;
+                }
+                after = position;
+            }
+            if seen == 0 {
+                break;
+            }
+            progress(verifier.checked(), until);
+        }
+        Ok(verifier.finish(&findings))
     }
 }
