@@ -134,6 +134,17 @@ struct Shared {
     cause: Mutex<String>,
     /// Test hook: the next this-many batches panic before they commit.
     inject_panics: AtomicU32,
+    /// Test hook: the next this-many batches panic after they commit, before
+    /// they are published and answered.
+    inject_panics_after_commit: AtomicU32,
+}
+
+/// Takes one from a test hook's count: one relaxed load when it is 0.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter.load(Ordering::Relaxed) > 0
+        && counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
 }
 
 impl Shared {
@@ -292,6 +303,13 @@ impl SqliteStore {
     #[doc(hidden)]
     pub fn inject_writer_panics(&self, n: u32) {
         self.shared.inject_panics.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the writer's next batch panics right after its commit, before
+    /// it is published and its callers answered.
+    #[doc(hidden)]
+    pub fn inject_writer_panic_after_commit(&self) {
+        self.shared.inject_panics_after_commit.store(1, Ordering::SeqCst);
     }
 
     /// Runs `f` on a pooled read connection, on a blocking thread.
@@ -789,6 +807,9 @@ impl Writer {
         };
         match result {
             Ok((rows, applied)) => {
+                if take_one(&self.shared.inject_panics_after_commit) {
+                    panic!("injected writer panic after the commit (test hook)");
+                }
                 self.shared.set_ok();
                 let events = self.publish(&rows);
                 for (job, outcome) in batch.drain(..).zip(applied) {
@@ -868,13 +889,7 @@ impl Writer {
                 }
             }
         }
-        if self.shared.inject_panics.load(Ordering::Relaxed) > 0
-            && self
-                .shared
-                .inject_panics
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
+        if take_one(&self.shared.inject_panics) {
             panic!("injected writer panic (test hook)");
         }
         tx.commit().map_err(|e| WriteError::Failed(backend(e)))?;
