@@ -30,7 +30,8 @@ pub struct VerifyReport {
     /// The first position that is bad (missing, edited, or — for a missing
     /// anchor — the first position past the end of the log).
     pub first_bad_position: Option<u64>,
-    /// What is wrong (`null` when `ok`).
+    /// What is wrong (absent when `ok`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
 

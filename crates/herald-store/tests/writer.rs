@@ -66,7 +66,11 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
 
     // The writer runs on: the next append commits at the next position.
     let next = store.append(request("thing-c")).await.expect("append after the panic");
-    assert_eq!(next.committed().first_position(), 2, "nothing of the failed batch was written");
+    assert_eq!(
+        next.committed().first_position(),
+        2,
+        "nothing of the failed batch was written"
+    );
     assert_eq!(store.write_health(), WriteHealth::Ok, "a commit makes it healthy again");
     assert_eq!(live_positions(&mut live, 2).await, vec![1, 2]);
 
@@ -95,10 +99,7 @@ async fn rows_committed_before_a_panic_are_published_once() {
         vec![1, 2, 3],
         "every committed position is published once, in order"
     );
-    let page = store
-        .read_all(0, &Default::default(), 10)
-        .await
-        .expect("read");
+    let page = store.read_all(0, &Default::default(), 10).await.expect("read");
     assert_eq!(page.events.len(), 3);
     assert!(store.verify(None).await.expect("verify").ok);
 }
@@ -112,9 +113,7 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
         dir.path(),
         SqliteConfig {
             writer_panic_limit: 3,
-            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| {
-                record.lock().unwrap().push(why.to_owned())
-            })),
+            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| record.lock().unwrap().push(why.to_owned()))),
             ..SqliteConfig::default()
         },
     )
