@@ -137,6 +137,43 @@ impl Scanner {
         Ok(findings)
     }
 
+    /// The idempotency records (`commands`) up to `until`: each must point at
+    /// events of its own append (same stream and command id, its versions).
+    /// Returns the first that does not.
+    pub fn commands_finding(&self, until: u64) -> Result<Option<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT c.command_id, c.stream, c.version, c.first_position, c.last_position,
+                        f.stream, f.version, json_extract(f.envelope, '$.command_id'),
+                        l.stream, l.version, json_extract(l.envelope, '$.command_id')
+                 FROM commands c
+                 LEFT JOIN events f ON f.position = c.first_position
+                 LEFT JOIN events l ON l.position = c.last_position
+                 WHERE c.last_position <= ?1",
+            )
+            .map_err(backend)?;
+        let mut rows = stmt.query([sql_int(until)]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            type Event = (Option<String>, Option<i64>, Option<String>);
+            let get = |i| row.get::<_, Option<String>>(i).ok().flatten();
+            let (command_id, stream) = (get(0).unwrap_or_default(), get(1).unwrap_or_default());
+            let version = row.get::<_, i64>(2).unwrap_or(-1);
+            let (first, last) = (row.get::<_, i64>(3).unwrap_or(-1), row.get::<_, i64>(4).unwrap_or(-1));
+            let f: Event = (get(5), row.get(6).ok().flatten(), get(7));
+            let l: Event = (get(8), row.get(9).ok().flatten(), get(10));
+            let ours = |e: &Event| e.0.as_deref() == Some(&stream) && e.2.as_deref() == Some(&command_id);
+            let versions_fit = matches!((f.1, l.1), (Some(fv), Some(lv)) if lv == version && lv - fv == last - first);
+            if first < 1 || last < first || !ours(&f) || !ours(&l) || !versions_fit {
+                return Ok(Some(format!(
+                    "the idempotency record of command_id {command_id:?} (stream {stream:?}, version {version}, \
+                     positions {first}..={last}) does not match the events at those positions"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Verifies every row and column of the log (see [`herald_core::audit`]),
     /// the `expect` anchor and the append-only triggers. `progress` is called
     /// after each page with (checked, head).
@@ -200,6 +237,8 @@ impl Scanner {
             }
             progress(verifier.checked(), until);
         }
+        let mut findings = findings;
+        findings.extend(self.commands_finding(until)?);
         Ok(verifier.finish(&findings))
     }
 }

@@ -1460,3 +1460,33 @@ fn verify_reports_a_dropped_trigger_and_does_not_recreate_it() {
     let (ok, _) = verify(&data, &[]);
     assert!(!ok, "and reports it again");
 }
+
+#[test]
+fn verify_catches_an_idempotency_record_pointing_at_other_events() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ci", "operator");
+    let server = serve(&data, tmp.path());
+    for id in ["d1", "d2"] {
+        let body = json!({ "type": "StartDeployment", "aggregate_id": id, "command_id": format!("cmd-{id}"),
+                           "data": { "service": "s" } })
+        .to_string();
+        let r = http(server.addr, "POST", "/api/commands", Some(&token), &[], Some(&body)).expect("POST");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    server.kill();
+    let (ok, output) = verify(&data, &[]);
+    assert!(ok, "intact: {output}");
+    // A retry of cmd-d1 would now be answered with d2's event.
+    tamper_and_restore_triggers(&data, |conn| {
+        let n = conn
+            .execute(
+                "UPDATE commands SET first_position = 3, last_position = 3 WHERE command_id = 'cmd-d1'",
+                [],
+            )
+            .expect("tamper");
+        assert_eq!(n, 1);
+    });
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("cmd-d1"), "names the command: {output}");
+}
