@@ -275,9 +275,19 @@ impl SqliteStore {
             panic_limit: config.writer_panic_limit.max(1),
             on_fatal: config.on_writer_fatal,
         };
+        let on_fatal = writer.on_fatal.clone();
         std::thread::Builder::new()
             .name("herald-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                // Batches are supervised inside `run`; this catches a panic in
+                // the supervision itself, which leaves nobody to write.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| writer.run())) {
+                    (on_fatal.0)(&format!(
+                        "the writer loop panicked outside a batch: {}",
+                        panic_message(&*payload)
+                    ));
+                }
+            })
             .map_err(backend)?;
         Ok(Arc::new(SqliteStore {
             readers: ReaderPool::new(path.clone(), config.readers, true),
@@ -329,6 +339,9 @@ impl EventStore for SqliteStore {
         }
         StreamName::parse(&request.stream)
             .map_err(|e| StoreError::InvalidAppend(format!("stream {:?}: {e}", request.stream)))?;
+        if self.shared.down.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(self.shared.cause()));
+        }
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { request, reply })

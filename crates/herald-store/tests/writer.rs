@@ -142,7 +142,10 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
     let r = tokio::time::timeout(Duration::from_secs(5), store.append(request("thing-b")))
         .await
         .expect("an append to a stopped writer returns");
-    assert!(r.is_err(), "{r:?}");
+    match r {
+        Err(StoreError::Unavailable(cause)) => assert!(cause.contains("stopped"), "{cause}"),
+        other => panic!("an append to a stopped writer is unavailable, got {other:?}"),
+    }
     assert_eq!(store.head().await.expect("head").position, 0, "nothing was written");
 }
 
