@@ -10,10 +10,20 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sqlite::{EVENTS_FILE, SqliteStore, backend, open_connection, read_head, sql_int};
 
-/// The append-only triggers every herald log has, and the statement each must be.
+/// The append-only triggers every herald log has, as SQLite keeps them
+/// (whitespace aside): a trigger with a `WHEN` clause or another body is no
+/// guard.
 const TRIGGERS: [(&str, &str); 2] = [
-    ("events_append_only_update", "BEFORE UPDATE ON events"),
-    ("events_append_only_delete", "BEFORE DELETE ON events"),
+    (
+        "events_append_only_update",
+        "CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events \
+         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    ),
+    (
+        "events_append_only_delete",
+        "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events \
+         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    ),
 ];
 
 /// Rows per read transaction while verifying (a long one would hold back
@@ -110,7 +120,8 @@ impl Scanner {
     /// trigger missing or changed.
     pub fn schema_findings(&self) -> Result<Vec<String>, StoreError> {
         let mut findings = Vec::new();
-        for (name, what) in TRIGGERS {
+        let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (name, expected) in TRIGGERS {
             let sql: Option<String> = self
                 .conn
                 .query_row(
@@ -120,15 +131,12 @@ impl Scanner {
                 )
                 .optional()
                 .map_err(backend)?;
-            let normalized = sql
-                .as_deref()
-                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
-            match normalized {
+            match sql.as_deref().map(normalize) {
                 None => findings.push(format!(
                     "the append-only trigger {name} is missing: rows may have been changed or deleted \
                      (herald recreates it on its next start; verify does not)"
                 )),
-                Some(sql) if !(sql.contains(what) && sql.contains("RAISE(ABORT")) => {
+                Some(sql) if sql != normalize(expected) => {
                     findings.push(format!("the append-only trigger {name} has been changed: {sql}"))
                 }
                 Some(_) => {}

@@ -1490,3 +1490,22 @@ fn verify_catches_an_idempotency_record_pointing_at_other_events() {
     assert!(!ok, "{output}");
     assert!(output.contains("cmd-d1"), "names the command: {output}");
 }
+
+#[test]
+fn verify_reports_a_trigger_replaced_by_one_that_never_fires() {
+    let (_tmp, data) = log_of(3);
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only_update;
+         CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events WHEN 0
+             BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+    )
+    .expect("replace the trigger");
+    drop(conn);
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("events_append_only_update has been changed"),
+        "{output}"
+    );
+}
