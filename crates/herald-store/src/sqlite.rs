@@ -274,6 +274,7 @@ impl SqliteStore {
             shared: shared.clone(),
             panic_limit: config.writer_panic_limit.max(1),
             on_fatal: config.on_writer_fatal,
+            committed_unanswered: false,
         };
         let on_fatal = writer.on_fatal.clone();
         std::thread::Builder::new()
@@ -653,6 +654,9 @@ struct Writer {
     shared: Arc<Shared>,
     panic_limit: u32,
     on_fatal: WriterFatal,
+    /// Set between a batch's commit and the end of its answers: a panic there
+    /// leaves committed appends unanswered.
+    committed_unanswered: bool,
 }
 
 /// The text of a panic's payload.
@@ -748,11 +752,16 @@ impl Writer {
     fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut Panics, message: &str) -> bool {
         let cause = format!("the event store writer panicked: {message}");
         self.shared.set_failing(&cause);
-        tracing::error!(panic = %message, appends = batch.len(), "the event store writer panicked; its batch was not committed");
+        let committed = std::mem::take(&mut self.committed_unanswered);
+        let fate = if committed {
+            // Rare: the panic came between the commit and the answers.
+            "the append may have been committed; retry it with the same command_id to get its result"
+        } else {
+            "the append was not committed; retry it"
+        };
+        tracing::error!(panic = %message, appends = batch.len(), committed, "the event store writer panicked while writing a batch");
         for job in batch.drain(..) {
-            let _ = job.reply.send(Err(StoreError::Unavailable(format!(
-                "{cause}; the append was not committed, retry it"
-            ))));
+            let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
         }
         if !self.conn.is_autocommit() {
             // Dropping the transaction while unwinding rolls back; this is in
@@ -773,12 +782,11 @@ impl Writer {
         if panics.in_a_row < self.panic_limit && (panics.recent.len() as u32) < self.panic_limit {
             return true;
         }
-        let why = format!(
-            "{} panics ({} in a row, {} within a minute), the last: {message}",
-            panics.recent.len().max(panics.in_a_row as usize),
-            panics.in_a_row,
-            panics.recent.len()
-        );
+        let why = if panics.in_a_row >= self.panic_limit {
+            format!("{} panics in a row, the last: {message}", panics.in_a_row)
+        } else {
+            format!("{} panics within a minute, the last: {message}", panics.recent.len())
+        };
         self.shared
             .set_down(&format!("the event store writer stopped after {why}"));
         (self.on_fatal.0)(&why);
@@ -820,6 +828,7 @@ impl Writer {
         };
         match result {
             Ok((rows, applied)) => {
+                self.committed_unanswered = true;
                 if take_one(&self.shared.inject_panics_after_commit) {
                     panic!("injected writer panic after the commit (test hook)");
                 }
@@ -836,6 +845,7 @@ impl Writer {
                     });
                     let _ = job.reply.send(answer);
                 }
+                self.committed_unanswered = false;
                 true
             }
             Err(WriteError::Retry(e) | WriteError::Failed(e)) => {

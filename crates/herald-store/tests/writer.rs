@@ -88,10 +88,10 @@ async fn rows_committed_before_a_panic_are_published_once() {
 
     // The batch commits, then the writer panics before it publishes or answers.
     store.inject_writer_panic_after_commit();
-    assert!(matches!(
-        store.append(request("thing-b")).await,
-        Err(StoreError::Unavailable(_))
-    ));
+    match store.append(request("thing-b")).await {
+        Err(StoreError::Unavailable(detail)) => assert!(detail.contains("may have been committed"), "{detail}"),
+        other => panic!("unavailable, got {other:?}"),
+    }
     let next = store.append(request("thing-c")).await.expect("append after the panic");
     assert_eq!(next.committed().first_position(), 3, "the committed row is kept");
     assert_eq!(
@@ -133,7 +133,7 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
     }
     let calls = called.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "the fatal hook runs once: {calls:?}");
-    assert!(calls[0].contains("3 in a row"), "{}", calls[0]);
+    assert!(calls[0].contains("3 panics in a row"), "{}", calls[0]);
     match store.write_health() {
         WriteHealth::Down(cause) => assert!(cause.contains("stopped"), "{cause}"),
         other => panic!("a writer that gave up is down, got {other:?}"),
@@ -174,4 +174,42 @@ async fn scanner_verify_passes_an_intact_log_and_checks_the_anchor() {
     assert!(!report.ok);
     assert_eq!(report.first_bad_position, Some(2), "{report:?}");
     assert!(Scanner::open_read_only(&dir.path().join("nowhere")).is_err());
+}
+
+#[tokio::test]
+async fn panics_with_commits_between_them_still_give_up_when_they_come_within_a_minute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let called: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = called.clone();
+    let store = SqliteStore::open_with(
+        dir.path(),
+        SqliteConfig {
+            writer_panic_limit: 3,
+            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| record.lock().unwrap().push(why.to_owned()))),
+            ..SqliteConfig::default()
+        },
+    )
+    .expect("open");
+    for round in 0..3 {
+        store.inject_writer_panic();
+        assert!(store.append(request("thing-a")).await.is_err(), "round {round}");
+        if round < 2 {
+            store
+                .append(request("thing-a"))
+                .await
+                .expect("a commit between the panics");
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while called.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = called.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].contains("3 panics within a minute"), "{}", calls[0]);
+    assert_eq!(
+        store.head().await.expect("head").position,
+        2,
+        "the two commits between stay"
+    );
 }
