@@ -122,6 +122,10 @@ pub enum StoreError {
     InvalidAppend(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// The write path failed for reasons not of the caller's making (the
+    /// writer panicked or stopped); nothing of the append was committed.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("store backend error: {0}")]
@@ -198,6 +202,17 @@ impl CommittedBatch {
 
 pub type LiveReceiver = broadcast::Receiver<Arc<CommittedBatch>>;
 
+/// Whether appends can be written now (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteHealth {
+    Ok,
+    /// The writer runs, but its last batch did not commit (the cause); it is
+    /// `Ok` again after the next commit.
+    Failing(String),
+    /// Nothing can be written: the writer has stopped (the cause).
+    Down(String),
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends atomically and durably, checking `expected` and idempotency.
@@ -217,4 +232,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Batches committed from now on. A receiver that falls more than the
     /// channel's capacity behind gets `Lagged`: it must read the store, never skip.
     fn live(&self) -> LiveReceiver;
+
+    /// Verifies the whole log (see [`crate::audit`]), and `expect` if given.
+    /// The default checks what the trait can read; a backend overrides it to
+    /// check every column it stores too.
+    async fn verify(&self, expect: Option<crate::audit::Expect>) -> Result<crate::audit::VerifyReport, StoreError> {
+        crate::audit::verify(self, expect, |_, _| {}).await
+    }
+
+    /// The write path's health; cheap (polled by `/readyz`).
+    fn write_health(&self) -> WriteHealth {
+        WriteHealth::Ok
+    }
 }

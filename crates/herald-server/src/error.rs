@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
             },
             StoreError::InvalidAppend(detail) => ApiError::BadRequest(detail),
             StoreError::ShuttingDown => ApiError::Unavailable("herald is shutting down".into()),
+            StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
             e @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => ApiError::Internal(e.to_string()),
         }
     }

@@ -44,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/deployments", get(routes::deployments::list))
         .route("/api/deployments/{id}", get(routes::deployments::get))
         .route("/api/audit/verify", get(routes::ops::audit_verify))
+        .route("/api/audit/head", get(routes::ops::audit_head))
         .route("/api/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/tokens/{id}", delete(routes::tokens::revoke))
         .route("/api/auth/setup", get(passkeys::setup_status))

@@ -441,6 +441,11 @@ pub async fn register_finish(
         Err(RegistrationRefused::UsernameTaken(name)) => return Err(username_taken(&name)),
         Err(e) => return Err(ApiError::Forbidden(e.to_string())),
     }
+    if role == Role::Admin {
+        // herald has an admin now: the setup codes still open are void (and
+        // shown as expired, not as open invites).
+        state.accounts.expire_unused_invites(SETUP_INVITE, now).await?;
+    }
     state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
     let mut response = (StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response();
     response

@@ -153,6 +153,8 @@ pub struct AppState {
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
     /// The names requests may be addressed to (421 otherwise).
     pub hosts: Arc<crate::hosts::AllowedHosts>,
+    /// `GET /api/audit/verify`: one at a time, one per credential every 10 s.
+    pub audit: Arc<crate::routes::ops::AuditLimits>,
 }
 
 /// A setting herald cannot start with.
@@ -230,6 +232,7 @@ impl AppState {
                 &config.public_origin,
                 &config.allowed_hosts,
             )),
+            audit: Arc::default(),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
         })

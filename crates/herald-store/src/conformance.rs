@@ -192,10 +192,16 @@ pub async fn empty_store(h: &dyn Harness) {
         find_command(&*s, "cmd-unknown").await.is_none(),
         "find_command on an empty store"
     );
-    let report = verify(&*s, |_, _| {})
+    let report = verify(&*s, None, |_, _| {})
         .await
         .unwrap_or_else(|e| panic!("verify failed: {e:?}"));
     assert!(report.ok, "verify on an empty store: {report:?}");
+    let backend = s
+        .verify(None)
+        .await
+        .unwrap_or_else(|e| panic!("the backend's verify failed: {e:?}"));
+    assert!(backend.ok, "the backend's verify on an empty store: {backend:?}");
+    assert_eq!(backend.head_hash, GENESIS_HASH);
     assert_eq!(report.checked, 0);
     assert_eq!(report.head_position, 0);
     assert_eq!(report.head_hash, GENESIS_HASH);
@@ -1924,7 +1930,13 @@ async fn read_everything(s: &dyn EventStore) -> Vec<Arc<RecordedEvent>> {
 }
 
 async fn assert_chain_verifies(s: &dyn EventStore, events: u64) -> herald_core::audit::VerifyReport {
-    let report = verify(s, |_, _| {})
+    let backend = s
+        .verify(None)
+        .await
+        .unwrap_or_else(|e| panic!("the backend's verify failed: {e:?}"));
+    assert!(backend.ok, "the backend's verify: {backend:?}");
+    assert_eq!(backend.checked, events, "events checked by the backend's verify");
+    let report = verify(s, None, |_, _| {})
         .await
         .unwrap_or_else(|e| panic!("verify failed: {e:?}"));
     assert!(

@@ -16,18 +16,30 @@
 //!   the head against the last position it published) and publishes those
 //!   events first, so the live channel carries every position exactly once, in
 //!   order.
+//! - **Supervised**: each batch runs under `catch_unwind`. A panic fails only
+//!   the callers of the batch in flight (their transaction was rolled back:
+//!   503, nothing acknowledged is lost) and the loop goes on with the queue
+//!   intact; [`EventStore::write_health`] reports the failure until a commit
+//!   succeeds. A writer that keeps panicking calls [`WriterFatal`] (by default:
+//!   exit the process, for a supervisor to restart it). See
+//!   docs/adr/0006-writer-supervision.md.
 
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use herald_core::audit::{Expect, VerifyReport};
 use herald_core::envelope::{Envelope, GENESIS_HASH, PendingEvent, RecordedEvent, frame_len};
 use herald_core::names::StreamName;
 use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, StoreError,
-    StreamSlice,
+    StreamSlice, WriteHealth,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -47,6 +59,39 @@ pub struct SqliteConfig {
     pub readers: usize,
     /// How often an idle writer looks for commits made by other processes.
     pub external_poll: Duration,
+    /// The writer gives up (calls `on_writer_fatal`) after this many panics
+    /// with no commit in between, or this many within a minute.
+    pub writer_panic_limit: u32,
+    /// What happens when the writer gives up. Default: exit the process (70).
+    pub on_writer_fatal: WriterFatal,
+}
+
+/// Called once, on the writer thread, when the writer keeps panicking and
+/// stops; the argument says why. The default logs and exits the process with
+/// status 70 so a supervisor (systemd, Kubernetes) restarts herald; tests pass
+/// a hook that records the call instead.
+#[derive(Clone)]
+pub struct WriterFatal(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Default for WriterFatal {
+    fn default() -> Self {
+        WriterFatal(Arc::new(|why: &str| {
+            tracing::error!(%why, "the event store writer keeps failing; exiting so that a supervisor restarts herald");
+            // stderr may be closed: a failed write must not panic here either.
+            let _ = writeln!(
+                std::io::stderr(),
+                "herald: the event store writer keeps failing ({why}); exiting with status 70 so that a supervisor \
+                 restarts herald"
+            );
+            std::process::exit(70);
+        }))
+    }
+}
+
+impl std::fmt::Debug for WriterFatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterFatal(..)")
+    }
 }
 
 impl Default for SqliteConfig {
@@ -57,6 +102,8 @@ impl Default for SqliteConfig {
             live_capacity: 1024,
             readers: 8,
             external_poll: Duration::from_millis(100),
+            writer_panic_limit: 3,
+            on_writer_fatal: WriterFatal::default(),
         }
     }
 }
@@ -73,6 +120,65 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     live: broadcast::Sender<Arc<CommittedBatch>>,
     readers: ReaderPool,
+    shared: Arc<Shared>,
+}
+
+/// What the writer thread and the store's handles share.
+#[derive(Default)]
+struct Shared {
+    /// The writer thread has stopped.
+    down: AtomicBool,
+    /// The last batch did not commit (cleared by the next commit).
+    failing: AtomicBool,
+    /// Why (`down` or `failing`); written only on a failure.
+    cause: Mutex<String>,
+    /// Test hook: the next this-many batches panic before they commit.
+    inject_panics: AtomicU32,
+    /// Test hook: the next this-many batches panic after they commit, before
+    /// they are published and answered.
+    inject_panics_after_commit: AtomicU32,
+}
+
+/// Takes one from a test hook's count: one relaxed load when it is 0.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter.load(Ordering::Relaxed) > 0
+        && counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+}
+
+impl Shared {
+    fn set_failing(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// After a commit: one atomic load unless the batch before had failed.
+    fn set_ok(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Release);
+        }
+    }
+
+    fn set_down(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.down.store(true, Ordering::Release);
+    }
+
+    fn cause(&self) -> String {
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Marks the writer down when its thread ends, however it ends.
+struct DownOnDrop(Arc<Shared>);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if !self.0.down.load(Ordering::Acquire) {
+            self.0.set_down("the event store writer has stopped");
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -156,6 +262,7 @@ impl SqliteStore {
         let published = read_head(&conn)?.position;
         let (jobs, rx) = mpsc::channel(config.queue);
         let (live, _) = broadcast::channel(config.live_capacity);
+        let shared = Arc::new(Shared::default());
         let writer = Writer {
             conn,
             jobs: rx,
@@ -164,21 +271,56 @@ impl SqliteStore {
             last_recorded_at: String::new(),
             max_batch: config.max_batch,
             poll: config.external_poll,
+            shared: shared.clone(),
+            panic_limit: config.writer_panic_limit.max(1),
+            on_fatal: config.on_writer_fatal,
+            committed_unanswered: false,
         };
+        let on_fatal = writer.on_fatal.clone();
         std::thread::Builder::new()
             .name("herald-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                // Batches are supervised inside `run`; this catches a panic in
+                // the supervision itself, which leaves nobody to write.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| writer.run())) {
+                    (on_fatal.0)(&format!(
+                        "the writer loop panicked outside a batch: {}",
+                        panic_message(&*payload)
+                    ));
+                }
+            })
             .map_err(backend)?;
         Ok(Arc::new(SqliteStore {
             readers: ReaderPool::new(path.clone(), config.readers, true),
             path,
             jobs,
             live,
+            shared,
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Test hook: the writer's next batch panics before it commits (as a
+    /// failed log write inside the writer would). Not reachable over HTTP.
+    #[doc(hidden)]
+    pub fn inject_writer_panic(&self) {
+        self.inject_writer_panics(1);
+    }
+
+    /// Test hook: the writer's next `n` batches panic before they commit.
+    #[doc(hidden)]
+    pub fn inject_writer_panics(&self, n: u32) {
+        self.shared.inject_panics.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the writer's next batch panics right after its commit, before
+    /// it is published and its callers answered.
+    #[doc(hidden)]
+    pub fn inject_writer_panic_after_commit(&self) {
+        self.shared.inject_panics_after_commit.store(1, Ordering::SeqCst);
     }
 
     /// Runs `f` on a pooled read connection, on a blocking thread.
@@ -198,6 +340,9 @@ impl EventStore for SqliteStore {
         }
         StreamName::parse(&request.stream)
             .map_err(|e| StoreError::InvalidAppend(format!("stream {:?}: {e}", request.stream)))?;
+        if self.shared.down.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(self.shared.cause()));
+        }
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { request, reply })
@@ -228,6 +373,25 @@ impl EventStore for SqliteStore {
 
     fn live(&self) -> LiveReceiver {
         self.live.subscribe()
+    }
+
+    /// Every column of every row, on a fresh read-only connection on a
+    /// blocking thread.
+    async fn verify(&self, expect: Option<Expect>) -> Result<VerifyReport, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || crate::scan::Scanner::open_path(&path)?.verify(expect, |_, _| {}))
+            .await
+            .map_err(|e| StoreError::Backend(format!("verify task failed: {e}")))?
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        if self.shared.down.load(Ordering::Acquire) {
+            WriteHealth::Down(self.shared.cause())
+        } else if self.shared.failing.load(Ordering::Acquire) {
+            WriteHealth::Failing(self.shared.cause())
+        } else {
+            WriteHealth::Ok
+        }
     }
 }
 
@@ -487,18 +651,52 @@ struct Writer {
     last_recorded_at: String,
     max_batch: usize,
     poll: Duration,
+    shared: Arc<Shared>,
+    panic_limit: u32,
+    on_fatal: WriterFatal,
+    /// Set between a batch's commit and the end of its answers: a panic there
+    /// leaves committed appends unanswered.
+    committed_unanswered: bool,
 }
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// Panics the writer has survived lately.
+struct Panics {
+    /// With no commit since.
+    in_a_row: u32,
+    /// When, for the last minute (allocated only once something panicked).
+    recent: VecDeque<Instant>,
+}
+
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
 impl Writer {
     fn run(mut self) {
+        let _down = DownOnDrop(self.shared.clone());
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
+                self.shared
+                    .set_down(&format!("the event store writer could not start: {e}"));
                 tracing::error!(error = %e, "event store writer could not start");
                 return;
             }
         };
         let mut batch = Vec::with_capacity(self.max_batch);
+        let mut panics = Panics {
+            in_a_row: 0,
+            recent: VecDeque::new(),
+        };
         loop {
             match runtime.block_on(async { tokio::time::timeout(self.poll, self.jobs.recv()).await }) {
                 Ok(Some(job)) => batch.push(job),
@@ -506,8 +704,17 @@ impl Writer {
                 Err(_) => {
                     // Idle: has another process appended? Comparing the head with
                     // what was published leaves no window to miss a commit in.
-                    if let Err(e) = self.publish_external() {
-                        tracing::warn!(error = %e, "reading events appended by another process failed");
+                    match catch_unwind(AssertUnwindSafe(|| self.publish_external())) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "reading events appended by another process failed");
+                        }
+                        Err(payload) => {
+                            let message = panic_message(&*payload);
+                            if !self.survive_panic(&mut batch, &mut panics, &message) {
+                                return;
+                            }
+                        }
                     }
                     continue;
                 }
@@ -518,9 +725,80 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch);
+            match catch_unwind(AssertUnwindSafe(|| self.commit(&mut batch))) {
+                Ok(true) => panics.in_a_row = 0,
+                Ok(false) => {}
+                Err(payload) => {
+                    let message = panic_message(&*payload);
+                    if !self.survive_panic(&mut batch, &mut panics, &message) {
+                        return;
+                    }
+                }
+            }
         }
         tracing::debug!("event store writer stopped");
+    }
+
+    /// After a panic: fails the callers of the batch in flight (nothing of
+    /// theirs was committed: the transaction rolled back as it unwound), puts the
+    /// connection back in a clean state, and decides whether to go on. The head
+    /// is read again from the database by the next transaction, and
+    /// `published` only moves once a batch is on the live channel, so rows the
+    /// panic left unpublished (committed by this process or another) are
+    /// published by the next transaction, once.
+    ///
+    /// Returns false when the writer gives up: the fatal hook has been called
+    /// and every queued caller failed.
+    fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut Panics, message: &str) -> bool {
+        let cause = format!("the event store writer panicked: {message}");
+        self.shared.set_failing(&cause);
+        let committed = std::mem::take(&mut self.committed_unanswered);
+        let fate = if committed {
+            // Rare: the panic came between the commit and the answers.
+            "the append may have been committed; retry it with the same command_id to get its result"
+        } else {
+            "the append was not committed; retry it"
+        };
+        tracing::error!(panic = %message, appends = batch.len(), committed, "the event store writer panicked while writing a batch");
+        for job in batch.drain(..) {
+            let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
+        }
+        if !self.conn.is_autocommit() {
+            // Dropping the transaction while unwinding rolls back; this is in
+            // case the panic came from inside that.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.conn.flush_prepared_statement_cache();
+        let now = Instant::now();
+        panics.in_a_row += 1;
+        panics.recent.push_back(now);
+        while panics
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > PANIC_WINDOW)
+        {
+            panics.recent.pop_front();
+        }
+        if panics.in_a_row < self.panic_limit && (panics.recent.len() as u32) < self.panic_limit {
+            return true;
+        }
+        let why = if panics.in_a_row >= self.panic_limit {
+            format!("{} panics in a row, the last: {message}", panics.in_a_row)
+        } else {
+            format!("{} panics within a minute, the last: {message}", panics.recent.len())
+        };
+        self.shared
+            .set_down(&format!("the event store writer stopped after {why}"));
+        (self.on_fatal.0)(&why);
+        // The hook returned (a test): nothing more is written; every caller
+        // still queued, and every later one, gets an error.
+        self.jobs.close();
+        while let Ok(job) = self.jobs.try_recv() {
+            let _ = job.reply.send(Err(StoreError::Unavailable(
+                "the event store writer has stopped".into(),
+            )));
+        }
+        false
     }
 
     fn publish_external(&mut self) -> Result<(), StoreError> {
@@ -535,7 +813,8 @@ impl Writer {
     }
 
     /// Commits every job of `batch` in one transaction and answers each.
-    fn commit(&mut self, batch: &mut Vec<Job>) {
+    /// Returns whether the transaction committed.
+    fn commit(&mut self, batch: &mut Vec<Job>) -> bool {
         // Every refusal (conflict, reused command id, bad event) is found before
         // a job writes anything, so the jobs need no savepoints; only when
         // SQLite itself fails part-way is the batch written again job by job,
@@ -549,6 +828,11 @@ impl Writer {
         };
         match result {
             Ok((rows, applied)) => {
+                self.committed_unanswered = true;
+                if take_one(&self.shared.inject_panics_after_commit) {
+                    panic!("injected writer panic after the commit (test hook)");
+                }
+                self.shared.set_ok();
                 let events = self.publish(&rows);
                 for (job, outcome) in batch.drain(..).zip(applied) {
                     let answer = outcome.map(|applied| match applied {
@@ -561,12 +845,16 @@ impl Writer {
                     });
                     let _ = job.reply.send(answer);
                 }
+                self.committed_unanswered = false;
+                true
             }
             Err(WriteError::Retry(e) | WriteError::Failed(e)) => {
+                self.shared.set_failing(&format!("the last commit failed: {e}"));
                 tracing::error!(error = %e, appends = batch.len(), "event store commit failed");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(StoreError::Backend(e.to_string())));
                 }
+                false
             }
         }
     }
@@ -623,6 +911,9 @@ impl Writer {
                     outcomes.push(Err(e));
                 }
             }
+        }
+        if take_one(&self.shared.inject_panics) {
+            panic!("injected writer panic (test hook)");
         }
         tx.commit().map_err(|e| WriteError::Failed(backend(e)))?;
         self.last_recorded_at = recorded_at;

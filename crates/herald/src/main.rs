@@ -53,8 +53,14 @@ enum Command {
     /// Invite people to register with a passkey.
     #[command(subcommand)]
     Invite(InviteCommand),
-    /// Recompute the hash chain from the stored events; exit 1 naming the first bad position.
-    Verify,
+    /// Check every stored event (canonical JSON, hash chain, every column) and the append-only
+    /// triggers, on a read-only connection; exit 1 naming the first bad position.
+    Verify {
+        /// An anchor recorded earlier (GET /api/audit/head): the event at POSITION must still
+        /// exist with HASH, so a removed tail is caught. Events after it are fine.
+        #[arg(long, value_name = "POSITION:HASH")]
+        expect: Option<herald_core::audit::Expect>,
+    },
     /// Write every event envelope as NDJSON (to stdout, or --output).
     Export {
         #[arg(long, short)]
@@ -165,18 +171,22 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed, its reader gone, a
+        // full disk) is dropped: the default reports it with `eprintln!`, which
+        // panics, and a panic in the event store's writer would stop writes.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("herald: cannot start the async runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "herald: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            let _ = writeln!(std::io::stderr(), "herald: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -235,27 +245,46 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", minted.code);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify => {
-            let store = open_store(&dir)?;
-            let report = herald_core::audit::verify(&*store, |checked, head| {
-                if checked % 100_000 == 0 || checked == head {
-                    eprintln!("checked {checked} of {head} events");
-                }
+        Command::Verify { expect } => {
+            // Read-only: opening the store normally would recreate dropped
+            // triggers (erasing the evidence) and start a writer.
+            let scanner = herald_store::scan::Scanner::open_read_only(&dir)
+                .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+            let anchor = expect.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                scanner.verify(anchor, |checked, head| {
+                    if checked % 100_000 == 0 || checked == head {
+                        let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
+                    }
+                })
             })
-            .await?;
+            .await
+            .context("the verification task failed")??;
+            let mut out = std::io::stdout().lock();
             if report.ok {
-                println!(
+                writeln!(
+                    out,
                     "ok: {} events, head position {} hash {}",
                     report.checked, report.head_position, report.head_hash
-                );
+                )?;
+                if let Some(expect) = &expect {
+                    writeln!(
+                        out,
+                        "ok: position {} has the expected hash {}",
+                        expect.position, expect.hash
+                    )?;
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!(
-                    "TAMPERED: first bad position {} ({}); {} events before it verified",
-                    report.first_bad_position.unwrap_or(0),
-                    report.problem.as_deref().unwrap_or("unknown problem"),
-                    report.checked
-                );
+                let problem = report.problem.as_deref().unwrap_or("unknown problem");
+                match report.first_bad_position {
+                    Some(position) => writeln!(
+                        out,
+                        "TAMPERED: first bad position {position} ({problem}); {} events before it verified",
+                        report.checked
+                    )?,
+                    None => writeln!(out, "TAMPERED: {problem}; all {} events verified", report.checked)?,
+                }
                 Ok(ExitCode::from(1))
             }
         }

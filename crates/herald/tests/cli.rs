@@ -1288,3 +1288,276 @@ fn serve_prints_a_one_time_setup_code_while_there_is_no_admin_and_a_restart_repl
     let r = http(server.addr, "GET", "/api/auth/setup", None, &[], None).expect("setup");
     assert_eq!(r.json()["setup_required"], true);
 }
+
+// ---------------------------------------------------------------------------
+// 9. Logging that cannot be written, and verify against every kind of edit
+// ---------------------------------------------------------------------------
+
+#[test]
+fn serve_keeps_accepting_commands_after_the_reader_of_its_stderr_is_gone() {
+    let (_tmp, data) = workspace();
+    let token = create_token(&data, "ci", "operator");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut child = herald(&data)
+        // Every request logs (tower-http traces at debug).
+        .env("RUST_LOG", "debug")
+        .arg("serve")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut guard = ChildGuard(Some(child));
+    poll_until("herald serve is healthy", || {
+        assert!(
+            guard.0.as_mut().expect("child").try_wait().expect("try_wait").is_none(),
+            "herald serve exited at start"
+        );
+        matches!(http(addr, "GET", "/healthz", None, &[], None), Ok(r) if r.status == 200)
+    });
+    // The reader goes away: every later write to stderr fails with EPIPE.
+    drop(stderr);
+    for i in 0..20 {
+        let r = try_command(
+            addr,
+            &token,
+            "StartDeployment",
+            &format!("d{i}"),
+            json!({ "service": "s" }),
+        )
+        .unwrap_or_else(|e| panic!("command {i}: {e}"));
+        assert_eq!(r.status, 200, "command {i} after stderr closed: {}", r.body);
+    }
+    let ready = http(addr, "GET", "/readyz", None, &[], None).expect("readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(
+        guard.0.as_mut().expect("child").try_wait().expect("try_wait").is_none(),
+        "herald serve is still running"
+    );
+}
+
+/// Edits the log as an attacker who also puts the append-only triggers back.
+fn tamper_and_restore_triggers(data: &Path, f: impl FnOnce(&rusqlite::Connection)) {
+    tamper(data, f);
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    conn.execute_batch(
+        "CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
+             BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+         CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+             BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+    )
+    .expect("restore the triggers");
+}
+
+/// The `hash` column at `position`.
+fn stored_hash(data: &Path, position: i64) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(data.join("herald.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open herald.db");
+    conn.query_row("SELECT hash FROM events WHERE position = ?1", [position], |r| r.get(0))
+        .expect("hash")
+}
+
+/// Runs `herald verify` with `args`; returns (success, stdout + stderr).
+fn verify(data: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["verify"];
+    all.extend_from_slice(args);
+    let out = cli(data, &all);
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// A log of `n` token events, verified intact.
+fn log_of(n: usize) -> (TempDir, PathBuf) {
+    let (tmp, data) = workspace();
+    for i in 0..n {
+        create_token(&data, &format!("t{i}"), "viewer");
+    }
+    let (ok, output) = verify(&data, &[]);
+    assert!(ok, "intact: {output}");
+    (tmp, data)
+}
+
+#[test]
+fn verify_expect_catches_rows_deleted_from_the_end() {
+    let (_tmp, data) = log_of(5);
+    let anchor = format!("5:{}", stored_hash(&data, 5));
+    let early = format!("3:{}", stored_hash(&data, 3));
+    let (ok, output) = verify(&data, &["--expect", &anchor]);
+    assert!(ok, "the anchor holds on the intact log: {output}");
+
+    tamper_and_restore_triggers(&data, |conn| {
+        let n = conn
+            .execute("DELETE FROM events WHERE position > 3", [])
+            .expect("delete");
+        assert_eq!(n, 2);
+    });
+    // What is left is a valid chain: only an anchor shows the tail is gone.
+    let (ok, output) = verify(&data, &[]);
+    assert!(ok, "a truncated chain is still a chain: {output}");
+    let (ok, output) = verify(&data, &["--expect", &anchor]);
+    assert!(!ok, "the anchor's event is gone: {output}");
+    assert!(output.contains("removed"), "says events were removed: {output}");
+    assert!(names_position(&output, 4), "names the first missing position: {output}");
+    let (ok, output) = verify(&data, &["--expect", &early]);
+    assert!(ok, "an anchor that is still there holds: {output}");
+    let wrong = format!("3:{}", stored_hash(&data, 2));
+    let (ok, output) = verify(&data, &["--expect", &wrong]);
+    assert!(
+        !ok && names_position(&output, 3),
+        "a wrong hash at the anchor: {output}"
+    );
+    let out = cli(&data, &["verify", "--expect", "3"]);
+    assert_eq!(out.status.code(), Some(2), "a malformed anchor is a usage error");
+}
+
+#[test]
+fn verify_catches_a_column_that_disagrees_with_its_envelope() {
+    for (column, sql) in [
+        ("type", "UPDATE events SET type = 'TokenRevoked' WHERE position = 3"),
+        ("category", "UPDATE events SET category = 'user' WHERE position = 3"),
+        ("stream", "UPDATE events SET stream = 'token-forged' WHERE position = 3"),
+        ("version", "UPDATE events SET version = 7 WHERE position = 3"),
+    ] {
+        let (_tmp, data) = log_of(4);
+        tamper_and_restore_triggers(&data, |conn| {
+            assert_eq!(conn.execute(sql, []).expect("tamper"), 1);
+        });
+        let (ok, output) = verify(&data, &[]);
+        assert!(!ok, "{column}: {output}");
+        assert!(names_position(&output, 3), "{column}: names position 3: {output}");
+        assert!(
+            output.contains(&format!("{column} column")),
+            "{column}: names the column: {output}"
+        );
+    }
+}
+
+#[test]
+fn verify_catches_an_edited_hash_column_below_the_head() {
+    let (_tmp, data) = log_of(5);
+    tamper_and_restore_triggers(&data, |conn| {
+        let n = conn
+            .execute("UPDATE events SET hash = ?1 WHERE position = 2", ["ab".repeat(32)])
+            .expect("tamper");
+        assert_eq!(n, 1);
+    });
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "{output}");
+    assert!(names_position(&output, 2), "{output}");
+    assert!(output.contains("hash column"), "{output}");
+}
+
+#[test]
+fn verify_catches_stored_json_that_is_not_canonical() {
+    for (what, edit) in [
+        // A blank line would also end the event's SSE frame early.
+        (
+            "line break",
+            (|e: &str| format!("{{\n\n{}", &e[1..])) as fn(&str) -> String,
+        ),
+        // A duplicate key: JSON parsers keep one of the two, so the hash still matches.
+        ("duplicate key", |e: &str| format!("{{\"type\":\"Forged\",{}", &e[1..])),
+        ("whitespace", |e: &str| format!("{{ {}", &e[1..])),
+    ] {
+        let (_tmp, data) = log_of(4);
+        tamper_and_restore_triggers(&data, |conn| {
+            let envelope: String = conn
+                .query_row("SELECT envelope FROM events WHERE position = 2", [], |r| r.get(0))
+                .expect("envelope");
+            let n = conn
+                .execute("UPDATE events SET envelope = ?1 WHERE position = 2", [edit(&envelope)])
+                .expect("tamper");
+            assert_eq!(n, 1);
+        });
+        let (ok, output) = verify(&data, &[]);
+        assert!(!ok, "{what}: {output}");
+        assert!(names_position(&output, 2), "{what}: {output}");
+        assert!(output.contains("not canonical"), "{what}: {output}");
+    }
+}
+
+#[test]
+fn verify_reports_a_dropped_trigger_and_does_not_recreate_it() {
+    let (_tmp, data) = log_of(3);
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    conn.execute_batch("DROP TRIGGER events_append_only_delete")
+        .expect("drop");
+    drop(conn);
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "a missing append-only trigger is evidence of tampering: {output}");
+    assert!(output.contains("events_append_only_delete"), "{output}");
+    assert!(
+        !output.contains("events_append_only_update"),
+        "only the missing one: {output}"
+    );
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        triggers,
+        vec!["events_append_only_update".to_owned()],
+        "verify left the evidence"
+    );
+    let (ok, _) = verify(&data, &[]);
+    assert!(!ok, "and reports it again");
+}
+
+#[test]
+fn verify_catches_an_idempotency_record_pointing_at_other_events() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ci", "operator");
+    let server = serve(&data, tmp.path());
+    for id in ["d1", "d2"] {
+        let body = json!({ "type": "StartDeployment", "aggregate_id": id, "command_id": format!("cmd-{id}"),
+                           "data": { "service": "s" } })
+        .to_string();
+        let r = http(server.addr, "POST", "/api/commands", Some(&token), &[], Some(&body)).expect("POST");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    server.kill();
+    let (ok, output) = verify(&data, &[]);
+    assert!(ok, "intact: {output}");
+    // A retry of cmd-d1 would now be answered with d2's event.
+    tamper_and_restore_triggers(&data, |conn| {
+        let n = conn
+            .execute(
+                "UPDATE commands SET first_position = 3, last_position = 3 WHERE command_id = 'cmd-d1'",
+                [],
+            )
+            .expect("tamper");
+        assert_eq!(n, 1);
+    });
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("cmd-d1"), "names the command: {output}");
+}
+
+#[test]
+fn verify_reports_a_trigger_replaced_by_one_that_never_fires() {
+    let (_tmp, data) = log_of(3);
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only_update;
+         CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events WHEN 0
+             BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+    )
+    .expect("replace the trigger");
+    drop(conn);
+    let (ok, output) = verify(&data, &[]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("events_append_only_update has been changed"),
+        "{output}"
+    );
+}

@@ -1,10 +1,18 @@
 //! Health, readiness, metrics and the audit check.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::audit::{VerifyReport, verify};
+use herald_core::audit::{Expect, VerifyReport};
+use herald_core::envelope::GENESIS_HASH;
+use herald_core::store::{Filter, WriteHealth};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Viewer;
 use crate::error::ApiError;
@@ -14,7 +22,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready when the write path works (the writer runs and its last batch
+/// committed) and the store answers a read. Cheap: two atomic loads and one
+/// indexed read.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.store.write_health() {
+        WriteHealth::Ok => {}
+        WriteHealth::Failing(cause) => {
+            return Err(ApiError::Unavailable(format!(
+                "the event store cannot write: {cause} (ready again after the next commit succeeds)"
+            )));
+        }
+        WriteHealth::Down(cause) => {
+            return Err(ApiError::Unavailable(format!(
+                "the event store writer is down: {cause}"
+            )));
+        }
+    }
     let head = state
         .store
         .head()
@@ -32,10 +56,130 @@ pub async fn metrics() -> Response {
     r
 }
 
-pub async fn audit_verify(State(state): State<AppState>, Viewer(_): Viewer) -> Result<Response, ApiError> {
-    let report: VerifyReport = verify(&*state.store, |_, _| {}).await?;
-    if let (false, Some(position), Some(problem)) = (report.ok, report.first_bad_position, &report.problem) {
-        tracing::error!(position, %problem, "hash chain verification failed");
+/// How often one credential may start a verification.
+pub const VERIFY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Verification costs ~9 s per million events: at most one runs in this
+/// process, and each credential may start one every [`VERIFY_INTERVAL`].
+#[derive(Debug)]
+pub struct AuditLimits {
+    running: Arc<Semaphore>,
+    /// When each credential last started one.
+    started: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for AuditLimits {
+    fn default() -> Self {
+        AuditLimits {
+            running: Arc::new(Semaphore::new(1)),
+            started: Mutex::default(),
+        }
+    }
+}
+
+/// Most credentials remembered before the expired ones are dropped.
+const STARTED_MAX: usize = 10_000;
+
+impl AuditLimits {
+    /// A permit to run one verification for `credential` (hold it until the
+    /// verification ends), or 429 with `Retry-After`.
+    pub fn begin(&self, credential: &str) -> Result<OwnedSemaphorePermit, ApiError> {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(at) = started.get(credential) {
+            let since = now.duration_since(*at);
+            if since < VERIFY_INTERVAL {
+                let left = VERIFY_INTERVAL - since;
+                return Err(ApiError::TooManyRequests {
+                    detail: format!(
+                        "a verification may be started once every {} s per credential",
+                        VERIFY_INTERVAL.as_secs()
+                    ),
+                    retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                });
+            }
+        }
+        let permit = self
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyRequests {
+                detail: "another verification is running in this process; retry when it is done".into(),
+                retry_after_secs: VERIFY_INTERVAL.as_secs(),
+            })?;
+        if started.len() >= STARTED_MAX {
+            started.retain(|_, at| now.duration_since(*at) < VERIFY_INTERVAL);
+        }
+        started.insert(credential.to_owned(), now);
+        Ok(permit)
+    }
+}
+
+/// `?expect=POSITION:HASH` (the only parameter).
+fn parse_expect(query: Option<&str>) -> Result<Option<Expect>, ApiError> {
+    let mut expect = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "expect" if expect.is_none() => {
+                expect = Some(
+                    value
+                        .parse::<Expect>()
+                        .map_err(|e| ApiError::BadRequest(format!("expect: {e}")))?,
+                );
+            }
+            "expect" => return Err(ApiError::BadRequest("expect: give it once".into())),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{other}: unknown parameter (only expect=POSITION:HASH is accepted)"
+                )));
+            }
+        }
+    }
+    Ok(expect)
+}
+
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    Viewer(principal): Viewer,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let expect = parse_expect(uri.query())?;
+    let permit = state.audit.begin(&principal.credential_id)?;
+    let store = state.store.clone();
+    // On a task of its own holding the permit: a client that goes away does
+    // not free the slot while the verification still runs.
+    let report: VerifyReport = tokio::spawn(async move {
+        let _permit = permit;
+        store.verify(expect).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the verification task failed: {e}")))??;
+    if let (false, Some(problem)) = (report.ok, &report.problem) {
+        tracing::error!(position = report.first_bad_position, %problem, "log verification failed");
     }
     Ok((StatusCode::OK, Json(report)).into_response())
+}
+
+/// The head of the log, for a monitor to record and later pass as
+/// `?expect=POSITION:HASH` (a removed tail shows only against such an anchor).
+pub async fn audit_head(State(state): State<AppState>, Viewer(_): Viewer) -> Result<Json<Value>, ApiError> {
+    let head = state.store.head().await?;
+    if head.position == 0 {
+        return Ok(Json(
+            json!({ "position": 0, "hash": GENESIS_HASH, "recorded_at": null }),
+        ));
+    }
+    let page = state.store.read_all(head.position - 1, &Filter::default(), 1).await?;
+    let event = page
+        .events
+        .first()
+        .filter(|e| e.position() == head.position)
+        .ok_or_else(|| ApiError::internal(format!("the head event {} could not be read", head.position)))?;
+    let envelope: Value = serde_json::from_slice(event.json())
+        .map_err(|e| ApiError::internal(format!("the head event {} is not JSON: {e}", head.position)))?;
+    Ok(Json(json!({
+        "position": head.position,
+        "hash": envelope.get("hash"),
+        "recorded_at": envelope.get("recorded_at"),
+    })))
 }
