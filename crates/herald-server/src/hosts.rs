@@ -127,7 +127,7 @@ impl AllowedHosts {
     pub fn allows(&self, host: &str) -> bool {
         let host = normalize(host);
         let lists = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        if lists.authorities.iter().any(|a| *a == host) {
+        if lists.authorities.contains(&host) {
             return true;
         }
         let (name, _) = split(&host);
