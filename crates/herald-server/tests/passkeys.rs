@@ -3,258 +3,21 @@
 //! authenticator. The cookie jar is kept by hand so every test says exactly
 //! which cookie and which CSRF headers a request carries.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+mod support;
 
 use herald_core::auth::Role;
 use herald_server::{AppState, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use webauthn_authenticator_rs::WebauthnAuthenticator;
-use webauthn_authenticator_rs::softpasskey::SoftPasskey;
-use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Server {
-    base: String,
-    origin: String,
-    state: AppState,
-    client: reqwest::Client,
-    dir: TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
-    }
-}
-
-fn config() -> ServerConfig {
-    ServerConfig {
-        command_rate: 0,
-        auth_rate: 0,
-        keepalive: Duration::from_millis(200),
-        ..ServerConfig::default()
-    }
-}
-
-async fn start(mut config: ServerConfig) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    // Browsers reach it as localhost (the rp id); the socket is on 127.0.0.1.
-    let origin = format!("http://localhost:{}", addr.port());
-    config.public_origin = origin.clone();
-    let state = AppState::open_sqlite(dir.path(), config).expect("open state");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
-    Server {
-        base: format!("http://127.0.0.1:{}", addr.port()),
-        origin,
-        state,
-        client: reqwest::Client::new(),
-        dir,
-        shutdown: Some(tx),
-        handle: Some(handle),
-    }
-}
-
-/// A person with a browser: an authenticator and a cookie.
-struct Person {
-    username: String,
-    key: SoftPasskey,
-    cookie: Option<String>,
-    /// What a discoverable (resident) passkey remembers: its credential id and
-    /// the user handle it was made for. herald's login challenges list no
-    /// credentials; the software authenticator needs to be told which to use,
-    /// and does not return the user handle itself, so the test plays that part.
-    credential_ids: Vec<Value>,
-    user_handle: Option<Value>,
-}
-
-impl Person {
-    fn new(username: &str) -> Self {
-        Person {
-            username: username.into(),
-            // `true`: the authenticator reports user verification (PIN/biometric).
-            key: SoftPasskey::new(true),
-            cookie: None,
-            credential_ids: Vec::new(),
-            user_handle: None,
-        }
-    }
-}
-
-fn session_cookie(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("herald_session="))
-        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
-}
+use support::*;
 
 impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// A request as the console sends it: the cookie, and the browser's
-    /// `Sec-Fetch-Site: same-origin` on writes.
-    fn as_browser(&self, method: reqwest::Method, path: &str, who: &Person) -> reqwest::RequestBuilder {
-        let mut rb = self.client.request(method.clone(), self.url(path));
-        if let Some(c) = &who.cookie {
-            rb = rb.header("cookie", c);
-        }
-        if method != reqwest::Method::GET {
-            rb = rb.header("sec-fetch-site", "same-origin");
-        }
-        rb
-    }
-
-    async fn post_json(&self, path: &str, body: Value, who: Option<&Person>) -> reqwest::Response {
-        let mut rb = self
-            .client
-            .post(self.url(path))
-            .json(&body)
-            .header("origin", &self.origin);
-        if let Some(c) = who.and_then(|p| p.cookie.as_ref()) {
-            rb = rb.header("cookie", c);
-        }
-        rb.send().await.expect("POST")
-    }
-
-    async fn register_start(&self, who: &Person, invite: Option<&str>) -> reqwest::Response {
-        let mut body = json!({ "username": who.username, "display_name": format!("{} (test)", who.username) });
-        if let Some(code) = invite {
-            body["invite"] = json!(code);
-        }
-        self.post_json("/api/auth/register/start", body, None).await
-    }
-
-    /// The authenticator's answer to a registration challenge, made at `origin`.
-    fn create_credential(who: &mut Person, origin: &str, start: &Value) -> Value {
-        let options: CreationChallengeResponse =
-            serde_json::from_value(start["options"].clone()).expect("creation options");
-        let credential = who
-            .key
-            .do_registration(Url::parse(origin).expect("origin"), options)
-            .expect("the authenticator registers");
-        let credential = serde_json::to_value(credential).expect("credential JSON");
-        who.credential_ids.push(credential["id"].clone());
-        who.user_handle = Some(start["options"]["publicKey"]["user"]["id"].clone());
-        credential
-    }
-
-    /// The one-time setup code `herald serve` prints while there is no admin.
-    async fn setup_code(&self) -> String {
-        herald_server::passkeys::issue_setup_code(&*self.state.store, &*self.state.accounts)
-            .await
-            .expect("issue a setup code")
-            .expect("no admin yet: a setup code")
-            .code
-    }
-
     /// Registers the first admin with the setup code.
     async fn register_admin(&self, who: &mut Person) -> reqwest::Response {
         let code = self.setup_code().await;
         self.register(who, Some(&code)).await
-    }
-
-    /// Registers `who` (optionally with an invite); returns the finish response.
-    async fn register(&self, who: &mut Person, invite: Option<&str>) -> reqwest::Response {
-        let r = self.register_start(who, invite).await;
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "register/start: {}",
-            r.text().await.unwrap_or_default()
-        );
-        let start: Value = r.json().await.expect("start JSON");
-        let credential = Self::create_credential(who, &self.origin, &start);
-        let r = self
-            .post_json(
-                "/api/auth/register/finish",
-                json!({ "ceremony": start["ceremony"], "credential": credential }),
-                None,
-            )
-            .await;
-        if let Some(c) = session_cookie(&r) {
-            who.cookie = Some(c);
-        }
-        r
-    }
-
-    async fn login_start(&self, who: &Person) -> Value {
-        let r = self
-            .post_json("/api/auth/login/start", json!({ "username": who.username }), None)
-            .await;
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json().await.expect("login start JSON")
-    }
-
-    fn assert_credential(who: &mut Person, origin: &str, start: &Value) -> Value {
-        let mut options = start["options"].clone();
-        assert!(
-            options["publicKey"]["allowCredentials"]
-                .as_array()
-                .is_none_or(Vec::is_empty),
-            "a login challenge names no credentials (it would tell who has an account): {options}"
-        );
-        // The authenticator finds its own resident credential for this rp.
-        options["publicKey"]["allowCredentials"] = who
-            .credential_ids
-            .iter()
-            .map(|id| json!({ "type": "public-key", "id": id }))
-            .collect();
-        let options: RequestChallengeResponse = serde_json::from_value(options).expect("request options");
-        let credential = who
-            .key
-            .do_authentication(Url::parse(origin).expect("origin"), options)
-            .expect("the authenticator signs");
-        let mut credential = serde_json::to_value(credential).expect("credential JSON");
-        credential["response"]["userHandle"] = who.user_handle.clone().unwrap_or(Value::Null);
-        credential
-    }
-
-    async fn login_finish(&self, who: &mut Person, ceremony: &Value, credential: Value) -> reqwest::Response {
-        let r = self
-            .post_json(
-                "/api/auth/login/finish",
-                json!({ "ceremony": ceremony, "credential": credential }),
-                Some(who),
-            )
-            .await;
-        if let Some(c) = session_cookie(&r) {
-            who.cookie = Some(c);
-        }
-        r
-    }
-
-    async fn login(&self, who: &mut Person) -> reqwest::Response {
-        let start = self.login_start(who).await;
-        let credential = Self::assert_credential(who, &self.origin, &start);
-        self.login_finish(who, &start["ceremony"], credential).await
-    }
-
-    async fn me(&self, who: &Person) -> reqwest::Response {
-        self.as_browser(reqwest::Method::GET, "/api/me", who)
-            .send()
-            .await
-            .expect("GET /api/me")
     }
 
     async fn command(&self, who: &Person, command_type: &str, id: &str, data: Value) -> reqwest::Response {
@@ -265,43 +28,9 @@ impl Server {
             .expect("POST /api/commands")
     }
 
-    async fn invite(&self, admin: &Person, role: &str) -> String {
-        let r = self
-            .as_browser(reqwest::Method::POST, "/api/invites", admin)
-            .json(&json!({ "role": role }))
-            .send()
-            .await
-            .expect("POST /api/invites");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let body: Value = r.json().await.expect("invite JSON");
-        assert_eq!(body["role"], role);
-        body["code"].as_str().expect("code").to_owned()
-    }
-
-    async fn events(&self) -> Vec<Value> {
-        let page = self
-            .state
-            .store
-            .read_all(0, &herald_core::Filter::default(), 1000)
-            .await
-            .expect("read the log");
-        page.events
-            .iter()
-            .map(|e| serde_json::from_slice(e.json()).expect("envelope"))
-            .collect()
-    }
-
     fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("herald.db")).expect("open herald.db")
     }
-}
-
-async fn problem(r: reqwest::Response) -> Value {
-    assert_eq!(
-        r.headers().get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/problem+json")
-    );
-    r.json().await.expect("problem JSON")
 }
 
 /// Reads a live stream until `needle` appears (true) or the stream ends (false).
@@ -315,18 +44,6 @@ async fn read_until(stream: &mut reqwest::Response, seen: &mut String, needle: &
         }
     }
     true
-}
-
-/// Reads until the stream ends; panics if it stays open past the bound.
-async fn read_to_end(stream: &mut reqwest::Response, seen: &mut String) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.chunk()).await {
-            Err(_) => panic!("the stream was still open after {WAIT:?}"),
-            Ok(Ok(Some(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
-            Ok(Ok(None)) | Ok(Err(_)) => return,
-        }
-    }
 }
 
 #[tokio::test]
