@@ -55,7 +55,7 @@ pub async fn run(state: AppState) {
                     state.live.head.fetch_max(step.head, Ordering::Relaxed);
                     metrics::gauge!("herald_head_position").set(step.head as f64);
                     metrics::gauge!("herald_projection_position").set(step.checkpoint as f64);
-                    publisher.publish_logged(&state).await;
+                    publisher.publish_or_skip(&state, step.checkpoint).await;
                     if step.caught_up() {
                         break;
                     }
@@ -122,6 +122,19 @@ impl Publisher {
                 return Ok(batches);
             }
         }
+    }
+
+    /// [`Self::publish`], unless no `/api/deployments/live` stream of this
+    /// process is open: then there is nobody to read the rows for, and the mark
+    /// moves to `checkpoint` (read before the check) at no cost. A stream that
+    /// opens later subscribes before it reads its snapshot, so that snapshot
+    /// holds every change up to a checkpoint at least this one.
+    async fn publish_or_skip(&mut self, state: &AppState, checkpoint: u64) {
+        if state.live.deployment_changes.receiver_count() == 0 {
+            self.published = self.published.max(checkpoint);
+            return;
+        }
+        self.publish_logged(state).await;
     }
 
     async fn publish_logged(&mut self, state: &AppState) {
