@@ -70,7 +70,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
         .fallback(console::serve_method)
         // Every request but the live streams (added below) has a deadline.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.request_timeout,
+            request_timeout,
+        ))
         .layer(
             // Only the path: a query string never reaches the logs.
             TraceLayer::new_for_http().make_span_with(
@@ -88,7 +91,10 @@ pub fn app(state: AppState) -> Router {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
         // Outermost: a request to a name that is not herald's gets nothing else.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::check_host))
+        .layer(axum::middleware::from_fn_with_state(
+            state.hosts.clone(),
+            hosts::check_host,
+        ))
         .with_state(state)
 }
 
@@ -96,11 +102,10 @@ pub fn app(state: AppState) -> Router {
 /// dropped; a command that was already queued may still be committed: retry
 /// with the same `command_id`).
 async fn request_timeout(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
     req: Request<axum::body::Body>,
     next: axum::middleware::Next,
 ) -> Response {
-    let limit = state.config.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -1031,7 +1031,11 @@ async fn a_setup_code_is_void_once_an_admin_registered_another_way() {
         StatusCode::CREATED
     );
     let r = server.register_start(&Person::new("eve"), Some(&setup)).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "herald has an admin: the setup code is void");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "herald has an admin: the setup code is void"
+    );
     // And it is no open invite any more (the admin's registration expired it).
     let invites = server.state.accounts.list_invites().await.expect("invites");
     let setup_invite = invites

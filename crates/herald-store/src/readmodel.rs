@@ -156,6 +156,12 @@ impl SqliteDeployments {
         }
         tx.execute_batch(SCHEMA).map_err(backend)?;
         tx.commit().map_err(backend)?;
+        // A read model needs atomic commits (rows with their checkpoint), not
+        // durable ones: after a power cut it may be a few commits behind and
+        // catches up from the log, which is durable. So no fsync per apply
+        // (WAL mode syncs at checkpoints), which would compete with the event
+        // writer's own on the same disk.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
         Ok(Arc::new(SqliteDeployments {
             readers: ReaderPool::new(path.clone(), IDLE_READERS, true),
             path,
@@ -807,7 +813,7 @@ async fn replay(
         // synced, makes every one before it durable.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
         let written = write_stage(&mut conn, &flush_rxs, &progress_tx);
-        let restored = conn.pragma_update(None, "synchronous", "FULL").map_err(backend);
+        let restored = conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend);
         let written = written?;
         restored?;
         Ok::<_, StoreError>(written)
