@@ -40,16 +40,33 @@ fn invite(id: &str, expires_at: i64) -> InviteRecord {
     }
 }
 
+/// Stores a user through an invite of their own (every registration needs one).
+async fn insert_invited(store: &SqliteAccounts, u: &User, cred: &str, now: i64) {
+    let hash = format!("hash-of-{}", u.id);
+    store
+        .insert_invite(&invite(&format!("inv-{}", u.id), now + 60_000), &hash)
+        .await
+        .expect("invite");
+    store
+        .insert_user(u, &passkey(cred, &u.id), Some(&hash), now)
+        .await
+        .expect("io")
+        .expect("registered");
+}
+
 #[tokio::test]
-async fn only_the_first_user_needs_no_invite_and_an_invite_works_once() {
+async fn every_registration_needs_an_invite_and_an_invite_works_once() {
     let dir = tempfile::tempdir().expect("dir");
     let store = SqliteAccounts::open(dir.path()).expect("open");
     let now = 1_000_000;
-    store
+    // Not even the first user registers without one.
+    let refused = store
         .insert_user(&user("u1", "alice"), &passkey("c1", "u1"), None, now)
         .await
-        .expect("io")
-        .expect("first");
+        .expect("io");
+    assert!(matches!(refused, Err(RegistrationRefused::InviteRequired)));
+    assert_eq!(store.count_users().await.expect("count"), 0);
+    insert_invited(&store, &user("u1", "alice"), "c1", now).await;
     assert_eq!(store.count_users().await.expect("count"), 1);
 
     let refused = store
@@ -217,11 +234,7 @@ fn session(id: &str, user_id: &str) -> SessionRecord {
 async fn a_user_is_disabled_and_enabled_and_the_flag_persists() {
     let dir = tempfile::tempdir().expect("dir");
     let store = SqliteAccounts::open(dir.path()).expect("open");
-    store
-        .insert_user(&user("u1", "alice"), &passkey("c1", "u1"), None, 0)
-        .await
-        .expect("io")
-        .expect("first");
+    insert_invited(&store, &user("u1", "alice"), "c1", 0).await;
     assert_eq!(
         store.find_user("u1").await.expect("find").expect("u1").disabled_at,
         None
@@ -273,11 +286,7 @@ async fn an_older_database_gets_the_disabled_at_column_on_open() {
 async fn a_passkey_is_removed_only_from_its_own_user_and_sessions_of_a_user_go_together() {
     let dir = tempfile::tempdir().expect("dir");
     let store = SqliteAccounts::open(dir.path()).expect("open");
-    store
-        .insert_user(&user("u1", "alice"), &passkey("c1", "u1"), None, 0)
-        .await
-        .expect("io")
-        .expect("alice");
+    insert_invited(&store, &user("u1", "alice"), "c1", 0).await;
     store.insert_invite(&invite("i1", 100), "h1").await.expect("invite");
     store
         .insert_user(&user("u2", "bob"), &passkey("c2", "u2"), Some("h1"), 0)
