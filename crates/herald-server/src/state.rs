@@ -132,8 +132,20 @@ impl DeploymentChanges {
     }
 }
 
+/// Every handler receives it (and axum clones it per request, once per
+/// middleware too): one reference count, whatever it holds.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub store: Arc<dyn EventStore>,
     pub credentials: Arc<dyn CredentialStore>,
     pub accounts: Arc<dyn AccountStore>,
@@ -218,7 +230,7 @@ impl AppState {
         deployments: Arc<SqliteDeployments>,
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
-        Ok(AppState {
+        Ok(AppState(Arc::new(AppStateInner {
             webauthn: relying_party(&config.public_origin)?.map(Arc::new),
             registration: Arc::default(),
             store,
@@ -235,7 +247,7 @@ impl AppState {
             audit: Arc::default(),
             config: Arc::new(config),
             live: Arc::new(LiveRegistry::new()),
-        })
+        })))
     }
 }
 
