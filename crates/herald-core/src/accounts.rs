@@ -84,7 +84,7 @@ pub fn check_display_name(name: &str) -> Result<(), String> {
 /// One registered passkey of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPasskey {
-    /// The credential id, base64url without padding.
+    /// The credential id (the WebAuthn raw id, hex-encoded).
     pub credential_id: String,
     pub user_id: String,
     /// The WebAuthn library's serialized credential (public key, counter, flags).

@@ -685,3 +685,27 @@ async fn a_request_that_runs_past_the_timeout_answers_503() {
         .expect("GET");
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn sessions_idle_past_the_limit_are_not_listed_even_before_the_purge() {
+    let server = start(config()).await;
+    let admin = server.user("root", Role::Admin).await;
+    let bob = server.user("bob", Role::Viewer).await;
+    // A session of bob's that has been idle 13 hours (the limit is 12): over,
+    // though the minute's purge has not removed its row yet.
+    server.session_for(&bob.id, Duration::from_secs(13 * 3600)).await;
+    let r = server
+        .as_browser(reqwest::Method::GET, "/api/sessions", &admin)
+        .send()
+        .await
+        .expect("GET /api/sessions");
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: Value = r.json().await.expect("JSON");
+    let bobs: Vec<&Value> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s["user_id"] == bob.id.as_str())
+        .collect();
+    assert_eq!(bobs.len(), 1, "only bob's live session: {listed}");
+}

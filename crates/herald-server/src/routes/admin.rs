@@ -288,11 +288,15 @@ pub async fn list_sessions(State(state): State<AppState>, Viewer(principal): Vie
         }
     };
     let users = state.accounts.list_users().await?;
+    let now = now_millis();
+    let idle_ms = crate::sessions::millis(state.config.session_idle);
     let sessions: Vec<_> = state
         .accounts
-        .list_sessions(own.as_deref(), now_millis())
+        .list_sessions(own.as_deref(), now)
         .await?
         .into_iter()
+        // Idle past the limit: over, whether or not the purge has removed it yet.
+        .filter(|s| now - s.last_seen_at <= idle_ms)
         .map(|s| {
             let username = users.iter().find(|u| u.id == s.user_id).map(|u| u.username.clone());
             json!({
