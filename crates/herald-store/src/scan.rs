@@ -1,6 +1,6 @@
-//! A streaming read of the event log for replays (`readmodel::rebuild`): rows
-//! are handed to a callback borrowed from SQLite, without building a
-//! `RecordedEvent` (and its SSE frame) per event.
+//! A streaming read of the event log for replays (`readmodel::rebuild`) and
+//! for `herald verify`: rows are handed to a callback borrowed from SQLite,
+//! without building a `RecordedEvent` (and its SSE frame) per event.
 
 use std::path::Path;
 
@@ -8,23 +8,7 @@ use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
 use herald_core::store::StoreError;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::sqlite::{EVENTS_FILE, SqliteStore, backend, open_connection, read_head, sql_int};
-
-/// The append-only triggers every herald log has, as SQLite keeps them
-/// (whitespace aside): a trigger with a `WHEN` clause or another body is no
-/// guard.
-const TRIGGERS: [(&str, &str); 2] = [
-    (
-        "events_append_only_update",
-        "CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events \
-         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
-    ),
-    (
-        "events_append_only_delete",
-        "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events \
-         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
-    ),
-];
+use crate::sqlite::{APPEND_ONLY_TRIGGERS, EVENTS_FILE, SqliteStore, backend, open_connection, read_head, sql_int};
 
 /// Rows per read transaction while verifying (a long one would hold back
 /// checkpoints of a serving herald).
@@ -121,7 +105,10 @@ impl Scanner {
     pub fn schema_findings(&self) -> Result<Vec<String>, StoreError> {
         let mut findings = Vec::new();
         let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        for (name, expected) in TRIGGERS {
+        // As SQLite keeps them (whitespace aside): a trigger with a `WHEN`
+        // clause or another body is no guard.
+        for (name, body) in APPEND_ONLY_TRIGGERS {
+            let expected = format!("CREATE TRIGGER {name} {body}");
             let sql: Option<String> = self
                 .conn
                 .query_row(
@@ -136,7 +123,7 @@ impl Scanner {
                     "the append-only trigger {name} is missing: rows may have been changed or deleted \
                      (herald recreates it on its next start; verify does not)"
                 )),
-                Some(sql) if sql != normalize(expected) => {
+                Some(sql) if sql != normalize(&expected) => {
                     findings.push(format!("the append-only trigger {name} has been changed: {sql}"))
                 }
                 Some(_) => {}

@@ -191,6 +191,20 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The triggers that make `events` append-only: name, then what follows
+/// `CREATE TRIGGER <name>`. Created at open, and checked by `herald verify`
+/// (`scan.rs`) against exactly this text.
+pub(crate) const APPEND_ONLY_TRIGGERS: [(&str, &str); 2] = [
+    (
+        "events_append_only_update",
+        "BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    ),
+    (
+        "events_append_only_delete",
+        "BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    ),
+];
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
@@ -204,10 +218,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream, version);
 CREATE INDEX IF NOT EXISTS events_category ON events (category, position);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, position);
-CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TABLE IF NOT EXISTS commands (
     command_id     TEXT PRIMARY KEY,
     fingerprint    TEXT NOT NULL,
@@ -253,6 +263,10 @@ impl SqliteStore {
         let path = dir.join(EVENTS_FILE);
         let conn = open_connection(&path, false)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        for (name, body) in APPEND_ONLY_TRIGGERS {
+            conn.execute_batch(&format!("CREATE TRIGGER IF NOT EXISTS {name} {body};"))
+                .map_err(backend)?;
+        }
         // The writer's own connection: a 64 MiB page cache (the indexes take
         // random inserts), and checkpoints every 10,000 WAL pages rather than
         // SQLite's 1,000, so a page many commits touch is copied back once.
