@@ -24,8 +24,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use webauthn_rs::prelude::{
-    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Uuid,
+    DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Uuid,
 };
 
 use crate::auth::{Viewer, append_one, hash_secret, now_rfc3339};
@@ -258,18 +257,14 @@ async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Resul
                 .into(),
         ));
     };
-    let invite = state
+    // A setup code makes the first admin and no other: every setup code still
+    // open expires when an admin registers (`register_finish`).
+    state
         .accounts
         .find_invite(hash, now_millis())
         .await?
-        .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))?;
-    // A setup code makes the first admin, and no other.
-    if invite.id.starts_with(SETUP_INVITE) && !needs_setup(&*state.accounts).await? {
-        return Err(ApiError::Forbidden(
-            "this setup code is void: herald has an admin now; ask an admin for an invite".into(),
-        ));
-    }
-    Ok(invite.role)
+        .map(|i| i.role)
+        .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))
 }
 
 /// Whether herald still needs its first admin.
@@ -464,19 +459,6 @@ struct LoginStart {
     username: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-enum LoginCeremony {
-    /// A challenge for one user's passkeys. No longer issued (it revealed
-    /// which usernames exist); kept so a ceremony started by an older herald
-    /// just before an upgrade still finishes.
-    Known {
-        user_id: String,
-        state: PasskeyAuthentication,
-    },
-    /// The authenticator says who (a discoverable credential).
-    Discoverable { state: DiscoverableAuthentication },
-}
-
 pub async fn login_start(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -498,14 +480,13 @@ pub async fn login_start(
         .map_err(ApiError::internal)?;
     // A modal prompt, not autofill-only (the console asks on a click).
     options.mediation = None;
-    let saved = LoginCeremony::Discoverable { state: auth };
     let ceremony = random_hex(16);
     state
         .accounts
         .put_ceremony(
             &ceremony,
             "login",
-            &serde_json::to_string(&saved).map_err(ApiError::internal)?,
+            &serde_json::to_string(&auth).map_err(ApiError::internal)?,
             now_millis() + CEREMONY_TTL_MS,
         )
         .await?;
@@ -607,8 +588,10 @@ pub async fn login_finish(
     let Some(saved) = state.accounts.take_ceremony(&body.ceremony, "login", now).await? else {
         return Err(login_failed(&state, None, "the ceremony is unknown, already used or expired".into()).await);
     };
-    let saved: LoginCeremony =
-        serde_json::from_str(&saved).map_err(|e| ApiError::internal(format!("stored ceremony: {e}")))?;
+    // A ceremony stored by an older herald (another shape) is as good as unknown.
+    let Ok(auth) = serde_json::from_str::<DiscoverableAuthentication>(&saved) else {
+        return Err(login_failed(&state, None, "the ceremony is unknown, already used or expired".into()).await);
+    };
     let key = credential_key(&credential.raw_id);
     let Some(stored) = state.accounts.find_passkey(&key).await? else {
         return Err(login_failed(&state, None, "the passkey is not registered here".into()).await);
@@ -621,26 +604,16 @@ pub async fn login_finish(
     count_account_attempt(&state, &user.username).await?;
     let mut passkey: Passkey =
         serde_json::from_str(&stored.passkey).map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
-    let verified = match saved {
-        LoginCeremony::Known { user_id, state: auth } => {
-            if user_id != user.id {
-                return Err(login_failed(&state, Some(&user), "the passkey belongs to another user".into()).await);
-            }
-            relying_party(&state)?.finish_passkey_authentication(&credential, &auth)
+    // The authenticator named the user (its user handle): it must be the one
+    // the passkey belongs to.
+    let verified = match relying_party(&state)?.identify_discoverable_authentication(&credential) {
+        Ok((handle, _)) if handle.simple().to_string() == user.id => {
+            relying_party(&state)?.finish_discoverable_authentication_v2(&credential, auth, &passkey)
         }
-        LoginCeremony::Discoverable { state: auth } => {
-            match relying_party(&state)?.identify_discoverable_authentication(&credential) {
-                Ok((handle, _)) if handle.simple().to_string() == user.id => {
-                    relying_party(&state)?.finish_discoverable_authentication_v2(&credential, auth, &passkey)
-                }
-                Ok(_) => {
-                    return Err(
-                        login_failed(&state, Some(&user), "the passkey's user handle does not match".into()).await,
-                    );
-                }
-                Err(e) => Err(e),
-            }
+        Ok(_) => {
+            return Err(login_failed(&state, Some(&user), "the passkey's user handle does not match".into()).await);
         }
+        Err(e) => Err(e),
     };
     let result = match verified {
         Ok(r) => r,
