@@ -123,7 +123,8 @@ pub enum StoreError {
     #[error("the store is shutting down")]
     ShuttingDown,
     /// The write path failed for reasons not of the caller's making (the
-    /// writer panicked or stopped); nothing of the append was committed.
+    /// writer panicked or stopped); the message says whether the append may
+    /// have been committed (then a retry with the same `command_id` tells).
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]

@@ -104,7 +104,8 @@ pub fn reject_query_credentials(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+/// The `Authorization: Bearer` token, if the request has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -86,11 +86,7 @@ pub async fn check_still_valid(state: &AppState, principal: &Principal, headers:
             }
         }
         None => {
-            let token = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .map(|(_, token)| token.trim());
+            let token = crate::auth::bearer(headers).ok().flatten();
             let live = match token {
                 Some(token) => state
                     .credentials

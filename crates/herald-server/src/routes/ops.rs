@@ -175,11 +175,13 @@ pub async fn audit_head(State(state): State<AppState>, Viewer(_): Viewer) -> Res
         .first()
         .filter(|e| e.position() == head.position)
         .ok_or_else(|| ApiError::internal(format!("the head event {} could not be read", head.position)))?;
-    let envelope: Value = serde_json::from_slice(event.json())
-        .map_err(|e| ApiError::internal(format!("the head event {} is not JSON: {e}", head.position)))?;
+    let recorded_at = event
+        .envelope()
+        .map_err(|e| ApiError::internal(format!("the head event {}: {e}", head.position)))?
+        .recorded_at;
     Ok(Json(json!({
         "position": head.position,
-        "hash": envelope.get("hash"),
-        "recorded_at": envelope.get("recorded_at"),
+        "hash": head.hash,
+        "recorded_at": recorded_at,
     })))
 }
