@@ -65,24 +65,11 @@ impl FromRequestParts<AppState> for ClientAddr {
 /// An address or a network (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`) of a reverse
 /// proxy whose `X-Forwarded-For` is believed (`--trusted-proxy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedProxy {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct TrustedProxy(ipnet::IpNet);
 
 impl TrustedProxy {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -91,31 +78,20 @@ impl std::str::FromStr for TrustedProxy {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let bad = |why: &str| format!("{s:?} is not an IP address or network ({why}; e.g. 10.0.0.7 or 10.0.0.0/8)");
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (s, None),
+        let net = match s.parse::<IpAddr>() {
+            // An IPv4-mapped IPv6 address is the IPv4 address it maps.
+            Ok(ip) => ipnet::IpNet::from(ip.to_canonical()),
+            Err(_) => s
+                .parse::<ipnet::IpNet>()
+                .map_err(|e| format!("{s:?} is not an IP address or network ({e}; e.g. 10.0.0.7 or 10.0.0.0/8)"))?,
         };
-        let net = addr
-            .parse::<IpAddr>()
-            .map_err(|_| bad("not an address"))?
-            .to_canonical();
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(len) => len
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {max}")))?,
-        };
-        Ok(TrustedProxy { net, prefix })
+        Ok(TrustedProxy(net))
     }
 }
 
 impl std::fmt::Display for TrustedProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
+        self.0.fmt(f)
     }
 }
 
