@@ -331,6 +331,18 @@ const s = {
   adminInvite: null,
 }
 
+/** Starts a deployment of `service` with the API token, as CI would; its id. */
+async function startViaApi(service) {
+  const id = randomUUID()
+  await s.herald.api(s.token, 'POST', '/api/commands', {
+    type: 'StartDeployment',
+    aggregate_id: id,
+    expected_version: 0,
+    data: { service },
+  })
+  return id
+}
+
 let cleanedUp = false
 async function cleanup() {
   if (cleanedUp) return
@@ -741,13 +753,7 @@ step('a double-click on Start makes one deployment, and the form clears for the 
 
 step('an action dialog stays open with its text when the deployment finishes underneath it, and shows the refusal', async () => {
   const admin = s.admin.page
-  const id = randomUUID()
-  await s.herald.api(s.token, 'POST', '/api/commands', {
-    type: 'StartDeployment',
-    aggregate_id: id,
-    expected_version: 0,
-    data: { service: 'dialog-test' },
-  })
+  const id = await startViaApi('dialog-test')
   const row = admin.locator(`tr[data-testid="deployment-${id}"]`)
   await row.getByText('In progress').waitFor()
   await row.getByRole('button', { name: 'Mark dialog-test as failed' }).click()
@@ -785,13 +791,7 @@ step('eight tabs of one browser share one live connection, all get the same even
     tabs.push(p)
   }
   await Promise.all(tabs.map((p, i) => expectStatus(p, `tab ${i + 1}`, 'live')))
-  const id = randomUUID()
-  await s.herald.api(s.token, 'POST', '/api/commands', {
-    type: 'StartDeployment',
-    aggregate_id: id,
-    expected_version: 0,
-    data: { service: 'fan-out' },
-  })
+  const id = await startViaApi('fan-out')
   await Promise.all(tabs.map((p) => p.locator(`tr[data-testid="deployment-${id}"]`).getByText('In progress').waitFor()))
   for (const p of tabs) assert.equal(await p.locator(`tr[data-testid="deployment-${id}"]`).count(), 1)
   assert.deepEqual(streams, [], 'the seven new tabs opened live streams of their own: the first tab leads')

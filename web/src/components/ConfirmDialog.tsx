@@ -12,6 +12,8 @@ export function ConfirmDialog({
   title,
   children,
   confirmLabel,
+  cancelLabel = 'Close',
+  busyText,
   danger = false,
   onConfirm,
   onClose,
@@ -19,7 +21,10 @@ export function ConfirmDialog({
   open: boolean
   title: string
   children: ReactNode
-  confirmLabel: string
+  confirmLabel: ReactNode
+  cancelLabel?: string
+  /** What the confirm button says while `onConfirm` runs. */
+  busyText?: string
   danger?: boolean
   onConfirm: () => Promise<unknown>
   onClose: () => void
@@ -61,9 +66,9 @@ export function ConfirmDialog({
             </Dialog.Body>
             <Dialog.Footer>
               <Button variant="outline" onClick={close} disabled={busy}>
-                Close
+                {cancelLabel}
               </Button>
-              <Button colorPalette={danger ? 'red' : undefined} onClick={confirm} loading={busy}>
+              <Button colorPalette={danger ? 'red' : undefined} onClick={confirm} loading={busy} loadingText={busyText}>
                 {confirmLabel}
               </Button>
             </Dialog.Footer>

@@ -1,20 +1,9 @@
 import { describe, expect, it } from 'vitest'
 import { KNOWN_EVENT_TYPES } from '../live/eventTypes'
 import { describeEvent } from './describe'
-import type { Envelope } from './types'
+import { makeEnvelope } from '../test/envelope'
 
-const ev = (type: string, data: Record<string, unknown>): Envelope => ({
-  position: 1,
-  id: 'e1',
-  stream: 'user-u2',
-  version: 1,
-  type,
-  schema: 1,
-  data,
-  actor: { kind: 'user', id: 'u1', name: 'alice' },
-  recorded_at: '2026-01-01T00:00:00Z',
-  hash: 'h',
-})
+const ev = (type: string, data: Record<string, unknown>) => makeEnvelope({ stream: 'user-u2', type, data })
 
 describe('describeEvent: account events', () => {
   it('says who was disabled, enabled, or lost a passkey', () => {

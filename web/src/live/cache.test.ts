@@ -4,20 +4,11 @@ import { deploymentKeys } from '../features/deployments/api'
 import type { DeploymentList } from '../features/deployments/types'
 import type { Envelope, StreamSlice } from '../lib/types'
 import { applyEvents, auditKey, type AuditWindow } from './cache'
+import { makeEnvelope } from '../test/envelope'
 
 let pos = 100
-const ev = (stream: string, version: number, type: string, data: Record<string, unknown> = {}): Envelope => ({
-  position: ++pos,
-  id: `e${pos}`,
-  stream,
-  version,
-  type,
-  schema: 1,
-  data,
-  actor: { kind: 'user', id: 'u1', name: 'alice' },
-  recorded_at: '2026-01-01T00:00:00.000Z',
-  hash: 'h',
-})
+const ev = (stream: string, version: number, type: string, data: Record<string, unknown> = {}): Envelope =>
+  makeEnvelope({ position: ++pos, stream, version, type, data })
 
 describe('applyEvents', () => {
   it('folds deployment events into the cached list and detail, and appends to the timeline', () => {

@@ -51,9 +51,8 @@ export function applyEvents(qc: QueryClient, events: Envelope[]): void {
       invalidate.add('sessions')
     }
     if (/(Session|Login|Logout|LoggedIn|LoggedOut|SignedIn|SignedOut)/.test(e.type)) invalidate.add('sessions')
-    if (/^Invite/.test(e.type) || e.stream.startsWith('invite-')) invalidate.add('invites')
     // A registration uses up an invite.
-    if (e.type === 'UserRegistered') invalidate.add('invites')
+    if (/^Invite/.test(e.type) || e.type === 'UserRegistered' || e.stream.startsWith('invite-')) invalidate.add('invites')
   }
   appendToAudit(qc, events)
   if (invalidate.size === 0) return

@@ -1,5 +1,4 @@
-import { describe, expect, it } from 'vitest'
-import type { Envelope } from '../lib/types'
+import { beforeEach, describe, expect, it } from 'vitest'
 import type { StatusInfo } from './connection'
 import {
   SharedLive,
@@ -8,6 +7,7 @@ import {
   type ConnectionLike,
   type LockManagerLike,
 } from './shared'
+import { makeEnvelope } from '../test/envelope'
 
 // --- fakes: Web Locks, BroadcastChannel, and the leader's connection ----------
 
@@ -103,20 +103,7 @@ class FakeChannel implements BroadcastChannelLike {
   }
 }
 
-function envelope(position: number): Envelope {
-  return {
-    position,
-    id: `e${position}`,
-    stream: 'deployment-d1',
-    version: position,
-    type: 'DeploymentProgressed',
-    schema: 1,
-    data: {},
-    actor: { kind: 'user', id: 'u1', name: 'alice' },
-    recorded_at: new Date(0).toISOString(),
-    hash: 'h',
-  }
-}
+const envelope = (position: number) => makeEnvelope({ position, version: position })
 
 /** Stands in for LiveConnection: the test plays herald through it. */
 class FakeConnection implements ConnectionLike {
@@ -187,17 +174,26 @@ function openTab(name: string, locks: LockManagerLike | null, channels: FakeChan
   return tab
 }
 
+/** Tabs of one browser: one lock manager, one set of channels. */
+function browser(): (name: string) => Tab {
+  const locks = new FakeLocks()
+  const channels = new FakeChannels()
+  return (name) => openTab(name, locks, channels)
+}
+
 const settle = () => new Promise((r) => setTimeout(r, 5))
 
 describe('SharedLive: one connection per browser', () => {
-  it('elects one leader; every follower gets every event once; on close a follower takes over from the last position', async () => {
+  beforeEach(() => {
     FakeConnection.all = []
-    const locks = new FakeLocks()
-    const channels = new FakeChannels()
-    const a = openTab('a', locks, channels)
+  })
+
+  it('elects one leader; every follower gets every event once; on close a follower takes over from the last position', async () => {
+    const tab = browser()
+    const a = tab('a')
     await settle()
-    const b = openTab('b', locks, channels)
-    const c = openTab('c', locks, channels)
+    const b = tab('b')
+    const c = tab('c')
     await settle()
 
     expect([a.live.mode, b.live.mode, c.live.mode]).toEqual(['leader', 'follower', 'follower'])
@@ -239,14 +235,12 @@ describe('SharedLive: one connection per browser', () => {
   })
 
   it('a tab that joins while events flow starts at the first batch it sees, and nudges and step-up reconnects go to the leader', async () => {
-    FakeConnection.all = []
-    const locks = new FakeLocks()
-    const channels = new FakeChannels()
-    const a = openTab('a', locks, channels)
+    const tab = browser()
+    const a = tab('a')
     await settle()
     const leader = FakeConnection.open()[0]
     leader.deliver([11])
-    const b = openTab('b', locks, channels)
+    const b = tab('b')
     leader.deliver([12])
     await settle()
     expect(b.seen).toEqual([12])
@@ -262,7 +256,6 @@ describe('SharedLive: one connection per browser', () => {
   })
 
   it('without Web Locks or BroadcastChannel, each tab runs its own connection', async () => {
-    FakeConnection.all = []
     const a = openTab('a', null, new FakeChannels())
     const b = openTab('b', new FakeLocks(), null)
     await settle()

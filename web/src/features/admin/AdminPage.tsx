@@ -21,7 +21,7 @@ import {
   Text,
 } from '@chakra-ui/react'
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query'
-import { useEffect, useState, type FormEvent } from 'react'
+import { useState, type FormEvent } from 'react'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
 import { toaster } from '../../components/ui/toaster'
@@ -156,6 +156,46 @@ function Users() {
   )
 }
 
+/** A risky change to an account, asked about first. */
+interface AccountAction {
+  title: string
+  confirmLabel: string
+  danger: boolean
+  text: string
+  run: () => Promise<unknown>
+  /** The toast once it is done. */
+  done: string
+}
+
+const nameOf = (user: AdminUser) => user.display_name || user.username
+
+const disableAction = (user: AdminUser): AccountAction => ({
+  title: `Disable ${nameOf(user)}?`,
+  confirmLabel: 'Disable',
+  danger: true,
+  text: `${user.username} is signed out everywhere and cannot sign in or act until an admin enables the account again. Their API tokens are not affected.`,
+  run: () => disableUser(user.id),
+  done: `${user.username} disabled`,
+})
+
+const enableAction = (user: AdminUser): AccountAction => ({
+  title: `Enable ${nameOf(user)}?`,
+  confirmLabel: 'Enable',
+  danger: false,
+  text: `${user.username} can sign in again with their passkeys, with the roles shown here.`,
+  run: () => enableUser(user.id),
+  done: `${user.username} enabled`,
+})
+
+const removePasskeyAction = (user: AdminUser, key: Passkey): AccountAction => ({
+  title: `Remove a passkey of ${nameOf(user)}?`,
+  confirmLabel: 'Remove passkey',
+  danger: true,
+  text: `That passkey can no longer sign in as ${user.username} (passkey ${key.credential_id.slice(0, 10)}…). Their other passkeys keep working.`,
+  run: () => removePasskey(user.id, key.credential_id),
+  done: `Passkey of ${user.username} removed`,
+})
+
 function UserRow({ user }: { user: AdminUser }) {
   const qc = useQueryClient()
   const me = useAuth().user
@@ -163,21 +203,15 @@ function UserRow({ user }: { user: AdminUser }) {
   // What the person toggled, on top of the live roles: a change made elsewhere
   // shows at once and is never reverted by a Save of an older copy.
   const [edit, setEdit] = useState<RoleEdit | null>(null)
-  const [confirm, setConfirm] = useState<null | { kind: 'disable' | 'enable' } | { kind: 'passkey'; key: Passkey }>(null)
-  const [changedElsewhere, setChangedElsewhere] = useState(false)
-  const liveKey = ROLES.filter((r) => live.includes(r)).join()
-  useEffect(() => {
-    // The live roles changed while this row is being edited: the row shows
-    // them with the edit on top, and that is what a Save sends.
-    setEdit((cur) => {
-      if (!cur || sameRoles(cur.base, live)) return cur
-      setChangedElsewhere(true)
-      return rebaseEdit(cur, live)
-    })
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [liveKey])
+  const [confirm, setConfirm] = useState<AccountAction | null>(null)
   const roles = editedRoles(live, edit)
-  const changed = edit !== null && !sameRoles(roles, live)
+  // The edit as it applies to the live roles now (null: nothing left to change);
+  // that is what a Save sends.
+  const pending = edit && rebaseEdit(edit, live)
+  const changed = pending !== null
+  // The live roles changed while this row was being edited: the row shows them
+  // with the edit on top.
+  const changedElsewhere = pending !== null && edit !== null && !sameRoles(edit.base, live)
   const refresh = () => qc.invalidateQueries({ queryKey: adminKeys.users })
   const save = useMutation({
     mutationFn: (e: RoleEdit) =>
@@ -188,7 +222,6 @@ function UserRow({ user }: { user: AdminUser }) {
     onSuccess: () => {
       toaster.create({ type: 'success', title: `Roles of ${user.username} saved` })
       setEdit(null)
-      setChangedElsewhere(false)
       void refresh()
     },
     onError: (e) => {
@@ -200,7 +233,7 @@ function UserRow({ user }: { user: AdminUser }) {
     },
   })
   const disabled = Boolean(user.disabled_at)
-  const name = user.display_name || user.username
+  const name = nameOf(user)
   const passkeys = user.passkeys
   return (
     <Table.Row data-testid={`user-${user.username}`} opacity={disabled ? 0.75 : undefined}>
@@ -237,7 +270,7 @@ function UserRow({ user }: { user: AdminUser }) {
                   size="2xs"
                   variant="ghost"
                   colorPalette="red"
-                  onClick={() => setConfirm({ kind: 'passkey', key: k })}
+                  onClick={() => setConfirm(removePasskeyAction(user, k))}
                   aria-label={`Remove passkey ${k.credential_id.slice(0, 10)} of ${user.username}`}
                 >
                   Remove
@@ -257,7 +290,7 @@ function UserRow({ user }: { user: AdminUser }) {
             </Checkbox.Root>
           ))}
         </HStack>
-        {changedElsewhere && edit && !save.error && (
+        {changedElsewhere && !save.error && (
           <Text color="fg.warning" fontSize="sm" role="status">
             Someone else changed these roles while you were editing: the boxes show their change with yours on top.
           </Text>
@@ -272,7 +305,7 @@ function UserRow({ user }: { user: AdminUser }) {
         <HStack gap="2" wrap="wrap">
           <Button
             size="xs"
-            onClick={() => edit && save.mutate(edit)}
+            onClick={() => pending && save.mutate(pending)}
             disabled={!changed || save.isPending}
             loading={save.isPending}
             aria-label={`Save roles of ${user.username}`}
@@ -284,55 +317,29 @@ function UserRow({ user }: { user: AdminUser }) {
               size="xs"
               variant="outline"
               colorPalette={disabled ? undefined : 'red'}
-              onClick={() => setConfirm({ kind: disabled ? 'enable' : 'disable' })}
+              onClick={() => setConfirm(disabled ? enableAction(user) : disableAction(user))}
               aria-label={`${disabled ? 'Enable' : 'Disable'} ${user.username}`}
             >
               {disabled ? 'Enable' : 'Disable'}
             </Button>
           )}
         </HStack>
-        <ConfirmDialog
-          open={confirm?.kind === 'disable'}
-          title={`Disable ${name}?`}
-          confirmLabel="Disable"
-          danger
-          onConfirm={async () => {
-            await disableUser(user.id)
-            toaster.create({ type: 'success', title: `${user.username} disabled` })
-            await refresh()
-          }}
-          onClose={() => setConfirm(null)}
-        >
-          {`${user.username} is signed out everywhere and cannot sign in or act until an admin enables the account again. Their API tokens are not affected.`}
-        </ConfirmDialog>
-        <ConfirmDialog
-          open={confirm?.kind === 'enable'}
-          title={`Enable ${name}?`}
-          confirmLabel="Enable"
-          onConfirm={async () => {
-            await enableUser(user.id)
-            toaster.create({ type: 'success', title: `${user.username} enabled` })
-            await refresh()
-          }}
-          onClose={() => setConfirm(null)}
-        >
-          {`${user.username} can sign in again with their passkeys, with the roles shown here.`}
-        </ConfirmDialog>
-        <ConfirmDialog
-          open={confirm?.kind === 'passkey'}
-          title={`Remove a passkey of ${name}?`}
-          confirmLabel="Remove passkey"
-          danger
-          onConfirm={async () => {
-            if (confirm?.kind !== 'passkey') return
-            await removePasskey(user.id, confirm.key.credential_id)
-            toaster.create({ type: 'success', title: `Passkey of ${user.username} removed` })
-            await refresh()
-          }}
-          onClose={() => setConfirm(null)}
-        >
-          {`That passkey can no longer sign in as ${user.username}${confirm?.kind === 'passkey' ? ` (passkey ${confirm.key.credential_id.slice(0, 10)}…)` : ''}. Their other passkeys keep working.`}
-        </ConfirmDialog>
+        {confirm && (
+          <ConfirmDialog
+            open
+            title={confirm.title}
+            confirmLabel={confirm.confirmLabel}
+            danger={confirm.danger}
+            onConfirm={async () => {
+              await confirm.run()
+              toaster.create({ type: 'success', title: confirm.done })
+              await refresh()
+            }}
+            onClose={() => setConfirm(null)}
+          >
+            {confirm.text}
+          </ConfirmDialog>
+        )}
       </Table.Cell>
     </Table.Row>
   )

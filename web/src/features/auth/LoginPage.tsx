@@ -88,25 +88,35 @@ function useSignedIn() {
   }
 }
 
-function LoginForm() {
-  const [username, setUsername] = useState('')
+/**
+ * A form that runs a passkey ceremony and then signs in: `submit(ceremony)`
+ * handles the form event, the busy flag and the error (after `toError`).
+ */
+function useCeremony(toError: (e: unknown) => unknown = (e) => e) {
   const [busy, setBusy] = useState(false)
   const [error, setError] = useState<unknown>(null)
   const signedIn = useSignedIn()
-
-  const submit = async (ev: FormEvent) => {
+  const submit = (ceremony: () => Promise<unknown>) => async (ev: FormEvent) => {
     ev.preventDefault()
+    if (busy) return
     setBusy(true)
     setError(null)
     try {
-      await loginWithPasskey(username.trim() || undefined)
+      await ceremony()
       await signedIn()
     } catch (e) {
-      setError(e)
+      setError(toError(e))
     } finally {
       setBusy(false)
     }
   }
+  return { busy, error, submit }
+}
+
+function LoginForm() {
+  const [username, setUsername] = useState('')
+  const { busy, error, submit: run } = useCeremony()
+  const submit = run(() => loginWithPasskey(username.trim() || undefined))
 
   return (
     <form onSubmit={submit} aria-label="Sign in">
@@ -134,27 +144,14 @@ function RegisterForm({ invite }: { invite: string }) {
   const [username, setUsername] = useState('')
   const [displayName, setDisplayName] = useState('')
   const [code, setCode] = useState(invite)
-  const [busy, setBusy] = useState(false)
-  const [error, setError] = useState<unknown>(null)
-  const signedIn = useSignedIn()
-
-  const submit = async (ev: FormEvent) => {
-    ev.preventDefault()
-    setBusy(true)
-    setError(null)
-    try {
-      await registerWithPasskey({
-        username: username.trim(),
-        ...(displayName.trim() ? { display_name: displayName.trim() } : {}),
-        ...(code.trim() ? { invite: code.trim() } : {}),
-      })
-      await signedIn()
-    } catch (e) {
-      setError(e)
-    } finally {
-      setBusy(false)
-    }
-  }
+  const { busy, error, submit: run } = useCeremony()
+  const submit = run(() =>
+    registerWithPasskey({
+      username: username.trim(),
+      ...(displayName.trim() ? { display_name: displayName.trim() } : {}),
+      ...(code.trim() ? { invite: code.trim() } : {}),
+    }),
+  )
 
   return (
     <form onSubmit={submit} aria-label="Create account">
@@ -203,29 +200,17 @@ function SetupForm({ code: initial }: { code: string }) {
   const [code, setCode] = useState(initial)
   const [username, setUsername] = useState('')
   const [displayName, setDisplayName] = useState('')
-  const [busy, setBusy] = useState(false)
-  const [error, setError] = useState<unknown>(null)
-  const signedIn = useSignedIn()
-
-  const submit = async (ev: FormEvent) => {
-    ev.preventDefault()
-    if (busy) return
-    setBusy(true)
-    setError(null)
-    try {
-      await registerWithPasskey({
-        username: username.trim(),
-        ...(displayName.trim() ? { display_name: displayName.trim() } : {}),
-        invite: code.trim(),
-      })
-      void qc.invalidateQueries({ queryKey: setupKey })
-      await signedIn()
-    } catch (e) {
-      setError(e instanceof ApiError && e.status === 403 ? new BadSetupCode(e.problem.detail) : e)
-    } finally {
-      setBusy(false)
-    }
-  }
+  const { busy, error, submit: run } = useCeremony((e) =>
+    e instanceof ApiError && e.status === 403 ? new BadSetupCode(e.problem.detail) : e,
+  )
+  const submit = run(async () => {
+    await registerWithPasskey({
+      username: username.trim(),
+      ...(displayName.trim() ? { display_name: displayName.trim() } : {}),
+      invite: code.trim(),
+    })
+    void qc.invalidateQueries({ queryKey: setupKey })
+  })
 
   return (
     <form onSubmit={submit} aria-label="Set up herald">

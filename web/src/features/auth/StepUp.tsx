@@ -1,7 +1,7 @@
-import { Button, Dialog, Portal, Stack, Text } from '@chakra-ui/react'
+import { Text } from '@chakra-ui/react'
 import { useEffect, useRef, useState, type ReactNode } from 'react'
 import { LuFingerprint } from 'react-icons/lu'
-import { ErrorAlert } from '../../components/ErrorAlert'
+import { ConfirmDialog } from '../../components/ConfirmDialog'
 import { setReauthHandler } from '../../lib/api'
 import { useLiveReconnect } from '../../live/LiveProvider'
 import { loginWithPasskey } from './api'
@@ -24,9 +24,7 @@ export class StepUpCancelled extends Error {
  * login ceremony for the current username, and lets the client retry once.
  */
 export function StepUpProvider({ username, children }: { username: string; children: ReactNode }) {
-  const [pending, setPending] = useState<Pending | null>(null)
-  const [busy, setBusy] = useState(false)
-  const [error, setError] = useState<unknown>(null)
+  const [open, setOpen] = useState(false)
   const pendingRef = useRef<Pending | null>(null)
   const reconnectLive = useLiveReconnect()
 
@@ -34,78 +32,52 @@ export function StepUpProvider({ username, children }: { username: string; child
     setReauthHandler(
       () =>
         new Promise<void>((resolve, reject) => {
-          const p = { resolve, reject }
-          pendingRef.current = p
-          setError(null)
-          setPending(p)
+          pendingRef.current = { resolve, reject }
+          setOpen(true)
         }),
     )
     return () => setReauthHandler(null)
   }, [])
 
-  const close = (ok: boolean) => {
+  /** Lets the waiting request go on (`ok`) or fail with `StepUpCancelled`. */
+  const settle = (ok: boolean) => {
     const p = pendingRef.current
     pendingRef.current = null
-    setPending(null)
     if (!p) return
     if (ok) p.resolve()
     else p.reject(new StepUpCancelled())
   }
 
-  const confirm = async () => {
-    setBusy(true)
-    setError(null)
-    try {
-      await loginWithPasskey(username)
-      // herald may have issued a new session id (cookie) and ended the old
-      // session's live streams: resume on the new one now, without a drop.
-      reconnectLive()
-      close(true)
-    } catch (e) {
-      setError(e)
-    } finally {
-      setBusy(false)
-    }
-  }
-
   return (
     <>
       {children}
-      <Dialog.Root
-        open={pending !== null}
-        onOpenChange={(d) => {
-          if (!d.open) close(false)
+      <ConfirmDialog
+        open={open}
+        title="Confirm it is you"
+        confirmLabel={
+          <>
+            <LuFingerprint aria-hidden="true" /> Confirm with passkey
+          </>
+        }
+        cancelLabel="Cancel"
+        busyText="Waiting for passkey…"
+        onConfirm={async () => {
+          await loginWithPasskey(username)
+          // herald may have issued a new session id (cookie) and ended the old
+          // session's live streams: resume on the new one now, without a drop.
+          reconnectLive()
+          settle(true)
         }}
-        role="alertdialog"
+        onClose={() => {
+          // After a confirm this is a no-op; otherwise it is a cancel.
+          settle(false)
+          setOpen(false)
+        }}
       >
-        <Portal>
-          <Dialog.Backdrop />
-          <Dialog.Positioner>
-            <Dialog.Content>
-              <Dialog.Header>
-                <Dialog.Title>Confirm it is you</Dialog.Title>
-              </Dialog.Header>
-              <Dialog.Body>
-                <Stack gap="3">
-                  <Text>
-                    This action needs a recent passkey check. Confirm with your passkey as <b>{username}</b> and it
-                    will go ahead.
-                  </Text>
-                  <ErrorAlert error={error} />
-                </Stack>
-              </Dialog.Body>
-              <Dialog.Footer>
-                <Button variant="outline" onClick={() => close(false)} disabled={busy}>
-                  Cancel
-                </Button>
-                <Button onClick={confirm} loading={busy} loadingText="Waiting for passkey…">
-                  <LuFingerprint aria-hidden="true" /> Confirm with passkey
-                </Button>
-              </Dialog.Footer>
-            </Dialog.Content>
-          </Dialog.Positioner>
-        </Portal>
-      </Dialog.Root>
+        <Text>
+          This action needs a recent passkey check. Confirm with your passkey as <b>{username}</b> and it will go ahead.
+        </Text>
+      </ConfirmDialog>
     </>
   )
 }

@@ -50,6 +50,18 @@ describe('fetchDeployments', () => {
     expect(list.deployments).toHaveLength(150)
     expect(list.more).toBe(false)
   })
+
+  it("at herald's maximum it cannot read one more, so a full list may have more and a short one has not", async () => {
+    let urls = stubList(1500)
+    let list = await fetchDeployments({ limit: 5000 })
+    expect(urls).toEqual(['/api/deployments?limit=1000'])
+    expect(list.deployments).toHaveLength(1000)
+    expect(list.more).toBe(true)
+    urls = stubList(999)
+    list = await fetchDeployments({ limit: 1000 })
+    expect(urls).toEqual(['/api/deployments?limit=1000'])
+    expect(list.more).toBe(false)
+  })
 })
 
 describe('sendDeploymentCommand', () => {

@@ -49,8 +49,8 @@ export async function fetchDeployments(q: ListQuery = { limit: DEPLOYMENTS_PAGE 
   return {
     ...list,
     deployments: all.slice(0, limit),
-    // At herald's maximum, a full page may or may not be all of them.
-    more: all.length > limit || (ask === limit && all.length === limit && limit === DEPLOYMENTS_MAX),
+    // At herald's maximum no extra one can be read (ask === limit): a full page may or may not be all of them.
+    more: all.length > limit || (ask === limit && all.length === limit),
     status: q.status ?? null,
   }
 }
