@@ -107,16 +107,7 @@ impl Server {
     }
 
     async fn token(&self, name: &str, role: Role) -> String {
-        herald_server::auth::create_token(
-            &*self.state.store,
-            &*self.state.credentials,
-            &herald_core::Actor::system("test"),
-            name,
-            role,
-        )
-        .await
-        .expect("token")
-        .secret
+        mint(&self.state, "test", name, role).await.secret
     }
 }
 

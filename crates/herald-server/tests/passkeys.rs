@@ -9,7 +9,6 @@ use herald_core::auth::Role;
 use herald_server::{AppState, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use support::*;
 
@@ -636,15 +635,7 @@ async fn every_risky_admin_action_needs_a_recent_passkey_verification() {
         assert!(r.status().is_success(), "{method} {path}: {}", r.status());
     }
     // A token has no step-up (machines): it may do what its role allows.
-    let minted = herald_server::auth::create_token(
-        &*server.state.store,
-        &*server.state.credentials,
-        &herald_core::envelope::Actor::system("test"),
-        "admin-bot",
-        Role::Admin,
-    )
-    .await
-    .expect("token");
+    let minted = mint(&server.state, "test", "admin-bot", Role::Admin).await;
     let r = server
         .client
         .post(server.url("/api/tokens"))
@@ -727,24 +718,7 @@ async fn sessions_survive_a_restart_and_expire_when_idle() {
     // Restart on the same data directory.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp"));
     drop(server);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let mut cfg = config();
-    cfg.public_origin = format!("http://localhost:{port}");
-    let state = AppState::open_sqlite(dir.path(), cfg).expect("reopen");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
-    let server = Server {
-        base: format!("http://127.0.0.1:{port}"),
-        origin: format!("http://localhost:{port}"),
-        state,
-        client: reqwest::Client::new(),
-        dir,
-        shutdown: Some(tx),
-        handle: Some(handle),
-    };
+    let server = serve(dir, config()).await;
     assert_eq!(server.me(&alice).await.status(), StatusCode::OK, "the session survived");
     // Idle for 13 hours: gone.
     server
@@ -844,15 +818,7 @@ async fn every_registration_needs_an_invite_and_the_first_admin_uses_the_setup_c
     let r = server.register_start(&eve, Some("hinv_guessed")).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // An admin token existing changes nothing either.
-    herald_server::auth::create_token(
-        &*server.state.store,
-        &*server.state.credentials,
-        &herald_core::envelope::Actor::system("test"),
-        "root-bot",
-        Role::Admin,
-    )
-    .await
-    .expect("token");
+    mint(&server.state, "test", "root-bot", Role::Admin).await;
     assert_eq!(
         server.register_start(&eve, None).await.status(),
         StatusCode::BAD_REQUEST
