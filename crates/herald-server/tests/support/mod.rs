@@ -184,6 +184,36 @@ impl Server {
         rb
     }
 
+    /// `as_browser` sent, with no body.
+    pub async fn send_as(&self, method: reqwest::Method, path: &str, who: &Person) -> reqwest::Response {
+        self.as_browser(method.clone(), path, who)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `GET /api/users` from `who`'s browser: asserts 200, returns the JSON.
+    pub async fn users(&self, who: &Person) -> Value {
+        let r = self.send_as(reqwest::Method::GET, "/api/users", who).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET /api/users");
+        r.json().await.expect("users JSON")
+    }
+
+    /// register/finish for the ceremony `start` began, with `credential`.
+    pub async fn register_finish(&self, start: &Value, credential: Value) -> reqwest::Response {
+        self.post_json(
+            "/api/auth/register/finish",
+            json!({ "ceremony": start["ceremony"], "credential": credential }),
+            None,
+        )
+        .await
+    }
+
+    /// How many events of type `kind` the log holds.
+    pub async fn count_events(&self, kind: &str) -> usize {
+        self.events().await.iter().filter(|e| e["type"] == kind).count()
+    }
+
     pub async fn post_json(&self, path: &str, body: Value, who: Option<&Person>) -> reqwest::Response {
         let mut rb = self
             .client
@@ -238,13 +268,7 @@ impl Server {
         );
         let start: Value = r.json().await.expect("start JSON");
         let credential = Self::create_credential(who, &self.origin, &start);
-        let r = self
-            .post_json(
-                "/api/auth/register/finish",
-                json!({ "ceremony": start["ceremony"], "credential": credential }),
-                None,
-            )
-            .await;
+        let r = self.register_finish(&start, credential).await;
         if let Some(c) = session_cookie(&r) {
             who.cookie = Some(c);
         }
