@@ -400,10 +400,18 @@ async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_
     assert_eq!(keys.len(), 1);
     assert!(keys[0]["credential_id"].is_string() && keys[0]["created_at"].is_string());
     assert!(keys[0].get("last_used_at").is_some());
-    assert!(
-        users["users"][0]["disabled_at"].is_null(),
-        "alice: {}",
-        users["users"][0]
+    // `[0]["disabled_at"]` would be null for a missing user or field too: find
+    // alice, and her field, before saying it is null.
+    let alice_listed = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "alice")
+        .expect("alice");
+    assert_eq!(
+        alice_listed.get("disabled_at"),
+        Some(&Value::Null),
+        "alice: {alice_listed}"
     );
 
     let r = server
@@ -411,7 +419,8 @@ async fn disabling_a_user_ends_their_streams_refuses_their_cookie_and_login_and_
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.expect("user JSON");
-    assert!(body["user"]["disabled_at"].is_null());
+    assert_eq!(body["user"]["username"], "bob", "{body}");
+    assert_eq!(body["user"].get("disabled_at"), Some(&Value::Null), "{body}");
     assert_eq!(
         server.login_without_cookie(&mut bob).await.status(),
         StatusCode::OK,
