@@ -5,18 +5,17 @@
 //! Each wait is bounded by [`WAIT`], well below the timeouts the old behaviour
 //! would have needed (none), and no test asserts on how fast something happens.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald_core::auth::Role;
-use herald_core::envelope::Actor;
-use herald_server::auth::create_token;
 use herald_server::{AppState, ServerConfig};
+use support::{Running, mint};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The bound on any single wait.
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,20 +25,8 @@ const LONG: Duration = Duration::from_secs(120);
 struct Server {
     addr: SocketAddr,
     token: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
+    running: Running,
     _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
-        }
-    }
 }
 
 /// Long timeouts everywhere; each test shortens the one it tests.
@@ -60,27 +47,15 @@ fn config() -> ServerConfig {
 async fn start(config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = AppState::open_sqlite(dir.path(), config).expect("state");
-    let token = create_token(
-        &*state.store,
-        &*state.credentials,
-        &Actor::system("connection-tests"),
-        "operator",
-        Role::Operator,
-    )
-    .await
-    .expect("token")
-    .secret;
+    let token = mint(&state, "connection-tests", "operator", Role::Operator)
+        .await
+        .secret;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state, listener, async move {
-        let _ = rx.await;
-    }));
     Server {
         addr,
         token,
-        shutdown: Some(tx),
-        handle: Some(handle),
+        running: Running::spawn(state, listener),
         _dir: dir,
     }
 }
@@ -313,8 +288,14 @@ async fn shutdown_completes_within_the_grace_period_with_a_slowloris_and_a_live_
         .expect("read");
     assert_eq!(&head, b"HTTP/1.1 200");
     // Both are in the server's hands; now stop it.
-    server.shutdown.take().expect("sender").send(()).expect("running");
-    let result = tokio::time::timeout(WAIT, server.handle.take().expect("handle"))
+    server
+        .running
+        .shutdown
+        .take()
+        .expect("sender")
+        .send(())
+        .expect("running");
+    let result = tokio::time::timeout(WAIT, server.running.handle.take().expect("handle"))
         .await
         .expect("run returns within the grace period (plus a margin)")
         .expect("run did not panic");

@@ -6,6 +6,8 @@
 //! No test sleeps for correctness: every wait is a bounded poll or a bounded
 //! read, and no test asserts on timing.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,15 +17,13 @@ use std::time::Duration;
 use herald_core::auth::Role;
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
-use herald_server::auth::create_token;
 use herald_server::{AppState, ServerConfig};
 use herald_store::credentials::SqliteCredentials;
 use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use serde_json::{Value, json};
+use support::Running;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The bound on any single wait (a read, a poll).
 const WAIT: Duration = Duration::from_secs(30);
@@ -39,21 +39,8 @@ struct TestServer {
     client: reqwest::Client,
     /// An operator token.
     token: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
+    running: Running,
     _dir: TempDir,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        // Dropping the sender resolves the shutdown future too.
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
-        }
-    }
 }
 
 fn config() -> ServerConfig {
@@ -85,10 +72,7 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
     let (_, token) = mint(&state, "operator-1", Role::Operator).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    let running = Running::spawn(state.clone(), listener);
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
     let server = TestServer {
         addr,
@@ -96,8 +80,7 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
         state,
         client,
         token,
-        shutdown: Some(tx),
-        handle: Some(handle),
+        running,
         _dir: dir,
     };
     poll_until("the server answers /healthz", || async {
@@ -109,15 +92,7 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
 
 /// Mints a token in process; returns (id, secret).
 async fn mint(state: &AppState, name: &str, role: Role) -> (String, String) {
-    let minted = create_token(
-        &*state.store,
-        &*state.credentials,
-        &Actor::system("live-tests"),
-        name,
-        role,
-    )
-    .await
-    .expect("create token");
+    let minted = support::mint(state, "live-tests", name, role).await;
     (minted.record.id, minted.secret)
 }
 
@@ -138,6 +113,30 @@ where
 }
 
 impl TestServer {
+    /// `count` large `LoadGenerated` events in one append to the new stream
+    /// `stream` (also its command and correlation id), straight to the store.
+    async fn append_load(&self, stream: &str, count: usize, blob: &str) {
+        self.state
+            .store
+            .append(AppendRequest {
+                stream: stream.to_owned(),
+                expected: ExpectedVersion::NoStream,
+                events: (0..count)
+                    .map(|i| NewEvent {
+                        event_type: "LoadGenerated".into(),
+                        schema: 1,
+                        data: json!({ "i": i, "blob": blob }),
+                    })
+                    .collect(),
+                actor: Actor::system("load"),
+                command_id: stream.to_owned(),
+                correlation_id: stream.to_owned(),
+                idempotency_fingerprint: None,
+            })
+            .await
+            .expect("append");
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -1150,26 +1149,7 @@ async fn a_slow_subscriber_is_disconnected_never_skipped_and_resumes() {
     const PER_APPEND: usize = 100;
     let blob = "x".repeat(1000);
     for a in 0..EVENTS / PER_APPEND {
-        server
-            .state
-            .store
-            .append(AppendRequest {
-                stream: format!("load-{a}"),
-                expected: ExpectedVersion::NoStream,
-                events: (0..PER_APPEND)
-                    .map(|i| NewEvent {
-                        event_type: "LoadGenerated".into(),
-                        schema: 1,
-                        data: json!({ "i": i, "blob": blob }),
-                    })
-                    .collect(),
-                actor: Actor::system("load"),
-                command_id: format!("load-{a}"),
-                correlation_id: format!("load-{a}"),
-                idempotency_fingerprint: None,
-            })
-            .await
-            .expect("append");
+        server.append_load(&format!("load-{a}"), PER_APPEND, &blob).await;
     }
     let head = server.head().await;
     assert_eq!(head, first + EVENTS as u64);
@@ -1253,6 +1233,7 @@ async fn shutdown_ends_every_stream_cleanly_and_run_returns() {
         sse.next_frame().await; // connected and streaming
     }
     server
+        .running
         .shutdown
         .take()
         .expect("sender")
@@ -1275,7 +1256,7 @@ async fn shutdown_ends_every_stream_cleanly_and_run_returns() {
             }
         }
     }
-    let handle = server.handle.take().expect("handle");
+    let handle = server.running.handle.take().expect("handle");
     let result = tokio::time::timeout(WAIT, handle)
         .await
         .expect("run returns after shutdown")
@@ -1844,26 +1825,7 @@ async fn a_live_reader_that_stops_reading_is_dropped_and_reset_on_either_path() 
         // Many large events (few batches: nobody falls behind the live channel)
         // while the client reads nothing.
         for a in 0..40 {
-            server
-                .state
-                .store
-                .append(AppendRequest {
-                    stream: format!("stall-{reuse}-{a}"),
-                    expected: ExpectedVersion::NoStream,
-                    events: (0..100)
-                        .map(|i| NewEvent {
-                            event_type: "LoadGenerated".into(),
-                            schema: 1,
-                            data: json!({ "i": i, "blob": blob }),
-                        })
-                        .collect(),
-                    actor: Actor::system("load"),
-                    command_id: format!("stall-{reuse}-{a}"),
-                    correlation_id: format!("stall-{reuse}-{a}"),
-                    idempotency_fingerprint: None,
-                })
-                .await
-                .expect("append");
+            server.append_load(&format!("stall-{reuse}-{a}"), 100, &blob).await;
         }
         // The stalled stream is dropped: its slot is free again.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -9,7 +9,6 @@ use herald_core::auth::Role;
 use herald_server::{AppState, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use support::*;
 
@@ -95,11 +94,7 @@ async fn the_first_admin_invites_an_operator_who_deploys_live_until_logging_out(
     assert_ne!(bob.cookie, registration_cookie, "a new session id at every login");
 
     // His live stream, with the cookie.
-    let mut stream = server
-        .as_browser(reqwest::Method::GET, "/api/events/live", &bob)
-        .send()
-        .await
-        .expect("open the stream");
+    let mut stream = server.send_as(reqwest::Method::GET, "/api/events/live", &bob).await;
     assert_eq!(stream.status(), StatusCode::OK);
     let mut seen = String::new();
 
@@ -117,11 +112,7 @@ async fn the_first_admin_invites_an_operator_who_deploys_live_until_logging_out(
     assert_eq!(envelope["actor"]["name"], "bob");
 
     // Logging out ends the session and, at once, its stream.
-    let r = server
-        .as_browser(reqwest::Method::POST, "/api/auth/logout", &bob)
-        .send()
-        .await
-        .expect("logout");
+    let r = server.send_as(reqwest::Method::POST, "/api/auth/logout", &bob).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(
         r.headers()["set-cookie"]
@@ -220,23 +211,12 @@ async fn a_ceremony_works_once_and_not_after_five_minutes() {
             [start["ceremony"].as_str().expect("id")],
         )
         .expect("age the ceremony");
-    let r = server
-        .post_json(
-            "/api/auth/register/finish",
-            json!({ "ceremony": start["ceremony"], "credential": credential }),
-            None,
-        )
-        .await;
+    let r = server.register_finish(&start, credential).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Failed logins are in the log: both named no account, so one event for
     // the window (the other is counted; see tests/access.rs).
-    let failures = server
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e["type"] == "LoginFailed")
-        .count();
+    let failures = server.count_events("LoginFailed").await;
     assert_eq!(failures, 1);
 }
 
@@ -251,13 +231,7 @@ async fn a_passkey_used_at_another_origin_or_unknown_here_is_refused() {
     let start: Value = r.json().await.expect("start");
     let elsewhere = "http://localhost:1";
     let credential = Server::create_credential(&mut alice, elsewhere, &start);
-    let r = server
-        .post_json(
-            "/api/auth/register/finish",
-            json!({ "ceremony": start["ceremony"], "credential": credential }),
-            None,
-        )
-        .await;
+    let r = server.register_finish(&start, credential).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "wrong origin at registration");
 
     let mut alice = Person::new("alice");
@@ -403,10 +377,8 @@ async fn roles_are_enforced_and_changed_by_admins_only() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "viewer sending a command");
     assert_eq!(
         server
-            .as_browser(reqwest::Method::GET, "/api/events", &viewer)
-            .send()
+            .send_as(reqwest::Method::GET, "/api/events", &viewer)
             .await
-            .expect("GET")
             .status(),
         StatusCode::OK
     );
@@ -425,14 +397,7 @@ async fn roles_are_enforced_and_changed_by_admins_only() {
     }
 
     // The admin makes them operator; it takes effect on the next request.
-    let users: Value = server
-        .as_browser(reqwest::Method::GET, "/api/users", &admin)
-        .send()
-        .await
-        .expect("users")
-        .json()
-        .await
-        .expect("users JSON");
+    let users: Value = server.users(&admin).await;
     let id = users["users"]
         .as_array()
         .expect("users")
@@ -618,10 +583,8 @@ async fn every_risky_admin_action_needs_a_recent_passkey_verification() {
         .expect("invite");
     assert_eq!(r.status(), StatusCode::CREATED);
     let r = server
-        .as_browser(reqwest::Method::DELETE, &format!("/api/sessions/{bob_session}"), &bob)
-        .send()
-        .await
-        .expect("own session");
+        .send_as(reqwest::Method::DELETE, &format!("/api/sessions/{bob_session}"), &bob)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // After a step-up every one of them works (bob ended his own session
@@ -636,15 +599,7 @@ async fn every_risky_admin_action_needs_a_recent_passkey_verification() {
         assert!(r.status().is_success(), "{method} {path}: {}", r.status());
     }
     // A token has no step-up (machines): it may do what its role allows.
-    let minted = herald_server::auth::create_token(
-        &*server.state.store,
-        &*server.state.credentials,
-        &herald_core::envelope::Actor::system("test"),
-        "admin-bot",
-        Role::Admin,
-    )
-    .await
-    .expect("token");
+    let minted = mint(&server.state, "test", "admin-bot", Role::Admin).await;
     let r = server
         .client
         .post(server.url("/api/tokens"))
@@ -667,18 +622,12 @@ async fn an_admin_revoking_a_session_ends_it_and_its_stream() {
         server.register(&mut bob, Some(&code)).await.status(),
         StatusCode::CREATED
     );
-    let mut stream = server
-        .as_browser(reqwest::Method::GET, "/api/events/live", &bob)
-        .send()
-        .await
-        .expect("stream");
+    let mut stream = server.send_as(reqwest::Method::GET, "/api/events/live", &bob).await;
     assert_eq!(stream.status(), StatusCode::OK);
 
     let sessions: Value = server
-        .as_browser(reqwest::Method::GET, "/api/sessions", &admin)
-        .send()
+        .send_as(reqwest::Method::GET, "/api/sessions", &admin)
         .await
-        .expect("sessions")
         .json()
         .await
         .expect("sessions JSON");
@@ -687,10 +636,8 @@ async fn an_admin_revoking_a_session_ends_it_and_its_stream() {
     let bobs = list.iter().find(|s| s["username"] == "bob").expect("bob's session");
     // Bob sees only his own.
     let own: Value = server
-        .as_browser(reqwest::Method::GET, "/api/sessions", &bob)
-        .send()
+        .send_as(reqwest::Method::GET, "/api/sessions", &bob)
         .await
-        .expect("sessions")
         .json()
         .await
         .expect("JSON");
@@ -698,14 +645,12 @@ async fn an_admin_revoking_a_session_ends_it_and_its_stream() {
     assert_eq!(own["sessions"][0]["current"], true);
 
     let r = server
-        .as_browser(
+        .send_as(
             reqwest::Method::DELETE,
             &format!("/api/sessions/{}", bobs["id"].as_str().expect("id")),
             &admin,
         )
-        .send()
-        .await
-        .expect("DELETE session");
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let mut seen = String::new();
     read_to_end(&mut stream, &mut seen).await;
@@ -727,24 +672,7 @@ async fn sessions_survive_a_restart_and_expire_when_idle() {
     // Restart on the same data directory.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp"));
     drop(server);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let mut cfg = config();
-    cfg.public_origin = format!("http://localhost:{port}");
-    let state = AppState::open_sqlite(dir.path(), cfg).expect("reopen");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
-    let server = Server {
-        base: format!("http://127.0.0.1:{port}"),
-        origin: format!("http://localhost:{port}"),
-        state,
-        client: reqwest::Client::new(),
-        dir,
-        shutdown: Some(tx),
-        handle: Some(handle),
-    };
+    let server = serve(dir, config()).await;
     assert_eq!(server.me(&alice).await.status(), StatusCode::OK, "the session survived");
     // Idle for 13 hours: gone.
     server
@@ -844,15 +772,7 @@ async fn every_registration_needs_an_invite_and_the_first_admin_uses_the_setup_c
     let r = server.register_start(&eve, Some("hinv_guessed")).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // An admin token existing changes nothing either.
-    herald_server::auth::create_token(
-        &*server.state.store,
-        &*server.state.credentials,
-        &herald_core::envelope::Actor::system("test"),
-        "root-bot",
-        Role::Admin,
-    )
-    .await
-    .expect("token");
+    mint(&server.state, "test", "root-bot", Role::Admin).await;
     assert_eq!(
         server.register_start(&eve, None).await.status(),
         StatusCode::BAD_REQUEST

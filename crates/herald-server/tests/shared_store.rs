@@ -3,6 +3,8 @@
 //! connection): the deployments resource stream of each sees every change to
 //! the read model, whichever process's projector applied it (issue 9, item 13).
 
+mod support;
+
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,15 +20,14 @@ use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, Filter, Head, LiveReceiver, Page, StoreError,
     StreamSlice,
 };
-use herald_server::auth::create_token;
 use herald_server::projector::Publisher;
 use herald_server::{AppState, ServerConfig};
 use herald_store::readmodel::{Projector, SqliteDeployments};
 use herald_store::sqlite::SqliteStore;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::Running;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 use tower::ServiceExt;
 
 /// The bound on one wait: generous, it only bounds "it happens at all".
@@ -59,41 +60,22 @@ fn open_state(dir: &Path, store: Option<Arc<dyn EventStore>>) -> AppState {
 /// A process serving `state` through `herald_server::run` (projector included).
 struct Node {
     base: String,
-    shutdown: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+    _running: Running,
 }
 
 async fn serve(state: AppState) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(herald_server::run(state, listener, async move {
-        let _ = rx.await;
-    }));
     Node {
         base: format!("http://{addr}"),
-        shutdown: Some(tx),
+        _running: Running::spawn(state, listener),
     }
 }
 
 async fn mint(state: &AppState) -> String {
-    create_token(
-        &*state.store,
-        &*state.credentials,
-        &Actor::system("shared-store-tests"),
-        "operator",
-        Role::Operator,
-    )
-    .await
-    .expect("create token")
-    .secret
+    support::mint(state, "shared-store-tests", "operator", Role::Operator)
+        .await
+        .secret
 }
 
 fn client() -> reqwest::Client {

@@ -3,13 +3,14 @@
 //! `?expect=` and the verification rate limits. The router is driven in
 //! process, each test on its own embedded store.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use herald_core::Actor;
 use herald_core::auth::Role;
 use herald_server::{AppState, ServerConfig};
 use herald_store::accounts::SqliteAccounts;
@@ -18,6 +19,7 @@ use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::{SqliteConfig, SqliteStore, WriterFatal};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::mint;
 use tower::ServiceExt;
 
 struct App {
@@ -47,17 +49,8 @@ async fn setup_with(config: SqliteConfig) -> App {
         ServerConfig::default(),
     )
     .expect("state");
-    let mint = |name: &'static str, role| {
-        let state = state.clone();
-        async move {
-            herald_server::auth::create_token(&*state.store, &*state.credentials, &Actor::system("test"), name, role)
-                .await
-                .expect("mint")
-                .secret
-        }
-    };
-    let operator = mint("ci", Role::Operator).await;
-    let viewer = mint("dashboard", Role::Viewer).await;
+    let operator = mint(&state, "test", "ci", Role::Operator).await.secret;
+    let viewer = mint(&state, "test", "dashboard", Role::Viewer).await.secret;
     App {
         router: herald_server::app(state.clone()),
         store,
@@ -216,16 +209,7 @@ async fn audit_head_is_an_anchor_that_verify_checks() {
         bad.body
     );
 
-    let third = herald_server::auth::create_token(
-        &*app.state.store,
-        &*app.state.credentials,
-        &Actor::system("test"),
-        "third",
-        Role::Viewer,
-    )
-    .await
-    .expect("mint")
-    .secret;
+    let third = mint(&app.state, "test", "third", Role::Viewer).await.secret;
     let malformed = app.get("/api/audit/verify?expect=2", Some(&third)).await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
     assert_eq!(malformed.content_type, "application/problem+json");

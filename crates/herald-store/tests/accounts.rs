@@ -20,6 +20,13 @@ fn user(id: &str, name: &str) -> User {
     }
 }
 
+/// The sessions' ids, sorted.
+fn sorted_ids(sessions: Vec<SessionRecord>) -> Vec<String> {
+    let mut ids: Vec<String> = sessions.into_iter().map(|s| s.id).collect();
+    ids.sort();
+    ids
+}
+
 fn passkey(cred: &str, user_id: &str) -> StoredPasskey {
     StoredPasskey {
         credential_id: cred.into(),
@@ -197,14 +204,7 @@ async fn sessions_expire_and_are_found_by_their_secret_hash_only() {
     let s1 = store.find_session("hash1", 200).await.expect("find").expect("s1");
     assert_eq!((s1.last_seen_at, s1.verified_at), (200, 200));
     // Idle since before 20, or expired: s2 and s3 go, s1 stays.
-    let mut gone: Vec<String> = store
-        .purge_sessions(100, 20)
-        .await
-        .expect("purge")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    gone.sort();
+    let gone = sorted_ids(store.purge_sessions(100, 20).await.expect("purge"));
     assert_eq!(gone, vec!["s2", "s3"]);
     assert_eq!(
         store
@@ -315,14 +315,7 @@ async fn a_passkey_is_removed_only_from_its_own_user_and_sessions_of_a_user_go_t
             .await
             .expect("session");
     }
-    let mut gone: Vec<String> = store
-        .delete_sessions_of("u2")
-        .await
-        .expect("delete")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    gone.sort();
+    let gone = sorted_ids(store.delete_sessions_of("u2").await.expect("delete"));
     assert_eq!(gone, vec!["s2", "s3"]);
     assert_eq!(
         store.list_sessions(None, 0).await.expect("list").len(),

@@ -46,6 +46,26 @@ async fn live_positions(rx: &mut herald_core::store::LiveReceiver, want: usize) 
     seen
 }
 
+/// A store whose writer gives up after `panic_limit` panics, and the reasons
+/// its fatal hook was called with.
+fn open_giving_up_after(panic_limit: u32) -> (tempfile::TempDir, Arc<SqliteStore>, Arc<Mutex<Vec<String>>>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let called: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = called.clone();
+    let store = SqliteStore::open_with(
+        dir.path(),
+        SqliteConfig {
+            writer_panic_limit: panic_limit,
+            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| {
+                record.lock().expect("the hook's lock").push(why.to_owned())
+            })),
+            ..SqliteConfig::default()
+        },
+    )
+    .expect("open");
+    (dir, store, called)
+}
+
 #[tokio::test]
 async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -106,18 +126,7 @@ async fn rows_committed_before_a_panic_are_published_once() {
 
 #[tokio::test]
 async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let called: Arc<Mutex<Vec<String>>> = Arc::default();
-    let record = called.clone();
-    let store = SqliteStore::open_with(
-        dir.path(),
-        SqliteConfig {
-            writer_panic_limit: 3,
-            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| record.lock().unwrap().push(why.to_owned()))),
-            ..SqliteConfig::default()
-        },
-    )
-    .expect("open");
+    let (_dir, store, called) = open_giving_up_after(3);
     store.inject_writer_panics(u32::MAX);
     for i in 0..3 {
         let r = store.append(request("thing-a")).await;
@@ -178,18 +187,7 @@ async fn scanner_verify_passes_an_intact_log_and_checks_the_anchor() {
 
 #[tokio::test]
 async fn panics_with_commits_between_them_still_give_up_when_they_come_within_a_minute() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let called: Arc<Mutex<Vec<String>>> = Arc::default();
-    let record = called.clone();
-    let store = SqliteStore::open_with(
-        dir.path(),
-        SqliteConfig {
-            writer_panic_limit: 3,
-            on_writer_fatal: WriterFatal(Arc::new(move |why: &str| record.lock().unwrap().push(why.to_owned()))),
-            ..SqliteConfig::default()
-        },
-    )
-    .expect("open");
+    let (_dir, store, called) = open_giving_up_after(3);
     for round in 0..3 {
         store.inject_writer_panic();
         assert!(store.append(request("thing-a")).await.is_err(), "round {round}");

@@ -1,5 +1,7 @@
-//! The harness tests/passkeys.rs and tests/access.rs share: herald on a real
-//! socket, and people with `webauthn-authenticator-rs`'s software passkey as
+//! The harness the herald-server test binaries share: `herald_server::run` in
+//! a task ([`Running`]), tokens minted in process ([`mint`]), and (for
+//! tests/passkeys.rs and tests/access.rs) herald on a real socket with people
+//! with `webauthn-authenticator-rs`'s software passkey as
 //! their authenticator and a cookie jar kept by hand, so every test says
 //! exactly which cookie and which CSRF headers a request carries.
 //!
@@ -10,6 +12,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use herald_core::auth::Role;
+use herald_core::envelope::Actor;
+use herald_server::auth::MintedToken;
 use herald_server::{AppState, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -22,25 +27,52 @@ use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, 
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// `herald_server::run` serving a state on a listener, in a task: shut down
+/// (and the task aborted) when dropped, or by hand through its fields.
+pub struct Running {
+    pub shutdown: Option<oneshot::Sender<()>>,
+    pub handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    pub fn spawn(state: AppState, listener: tokio::net::TcpListener) -> Self {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(herald_server::run(state, listener, async move {
+            let _ = rx.await;
+        }));
+        Running {
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping the sender resolves the shutdown future too.
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// A token minted in process, by the system actor `by`.
+pub async fn mint(state: &AppState, by: &str, name: &str, role: Role) -> MintedToken {
+    herald_server::auth::create_token(&*state.store, &*state.credentials, &Actor::system(by), name, role)
+        .await
+        .expect("create token")
+}
+
 pub struct Server {
     pub base: String,
     pub origin: String,
     pub state: AppState,
     pub client: reqwest::Client,
     pub dir: TempDir,
-    pub shutdown: Option<oneshot::Sender<()>>,
-    pub handle: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
-    }
+    pub running: Running,
 }
 
 pub fn config() -> ServerConfig {
@@ -52,26 +84,26 @@ pub fn config() -> ServerConfig {
     }
 }
 
-pub async fn start(mut config: ServerConfig) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
+pub async fn start(config: ServerConfig) -> Server {
+    serve(tempfile::tempdir().expect("temp dir"), config).await
+}
+
+/// herald on the data directory `dir` (a restart, when it has been used).
+pub async fn serve(dir: TempDir, mut config: ServerConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     // Browsers reach it as localhost (the rp id); the socket is on 127.0.0.1.
     let origin = format!("http://localhost:{}", addr.port());
     config.public_origin = origin.clone();
     let state = AppState::open_sqlite(dir.path(), config).expect("open state");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(herald_server::run(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    let running = Running::spawn(state.clone(), listener);
     Server {
         base: format!("http://127.0.0.1:{}", addr.port()),
         origin,
         state,
         client: reqwest::Client::new(),
         dir,
-        shutdown: Some(tx),
-        handle: Some(handle),
+        running,
     }
 }
 
@@ -152,6 +184,36 @@ impl Server {
         rb
     }
 
+    /// `as_browser` sent, with no body.
+    pub async fn send_as(&self, method: reqwest::Method, path: &str, who: &Person) -> reqwest::Response {
+        self.as_browser(method.clone(), path, who)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `GET /api/users` from `who`'s browser: asserts 200, returns the JSON.
+    pub async fn users(&self, who: &Person) -> Value {
+        let r = self.send_as(reqwest::Method::GET, "/api/users", who).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET /api/users");
+        r.json().await.expect("users JSON")
+    }
+
+    /// register/finish for the ceremony `start` began, with `credential`.
+    pub async fn register_finish(&self, start: &Value, credential: Value) -> reqwest::Response {
+        self.post_json(
+            "/api/auth/register/finish",
+            json!({ "ceremony": start["ceremony"], "credential": credential }),
+            None,
+        )
+        .await
+    }
+
+    /// How many events of type `kind` the log holds.
+    pub async fn count_events(&self, kind: &str) -> usize {
+        self.events().await.iter().filter(|e| e["type"] == kind).count()
+    }
+
     pub async fn post_json(&self, path: &str, body: Value, who: Option<&Person>) -> reqwest::Response {
         let mut rb = self
             .client
@@ -206,13 +268,7 @@ impl Server {
         );
         let start: Value = r.json().await.expect("start JSON");
         let credential = Self::create_credential(who, &self.origin, &start);
-        let r = self
-            .post_json(
-                "/api/auth/register/finish",
-                json!({ "ceremony": start["ceremony"], "credential": credential }),
-                None,
-            )
-            .await;
+        let r = self.register_finish(&start, credential).await;
         if let Some(c) = session_cookie(&r) {
             who.cookie = Some(c);
         }
