@@ -23,6 +23,8 @@ pub struct InvalidCommand(pub String);
 pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// The stream category, e.g. `deployment`.
     const CATEGORY: &'static str;
+    /// The command types `parse_command` accepts.
+    const COMMAND_TYPES: &'static [&'static str];
     type Command: Send + Sync;
     /// Adjacently tagged (`{"type": …, "data": {…}}`): the variant name is the event type.
     type Event: Serialize + DeserializeOwned + Send;

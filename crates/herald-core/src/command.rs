@@ -7,7 +7,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::aggregate::{Aggregate, InvalidCommand, Rejection, from_stored, to_new_event};
-use crate::deployment::Deployment;
 use crate::envelope::{Actor, canonical};
 use crate::names::{AggregateId, StreamName};
 use crate::store::{AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, StoreError};
@@ -31,8 +30,12 @@ pub struct CommandRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("unknown command type {0:?}")]
-    UnknownType(String),
+    /// No registered aggregate has this command type; `known` lists those that exist.
+    #[error("unknown command type {command_type:?}")]
+    UnknownType {
+        command_type: String,
+        known: Vec<&'static str>,
+    },
     #[error(transparent)]
     Invalid(#[from] InvalidCommand),
     #[error(transparent)]
@@ -58,9 +61,60 @@ impl From<StoreError> for CommandError {
     }
 }
 
-/// Every command type herald knows, for error messages and documentation.
-pub fn command_types() -> Vec<&'static str> {
-    crate::deployment::COMMAND_TYPES.to_vec()
+/// The command types of the registered aggregates, and how to run each: the
+/// one place that knows which aggregate a command belongs to. Domains register
+/// their aggregates; every transport calls [`Commands::handle`].
+#[derive(Default)]
+pub struct Commands {
+    by_type: std::collections::HashMap<&'static str, Handler>,
+    types: Vec<&'static str>,
+}
+
+type HandlerFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppendOutcome, CommandError>> + Send + 'a>>;
+
+type Handler = for<'a> fn(&'a dyn EventStore, &'a StreamLocks, &'a Actor, CommandRequest) -> HandlerFuture<'a>;
+
+impl Commands {
+    /// Accepts `A`'s commands. Panics when a command type is taken already:
+    /// two aggregates cannot share one (a programming error, found at start).
+    pub fn register<A: Aggregate>(&mut self) -> &mut Self {
+        for &command_type in A::COMMAND_TYPES {
+            assert!(
+                !self.by_type.contains_key(command_type),
+                "command type {command_type} is registered twice"
+            );
+            self.by_type.insert(command_type, |store, locks, actor, request| {
+                Box::pin(handle_for::<A>(store, locks, actor, request))
+            });
+            self.types.push(command_type);
+        }
+        self
+    }
+
+    /// Every command type, in registration order.
+    pub fn types(&self) -> &[&'static str] {
+        &self.types
+    }
+
+    /// Executes a command for `actor`. Returns what was committed, or, for a
+    /// retry of an earlier `command_id`, [`AppendOutcome::Duplicate`] with what
+    /// was committed the first time.
+    pub async fn handle(
+        &self,
+        store: &dyn EventStore,
+        locks: &StreamLocks,
+        actor: &Actor,
+        request: CommandRequest,
+    ) -> Result<AppendOutcome, CommandError> {
+        match self.by_type.get(request.command_type.as_str()) {
+            Some(handler) => handler(store, locks, actor, request).await,
+            None => Err(CommandError::UnknownType {
+                command_type: request.command_type,
+                known: self.types.clone(),
+            }),
+        }
+    }
 }
 
 /// How many times a command without `expected_version` is decided again after
@@ -164,24 +218,27 @@ impl StateCache {
     }
 }
 
-/// Executes a command for `actor`. Returns what was committed, or, for a retry
-/// of an earlier `command_id`, [`AppendOutcome::Duplicate`] with what was
-/// committed the first time.
-pub async fn handle(
+/// [`Commands::handle`] of a command of `A`'s.
+async fn handle_for<A: Aggregate>(
     store: &dyn EventStore,
     locks: &StreamLocks,
     actor: &Actor,
     request: CommandRequest,
 ) -> Result<AppendOutcome, CommandError> {
     let data = request.data.clone();
-    if let Some(command) = Deployment::parse_command(&request.command_type, data) {
-        let command = command?;
-        if !request.presence_verified && Deployment::needs_step_up(&command) {
-            return Err(CommandError::StepUpRequired(request.command_type));
+    match A::parse_command(&request.command_type, data) {
+        Some(command) => {
+            let command = command?;
+            if !request.presence_verified && A::needs_step_up(&command) {
+                return Err(CommandError::StepUpRequired(request.command_type));
+            }
+            execute::<A>(store, locks, actor, &request, command).await
         }
-        return execute::<Deployment>(store, locks, actor, &request, command).await;
+        None => Err(CommandError::UnknownType {
+            command_type: request.command_type,
+            known: A::COMMAND_TYPES.to_vec(),
+        }),
     }
-    Err(CommandError::UnknownType(request.command_type))
 }
 
 static EMPTY_OBJECT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));

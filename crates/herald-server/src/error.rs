@@ -79,9 +79,9 @@ impl From<StoreError> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::UnknownType(t) => ApiError::BadRequest(format!(
-                "type: unknown command type {t:?}; known types: {}",
-                herald_core::command::command_types().join(", ")
+            CommandError::UnknownType { command_type, known } => ApiError::BadRequest(format!(
+                "type: unknown command type {command_type:?}; known types: {}",
+                known.join(", ")
             )),
             CommandError::Invalid(invalid) => ApiError::BadRequest(invalid.0),
             CommandError::Rejected(rejection) => ApiError::Unprocessable {

@@ -6,12 +6,15 @@
 
 pub mod auth;
 pub mod console;
+pub mod consumers;
+pub mod domain;
+pub mod domains;
 pub mod error;
 pub mod hosts;
 pub mod live;
 pub mod metrics;
 pub mod passkeys;
-pub mod projector;
+pub mod resources;
 pub mod routes;
 pub mod serve;
 pub mod sessions;
@@ -34,15 +37,13 @@ use crate::error::ApiError;
 
 pub fn app(state: AppState) -> Router {
     metrics::install();
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/api/commands", post(routes::commands::post_command))
         .route("/api/events", get(routes::read::list_events))
         .route("/api/streams/{stream}", get(routes::read::read_stream))
-        .route("/api/deployments", get(routes::deployments::list))
-        .route("/api/deployments/{id}", get(routes::deployments::get))
         .route("/api/audit/verify", get(routes::ops::audit_verify))
         .route("/api/audit/head", get(routes::ops::audit_head))
         .route("/api/tokens", post(routes::tokens::create).get(routes::tokens::list))
@@ -67,7 +68,13 @@ pub fn app(state: AppState) -> Router {
             post(routes::admin::create_invite_route).get(routes::admin::list_invites),
         )
         .route("/api/sessions", get(routes::admin::list_sessions))
-        .route("/api/sessions/{id}", delete(routes::admin::revoke_session))
+        .route("/api/sessions/{id}", delete(routes::admin::revoke_session));
+    let router = state
+        .registry
+        .route_adders()
+        .iter()
+        .fold(router, |router, add| add(router));
+    router
         .fallback(console::serve_method)
         // Every request but the live streams (added below) has a deadline.
         .layer(axum::middleware::from_fn_with_state(
@@ -84,7 +91,6 @@ pub fn app(state: AppState) -> Router {
         // chunk of every subscriber (and enter its span) for nothing; they log
         // what matters themselves.
         .route("/api/events/live", get(live::live_events))
-        .route("/api/deployments/live", get(routes::deployments::live))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
@@ -130,7 +136,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let projector = tokio::spawn(projector::run(state.clone()));
+    let projector = tokio::spawn(consumers::run(state.clone()));
     tokio::spawn(sessions::purge_loop(state.clone()));
     if let Ok(addr) = listener.local_addr() {
         state.hosts.add_listen_addr(addr);

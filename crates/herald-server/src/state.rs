@@ -6,13 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use herald_core::accounts::AccountStore;
 use herald_core::auth::CredentialStore;
 use herald_core::store::{EventStore, StoreError};
 use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
-use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::SqliteStore;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -103,35 +101,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// Deployments changed in the read model between two of its checkpoints
-/// (whichever process applied them), pre-encoded as SSE frames.
-#[derive(Debug)]
-pub struct DeploymentChanges {
-    /// The log position the frames' states reflect: every change at or before it
-    /// has been published (in this batch or an earlier one). Each frame's `id`.
-    pub position: u64,
-    /// `id: …\nevent: deployment\ndata: {view}\n\n` per deployment, back to back.
-    pub frames: Bytes,
-    /// Per frame, in order: the position of the last event that changed its
-    /// deployment (ascending, unique), and where the frame starts in `frames`.
-    pub starts: Vec<(u64, usize)>,
-}
-
-impl DeploymentChanges {
-    /// The frames of the deployments changed after `position` (a subscriber's
-    /// snapshot position): a suffix of `frames`, shared, not copied; `None`
-    /// when there are none. A deployment whose last change is at or before
-    /// `position` is already in the subscriber's state as it is now.
-    pub fn after(&self, position: u64) -> Option<Bytes> {
-        if self.position <= position {
-            return None;
-        }
-        let first = self.starts.partition_point(|(changed, _)| *changed <= position);
-        let (_, start) = self.starts.get(first)?;
-        Some(self.frames.slice(*start..))
-    }
-}
-
 /// Every handler receives it (and axum clones it per request, once per
 /// middleware too): one reference count, whatever it holds.
 #[derive(Clone)]
@@ -155,7 +124,10 @@ pub struct AppStateInner {
     /// Registrations take turns (the first-user rule and invites are checked,
     /// recorded, then stored).
     pub registration: Arc<tokio::sync::Mutex<()>>,
-    pub deployments: Arc<SqliteDeployments>,
+    /// What the domains registered (commands, projections, routes, streams).
+    pub registry: Arc<crate::domain::Registry>,
+    /// The domains' read models.
+    pub models: crate::domain::Models,
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
     pub limits: Arc<RateLimits>,
@@ -217,26 +189,30 @@ impl AppState {
             SqliteStore::open(dir)?,
             SqliteCredentials::open(dir)?,
             SqliteAccounts::open(dir)?,
-            SqliteDeployments::open(dir)?,
+            dir,
             config,
         )
     }
 
-    /// State around stores opened by the caller.
+    /// State around stores opened by the caller; every registered domain's
+    /// read models are opened in `models_dir` (the data directory).
     pub fn new(
         store: Arc<dyn EventStore>,
         credentials: Arc<dyn CredentialStore>,
         accounts: Arc<dyn AccountStore>,
-        deployments: Arc<SqliteDeployments>,
+        models_dir: &Path,
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
+        let registry = crate::domain::Registry::all();
+        let models = registry.open_models(models_dir)?;
         Ok(AppState(Arc::new(AppStateInner {
+            registry: Arc::new(registry),
+            models,
             webauthn: relying_party(&config.public_origin)?.map(Arc::new),
             registration: Arc::default(),
             store,
             credentials,
             accounts,
-            deployments,
             limits: Arc::new(RateLimits::new(&config)),
             stream_locks: Arc::default(),
             token_cache: Arc::default(),
@@ -262,7 +238,9 @@ pub struct LiveRegistry {
     pub shutdown: CancellationToken,
     open: Mutex<Open>,
     generation: AtomicU64,
-    pub deployment_changes: broadcast::Sender<Arc<DeploymentChanges>>,
+    /// Resources changed in the read models (whichever process applied the
+    /// events), for resource streams.
+    pub resources: broadcast::Sender<Arc<crate::resources::ResourceBatch>>,
     /// The highest position delivered to the projector (for lag metrics).
     pub head: AtomicU64,
 }
@@ -287,7 +265,7 @@ impl LiveRegistry {
             shutdown: CancellationToken::new(),
             open: Mutex::new(Open::default()),
             generation: AtomicU64::new(0),
-            deployment_changes: broadcast::channel(1024).0,
+            resources: broadcast::channel(1024).0,
             head: AtomicU64::new(0),
         }
     }

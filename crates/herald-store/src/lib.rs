@@ -5,6 +5,7 @@ pub mod accounts;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod credentials;
-pub mod readmodel;
+pub mod projection;
+pub mod rebuild;
 pub mod scan;
 pub mod sqlite;

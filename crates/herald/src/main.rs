@@ -16,7 +16,7 @@ use herald_core::store::{EventStore, Filter};
 use herald_server::{AppState, ServerConfig};
 use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
-use herald_store::readmodel::{SqliteDeployments, rebuild};
+use herald_store::projection::RebuildSource;
 use herald_store::sqlite::SqliteStore;
 
 /// mimalloc: commands and rebuilds allocate and free envelopes across threads,
@@ -155,8 +155,11 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum ProjectionsCommand {
-    /// Drop the read models and replay the whole log into them.
-    Rebuild,
+    /// Empty read models and replay the whole log into them (all of them, or those named).
+    Rebuild {
+        /// Read models to rebuild (default: every one).
+        names: Vec<String>,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -315,25 +318,76 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => herald_bench::run(*args).await,
-        Command::Projections(ProjectionsCommand::Rebuild) => {
-            let store = open_store(&dir)?;
-            let model = SqliteDeployments::open(&dir)?;
-            let started = std::time::Instant::now();
-            let mut last_report = std::time::Instant::now();
-            let applied = rebuild(store, model, |checkpoint, head| {
-                if last_report.elapsed() > Duration::from_secs(1) || checkpoint >= head {
-                    eprintln!("rebuilt up to position {checkpoint} of {head}");
+        Command::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&dir, names).await,
+    }
+}
+
+/// `herald projections rebuild [NAME…]`: a progress bar on a terminal, a line
+/// a second otherwise.
+async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let registry = herald_server::domain::Registry::all();
+    let known = registry.projection_names();
+    let names: Vec<String> = if names.is_empty() {
+        known.iter().map(|n| (*n).to_owned()).collect()
+    } else {
+        names
+    };
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+        bail!("there is no read model {unknown:?}; known: {}", known.join(", "));
+    }
+    let store = open_store(dir)?;
+    let models = registry
+        .open_models(dir)
+        .with_context(|| format!("cannot open the read models in {}", dir.display()))?;
+    let terminal = std::io::stderr().is_terminal();
+    for name in &names {
+        let Some(consumer) = models.consumer(name) else {
+            bail!("there is no read model {name:?}");
+        };
+        let started = std::time::Instant::now();
+        let bar = terminal.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(name.clone());
+            bar
+        });
+        let mut last_report = std::time::Instant::now();
+        let mut progress = |checkpoint: u64, head: u64| match &bar {
+            Some(bar) => {
+                bar.set_length(head);
+                bar.set_position(checkpoint);
+            }
+            None => {
+                if last_report.elapsed() >= Duration::from_secs(1) || checkpoint >= head {
+                    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+                    let rate = checkpoint as f64 / seconds;
+                    let eta = if rate > 0.0 { head.saturating_sub(checkpoint) as f64 / rate } else { 0.0 };
+                    eprintln!(
+                        "{name}: position {checkpoint} of {head} ({:.0} events/s, ETA {eta:.0} s)",
+                        rate
+                    );
                     last_report = std::time::Instant::now();
                 }
-            })
-            .await?;
-            println!(
-                "rebuilt the deployments read model from {applied} events in {:.2} s",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(ExitCode::SUCCESS)
+            }
+        };
+        let source: Arc<dyn RebuildSource> = store.clone();
+        let applied = consumer.rebuild(source, &mut progress).await?;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
         }
+        println!(
+            "rebuilt the {name} read model from {applied} events in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use herald_core::command::{CommandRequest, handle};
+use herald_core::command::CommandRequest;
 use herald_core::names::AggregateId;
 use herald_core::store::AppendOutcome;
 use serde::Deserialize;
@@ -75,7 +75,11 @@ pub async fn post_command(
         // Which commands need it is the domain's to say (`Aggregate::needs_step_up`).
         presence_verified: principal.presence_verified(state.config.step_up),
     };
-    let result = handle(&*state.store, &state.stream_locks, &principal.actor, request).await;
+    let result = state
+        .registry
+        .commands()
+        .handle(&*state.store, &state.stream_locks, &principal.actor, request)
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(herald_core::command::CommandError::Conflict { .. }) => "conflict",

@@ -1,6 +1,5 @@
 pub mod admin;
 pub mod commands;
-pub mod deployments;
 pub mod ops;
 pub mod read;
 pub mod tokens;

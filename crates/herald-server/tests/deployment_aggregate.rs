@@ -7,7 +7,9 @@
 use std::fmt::Debug;
 
 use herald_core::aggregate::{Aggregate, InvalidCommand, Rejection, SCHEMA, from_stored, to_new_event};
-use herald_core::deployment::{COMMAND_TYPES, Deployment, DeploymentCommand, DeploymentEvent, DeploymentStatus};
+use herald_server::domains::deployments::aggregate::{
+    COMMAND_TYPES, Deployment, DeploymentCommand, DeploymentEvent, DeploymentStatus,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------

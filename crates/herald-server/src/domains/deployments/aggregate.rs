@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::aggregate::{Aggregate, InvalidCommand, Rejection, Text, check_text, parse_data};
+use herald_core::aggregate::{Aggregate, InvalidCommand, Rejection, Text, check_text, parse_data};
 
 const MAX_NAME: usize = 200;
 const MAX_TEXT: usize = 2000;
@@ -175,7 +175,7 @@ fn parse(command_type: &str, data: Value) -> Result<DeploymentCommand, InvalidCo
     })
 }
 
-pub const COMMAND_TYPES: [&str; 5] = [
+pub const COMMAND_TYPES: &[&str] = &[
     "StartDeployment",
     "ReportDeploymentProgress",
     "SucceedDeployment",
@@ -185,6 +185,7 @@ pub const COMMAND_TYPES: [&str; 5] = [
 
 impl Aggregate for Deployment {
     const CATEGORY: &'static str = "deployment";
+    const COMMAND_TYPES: &'static [&'static str] = COMMAND_TYPES;
     type Command = DeploymentCommand;
     type Event = DeploymentEvent;
 

@@ -1,0 +1,229 @@
+//! The one consumer runner: keeps every registered read model up to date and
+//! feeds the resource streams.
+//!
+//! Per read model a task wakes on every committed batch (and every [`POLL`]),
+//! runs `process_next` until caught up, then publishes what changed
+//! **according to the model's checkpoint**, not to what this process applied:
+//! when several processes share the store, any of them may be the one that
+//! applies an event, and every one's subscribers must hear of it.
+//!
+//! Each task keeps the last position it published. Whenever the checkpoint is
+//! ahead of it, it asks the model for the resources changed in (published,
+//! checkpoint] (by index: work per change, not per row), publishes them
+//! pre-encoded with the position they reflect, and moves its mark. Its own
+//! applies are published by the same path, so nothing is published twice.
+//!
+//! A task that panics is restarted after a second (and counted); its model's
+//! checkpoint is where it goes on from.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use herald_core::store::StoreError;
+use herald_store::projection::{ChangedPage, Consumer};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::resources::{ResourceBatch, ResourceEntry};
+use crate::state::AppState;
+
+const PAGE: usize = 1000;
+
+/// Resources read per publish at most.
+pub const CHANGED_PAGE: usize = 1000;
+
+/// How often a task looks at its model without being woken: another process
+/// may have moved its checkpoint without this one's log noticing yet.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Runs every registered read model's task until shutdown.
+pub async fn run(state: AppState) {
+    let tasks: Vec<_> = state
+        .models
+        .consumers()
+        .iter()
+        .map(|consumer| tokio::spawn(supervise(state.clone(), consumer.clone())))
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Runs one model's task, restarting it when it panics.
+async fn supervise(state: AppState, consumer: Arc<dyn Consumer>) {
+    let shutdown = state.live.shutdown.clone();
+    loop {
+        let task = tokio::spawn(run_one(state.clone(), consumer.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics::counter!("herald_projection_restarts_total", "projection" => consumer.name()).increment(1);
+                tracing::error!(projection = consumer.name(), error = %e, "a projection task panicked; restarting it in 1 s");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
+    let name = consumer.name();
+    let mut live = state.store.live();
+    let shutdown = state.live.shutdown.clone();
+    let lag = metrics::gauge!("herald_projection_lag_events", "projection" => name);
+    let position = metrics::gauge!("herald_projection_position", "projection" => name);
+    // Nothing before the checkpoint found at start is published: no stream of
+    // this process was open then (each starts with the state it reads).
+    let mut publisher = loop {
+        match Publisher::start(&*consumer).await {
+            Ok(publisher) => break publisher,
+            Err(e) => {
+                tracing::error!(projection = name, error = %e, "reading the checkpoint failed; retrying in 1 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    loop {
+        // Catch up with everything committed so far, publishing as it goes.
+        let mut failed = false;
+        loop {
+            match consumer.process_next(&state.store, PAGE).await {
+                Ok(step) => {
+                    state.live.head.fetch_max(step.head, Ordering::Relaxed);
+                    metrics::gauge!("herald_head_position").set(step.head as f64);
+                    position.set(step.checkpoint as f64);
+                    lag.set(step.head.saturating_sub(step.checkpoint) as f64);
+                    publisher.publish_or_skip(&state, &*consumer, step.checkpoint).await;
+                    if step.caught_up() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(projection = name, error = %e, "projection step failed; retrying in 1 s");
+                    // Another process may still be moving the model.
+                    publisher.publish_logged(&state, &*consumer).await;
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let wait = if failed { Duration::from_secs(1) } else { POLL };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            batch = live.recv(), if !failed => match batch {
+                Ok(batch) => { state.live.head.fetch_max(batch.last_position(), Ordering::Relaxed); }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Publishes a read model's changes past the last position it published.
+#[derive(Debug)]
+pub struct Publisher {
+    published: u64,
+}
+
+impl Publisher {
+    /// A publisher whose mark is the model's checkpoint now.
+    pub async fn start(consumer: &dyn Consumer) -> Result<Publisher, StoreError> {
+        Ok(Publisher {
+            published: consumer.checkpoint().await?,
+        })
+    }
+
+    /// The last position published (every change at or before it is).
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// Publishes every resource changed after the mark up to the checkpoint
+    /// (a batch per [`CHANGED_PAGE`] resources); returns the batches sent. A
+    /// checkpoint below the mark (a rebuild starting over) publishes nothing
+    /// until the model is past the mark again: what it rewrites up to there is
+    /// what was published.
+    pub async fn publish(&mut self, state: &AppState, consumer: &dyn Consumer) -> Result<usize, StoreError> {
+        let mut batches = 0;
+        loop {
+            let changed = consumer.changed(self.published, CHANGED_PAGE).await?;
+            if changed.position <= self.published {
+                return Ok(batches);
+            }
+            if !changed.resources.is_empty() {
+                let _ = state.live.resources.send(Arc::new(encode(consumer.name(), &changed)));
+                batches += 1;
+            }
+            self.published = changed.position;
+            if changed.position >= changed.checkpoint {
+                return Ok(batches);
+            }
+        }
+    }
+
+    /// [`Self::publish`], unless no resource stream of this process is open:
+    /// then there is nobody to read the rows for, and the mark moves to
+    /// `checkpoint` (read before the check) at no cost. A stream that opens
+    /// later subscribes before it reads its state, so that state holds every
+    /// change up to a checkpoint at least this one.
+    async fn publish_or_skip(&mut self, state: &AppState, consumer: &dyn Consumer, checkpoint: u64) {
+        if state.live.resources.receiver_count() == 0 {
+            self.published = self.published.max(checkpoint);
+            return;
+        }
+        self.publish_logged(state, consumer).await;
+    }
+
+    async fn publish_logged(&mut self, state: &AppState, consumer: &dyn Consumer) {
+        if let Err(e) = self.publish(state, consumer).await {
+            tracing::error!(projection = consumer.name(), error = %e, "reading the changed resources failed; trying again at the next wake-up");
+        }
+    }
+}
+
+/// One batch: each resource's frame encoded once, sorted by kind, then by the
+/// position of its change.
+pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch {
+    let mut order: Vec<usize> = (0..changed.resources.len()).collect();
+    order.sort_by_key(|&i| (changed.resources[i].kind, changed.resources[i].changed_at));
+    let id = format!("id: {}\n", changed.position);
+    let mut frames = BytesMut::with_capacity(
+        changed
+            .resources
+            .iter()
+            .map(|r| id.len() + r.event.len() + r.json.len() + 16)
+            .sum(),
+    );
+    let mut entries = Vec::with_capacity(order.len());
+    for i in order {
+        let r = &changed.resources[i];
+        let start = frames.len();
+        frames.put_slice(id.as_bytes());
+        frames.put_slice(b"event: ");
+        frames.put_slice(r.event.as_bytes());
+        frames.put_slice(b"\ndata: ");
+        // One line of JSON (serde_json never writes a raw line break).
+        frames.put_slice(r.json.as_bytes());
+        frames.put_slice(b"\n\n");
+        entries.push(ResourceEntry {
+            kind: r.kind,
+            key: r.key.as_str().into(),
+            changed_at: r.changed_at,
+            class: r.class,
+            range: start..frames.len(),
+        });
+    }
+    ResourceBatch {
+        projection,
+        position: changed.position,
+        frames: frames.freeze(),
+        entries,
+    }
+}

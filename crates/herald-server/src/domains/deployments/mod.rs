@@ -1,0 +1,15 @@
+//! The deployments domain (API.md §4–§6): start, progress, succeed, fail,
+//! cancel; the deployments read model; its routes and resource streams.
+
+pub mod aggregate;
+pub mod projection;
+pub mod routes;
+pub mod view;
+
+use crate::domain::Registry;
+
+pub fn register(r: &mut Registry) {
+    r.aggregate::<aggregate::Deployment>()
+        .projection::<projection::Deployments>()
+        .routes(routes::routes);
+}
