@@ -37,6 +37,32 @@ pub const CHANGED_PAGE: usize = 1000;
 /// may have moved its checkpoint without this one's log noticing yet.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// How each read model's task is doing, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+}
+
+impl Health {
+    fn set(&self, name: &'static str, failure: Option<String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match failure {
+            Some(cause) => {
+                failing.insert(name, cause);
+            }
+            None => {
+                failing.remove(name);
+            }
+        }
+    }
+
+    /// The read models whose last step failed (or whose task is restarting), with why.
+    pub fn failing(&self) -> Vec<(&'static str, String)> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.iter().map(|(n, c)| (*n, c.clone())).collect()
+    }
+}
+
 /// Runs every registered read model's task until shutdown.
 pub async fn run(state: AppState) {
     let tasks: Vec<_> = state
@@ -58,6 +84,9 @@ async fn supervise(state: AppState, consumer: Arc<dyn Consumer>) {
         match task.await {
             Ok(()) => return,
             Err(e) => {
+                state
+                    .consumer_health
+                    .set(consumer.name(), Some(format!("its task stopped ({e}); restarting")));
                 metrics::counter!("herald_projection_restarts_total", "projection" => consumer.name()).increment(1);
                 tracing::error!(projection = consumer.name(), error = %e, "a projection task panicked; restarting it in 1 s");
             }
@@ -95,6 +124,7 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
         loop {
             match consumer.process_next(&state.store, PAGE).await {
                 Ok(step) => {
+                    state.consumer_health.set(name, None);
                     state.live.head.fetch_max(step.head, Ordering::Relaxed);
                     metrics::gauge!("herald_head_position").set(step.head as f64);
                     position.set(step.checkpoint as f64);
@@ -105,6 +135,7 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
                     }
                 }
                 Err(e) => {
+                    state.consumer_health.set(name, Some(e.to_string()));
                     tracing::error!(projection = name, error = %e, "projection step failed; retrying in 1 s");
                     // Another process may still be moving the model.
                     publisher.publish_logged(&state, &*consumer).await;

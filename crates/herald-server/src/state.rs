@@ -128,6 +128,8 @@ pub struct AppStateInner {
     pub registry: Arc<crate::domain::Registry>,
     /// The domains' read models.
     pub models: crate::domain::Models,
+    /// Which read models' tasks are failing (for `/readyz`).
+    pub consumer_health: Arc<crate::consumers::Health>,
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
     pub limits: Arc<RateLimits>,
@@ -208,6 +210,7 @@ impl AppState {
         Ok(AppState(Arc::new(AppStateInner {
             registry: Arc::new(registry),
             models,
+            consumer_health: Arc::default(),
             webauthn: relying_party(&config.public_origin)?.map(Arc::new),
             registration: Arc::default(),
             store,

@@ -44,7 +44,26 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .head()
         .await
         .map_err(|e| ApiError::Unavailable(format!("the event store is not reachable: {e}")))?;
-    Ok(Json(serde_json::json!({ "status": "ready", "head": head.position })))
+    let failing = state.consumer_health.failing();
+    if let Some((name, cause)) = failing.first() {
+        return Err(ApiError::Unavailable(format!(
+            "the {name} read model cannot keep up with the log: {cause} (retried every second)"
+        )));
+    }
+    let mut projections = serde_json::Map::new();
+    for consumer in state.models.consumers() {
+        let checkpoint = consumer
+            .checkpoint()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the {} read model is not reachable: {e}", consumer.name())))?;
+        projections.insert(
+            consumer.name().to_owned(),
+            serde_json::json!({ "position": checkpoint, "lag": head.position.saturating_sub(checkpoint) }),
+        );
+    }
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "head": head.position, "projections": projections }),
+    ))
 }
 
 pub async fn metrics() -> Response {
