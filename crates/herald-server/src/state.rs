@@ -184,9 +184,30 @@ pub fn relying_party(public_origin: &str) -> Result<Option<Webauthn>, ConfigErro
         .map_err(|e| bad(&e.to_string()))
 }
 
+/// Before issue 10 every read model shared `readmodels.db`; each now has its
+/// own file under `readmodels/`, built from the log. The old file is derived
+/// data nothing reads any more.
+fn remove_old_read_models(dir: &Path) {
+    let old = dir.join("readmodels.db");
+    if !old.exists() {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.join(format!("readmodels.db{suffix}"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the old read models' file");
+            return;
+        }
+    }
+    tracing::info!("removed the old readmodels.db: each read model now has its own file in readmodels/, rebuilt from the log");
+}
+
 impl AppState {
     /// The embedded store: everything in `dir`.
     pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, ConfigError> {
+        remove_old_read_models(dir);
         AppState::new(
             SqliteStore::open(dir)?,
             SqliteCredentials::open(dir)?,
