@@ -1,0 +1,95 @@
+// For tests: Web Locks and BroadcastChannel as one browser's tabs see them.
+
+import type { BroadcastChannelLike, LockManagerLike } from '../live/shared'
+
+/** An exclusive lock per name, granted in request order; released when the callback's promise settles. */
+export class FakeLocks implements LockManagerLike {
+  private held = new Map<string, boolean>()
+  private queue = new Map<string, { cb: () => Promise<unknown>; signal?: AbortSignal; done: (v: unknown) => void; fail: (e: unknown) => void }[]>()
+
+  request(name: string, options: { signal?: AbortSignal }, cb: (lock: unknown) => Promise<unknown>): Promise<unknown> {
+    return new Promise((done, fail) => {
+      const q = this.queue.get(name) ?? []
+      this.queue.set(name, q)
+      const entry = { cb: () => cb({ name }), signal: options.signal, done, fail }
+      q.push(entry)
+      options.signal?.addEventListener('abort', () => {
+        const i = q.indexOf(entry)
+        if (i >= 0) {
+          q.splice(i, 1)
+          fail(new DOMException('aborted', 'AbortError'))
+        }
+      })
+      this.grant(name)
+    })
+  }
+
+  private grant(name: string): void {
+    if (this.held.get(name)) return
+    const next = this.queue.get(name)?.shift()
+    if (!next) return
+    this.held.set(name, true)
+    void Promise.resolve()
+      .then(next.cb)
+      .then(next.done, next.fail)
+      .finally(() => {
+        this.held.set(name, false)
+        this.grant(name)
+      })
+  }
+}
+
+/** Channels of one name see each other's messages (never their own), asynchronously, in order. */
+export class FakeChannels {
+  private members = new Map<string, Set<FakeChannel>>()
+  readonly Ctor: new (name: string) => BroadcastChannelLike
+  constructor() {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const hub = this
+    this.Ctor = class extends FakeChannel {
+      constructor(name: string) {
+        super(name, hub)
+      }
+    }
+  }
+  join(c: FakeChannel): void {
+    const set = this.members.get(c.name) ?? new Set()
+    set.add(c)
+    this.members.set(c.name, set)
+  }
+  leave(c: FakeChannel): void {
+    this.members.get(c.name)?.delete(c)
+  }
+  send(from: FakeChannel, message: unknown): void {
+    const data = structuredClone(message)
+    for (const c of this.members.get(from.name) ?? []) {
+      if (c !== from) setTimeout(() => c.deliver(data), 0)
+    }
+  }
+}
+
+export class FakeChannel implements BroadcastChannelLike {
+  private listeners: ((ev: MessageEvent) => void)[] = []
+  private closed = false
+  constructor(
+    readonly name: string,
+    private readonly hub: FakeChannels,
+  ) {
+    hub.join(this)
+  }
+  postMessage(message: unknown): void {
+    if (this.closed) throw new Error('closed')
+    this.hub.send(this, message)
+  }
+  addEventListener(_type: 'message', l: (ev: MessageEvent) => void): void {
+    this.listeners.push(l)
+  }
+  deliver(data: unknown): void {
+    if (this.closed) return
+    for (const l of this.listeners) l({ data } as MessageEvent)
+  }
+  close(): void {
+    this.closed = true
+    this.hub.leave(this)
+  }
+}
