@@ -6,9 +6,11 @@ import { admin } from './admin'
 import { audit } from './audit'
 import { auth } from './auth'
 import { deployments } from './deployments'
+import { posts } from './posts'
 
 export const features: readonly Feature[] = [
   deployments,
+  posts,
   audit,
   admin,
   auth,
