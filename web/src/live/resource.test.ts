@@ -394,6 +394,35 @@ describe('ResourceHub: the streams of every tab, run once in the browser', () =>
     a.stop()
   })
 
+  it("says what a tab wants only once the tab's own lock is held, however slow the lock manager is to answer it", async () => {
+    const locks = new FakeLocks()
+    const channels = new FakeChannels()
+    const make = (id: string, lag: number) => {
+      const hub = new ResourceHub({
+        locks: locks.withLag(lag),
+        BroadcastChannel: channels.Ctor,
+        createStream: (url, _t, cb) => new FakeStream(url, cb),
+        tabId: id,
+      })
+      const seen: number[] = []
+      hub.subscribe(listType as ResourceType<unknown>, '/list', (v) => seen.push(v.position))
+      hub.start()
+      return { hub, seen }
+    }
+    const a = make('a', 0)
+    await settle()
+    const b = make('b', 30)
+    await new Promise((r) => setTimeout(r, 60))
+    const s = streamOf('/list')
+    expect(s).toHaveLength(1)
+    s[0].emit([], 3)
+    await settle()
+    expect(b.seen).toEqual([3])
+    expect(b.hub.mode).toBe('follower')
+    a.hub.stop()
+    b.hub.stop()
+  })
+
   it('passes a retry to the leading tab, and without Web Locks each tab runs its own', async () => {
     const tab = browser()
     const a = tab()

@@ -443,6 +443,8 @@ export class ResourceHub {
   private role: HubRole = 'stopped'
   private channel: BroadcastChannelLike | null = null
   private abort: AbortController | null = null
+  /** This tab holds its own lock: the leader may hear its wants. */
+  private registered = false
   private releaseLead: (() => void) | null = null
   private releaseTab: (() => void) | null = null
   /** This tab's wants, by address. */
@@ -493,9 +495,17 @@ export class ResourceHub {
     channel.addEventListener('message', (ev) => {
       if (this.channel === channel) this.onMessage(ev.data as Message)
     })
-    // Held while this tab lives: the leader learns of its end when it is granted the lock.
+    // Held while this tab lives: the leader learns of its end when it is granted the lock. Only
+    // once it is held does this tab say what it wants (else the leader's wait could come first).
     locks
-      .request(`${name}-tab-${this.tab}`, { signal: abort.signal }, () => new Promise<void>((resolve) => (this.releaseTab = resolve)))
+      .request(`${name}-tab-${this.tab}`, { signal: abort.signal }, () => {
+        if (this.abort !== abort) return Promise.resolve()
+        return new Promise<void>((resolve) => {
+          this.releaseTab = resolve
+          this.registered = true
+          if (this.role === 'follower') this.announce()
+        })
+      })
       .catch(() => {})
     locks
       .request(name, { signal: abort.signal }, () => {
@@ -509,8 +519,6 @@ export class ResourceHub {
         // The lock manager refused: this tab runs its own.
         if (this.abort === abort && this.role === 'follower') this.goSolo()
       })
-    // A leader may be there already.
-    for (const [url, w] of this.wants) this.post({ k: 'want', tab: this.tab, url, type: w.type })
   }
 
   /** Stops every stream this tab runs and leaves the others; what it subscribed to is kept for a new start. */
@@ -518,7 +526,8 @@ export class ResourceHub {
     if (this.role === 'stopped') return
     const wasFollower = this.role === 'follower'
     this.role = 'stopped'
-    if (wasFollower) for (const url of this.wants.keys()) this.post({ k: 'drop', tab: this.tab, url })
+    if (wasFollower && this.registered) for (const url of this.wants.keys()) this.post({ k: 'drop', tab: this.tab, url })
+    this.registered = false
     // Forgotten first: their last "stopped" goes to no one.
     const streams = [...this.served.values()]
     this.served.clear()
@@ -552,7 +561,9 @@ export class ResourceHub {
       if (w.listeners.size > 0 || this.wants.get(url) !== w) return
       this.wants.delete(url)
       this.notifyStatus()
-      if (this.role === 'follower') this.post({ k: 'drop', tab: this.tab, url })
+      if (this.role === 'follower') {
+        if (this.registered) this.post({ k: 'drop', tab: this.tab, url })
+      }
       else this.unserve(url, this.tab)
     }
   }
@@ -580,9 +591,17 @@ export class ResourceHub {
 
   // ---------------------------------------------------------------------------
 
+  /** Tells the leader (whoever it is now) everything this tab wants. */
+  private announce(): void {
+    for (const [url, w] of this.wants) this.post({ k: 'want', tab: this.tab, url, type: w.type })
+  }
+
   private want(url: string, type: string): void {
-    if (this.role === 'follower') this.post({ k: 'want', tab: this.tab, url, type })
-    else if (this.role === 'leader' || this.role === 'solo') this.serve(url, type, this.tab)
+    if (this.role === 'follower') {
+      if (this.registered) this.post({ k: 'want', tab: this.tab, url, type })
+    } else if (this.role === 'leader' || this.role === 'solo') {
+      this.serve(url, type, this.tab)
+    }
   }
 
   private goSolo(): void {
@@ -713,7 +732,7 @@ export class ResourceHub {
         if (m.to === undefined || m.to === this.tab) this.show(m.url, m.view)
         break
       case 'leader':
-        for (const [url, w] of this.wants) this.post({ k: 'want', tab: this.tab, url, type: w.type })
+        if (this.registered) this.announce()
         break
       case 'unauthorized':
         this.o.onUnauthorized?.()

@@ -24,6 +24,14 @@ export class FakeLocks implements LockManagerLike {
     })
   }
 
+  /** The same locks as seen from a tab whose requests take `ms` to reach the lock manager (another process). */
+  withLag(ms: number): LockManagerLike {
+    return {
+      request: (name, options, cb) =>
+        new Promise((resolve) => setTimeout(resolve, ms)).then(() => this.request(name, options, cb)),
+    }
+  }
+
   private grant(name: string): void {
     if (this.held.get(name)) return
     const next = this.queue.get(name)?.shift()

@@ -107,6 +107,7 @@ export function TagInput({ value, onChange, id, invalid }: { value: Chips; onCha
           flex="1"
           minW="40"
           py="1"
+          outline="none"
           value={text}
           placeholder={tags.length ? 'Add another tag' : 'Type a tag, then Enter or a comma'}
           onChange={(e) => onChange(typeTags(tags, e.target.value))}
