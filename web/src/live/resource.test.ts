@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { FakeChannels, FakeLocks } from '../test/fakes'
+import { FakeChannels, FakeEventSource as FakeEventSourceBase, FakeLocks } from '../test/fakes'
 import {
   ResourceHub,
   ResourceStream,
@@ -36,47 +36,13 @@ const listType = defineResource<List>(
 
 // --- ResourceStream ----------------------------------------------------------
 
-class FakeEventSource {
-  static all: FakeEventSource[] = []
-  readyState = 0
-  closed = false
-  private listeners = new Map<string, ((ev: Event | MessageEvent) => void)[]>()
-  constructor(
-    readonly url: string,
-    readonly init?: { withCredentials?: boolean },
-  ) {
-    FakeEventSource.all.push(this)
-  }
+class FakeEventSource extends FakeEventSourceBase {
+  static instances: FakeEventSource[] = []
   static get last(): FakeEventSource {
-    return FakeEventSource.all[FakeEventSource.all.length - 1]
-  }
-  addEventListener(type: string, fn: (ev: Event | MessageEvent) => void): void {
-    this.listeners.set(type, [...(this.listeners.get(type) ?? []), fn])
-  }
-  close(): void {
-    this.closed = true
-    this.readyState = 2
-  }
-  private dispatch(type: string, ev: object): void {
-    if (this.closed) return
-    for (const fn of this.listeners.get(type) ?? []) fn(ev as MessageEvent)
-  }
-  open(): void {
-    this.readyState = 1
-    this.dispatch('open', {})
+    return FakeEventSource.instances[FakeEventSource.instances.length - 1]
   }
   send(event: string, id: number, data: unknown): void {
-    this.dispatch(event, { data: JSON.stringify(data), lastEventId: String(id) })
-  }
-  /** The connection dropped; the browser will reconnect on its own. */
-  drop(): void {
-    this.readyState = 0
-    this.dispatch('error', {})
-  }
-  /** The browser gave up (herald answered with an HTTP error). */
-  fail(): void {
-    this.readyState = 2
-    this.dispatch('error', {})
+    this.message(event, id, data)
   }
 }
 
@@ -111,7 +77,7 @@ const ids = () => (last().state as List | undefined)?.items.map((i) => `${i.id}:
 describe('ResourceStream', () => {
   beforeEach(() => {
     vi.useFakeTimers()
-    FakeEventSource.all = []
+    FakeEventSource.instances = []
     answers = []
     fetched = []
     views = []
@@ -124,7 +90,7 @@ describe('ResourceStream', () => {
 
   it('opens one EventSource with credentials and folds each named event into the state, at its id', () => {
     follow().run('stream')
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
     const es = FakeEventSource.last
     expect(es.url).toBe('/api/things/live?status=x')
     expect(es.init).toEqual({ withCredentials: true })
@@ -155,7 +121,7 @@ describe('ResourceStream', () => {
     es.open()
     expect(last().status).toBe('live')
     // Still the same EventSource: the browser resumed it, and herald sent what changed after 4.
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
     expect(ids()).toEqual(['a:1'])
     expect(fetched).toEqual([])
   })
@@ -168,9 +134,9 @@ describe('ResourceStream', () => {
     expect(fetched).toEqual(['/api/things/t/live'])
     expect(last()).toMatchObject({ status: 'failed', error: { status: 404, problem: { detail: 'no post is tagged t' } } })
     await vi.advanceTimersByTimeAsync(60_000)
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
     stream.retry(42)
-    expect(FakeEventSource.all).toHaveLength(2)
+    expect(FakeEventSource.instances).toHaveLength(2)
     expect(FakeEventSource.last.url).toBe('/api/things/t/live?min_position=42')
     expect(last()).toMatchObject({ status: 'connecting', error: null })
     FakeEventSource.last.open()
@@ -187,20 +153,20 @@ describe('ResourceStream', () => {
     first.fail()
     await vi.advanceTimersByTimeAsync(0)
     expect(last().status).toBe('reconnecting')
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
     // No answer at all: herald is down.
     await vi.advanceTimersByTimeAsync(1_000)
-    expect(FakeEventSource.all).toHaveLength(2)
+    expect(FakeEventSource.instances).toHaveLength(2)
     FakeEventSource.last.fail()
     await vi.advanceTimersByTimeAsync(0)
     answers.push(() => new Response('', { status: 429, headers: { 'retry-after': '5' } }))
     await vi.advanceTimersByTimeAsync(1_500)
-    expect(FakeEventSource.all).toHaveLength(3)
+    expect(FakeEventSource.instances).toHaveLength(3)
     FakeEventSource.last.fail()
     await vi.advanceTimersByTimeAsync(4_000)
-    expect(FakeEventSource.all).toHaveLength(3)
+    expect(FakeEventSource.instances).toHaveLength(3)
     await vi.advanceTimersByTimeAsync(1_000)
-    expect(FakeEventSource.all).toHaveLength(4)
+    expect(FakeEventSource.instances).toHaveLength(4)
     const fresh = FakeEventSource.last
     expect(fresh.url).toBe('/api/things/live?status=x')
     expect(last().state).toBeDefined()
@@ -218,21 +184,21 @@ describe('ResourceStream', () => {
     expect(unauthorized).toBe(1)
     expect(last().status).toBe('stopped')
     await vi.advanceTimersByTimeAsync(60_000)
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
   })
 
   it('polls the address without /live while told to, and streams again when told', async () => {
     answers.push(() => new Response(JSON.stringify({ items: [{ id: 'a', v: 1 }], position: 4 })))
     answers.push(() => new Response(JSON.stringify({ items: [{ id: 'a', v: 2 }], position: 6 })))
     follow('/api/things/live?status=x', { pollMs: 3_000 }).run('poll')
-    expect(FakeEventSource.all).toHaveLength(0)
+    expect(FakeEventSource.instances).toHaveLength(0)
     await vi.advanceTimersByTimeAsync(0)
     expect(fetched).toEqual(['/api/things?status=x'])
     expect(last()).toMatchObject({ status: 'polling', position: 4 })
     await vi.advanceTimersByTimeAsync(3_000)
     expect(ids()).toEqual(['a:2'])
     stream.run('stream')
-    expect(FakeEventSource.all).toHaveLength(1)
+    expect(FakeEventSource.instances).toHaveLength(1)
     await vi.advanceTimersByTimeAsync(10_000)
     expect(fetched).toHaveLength(2)
   })
@@ -306,7 +272,8 @@ function browser(maxStreams = 3) {
   }
 }
 
-const settle = () => new Promise((r) => setTimeout(r, 5))
+// Long enough for a lock grant and a message or two on a busy machine.
+const settle = () => new Promise((r) => setTimeout(r, 25))
 const streamOf = (url: string) => FakeStream.open().filter((s) => s.url === url)
 
 describe('ResourceHub: the streams of every tab, run once in the browser', () => {

@@ -1,6 +1,7 @@
 // One stream's events (a timeline), as every feature reads it: `GET /api/streams/{stream}`,
 // kept current by live/cache.ts, which appends each live event to its stream's cached slice.
 
+import { useQuery } from '@tanstack/react-query'
 import { get } from '../lib/api'
 import type { StreamSlice } from '../lib/types'
 
@@ -23,3 +24,11 @@ export async function fetchStream(stream: string, signal?: AbortSignal): Promise
   }
   return { ...first, events }
 }
+
+/** A stream's events, read once and then kept current by the live events (null: not yet). */
+export const useTimeline = (stream: string | null) =>
+  useQuery({
+    queryKey: streamKey(stream ?? ''),
+    queryFn: ({ signal }) => fetchStream(stream ?? '', signal),
+    enabled: stream !== null,
+  })

@@ -101,3 +101,48 @@ export class FakeChannel implements BroadcastChannelLike {
     this.hub.leave(this)
   }
 }
+
+/** An EventSource that the test drives: it opens, delivers named messages, drops (the browser retries) or fails. */
+export class FakeEventSource {
+  static instances: FakeEventSource[] = []
+  readyState = 0
+  closed = false
+  private listeners = new Map<string, Set<(ev: Event | MessageEvent) => void>>()
+
+  constructor(
+    readonly url: string,
+    readonly init?: { withCredentials?: boolean },
+  ) {
+    ;(this.constructor as typeof FakeEventSource).instances.push(this)
+  }
+  addEventListener(type: string, fn: (ev: Event | MessageEvent) => void): void {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set())
+    this.listeners.get(type)!.add(fn)
+  }
+  close(): void {
+    this.closed = true
+    this.readyState = 2
+  }
+  private dispatch(type: string, ev: object): void {
+    if (this.closed) return
+    for (const fn of this.listeners.get(type) ?? []) fn(ev as MessageEvent)
+  }
+  open(): void {
+    this.readyState = 1
+    this.dispatch('open', { type: 'open' })
+  }
+  /** A message as herald sends it: `event: <type>`, `id: <id>`, `data: <json>`. */
+  message(type: string, id: number, data: unknown): void {
+    this.dispatch(type, { type, data: JSON.stringify(data), lastEventId: String(id) })
+  }
+  /** The connection dropped; the browser reconnects on its own (with Last-Event-ID). */
+  drop(): void {
+    this.readyState = 0
+    this.dispatch('error', { type: 'error' })
+  }
+  /** The browser gave up (herald answered with an HTTP error). */
+  fail(): void {
+    this.readyState = 2
+    this.dispatch('error', { type: 'error' })
+  }
+}

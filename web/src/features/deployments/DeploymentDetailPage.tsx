@@ -1,12 +1,12 @@
-import { Card, DataList, Heading, HStack, Link as ChakraLink, Skeleton, Stack } from '@chakra-ui/react'
-import { useQuery } from '@tanstack/react-query'
-import { LuArrowLeft, LuBan, LuCircleCheck, LuCircleX, LuGauge, LuRocket } from 'react-icons/lu'
+import { Card, DataList, Heading, HStack, Skeleton, Stack } from '@chakra-ui/react'
+import { LuBan, LuCircleCheck, LuCircleX, LuGauge, LuRocket } from 'react-icons/lu'
 import type { IconType } from 'react-icons'
-import { Link, useParams } from 'react-router'
+import { useParams } from 'react-router'
+import { BackLink } from '../../components/BackLink'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { EventTimeline } from '../../components/EventTimeline'
 import { Time } from '../../components/Time'
-import { fetchStream, streamKey } from '../../live/streams'
+import { useTimeline } from '../../live/streams'
 import { useResource } from '../../live/useResource'
 import { useAuth } from '../auth/AuthContext'
 import { DeploymentActions } from './actions'
@@ -27,16 +27,12 @@ export function DeploymentDetailPage() {
   const stream = `deployment-${id}`
   // The deployment from its resource stream; the timeline from the log (kept current by the live events).
   const deployment = useResource(deploymentView, id ? deploymentStream(id) : null)
-  const timeline = useQuery({ queryKey: streamKey(stream), queryFn: ({ signal }) => fetchStream(stream, signal) })
+  const timeline = useTimeline(stream)
   const d = deployment.state
 
   return (
     <Stack gap="6">
-      <ChakraLink asChild fontSize="sm" color="fg.muted">
-        <Link to="/">
-          <LuArrowLeft aria-hidden="true" /> All deployments
-        </Link>
-      </ChakraLink>
+      <BackLink to="/">All deployments</BackLink>
       <ErrorAlert error={deployment.error} title="This deployment could not be loaded" />
       {!d && !deployment.error && <Skeleton height="24" />}
       {d && (

@@ -1,6 +1,7 @@
-import { EmptyState, Link as ChakraLink, Skeleton, Stack, Text } from '@chakra-ui/react'
-import { LuArrowLeft, LuNewspaper } from 'react-icons/lu'
-import { Link, useParams, useSearchParams } from 'react-router'
+import { EmptyState, Skeleton, Stack, Text } from '@chakra-ui/react'
+import { LuNewspaper } from 'react-icons/lu'
+import { useParams, useSearchParams } from 'react-router'
+import { BackLink } from '../../components/BackLink'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
 import { useResource } from '../../live/useResource'
@@ -21,11 +22,7 @@ export function FeedPage() {
 
   return (
     <Stack gap="6">
-      <ChakraLink asChild fontSize="sm" color="fg.muted">
-        <Link to="/feeds">
-          <LuArrowLeft aria-hidden="true" /> All feeds
-        </Link>
-      </ChakraLink>
+      <BackLink to="/feeds">All feeds</BackLink>
       <PageHeader title={`#${f?.tag ?? tag}`} />
       {f && (
         <Text color="fg.muted" fontSize="sm" data-testid="feed-summary">

@@ -1,8 +1,9 @@
-import { Alert, Button, Card, Field, HStack, Input, Link as ChakraLink, Skeleton, Stack, Textarea } from '@chakra-ui/react'
+import { Alert, Button, Card, Field, HStack, Input, Skeleton, Stack, Textarea } from '@chakra-ui/react'
 import { useMutation } from '@tanstack/react-query'
 import { useRef, useState, type FormEvent } from 'react'
-import { LuArrowLeft, LuSave } from 'react-icons/lu'
+import { LuSave } from 'react-icons/lu'
 import { Link, useNavigate, useParams } from 'react-router'
+import { BackLink } from '../../components/BackLink'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { toaster } from '../../components/ui/toaster'
 import { ApiError } from '../../lib/api'
@@ -61,11 +62,7 @@ function EditorGate({ id }: { id?: string }) {
     )
   return (
     <Stack gap="6">
-      <ChakraLink asChild fontSize="sm" color="fg.muted">
-        <Link to={id ? postPath(id) : '/feeds'}>
-          <LuArrowLeft aria-hidden="true" /> {id ? 'Back to the post' : 'All feeds'}
-        </Link>
-      </ChakraLink>
+      <BackLink to={id ? postPath(id) : '/feeds'}>{id ? 'Back to the post' : 'All feeds'}</BackLink>
       <PageHeader title={heading}>{!id && <RandomPostButton />}</PageHeader>
       {id && <ErrorAlert error={post.error} title="This post could not be loaded" />}
       {id && !post.state && !post.error && <Skeleton height="60" />}

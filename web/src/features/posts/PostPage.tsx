@@ -1,11 +1,11 @@
-import { Box, Button, Card, Heading, Link as ChakraLink, Skeleton, Stack, Text } from '@chakra-ui/react'
-import { useQuery } from '@tanstack/react-query'
-import { LuArrowLeft, LuFilePen, LuFilePlus, LuPencil } from 'react-icons/lu'
+import { Box, Button, Card, Heading, Skeleton, Stack, Text } from '@chakra-ui/react'
+import { LuFilePen, LuFilePlus, LuPencil } from 'react-icons/lu'
 import { Link, useParams, useSearchParams } from 'react-router'
+import { BackLink } from '../../components/BackLink'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { EventTimeline } from '../../components/EventTimeline'
 import { Time } from '../../components/Time'
-import { fetchStream, streamKey } from '../../live/streams'
+import { useTimeline } from '../../live/streams'
 import { useResource } from '../../live/useResource'
 import { useAuth } from '../auth/AuthContext'
 import { TagLinks, postPath, useRetryWhenMissing } from './components'
@@ -21,18 +21,14 @@ export function PostPage() {
   const { canOperate } = useAuth()
   // After a command the page is opened with its position: herald answers once the post shows it.
   const post = useResource(postView, postStream(id, minPositionOf(search)))
-  useRetryWhenMissing(post, { stream: `${POST_PREFIX}${id}` }, () => true)
   const stream = `${POST_PREFIX}${id}`
-  const history = useQuery({ queryKey: streamKey(stream), queryFn: ({ signal }) => fetchStream(stream, signal), enabled: post.state !== undefined })
+  useRetryWhenMissing(post, { stream }, () => true)
+  const history = useTimeline(post.state ? stream : null)
   const p = post.state
 
   return (
     <Stack gap="6">
-      <ChakraLink asChild fontSize="sm" color="fg.muted">
-        <Link to="/feeds">
-          <LuArrowLeft aria-hidden="true" /> All feeds
-        </Link>
-      </ChakraLink>
+      <BackLink to="/feeds">All feeds</BackLink>
       <ErrorAlert error={post.error} title={post.error?.status === 404 ? 'There is no such post' : 'This post could not be loaded'} />
       {!p && !post.error && <Skeleton height="40" />}
       {p && (
