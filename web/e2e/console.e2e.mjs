@@ -637,7 +637,7 @@ step('the operator changes more after the restart; every tab shows every event e
   )
   assertExactlyOnce("the operator's audit log", await auditRows(op), truth)
 
-  // The admin's dashboard, followed in the cache while the audit log was shown.
+  // The admin's dashboard again: its stream starts with the list as it is now.
   await navigate(admin, 'Deployments')
   const list = await s.herald.api(s.token, 'GET', '/api/deployments')
   assert.equal(list.deployments.length, 2)
