@@ -21,9 +21,13 @@
 //   6. a double-click on Start makes one deployment, and the form clears;
 //   7. an action dialog stays open, with its text, when the deployment finishes
 //      underneath it, and shows herald's refusal;
-//   8. eight tabs of one browser share one live connection (one EventSource),
-//      all receive the same event, and when the leading tab closes another
-//      takes over and nothing is missed.
+//   8. posts: the operator writes a post tagged release and ops in the editor;
+//      the admin's open /feeds/release shows it without a reload; the operator
+//      removes the tag release, and the admin's feed lets it go while /feeds/ops
+//      has it;
+//   9. eight tabs of one browser share one live connection (one EventSource)
+//      and one deployments resource stream, all receive the same event, and
+//      when the leading tab closes another takes over and nothing is missed.
 //
 // Screenshots of each page go to target/screenshots/. Environment:
 //   HERALD_BIN   the herald binary (default target/debug/herald)
@@ -633,7 +637,7 @@ step('the operator changes more after the restart; every tab shows every event e
   )
   assertExactlyOnce("the operator's audit log", await auditRows(op), truth)
 
-  // The admin's dashboard, followed in the cache while the audit log was shown.
+  // The admin's dashboard again: its stream starts with the list as it is now.
   await navigate(admin, 'Deployments')
   const list = await s.herald.api(s.token, 'GET', '/api/deployments')
   assert.equal(list.deployments.length, 2)
@@ -678,6 +682,85 @@ step('herald stops gracefully (SIGTERM) while both tabs stream; they recover and
   assert.ok(await stillSameDocument(admin), "the admin's tab was reloaded")
   assert.ok(await stillSameDocument(op), "the operator's tab was reloaded")
   assert.deepEqual([...s.admin.errors, ...s.operator.errors], [], 'uncaught errors in the pages')
+})
+
+step("an operator's post appears in the admin's open feed without a reload, and leaves it when its tag goes", async () => {
+  const op = s.operator.page
+  const admin = s.admin.page
+  // Loudly, if herald has no posts yet (issue 10's server side).
+  const feedsNow = await s.herald.api(s.token, 'GET', '/api/feeds')
+  assert.ok(Array.isArray(feedsNow?.feeds), `GET /api/feeds answered ${JSON.stringify(feedsNow)}: herald has no feeds`)
+  assert.equal(feedsNow.feeds.some((f) => f.tag === 'release'), false, 'a post is tagged release already')
+
+  // The admin opens the feed of a tag no post has yet.
+  await admin.goto(`${s.herald.origin}/feeds/release`)
+  await admin.getByRole('heading', { name: '#release', level: 1 }).waitFor()
+  await admin.getByTestId('feed-empty').waitFor()
+  await expectStatus(admin, 'admin', 'live')
+  await markDocument(admin)
+
+  // The operator writes a post in the editor: tags as chips, Enter or a comma ends one.
+  await navigate(op, 'Feeds')
+  await op.getByRole('heading', { name: 'Feeds', level: 1 }).waitFor()
+  await op.getByRole('link', { name: 'New post' }).click()
+  await op.getByRole('heading', { name: 'New post', level: 1 }).waitFor()
+  const title = 'Release 1.5 is out'
+  await op.getByRole('textbox', { name: /^Title/ }).fill(title)
+  await op.getByRole('textbox', { name: /^Text/ }).fill('The rollout went to every region.\nNothing paged anyone.')
+  const tags = op.getByRole('textbox', { name: 'Tags' })
+  await tags.fill('Release')
+  await tags.press('Enter')
+  await tags.pressSequentially(' ops,')
+  assert.deepEqual(await op.getByTestId('tag-chip').allInnerTexts(), ['release', 'ops'])
+  await shot(op, 'post-editor.png')
+  const written = op.getByTestId('post-title')
+  await clickWithStepUp(op, op.getByRole('button', { name: 'Create post' }), written)
+  assert.equal(await written.innerText(), title)
+  const opened = new URL(op.url())
+  const m = /^\/posts\/([^/]+)$/.exec(opened.pathname)
+  assert.ok(m, `after writing, the operator is on ${opened.pathname}, not the post's page`)
+  const postId = decodeURIComponent(m[1])
+  assert.match(opened.search, /min_position=\d+/, 'the post page was not told the position to wait for')
+  const view = await s.herald.api(s.token, 'GET', `/api/posts/${encodeURIComponent(postId)}`)
+  assert.deepEqual(view.tags, ['release', 'ops'])
+  assert.equal(view.title, title)
+
+  // The admin's open feed shows it, without a reload.
+  const card = admin.getByTestId(`post-card-${postId}`)
+  await card.getByRole('link', { name: title }).waitFor()
+  assert.ok(await stillSameDocument(admin), "the admin's feed was reloaded")
+  await shot(admin, 'feed-release.png')
+
+  // The operator takes the tag release off.
+  await op.getByRole('link', { name: 'Edit post' }).click()
+  await op.getByRole('heading', { name: 'Edit post', level: 1 }).waitFor()
+  await op.getByRole('button', { name: 'Remove tag release' }).click()
+  assert.deepEqual(await op.getByTestId('tag-chip').allInnerTexts(), ['ops'])
+  await clickWithStepUp(op, op.getByRole('button', { name: 'Save changes' }), op.getByText('removed the tag release'))
+  await op.getByTestId('post-title').waitFor()
+  assert.equal((await op.getByRole('list', { name: 'Tags' }).innerText()).trim(), '#ops')
+
+  // The admin's feed lets it go and stays open; herald agrees, and ops has it.
+  await card.waitFor({ state: 'detached' })
+  await admin.getByTestId('feed-empty').waitFor()
+  assert.ok(await stillSameDocument(admin), "the admin's feed was reloaded")
+  const release = await fetch(`http://127.0.0.1:${s.herald.port}/api/feeds/release`, {
+    headers: { authorization: `Bearer ${s.token}` },
+    signal: AbortSignal.timeout(10_000),
+  })
+  assert.equal(release.status, 404, 'herald still has a feed for release')
+  const ops = await s.herald.api(s.token, 'GET', '/api/feeds/ops')
+  assert.ok(ops.posts.some((p) => p.id === postId), `herald's ops feed lacks the post: ${JSON.stringify(ops.posts.map((p) => p.id))}`)
+  await navigate(admin, 'Feeds')
+  await admin.getByTestId('feed-ops').waitFor()
+  assert.equal(await admin.getByTestId('feed-release').count(), 0, 'the feeds still list release')
+  await admin.getByTestId('feed-ops').getByRole('link', { name: '#ops' }).click()
+  await admin.getByTestId(`post-card-${postId}`).getByRole('link', { name: title }).waitFor()
+  assert.ok(await stillSameDocument(admin), "the admin's tab was reloaded")
+  await shot(admin, 'feed-ops.png')
+  assert.deepEqual([...s.admin.errors, ...s.operator.errors], [], 'uncaught errors in the pages')
+  await navigate(admin, 'Deployments')
+  await admin.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
 })
 
 step('screenshots: the dashboard at phone width and in dark mode', async () => {
@@ -774,13 +857,16 @@ step('an action dialog stays open with its text when the deployment finishes und
   await dialog.waitFor({ state: 'hidden' })
 }, 90_000, { independent: true })
 
-step('eight tabs of one browser share one live connection, all get the same event, and the next tab takes over', async () => {
+step('eight tabs of one browser share one live connection and one resource stream, all get the same event, and the next tab takes over', async () => {
   const { context, page: first } = s.admin
   await first.getByRole('heading', { name: 'Deployments', exact: true, level: 1 }).waitFor()
-  // Every live stream this browser opens from now on.
+  // Every live stream this browser opens from now on: the log's, and the resource streams (`…/live`).
   const streams = []
+  const resourceStreams = []
   context.on('request', (r) => {
-    if (new URL(r.url()).pathname === '/api/events/live') streams.push(r.url())
+    const p = new URL(r.url()).pathname
+    if (p === '/api/events/live') streams.push(r.url())
+    else if (p.startsWith('/api/') && p.endsWith('/live')) resourceStreams.push(r.url())
   })
   const tabs = [first]
   for (let i = 2; i <= 8; i++) {
@@ -795,11 +881,13 @@ step('eight tabs of one browser share one live connection, all get the same even
   await Promise.all(tabs.map((p) => p.locator(`tr[data-testid="deployment-${id}"]`).getByText('In progress').waitFor()))
   for (const p of tabs) assert.equal(await p.locator(`tr[data-testid="deployment-${id}"]`).count(), 1)
   assert.deepEqual(streams, [], 'the seven new tabs opened live streams of their own: the first tab leads')
+  assert.deepEqual(resourceStreams, [], 'the seven new tabs opened resource streams of their own: the first tab runs them for all')
 
   // The leading tab closes: another takes the lock and resumes, with one stream.
   await first.close()
   const rest = tabs.slice(1)
   await until('one tab to open the live stream again', async () => streams.length >= 1)
+  await until('one tab to open the deployments stream again', async () => resourceStreams.length >= 1)
   await s.herald.api(s.token, 'POST', '/api/commands', {
     type: 'ReportDeploymentProgress',
     aggregate_id: id,
@@ -808,6 +896,11 @@ step('eight tabs of one browser share one live connection, all get the same even
   await Promise.all(rest.map((p) => p.locator(`tr[data-testid="deployment-${id}"]`).getByText('after the hand-over').waitFor()))
   await Promise.all(rest.map((p, i) => expectStatus(p, `tab ${i + 2}`, 'live')))
   assert.equal(streams.length, 1, `after the hand-over the browser opened ${streams.length} live streams: ${streams.join(' ')}`)
+  assert.deepEqual(
+    resourceStreams.map((u) => new URL(u).pathname),
+    ['/api/deployments/live'],
+    `after the hand-over the browser opened these resource streams: ${resourceStreams.join(' ')}`,
+  )
   // Resumed from where the old leader stopped.
   assert.match(streams[0], /after=\d+/)
   await shot(rest[0], 'eight-tabs.png')

@@ -4,16 +4,16 @@ import { useEffect, useMemo } from 'react'
 import { Link, Navigate, Route, Routes, useLocation, useSearchParams } from 'react-router'
 import { ErrorAlert } from './components/ErrorAlert'
 import { Layout } from './components/Layout'
-import { AdminPage } from './features/admin/AdminPage'
-import { AuditPage } from './features/audit/AuditPage'
+import { features } from './features'
 import { fetchMe, meKey } from './features/auth/api'
-import { AuthContext, authOf, useAuth } from './features/auth/AuthContext'
+import { AuthContext, authOf } from './features/auth/AuthContext'
 import { LoginPage } from './features/auth/LoginPage'
 import { StepUpProvider } from './features/auth/StepUp'
-import { DeploymentDetailPage } from './features/deployments/DeploymentDetailPage'
-import { DeploymentsPage } from './features/deployments/DeploymentsPage'
 import { setUnauthorizedHandler } from './lib/api'
+import { Features, FeaturesProvider } from './lib/feature'
 import { LiveProvider } from './live/LiveProvider'
+
+const featureSet = new Features(features)
 
 export function App() {
   const qc = useQueryClient()
@@ -46,23 +46,24 @@ export function App() {
   if (!auth) return <SignedOut />
 
   return (
-    <AuthContext.Provider value={auth}>
-      <LiveProvider enabled onUnauthorized={() => qc.setQueryData(meKey, null)}>
-        <StepUpProvider username={auth.user.username}>
-          <Layout>
-            <Routes>
-              <Route path="/" element={<DeploymentsPage />} />
-              <Route path="/deployments/:id" element={<DeploymentDetailPage />} />
-              <Route path="/audit" element={<AuditPage />} />
-              <Route path="/admin" element={<AdminOnly />} />
-              <Route path="/login" element={<AfterLogin />} />
-              <Route path="/register" element={<AfterLogin />} />
-              <Route path="*" element={<NotFound />} />
-            </Routes>
-          </Layout>
-        </StepUpProvider>
-      </LiveProvider>
-    </AuthContext.Provider>
+    <FeaturesProvider value={featureSet}>
+      <AuthContext.Provider value={auth}>
+        <LiveProvider enabled onUnauthorized={() => qc.setQueryData(meKey, null)}>
+          <StepUpProvider username={auth.user.username}>
+            <Layout>
+              <Routes>
+                {featureSet.routes.map((r) => (
+                  <Route key={r.path} path={r.path} element={r.element} />
+                ))}
+                <Route path="/login" element={<AfterLogin />} />
+                <Route path="/register" element={<AfterLogin />} />
+                <Route path="*" element={<NotFound />} />
+              </Routes>
+            </Layout>
+          </StepUpProvider>
+        </LiveProvider>
+      </AuthContext.Provider>
+    </FeaturesProvider>
   )
 }
 
@@ -79,20 +80,6 @@ function AfterLogin() {
   return <Navigate to={next && next.startsWith('/') && !next.startsWith('//') ? next : '/'} replace />
 }
 
-function AdminOnly() {
-  const { isAdmin } = useAuth()
-  if (!isAdmin)
-    return (
-      <Stack gap="3">
-        <Heading as="h1" size="xl">
-          Admin
-        </Heading>
-        <Text>Only admins can manage users, invites, tokens and sessions.</Text>
-      </Stack>
-    )
-  return <AdminPage />
-}
-
 function NotFound() {
   return (
     <Stack gap="3">
@@ -100,7 +87,7 @@ function NotFound() {
         Not found
       </Heading>
       <Text>
-        There is no page here. <Link to="/">Go to the deployments.</Link>
+        There is no page here. <Link to="/">Go to the start page.</Link>
       </Text>
     </Stack>
   )

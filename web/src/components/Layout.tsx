@@ -5,6 +5,7 @@ import { LuLogOut } from 'react-icons/lu'
 import { NavLink, useNavigate } from 'react-router'
 import { logout, meKey } from '../features/auth/api'
 import { useAuth } from '../features/auth/AuthContext'
+import { useFeatures } from '../lib/feature'
 import { ConnectionIndicator } from './ConnectionIndicator'
 import { ColorModeButton } from './ui/color-mode'
 import { toaster } from './ui/toaster'
@@ -21,7 +22,9 @@ function NavItem({ to, children }: { to: string; children: ReactNode }) {
 }
 
 export function Layout({ children }: { children: ReactNode }) {
-  const { user, isAdmin } = useAuth()
+  const { user, isAdmin, canOperate } = useAuth()
+  const { nav } = useFeatures()
+  const shown = nav.filter((n) => (n.role === 'admin' ? isAdmin : n.role === 'operator' ? canOperate : true))
   const qc = useQueryClient()
   const navigate = useNavigate()
 
@@ -50,17 +53,11 @@ export function Layout({ children }: { children: ReactNode }) {
               </Text>
               <Box as="nav" aria-label="Main">
                 <HStack as="ul" listStyleType="none" gap="1" wrap="wrap">
-                  <li>
-                    <NavItem to="/">Deployments</NavItem>
-                  </li>
-                  <li>
-                    <NavItem to="/audit">Audit log</NavItem>
-                  </li>
-                  {isAdmin && (
-                    <li>
-                      <NavItem to="/admin">Admin</NavItem>
+                  {shown.map((n) => (
+                    <li key={n.to}>
+                      <NavItem to={n.to}>{n.label}</NavItem>
                     </li>
-                  )}
+                  ))}
                 </HStack>
               </Box>
             </HStack>

@@ -1,10 +1,11 @@
 import { useQueryClient } from '@tanstack/react-query'
 import { createContext, useContext, useEffect, useRef, useState, useSyncExternalStore, type ReactNode } from 'react'
+import { useFeatures } from '../lib/feature'
 import type { Envelope } from '../lib/types'
 import { applyEvents, resyncLiveQueries } from './cache'
 import { LiveConnection, type StatusInfo } from './connection'
+import { ResourceHub, ResourceStream } from './resource'
 import { SharedLive, type BroadcastChannelCtor, type LockManagerLike } from './shared'
-import { KNOWN_EVENT_TYPES } from './eventTypes'
 import { matches, type EventFilter } from './filter'
 
 type Listener = (events: Envelope[]) => void
@@ -15,6 +16,8 @@ class LiveHub {
   reconnect: () => void = () => {}
   private status: StatusInfo = { status: 'connecting', position: 0, attempt: 0, retryAt: null, pollingReason: null }
   private browserOnline = typeof navigator === 'undefined' ? true : navigator.onLine
+  /** A resource stream of this tab is resuming after a drop. */
+  private resourceTrouble = false
   private snapshot: StatusInfo = this.status
   private statusListeners = new Set<() => void>()
   private listeners = new Set<Listener>()
@@ -27,10 +30,20 @@ class LiveHub {
     this.browserOnline = online
     this.refresh()
   }
+  setResourceTrouble(trouble: boolean): void {
+    if (trouble === this.resourceTrouble) return
+    this.resourceTrouble = trouble
+    this.refresh()
+  }
   private refresh(): void {
     const s = this.status
-    // The browser knows first when the network is gone.
-    this.snapshot = !this.browserOnline && s.status !== 'stopped' ? { ...s, status: 'offline' } : s
+    // The browser knows first when the network is gone; a page's own stream may drop while the log's is fine.
+    this.snapshot =
+      !this.browserOnline && s.status !== 'stopped'
+        ? { ...s, status: 'offline' }
+        : this.resourceTrouble && s.status === 'live'
+          ? { ...s, status: 'reconnecting' }
+          : s
     for (const l of this.statusListeners) l()
   }
   getStatus = (): StatusInfo => this.snapshot
@@ -48,10 +61,18 @@ class LiveHub {
 }
 
 const LiveContext = createContext<LiveHub | null>(null)
+const ResourceContext = createContext<ResourceHub | null>(null)
+
+const sharing = () => ({
+  locks: (typeof navigator !== 'undefined' ? (navigator.locks as LockManagerLike | undefined) : undefined) ?? null,
+  BroadcastChannel: (typeof BroadcastChannel !== 'undefined' ? (BroadcastChannel as BroadcastChannelCtor) : null) ?? null,
+})
 
 /**
  * Follows the browser's one live connection (`/api/events/live`) while `enabled`
- * (signed in), and puts every event into the query cache.
+ * (signed in), and puts every event into the query cache (each feature's live
+ * handler gets the events of its types). Runs the resource streams the pages
+ * follow (`useResource`), shared with the other tabs too.
  */
 export function LiveProvider({
   enabled,
@@ -63,36 +84,52 @@ export function LiveProvider({
   children: ReactNode
 }) {
   const qc = useQueryClient()
+  const features = useFeatures()
   const [hub] = useState(() => new LiveHub())
   const unauthorized = useRef(onUnauthorized)
   unauthorized.current = onUnauthorized
+  // Stable for the pages' subscriptions; started and stopped with the session.
+  const [resources] = useState(
+    () =>
+      new ResourceHub({
+        ...sharing(),
+        createStream: (url, type, callbacks) =>
+          new ResourceStream({
+            url,
+            type,
+            EventSource: window.EventSource,
+            fetch: window.fetch.bind(window),
+            ...callbacks,
+          }),
+        onUnauthorized: () => unauthorized.current?.(),
+      }),
+  )
 
   useEffect(() => {
     if (!enabled) return
+    resources.start()
+    const offStatus = resources.subscribeStatus(() => hub.setResourceTrouble(resources.statuses().includes('reconnecting')))
     // One connection per browser: the tab holding the Web Lock runs it and
     // passes events and status to the others (shared.ts); without Web Locks or
     // BroadcastChannel each tab runs its own.
-    const locks = (typeof navigator !== 'undefined' ? (navigator.locks as LockManagerLike | undefined) : undefined) ?? null
-    const BC = (typeof BroadcastChannel !== 'undefined' ? (BroadcastChannel as BroadcastChannelCtor) : null) ?? null
     const live: SharedLive = new SharedLive({
-      locks,
-      BroadcastChannel: BC,
+      ...sharing(),
       createConnection: (callbacks) =>
         new LiveConnection({
           EventSource: window.EventSource,
           fetch: window.fetch.bind(window),
-          eventTypes: KNOWN_EVENT_TYPES,
+          eventTypes: features.eventTypes,
           ...callbacks,
         }),
       onEvents: (events) => {
-        applyEvents(qc, events)
+        applyEvents(qc, events, features.handlers)
         hub.publish(events)
         // The status carries the position applied (the audit page compares it with
         // the last chain check); onStatus alone fires only when the status changes.
         hub.setStatus(live.info)
       },
       onStatus: (s) => hub.setStatus(s),
-      onReady: () => resyncLiveQueries(qc),
+      onReady: () => resyncLiveQueries(qc, features.resyncKeys),
       onUnauthorized: () => unauthorized.current?.(),
     })
     hub.reconnect = () => live.reconnect()
@@ -100,6 +137,7 @@ export function LiveProvider({
     const online = () => {
       hub.setBrowserOnline(true)
       live.nudge()
+      resources.nudge()
     }
     const offline = () => hub.setBrowserOnline(false)
     window.addEventListener('online', online)
@@ -109,10 +147,23 @@ export function LiveProvider({
       window.removeEventListener('offline', offline)
       hub.reconnect = () => {}
       live.stop()
+      offStatus()
+      resources.stop()
     }
-  }, [enabled, qc, hub])
+  }, [enabled, qc, hub, resources, features])
 
-  return <LiveContext.Provider value={hub}>{children}</LiveContext.Provider>
+  return (
+    <LiveContext.Provider value={hub}>
+      <ResourceContext.Provider value={resources}>{children}</ResourceContext.Provider>
+    </LiveContext.Provider>
+  )
+}
+
+/** The resource streams of this browser (for `useResource`). */
+export function useResourceHub(): ResourceHub {
+  const r = useContext(ResourceContext)
+  if (!r) throw new Error('useResource must be used inside <LiveProvider>')
+  return r
 }
 
 function useHub(): LiveHub {

@@ -1,75 +1,51 @@
-import { QueryClient, type InfiniteData } from '@tanstack/react-query'
+import { QueryClient } from '@tanstack/react-query'
 import { describe, expect, it } from 'vitest'
-import { deploymentKeys } from '../features/deployments/api'
-import type { DeploymentList } from '../features/deployments/types'
+import type { LiveHandler } from '../lib/feature'
 import type { Envelope, StreamSlice } from '../lib/types'
-import { applyEvents, auditKey, type AuditWindow } from './cache'
 import { makeEnvelope } from '../test/envelope'
+import { applyEvents, livePosition } from './cache'
+import { streamKey } from './streams'
 
 let pos = 100
 const ev = (stream: string, version: number, type: string, data: Record<string, unknown> = {}): Envelope =>
   makeEnvelope({ position: ++pos, stream, version, type, data })
 
 describe('applyEvents', () => {
-  it('folds deployment events into the cached list and detail, and appends to the timeline', () => {
+  it("appends to a cached timeline the next version of its stream once, and reads it again after a gap", () => {
     const qc = new QueryClient()
-    qc.setQueryData<DeploymentList>(deploymentKeys.list, { deployments: [], position: 100 })
-    qc.setQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'), { stream: 'deployment-a', version: 0, events: [] })
-    const start = ev('deployment-a', 1, 'DeploymentStarted', { service: 'api' })
-    const progress = ev('deployment-a', 2, 'DeploymentProgressed', { percent: 40 })
-    applyEvents(qc, [start, progress])
-    const list = qc.getQueryData<DeploymentList>(deploymentKeys.list)!
-    expect(list.deployments).toHaveLength(1)
-    expect(list.deployments[0]).toMatchObject({ id: 'a', progress: 40, stream_version: 2 })
-    expect(list.position).toBe(progress.position)
-    expect(qc.getQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'))!.events.map((e) => e.version)).toEqual([1, 2])
-    // Again: nothing changes.
-    applyEvents(qc, [start, progress])
-    expect(qc.getQueryData<DeploymentList>(deploymentKeys.list)!.deployments).toHaveLength(1)
-    expect(qc.getQueryData<StreamSlice>(deploymentKeys.stream('deployment-a'))!.events).toHaveLength(2)
+    qc.setQueryData<StreamSlice>(streamKey('post-a'), { stream: 'post-a', version: 0, events: [] })
+    qc.setQueryData<StreamSlice>(streamKey('post-b'), { stream: 'post-b', version: 1, events: [] })
+    const created = ev('post-a', 1, 'PostCreated')
+    const updated = ev('post-a', 2, 'PostUpdated')
+    applyEvents(qc, [created, updated], [])
+    applyEvents(qc, [created, updated], [])
+    expect(qc.getQueryData<StreamSlice>(streamKey('post-a'))!.events.map((e) => e.version)).toEqual([1, 2])
+    applyEvents(qc, [ev('post-b', 3, 'PostUpdated')], [])
+    expect(qc.getQueryState(streamKey('post-b'))!.isInvalidated).toBe(true)
+    expect(livePosition()).toBe(pos)
   })
 
-  it('patches every cached list; a filtered list takes in only new deployments that match, and keeps rows that leave it', () => {
+  it('gives each handler the events of its types, in order; "*" gets every event; a throwing handler stops no other', () => {
     const qc = new QueryClient()
-    const all = deploymentKeys.listOf({ limit: 200 })
-    const inProgress = deploymentKeys.listOf({ status: 'in_progress', limit: 200 })
-    const failed = deploymentKeys.listOf({ status: 'failed', limit: 200 })
-    qc.setQueryData<DeploymentList>(all, { deployments: [], position: pos, status: null })
-    qc.setQueryData<DeploymentList>(inProgress, { deployments: [], position: pos, status: 'in_progress' })
-    qc.setQueryData<DeploymentList>(failed, { deployments: [], position: pos, status: 'failed' })
-    const start = ev('deployment-f', 1, 'DeploymentStarted', { service: 'api' })
-    applyEvents(qc, [start])
-    const ids = (key: readonly unknown[]) => qc.getQueryData<DeploymentList>(key)!.deployments.map((d) => `${d.id}:${d.status}`)
-    expect(ids(all)).toEqual(['f:in_progress'])
-    expect(ids(inProgress)).toEqual(['f:in_progress'])
-    expect(ids(failed)).toEqual([])
-    applyEvents(qc, [ev('deployment-f', 2, 'DeploymentFailed', { reason: 'x' })])
-    expect(ids(all)).toEqual(['f:failed'])
-    expect(ids(inProgress)).toEqual(['f:failed'])
-    expect(ids(failed)).toEqual([])
-  })
-
-  it('refreshes the invites when someone registers (an invite was used)', () => {
-    const qc = new QueryClient()
-    qc.setQueryData(['admin', 'invites'], [])
-    applyEvents(qc, [ev('user-u2', 1, 'UserRegistered', { username: 'bob' })])
-    expect(qc.getQueryState(['admin', 'invites'])!.isInvalidated).toBe(true)
-  })
-
-  it('puts new matching events at the top of each cached audit view, once', () => {
-    const qc = new QueryClient()
-    const all = auditKey({})
-    const onlyStarts = auditKey({ type: 'DeploymentStarted' })
-    const empty: InfiniteData<AuditWindow, number | null> = { pages: [{ events: [], after: 0, through: pos }], pageParams: [null] }
-    qc.setQueryData(all, empty)
-    qc.setQueryData(onlyStarts, empty)
-    const a = ev('deployment-b', 1, 'DeploymentStarted', { service: 'x' })
-    const b = ev('deployment-b', 2, 'DeploymentSucceeded')
-    applyEvents(qc, [a, b])
-    applyEvents(qc, [b])
-    const top = (key: readonly unknown[]) =>
-      qc.getQueryData<InfiniteData<AuditWindow>>(key)!.pages[0].events.map((e) => e.position)
-    expect(top(all)).toEqual([b.position, a.position])
-    expect(top(onlyStarts)).toEqual([a.position])
+    const got: Record<string, string[]> = { posts: [], all: [], broken: [] }
+    const handlers: LiveHandler[] = [
+      { types: ['Boom'], apply: (_qc, es) => { got.broken.push(...es.map((e) => e.type)); throw new Error('bug') } },
+      { types: ['PostCreated', 'PostUpdated'], apply: (_qc, es) => got.posts.push(...es.map((e) => e.type)) },
+      { types: ['DeploymentStarted'] },
+      { types: '*', apply: (_qc, es) => got.all.push(...es.map((e) => e.type)) },
+    ]
+    const batch = [ev('post-a', 1, 'PostCreated'), ev('x-1', 1, 'Boom'), ev('deployment-d', 1, 'DeploymentStarted'), ev('post-a', 2, 'PostUpdated')]
+    const error = console.error
+    console.error = () => {}
+    try {
+      applyEvents(qc, batch, handlers)
+    } finally {
+      console.error = error
+    }
+    expect(got).toEqual({
+      posts: ['PostCreated', 'PostUpdated'],
+      all: ['PostCreated', 'Boom', 'DeploymentStarted', 'PostUpdated'],
+      broken: ['Boom'],
+    })
   })
 })

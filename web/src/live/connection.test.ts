@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import type { Envelope } from '../lib/types'
+import { FakeEventSource as FakeEventSourceBase } from '../test/fakes'
 import { LiveConnection, backoffDelay, type LiveOptions, type StatusInfo } from './connection'
 
 // --- a fake herald: an in-memory log, GET /api/events, and fake EventSources --
@@ -19,44 +20,17 @@ function envelope(position: number, type = 'DeploymentProgressed'): Envelope {
   }
 }
 
-class FakeEventSource {
+class FakeEventSource extends FakeEventSourceBase {
   static instances: FakeEventSource[] = []
-  readyState = 0
-  closed = false
-  private listeners = new Map<string, Set<(ev: Event | MessageEvent) => void>>()
-
-  constructor(readonly url: string) {
-    FakeEventSource.instances.push(this)
-  }
   static get last(): FakeEventSource {
     return FakeEventSource.instances[FakeEventSource.instances.length - 1]
   }
   get after(): number {
     return Number(new URL(this.url, 'http://x').searchParams.get('after'))
   }
-  addEventListener(type: string, fn: (ev: Event | MessageEvent) => void): void {
-    if (!this.listeners.has(type)) this.listeners.set(type, new Set())
-    this.listeners.get(type)!.add(fn)
-  }
-  close(): void {
-    this.closed = true
-    this.readyState = 2
-  }
-  private dispatch(type: string, ev: object): void {
-    if (this.closed) return
-    for (const fn of this.listeners.get(type) ?? []) fn(ev as MessageEvent)
-  }
-  open(): void {
-    this.readyState = 1
-    this.dispatch('open', { type: 'open' })
-  }
   /** As herald sends it: `event: <type>`, `id: <position>`, `data: <envelope>`. */
   send(e: Envelope): void {
-    this.dispatch(e.type, { type: e.type, data: JSON.stringify(e), lastEventId: String(e.position) })
-  }
-  fail(): void {
-    this.readyState = 2
-    this.dispatch('error', { type: 'error' })
+    this.message(e.type, e.position, e)
   }
 }
 

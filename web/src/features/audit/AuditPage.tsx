@@ -20,14 +20,12 @@ import { LuShieldAlert, LuShieldCheck } from 'react-icons/lu'
 import { Link } from 'react-router'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
-import { actorLabel, describeEvent } from '../../lib/describe'
+import { actorLabel } from '../../lib/describe'
+import { useFeatures } from '../../lib/feature'
 import type { Envelope } from '../../lib/types'
-import { auditKey } from '../../live/cache'
-import { KNOWN_EVENT_TYPES } from '../../live/eventTypes'
 import type { EventFilter } from '../../live/filter'
 import { useConnectionStatus } from '../../live/LiveProvider'
-import { deploymentIdOf } from '../deployments/fold'
-import { fetchAuditPage, fetchVerify, verifyKey, type AuditCursor } from './api'
+import { auditKey, fetchAuditPage, fetchVerify, verifyKey, type AuditCursor } from './api'
 
 export function AuditPage() {
   const [filter, setFilter] = useState<EventFilter>({})
@@ -90,7 +88,8 @@ export function AuditPage() {
 }
 
 function EventRow({ e }: { e: Envelope }) {
-  const deploymentId = deploymentIdOf(e.stream)
+  const { describe, streamPage } = useFeatures()
+  const page = streamPage(e.stream)
   return (
     <Table.Row data-testid="audit-event">
       <Table.Cell textAlign="end" fontVariantNumeric="tabular-nums" color="fg.muted">
@@ -103,7 +102,7 @@ function EventRow({ e }: { e: Envelope }) {
       <Table.Cell>
         <Text fontWeight="medium">{e.type}</Text>
         <Text fontSize="sm" color="fg.muted">
-          {describeEvent(e)}
+          {describe(e)}
         </Text>
         <details>
           <summary style={{ cursor: 'pointer', fontSize: '0.8em' }}>Envelope</summary>
@@ -113,9 +112,9 @@ function EventRow({ e }: { e: Envelope }) {
         </details>
       </Table.Cell>
       <Table.Cell hideBelow="md" fontFamily="mono" fontSize="xs" wordBreak="break-all">
-        {deploymentId ? (
+        {page ? (
           <ChakraLink asChild colorPalette="blue" variant="underline">
-            <Link to={`/deployments/${encodeURIComponent(deploymentId)}`}>{e.stream}</Link>
+            <Link to={page}>{e.stream}</Link>
           </ChakraLink>
         ) : (
           e.stream
@@ -126,6 +125,7 @@ function EventRow({ e }: { e: Envelope }) {
 }
 
 function Filters({ value, onChange }: { value: EventFilter; onChange: (f: EventFilter) => void }) {
+  const { eventTypes } = useFeatures()
   const [stream, setStream] = useState(value.stream ?? '')
   const [type, setType] = useState(value.type ?? '')
   const [actor, setActor] = useState(value.actor ?? '')
@@ -154,7 +154,7 @@ function Filters({ value, onChange }: { value: EventFilter; onChange: (f: EventF
           <Field.Label>Event type</Field.Label>
           <Input value={type} onChange={(e) => setType(e.target.value)} list="event-types" placeholder="DeploymentStarted" />
           <datalist id="event-types">
-            {KNOWN_EVENT_TYPES.map((t) => (
+            {eventTypes.map((t) => (
               <option key={t} value={t} />
             ))}
           </datalist>

@@ -1,7 +1,19 @@
+import type { InfiniteData, QueryClient } from '@tanstack/react-query'
 import { get } from '../../lib/api'
 import type { Envelope, EventsPage } from '../../lib/types'
-import { livePosition, type AuditWindow } from '../../live/cache'
+import { livePosition } from '../../live/cache'
 import { matches, type EventFilter } from '../../live/filter'
+
+/** One window of the audit log, newest first. */
+export interface AuditWindow {
+  events: Envelope[]
+  /** The window holds the matching events with positions in (after, through]. */
+  after: number
+  through: number
+}
+
+export const auditKey = (filter: EventFilter) => ['audit', 'events', filter] as const
+export const AUDIT_EVENTS = ['audit', 'events'] as const
 
 export interface ChainStatus {
   ok: boolean
@@ -59,4 +71,23 @@ export async function fetchAuditPage(filter: EventFilter, through: AuditCursor, 
     top = to
   }
   return { events: [...newer, ...events], after, through: top }
+}
+
+/** Live events go at the top of each cached view of the log that they match, once. */
+export function appendToAudit(qc: QueryClient, events: Envelope[]): void {
+  const cached = qc.getQueriesData<InfiniteData<AuditWindow, number>>({ queryKey: AUDIT_EVENTS })
+  for (const [key, data] of cached) {
+    if (qc.getQueryState(key)?.fetchStatus === 'fetching') {
+      // The first page's reader catches up to livePosition() before it answers.
+      continue
+    }
+    if (!data || data.pages.length === 0) continue
+    const filter = (key[2] ?? {}) as EventFilter
+    const first = data.pages[0]
+    const fresh = events.filter((e) => e.position > first.through && matches(filter, e))
+    if (fresh.length === 0) continue
+    const through = Math.max(first.through, ...events.map((e) => e.position))
+    const page: AuditWindow = { ...first, through, events: [...fresh.reverse(), ...first.events] }
+    qc.setQueryData<InfiniteData<AuditWindow, number>>(key, { ...data, pages: [page, ...data.pages.slice(1)] })
+  }
 }

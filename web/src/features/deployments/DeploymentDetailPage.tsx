@@ -1,17 +1,19 @@
-import { Box, Card, DataList, Heading, HStack, Link as ChakraLink, Skeleton, Stack, Text, Timeline } from '@chakra-ui/react'
-import { useQuery } from '@tanstack/react-query'
-import { LuArrowLeft, LuBan, LuCircleCheck, LuCircleX, LuGauge, LuRocket } from 'react-icons/lu'
-import { Link, useParams } from 'react-router'
+import { Card, DataList, Heading, HStack, Skeleton, Stack } from '@chakra-ui/react'
+import { LuBan, LuCircleCheck, LuCircleX, LuGauge, LuRocket } from 'react-icons/lu'
+import type { IconType } from 'react-icons'
+import { useParams } from 'react-router'
+import { BackLink } from '../../components/BackLink'
 import { ErrorAlert } from '../../components/ErrorAlert'
+import { EventTimeline } from '../../components/EventTimeline'
 import { Time } from '../../components/Time'
-import { actorLabel, describeEvent } from '../../lib/describe'
-import type { Envelope } from '../../lib/types'
+import { useTimeline } from '../../live/streams'
+import { useResource } from '../../live/useResource'
 import { useAuth } from '../auth/AuthContext'
 import { DeploymentActions } from './actions'
-import { deploymentKeys, fetchDeployment, fetchStream } from './api'
 import { DeploymentProgress, StatusBadge, deploymentName } from './components'
+import { deploymentStream, deploymentView } from './resource'
 
-const TYPE_ICON: Record<string, typeof LuRocket> = {
+const TYPE_ICON: Record<string, IconType> = {
   DeploymentStarted: LuRocket,
   DeploymentProgressed: LuGauge,
   DeploymentSucceeded: LuCircleCheck,
@@ -23,19 +25,16 @@ export function DeploymentDetailPage() {
   const { id = '' } = useParams()
   const { canOperate } = useAuth()
   const stream = `deployment-${id}`
-  const deployment = useQuery({ queryKey: deploymentKeys.detail(id), queryFn: ({ signal }) => fetchDeployment(id, signal) })
-  const timeline = useQuery({ queryKey: deploymentKeys.stream(stream), queryFn: ({ signal }) => fetchStream(stream, signal) })
-  const d = deployment.data
+  // The deployment from its resource stream; the timeline from the log (kept current by the live events).
+  const deployment = useResource(deploymentView, id ? deploymentStream(id) : null)
+  const timeline = useTimeline(stream)
+  const d = deployment.state
 
   return (
     <Stack gap="6">
-      <ChakraLink asChild fontSize="sm" color="fg.muted">
-        <Link to="/">
-          <LuArrowLeft aria-hidden="true" /> All deployments
-        </Link>
-      </ChakraLink>
+      <BackLink to="/">All deployments</BackLink>
       <ErrorAlert error={deployment.error} title="This deployment could not be loaded" />
-      {deployment.isPending && <Skeleton height="24" />}
+      {!d && !deployment.error && <Skeleton height="24" />}
       {d && (
         <Card.Root>
           <Card.Body>
@@ -94,41 +93,10 @@ export function DeploymentDetailPage() {
         </Heading>
         <ErrorAlert error={timeline.error} />
         {timeline.isPending && <Skeleton height="32" />}
-        {timeline.data && <EventTimeline events={timeline.data.events} />}
+        {timeline.data && (
+          <EventTimeline events={timeline.data.events} icons={TYPE_ICON} label="Events of this deployment, oldest first" />
+        )}
       </Stack>
     </Stack>
-  )
-}
-
-function EventTimeline({ events }: { events: Envelope[] }) {
-  return (
-    <Box bg="bg" borderWidth="1px" borderRadius="md" p={{ base: '3', md: '5' }}>
-      <Timeline.Root size="lg" as="ol" aria-label="Events of this deployment, oldest first">
-        {events.map((e) => {
-          const Icon = TYPE_ICON[e.type] ?? LuGauge
-          return (
-            <Timeline.Item key={e.position} as="li" data-testid="timeline-event">
-              <Timeline.Connector>
-                <Timeline.Separator />
-                <Timeline.Indicator>
-                  <Icon aria-hidden="true" />
-                </Timeline.Indicator>
-              </Timeline.Connector>
-              <Timeline.Content>
-                <Timeline.Title>
-                  <Text as="span" fontWeight="semibold">
-                    {actorLabel(e)}
-                  </Text>{' '}
-                  {describeEvent(e)}
-                </Timeline.Title>
-                <Timeline.Description>
-                  <Time iso={e.recorded_at} absolute /> · {e.type} · version {e.version} · position {e.position}
-                </Timeline.Description>
-              </Timeline.Content>
-            </Timeline.Item>
-          )
-        })}
-      </Timeline.Root>
-    </Box>
   )
 }

@@ -1,14 +1,14 @@
 import { Box, Button, EmptyState, HStack, Heading, Link as ChakraLink, NativeSelect, Skeleton, Stack, Table, Text } from '@chakra-ui/react'
-import { keepPreviousData, useQuery } from '@tanstack/react-query'
 import { useState } from 'react'
 import { LuRocket } from 'react-icons/lu'
 import { Link } from 'react-router'
 import { ErrorAlert } from '../../components/ErrorAlert'
 import { Time } from '../../components/Time'
+import { useResource } from '../../live/useResource'
 import { useAuth } from '../auth/AuthContext'
 import { DeploymentActions } from './actions'
-import { DEPLOYMENTS_MAX, DEPLOYMENTS_PAGE, deploymentKeys, fetchDeployments } from './api'
 import { DeploymentProgress, StatusBadge } from './components'
+import { DEPLOYMENTS_MAX, DEPLOYMENTS_PAGE, deploymentsList, listStream, shownDeployments } from './resource'
 import { StartForm } from './StartForm'
 import { STATUS_LABEL, type DeploymentStatus } from './types'
 
@@ -16,17 +16,12 @@ export function DeploymentsPage() {
   const { canOperate } = useAuth()
   const [status, setStatus] = useState<DeploymentStatus | ''>('')
   const [limit, setLimit] = useState(DEPLOYMENTS_PAGE)
-  // herald filters by status and says when there are more than the page.
-  const query = { status: status || null, limit }
-  const list = useQuery({
-    queryKey: deploymentKeys.listOf(query),
-    queryFn: ({ signal }) => fetchDeployments(query, signal),
-    // "Load more" keeps the rows on screen while the longer list loads.
-    placeholderData: keepPreviousData,
-  })
-  const rows = list.data?.deployments ?? []
-  const more = list.data?.more === true
-  const total = list.data?.total
+  // herald filters by status; the stream sends the list, then each change.
+  const stream = listStream({ status: status || null, limit })
+  // "Load more" keeps the rows on screen while the longer list comes.
+  const list = useResource(deploymentsList, stream.url, { keepPrevious: true })
+  const { rows, more } = list.state ? shownDeployments(list.state, stream) : { rows: [], more: false }
+  const pending = list.state === undefined && !list.error
 
   return (
     <Stack gap="6">
@@ -37,10 +32,10 @@ export function DeploymentsPage() {
       <HStack justify="space-between" wrap="wrap" gap="3">
         <Heading as="h2" size="md">
           {status ? STATUS_LABEL[status] : 'All deployments'}
-          {list.data && (
+          {list.state && !list.isPlaceholder && (
             <Text as="span" color="fg.muted" fontWeight="normal" fontSize="sm">
               {' '}
-              ({total !== undefined ? total : more ? `${rows.length}+` : rows.length})
+              ({more ? `${rows.length}+` : rows.length})
             </Text>
           )}
         </Heading>
@@ -64,7 +59,7 @@ export function DeploymentsPage() {
         </NativeSelect.Root>
       </HStack>
       <ErrorAlert error={list.error} title="The deployments could not be loaded" />
-      {list.isPending ? (
+      {pending ? (
         <Stack gap="2" aria-label="Loading deployments">
           <Skeleton height="10" />
           <Skeleton height="10" />
@@ -170,19 +165,17 @@ export function DeploymentsPage() {
             </Table.Root>
           </Table.ScrollArea>
         </Box>
-        {(more || (total !== undefined && total > rows.length)) && (
+        {more && (
           <HStack gap="3" wrap="wrap" data-testid="deployments-more">
             <Text color="fg.muted" fontSize="sm" role="status">
-              {total !== undefined
-                ? `Showing ${rows.length} of ${total}${status ? ` ${STATUS_LABEL[status].toLowerCase()}` : ''} deployments, newest first.`
-                : `Showing the newest ${rows.length}${status ? ` ${STATUS_LABEL[status].toLowerCase()}` : ''} deployments; there are more.`}
+              {`Showing the newest ${rows.length}${status ? ` ${STATUS_LABEL[status].toLowerCase()}` : ''} deployments; there are more.`}
               {limit >= DEPLOYMENTS_MAX && ' This is as many as herald lists at once: choose a status to narrow it down.'}
             </Text>
             {limit < DEPLOYMENTS_MAX && (
               <Button
                 size="sm"
                 variant="outline"
-                loading={list.isFetching && list.isPlaceholderData}
+                loading={list.isPlaceholder}
                 onClick={() => setLimit((l) => Math.min(DEPLOYMENTS_MAX, l + DEPLOYMENTS_PAGE))}
               >
                 Load more

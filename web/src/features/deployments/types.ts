@@ -18,18 +18,6 @@ export interface Deployment {
   stream_version: number
 }
 
-export interface DeploymentList {
-  deployments: Deployment[]
-  /** How far the read model has caught up. */
-  position: number
-  /** There are more than the list holds (the console read one more than it shows). */
-  more?: boolean
-  /** How many there are in all, where herald says so. */
-  total?: number
-  /** The status herald filtered on (null: every status). */
-  status?: DeploymentStatus | null
-}
-
 export const STATUS_LABEL: Record<DeploymentStatus, string> = {
   in_progress: 'In progress',
   succeeded: 'Succeeded',
