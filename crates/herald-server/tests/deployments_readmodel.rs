@@ -147,9 +147,7 @@ async fn dump(model: &Model) -> String {
         .read(|conn, checkpoint| {
             let mut out = format!("checkpoint {checkpoint}\n");
             let mut stmt = conn
-                .prepare(
-                    "SELECT id, status, started_position, updated_position, view FROM deployments ORDER BY id",
-                )
+                .prepare("SELECT id, status, started_position, updated_position, view FROM deployments ORDER BY id")
                 .map_err(db)?;
             let mut rows = stmt.query([]).map_err(db)?;
             while let Some(r) = rows.next().map_err(db)? {
@@ -760,11 +758,7 @@ async fn rebuild_gives_the_same_rows_as_incremental_projection() {
     // The default rebuild (large pages) over the incrementally built model itself.
     let before = dump(&f.model).await;
     let mut pages = 0;
-    let applied_again = f
-        .model
-        .rebuild(source(&f.store), &mut |_, _| pages += 1)
-        .await
-        .unwrap();
+    let applied_again = f.model.rebuild(source(&f.store), &mut |_, _| pages += 1).await.unwrap();
     assert_eq!(applied_again, applied);
     assert_eq!(pages, 1);
     assert_eq!(f.all().await, incremental);
@@ -925,7 +919,10 @@ async fn a_rebuild_while_another_process_appends_and_projects_ends_with_the_same
             .await
             .unwrap();
         assert!(last.0 >= head_at_start, "generic {generic}: {last:?}");
-        assert!(f.model.checkpoint().await.unwrap() >= head_at_start, "generic {generic}");
+        assert!(
+            f.model.checkpoint().await.unwrap() >= head_at_start,
+            "generic {generic}"
+        );
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let appended = appender.await.unwrap();
         assert!(appended >= 30);
@@ -1048,8 +1045,16 @@ async fn a_file_of_another_format_is_emptied_on_open_and_rebuilt_from_the_log() 
         }
 
         let model = open_model(dir.path());
-        assert_eq!(model.checkpoint().await.unwrap(), 0, "v{old_version}: replayed from the start");
-        assert_eq!(dump(&model).await, "checkpoint 0\n", "v{old_version}: the old rows are gone");
+        assert_eq!(
+            model.checkpoint().await.unwrap(),
+            0,
+            "v{old_version}: replayed from the start"
+        );
+        assert_eq!(
+            dump(&model).await,
+            "checkpoint 0\n",
+            "v{old_version}: the old rows are gone"
+        );
         {
             let conn = rusqlite::Connection::open(model_file(dir.path())).unwrap();
             let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();

@@ -31,10 +31,10 @@ struct Job {
 
 #[derive(Debug)]
 enum JobCommand {
-    Start,
+    Start(String),
     Progress(u8),
     Succeed,
-    Fail,
+    Fail(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,7 +61,6 @@ struct ProgressData {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailData {
-    #[allow(dead_code)]
     reason: String,
 }
 
@@ -75,12 +74,12 @@ impl Aggregate for Job {
 
     fn parse_command(command_type: &str, data: Value) -> Option<Result<JobCommand, InvalidCommand>> {
         let parsed = match command_type {
-            "StartJob" => parse_data::<StartData>(command_type, data).map(|_| JobCommand::Start),
+            "StartJob" => parse_data::<StartData>(command_type, data).map(|d| JobCommand::Start(d.service)),
             "ReportJobProgress" => {
                 parse_data::<ProgressData>(command_type, data).map(|d| JobCommand::Progress(d.percent))
             }
             "SucceedJob" => Ok(JobCommand::Succeed),
-            "FailJob" => parse_data::<FailData>(command_type, data).map(|_| JobCommand::Fail),
+            "FailJob" => parse_data::<FailData>(command_type, data).map(|d| JobCommand::Fail(d.reason)),
             _ => return None,
         };
         Some(parsed)
@@ -88,19 +87,26 @@ impl Aggregate for Job {
 
     /// Starting a job is the risky command.
     fn needs_step_up(command: &JobCommand) -> bool {
-        matches!(command, JobCommand::Start)
+        matches!(command, JobCommand::Start(_))
     }
 
     fn decide(&self, command: &JobCommand) -> Result<Vec<JobEvent>, Rejection> {
-        let refuse = |rule| Err(Rejection { rule, detail: String::new() });
+        let refuse = |rule| {
+            Err(Rejection {
+                rule,
+                detail: String::new(),
+            })
+        };
         match (self.running, command) {
-            (None, JobCommand::Start) => Ok(vec![JobEvent::JobStarted { service: "s".into() }]),
-            (Some(_), JobCommand::Start) => refuse("Job already started"),
+            (None, JobCommand::Start(service)) => Ok(vec![JobEvent::JobStarted {
+                service: service.clone(),
+            }]),
+            (Some(_), JobCommand::Start(_)) => refuse("Job already started"),
             (None, _) => refuse("Job not started"),
             (Some(false), _) => refuse("Job not running"),
             (Some(true), JobCommand::Progress(percent)) => Ok(vec![JobEvent::JobProgressed { percent: *percent }]),
             (Some(true), JobCommand::Succeed) => Ok(vec![JobEvent::JobSucceeded {}]),
-            (Some(true), JobCommand::Fail) => Ok(vec![JobEvent::JobFailed { reason: "x".into() }]),
+            (Some(true), JobCommand::Fail(reason)) => Ok(vec![JobEvent::JobFailed { reason: reason.clone() }]),
         }
     }
 
@@ -192,12 +198,7 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     let two = Process::open(dir.path());
 
     // `one` starts d1 and caches its state (in progress, version 1).
-    assert_eq!(
-        one.run("StartJob", "d1", None, start())
-            .await
-            .expect("test setup"),
-        1
-    );
+    assert_eq!(one.run("StartJob", "d1", None, start()).await.expect("test setup"), 1);
     assert_eq!(
         one.run("ReportJobProgress", "d1", None, json!({"percent": 10}))
             .await
@@ -206,18 +207,13 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     );
     // `two` finishes it behind `one`'s back.
     assert_eq!(
-        two.run("SucceedJob", "d1", None, json!({}))
-            .await
-            .expect("test setup"),
+        two.run("SucceedJob", "d1", None, json!({})).await.expect("test setup"),
         3
     );
 
     // On its cached state `one` would accept progress and a failure; the log says no.
     assert_eq!(
-        rule(
-            one.run("ReportJobProgress", "d1", None, json!({"percent": 50}))
-                .await
-        ),
+        rule(one.run("ReportJobProgress", "d1", None, json!({"percent": 50})).await),
         "Job not running"
     );
     assert_eq!(
@@ -226,20 +222,12 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
     );
 
     // `two` starts d2; `one` guesses d2 is new, and the log says it is not.
-    assert_eq!(
-        two.run("StartJob", "d2", None, start())
-            .await
-            .expect("test setup"),
-        1
-    );
+    assert_eq!(two.run("StartJob", "d2", None, start()).await.expect("test setup"), 1);
     assert_eq!(
         rule(one.run("StartJob", "d2", None, start()).await),
         "Job already started"
     );
-    assert_eq!(
-        conflict(one.run("StartJob", "d2", Some(0), start()).await),
-        (0, 1)
-    );
+    assert_eq!(conflict(one.run("StartJob", "d2", Some(0), start()).await), (0, 1));
     // …and `one` goes on from the stored state, at the next version.
     assert_eq!(
         one.run("ReportJobProgress", "d2", Some(1), json!({"percent": 5}))
@@ -255,10 +243,7 @@ async fn a_state_cached_by_one_process_is_checked_against_what_another_appended(
         3
     );
     assert_eq!(
-        conflict(
-            one.run("ReportJobProgress", "d2", Some(2), json!({"percent": 7}))
-                .await
-        ),
+        conflict(one.run("ReportJobProgress", "d2", Some(2), json!({"percent": 7})).await),
         (2, 3)
     );
     assert_eq!(
@@ -300,9 +285,7 @@ async fn many_streams_overflow_the_state_cache_without_changing_an_answer() {
             "Job already started"
         );
         assert_eq!(
-            one.run("SucceedJob", id, Some(2), json!({}))
-                .await
-                .expect("test setup"),
+            one.run("SucceedJob", id, Some(2), json!({})).await.expect("test setup"),
             3
         );
     }
@@ -326,9 +309,7 @@ async fn the_domain_says_which_commands_need_a_recent_passkey_verification() {
         Err(CommandError::Invalid(_))
     ));
     assert_eq!(
-        p.run_as("StartJob", "d1", None, start(), true)
-            .await
-            .expect("verified"),
+        p.run_as("StartJob", "d1", None, start(), true).await.expect("verified"),
         1
     );
     // Reporting on a running job is not risky.
