@@ -37,6 +37,8 @@ enum JobCommand {
     Fail(String),
 }
 
+// The variants are the event types, which name their aggregate.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 enum JobEvent {
