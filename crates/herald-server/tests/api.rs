@@ -203,9 +203,9 @@ impl TestApp {
         }
     }
 
-    /// Starts the deployments projector (`app()` does not).
+    /// Starts the consumer runner, which keeps the read models (`app()` does not).
     fn start_projector(&self) {
-        tokio::spawn(herald_server::projector::run(self.state.clone()));
+        tokio::spawn(herald_server::consumers::run(self.state.clone()));
     }
 
     /// `GET /api/deployments{query}` once the read model has caught up with `position`.

@@ -556,7 +556,7 @@ fn every_documented_command_type_is_known() {
         json!({"reason": "r"}),
         json!({}),
     ];
-    for (command_type, data) in COMMAND_TYPES.into_iter().zip(valid) {
+    for (command_type, data) in COMMAND_TYPES.iter().zip(valid) {
         parse_ok(command_type, data);
     }
 }

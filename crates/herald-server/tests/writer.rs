@@ -15,7 +15,6 @@ use herald_core::auth::Role;
 use herald_server::{AppState, ServerConfig};
 use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
-use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::{SqliteConfig, SqliteStore, WriterFatal};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -45,7 +44,7 @@ async fn setup_with(config: SqliteConfig) -> App {
         store.clone(),
         SqliteCredentials::open(dir.path()).expect("credentials"),
         SqliteAccounts::open(dir.path()).expect("accounts"),
-        SqliteDeployments::open(dir.path()).expect("read model"),
+        dir.path(),
         ServerConfig::default(),
     )
     .expect("state");

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_store::readmodel::{READMODELS_FILE, SqliteDeployments};
+use herald_server::domains::deployments::projection::{self as deployments, Deployments};
+use herald_store::projection::{READMODELS_DIR, ReadModel, RowProjection};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -1119,8 +1120,138 @@ fn verify_names_a_deleted_position() {
 }
 
 // ---------------------------------------------------------------------------
-// 6. herald projections rebuild
+// 6. herald projections rebuild, and a projection catching up after kill -9
 // ---------------------------------------------------------------------------
+
+/// The deployments read model's file in the data directory.
+fn deployments_file(data: &Path) -> PathBuf {
+    data.join(READMODELS_DIR).join(format!("{}.db", Deployments::NAME))
+}
+
+/// Every read model `herald projections rebuild` rebuilds when given no name.
+fn registered_projections() -> Vec<&'static str> {
+    herald_server::domain::Registry::all().projection_names()
+}
+
+/// Every row of the deployments read model, every column, and its
+/// checkpoint, read from its file (no herald running): equal dumps are the
+/// same model, byte for byte.
+fn dump_deployments(data: &Path) -> String {
+    let conn = rusqlite::Connection::open(deployments_file(data)).expect("open the deployments read model");
+    let checkpoint: i64 = conn
+        .query_row("SELECT position FROM checkpoint WHERE id = 1", [], |r| r.get(0))
+        .expect("checkpoint");
+    let mut out = format!("checkpoint {checkpoint}\n");
+    let mut stmt = conn
+        .prepare("SELECT id, status, started_position, updated_position, view FROM deployments ORDER BY id")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?
+            ))
+        })
+        .expect("query");
+    for row in rows {
+        out.push_str(&row.expect("row"));
+    }
+    out
+}
+
+/// The last position of the log, read from its file (no herald running).
+fn log_head(data: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(data.join("herald.db")).expect("open herald.db");
+    let head: Option<i64> = conn
+        .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
+        .expect("head");
+    head.unwrap_or(0) as u64
+}
+
+/// The deployments read model's checkpoint, read from its file.
+fn deployments_checkpoint(data: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(deployments_file(data)).expect("open the deployments read model");
+    let checkpoint: i64 = conn
+        .query_row("SELECT position FROM checkpoint WHERE id = 1", [], |r| r.get(0))
+        .expect("checkpoint");
+    checkpoint as u64
+}
+
+/// What one `herald projections rebuild` printed.
+#[derive(Debug)]
+struct Rebuilt {
+    /// `rebuilt the NAME read model from N events in T s` on stdout: (NAME, N), in order.
+    models: Vec<(String, u64)>,
+    /// `NAME: position X of Y (R events/s, ETA S s)` on stderr (not a terminal): (NAME, X, Y).
+    progress: Vec<(String, u64, u64)>,
+    stdout: String,
+    stderr: String,
+}
+
+fn parse_rebuilt_line(line: &str) -> Option<(String, u64)> {
+    let rest = line.strip_prefix("rebuilt the ")?;
+    let (name, rest) = rest.split_once(" read model from ")?;
+    let (events, rest) = rest.split_once(" events in ")?;
+    let seconds = rest.strip_suffix(" s")?;
+    seconds.parse::<f64>().ok()?;
+    Some((name.to_owned(), events.parse().ok()?))
+}
+
+fn parse_progress_line(line: &str) -> Option<(String, u64, u64)> {
+    let (name, rest) = line.split_once(": position ")?;
+    let (at, rest) = rest.split_once(" of ")?;
+    let (head, rest) = rest.split_once(" (")?;
+    let (rate, rest) = rest.split_once(" events/s, ETA ")?;
+    let eta = rest.strip_suffix(" s)")?;
+    rate.parse::<f64>().ok()?;
+    eta.parse::<f64>().ok()?;
+    Some((name.to_owned(), at.parse().ok()?, head.parse().ok()?))
+}
+
+/// `herald projections rebuild NAMES…`, which must succeed.
+fn rebuild(data: &Path, names: &[&str]) -> Rebuilt {
+    let mut args = vec!["projections", "rebuild"];
+    args.extend_from_slice(names);
+    let out = cli(data, &args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "rebuild {names:?}: {stdout}{stderr}");
+    let models = stdout
+        .lines()
+        .map(|l| parse_rebuilt_line(l).unwrap_or_else(|| panic!("an unexpected line on stdout: {l:?}")))
+        .collect();
+    let mut progress = Vec::new();
+    for line in stderr.lines() {
+        match parse_progress_line(line) {
+            Some(p) => progress.push(p),
+            None => assert!(!line.contains(": position "), "a malformed progress line: {line:?}"),
+        }
+    }
+    Rebuilt {
+        models,
+        progress,
+        stdout,
+        stderr,
+    }
+}
+
+/// Each rebuilt model's progress lines go forward and end at `head` of `head`.
+fn assert_progress_ends_at(rebuilt: &Rebuilt, head: u64) {
+    for (name, _) in &rebuilt.models {
+        let lines: Vec<(u64, u64)> = rebuilt
+            .progress
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, at, of)| (*at, *of))
+            .collect();
+        assert_eq!(lines.last(), Some(&(head, head)), "{name}: {}", rebuilt.stderr);
+        assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0), "{name}: {lines:?}");
+        assert!(lines.iter().all(|(at, of)| at <= of), "{name}: {lines:?}");
+    }
+}
 
 #[test]
 fn projections_rebuild_on_a_stopped_store_gives_the_same_deployments() {
@@ -1161,36 +1292,207 @@ fn projections_rebuild_on_a_stopped_store_gives_the_same_deployments() {
     server.kill();
 
     // Throw the read model away; the rebuild must recreate it from the log alone.
+    assert!(deployments_file(&data).exists());
     for suffix in ["", "-wal", "-shm"] {
-        let path = data.join(format!("{READMODELS_FILE}{suffix}"));
+        let mut path = deployments_file(&data).into_os_string();
+        path.push(suffix);
+        let path = PathBuf::from(path);
         if path.exists() {
             std::fs::remove_file(&path).expect("remove read model");
         }
     }
-    let out = cli(&data, &["projections", "rebuild"]);
-    assert!(
-        out.status.success(),
-        "rebuild: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    // No name: every registered read model, each once, in order.
+    let rebuilt = rebuild(&data, &[]);
+    let names: Vec<&str> = rebuilt.models.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, registered_projections(), "{}", rebuilt.stdout);
+    assert!(names.contains(&"deployments"));
+    let deployments = rebuilt
+        .models
+        .iter()
+        .find(|(n, _)| n == "deployments")
+        .expect("deployments");
+    assert_eq!(deployments.1, 9, "the deployment events: {}", rebuilt.stdout);
+    assert_progress_ends_at(&rebuilt, head);
 
     // What the rebuild wrote, read before any server could project anything.
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let (views, checkpoint) = runtime.block_on(async {
-        let model = SqliteDeployments::open(&data).expect("open read model");
-        model.list(None, 1000).await.expect("list")
+        let model = ReadModel::<Deployments>::open(&data).expect("open read model");
+        model
+            .read(|conn, checkpoint| Ok((deployments::list(conn, None, 1000)?, checkpoint)))
+            .await
+            .expect("list")
     });
     assert_eq!(checkpoint, head, "the rebuilt model reflects the whole log");
-    assert_eq!(
-        serde_json::to_value(&views).expect("views"),
-        before["deployments"],
-        "the rebuilt deployments"
-    );
+    let views: Vec<Value> = views.iter().map(|v| serde_json::from_str(v).expect("a view")).collect();
+    assert_eq!(Value::Array(views), before["deployments"], "the rebuilt deployments");
 
     let server = serve(&data, tmp.path());
     let after = get_json(server.addr, "/api/deployments", &token);
     assert_eq!(after, before, "GET /api/deployments after the rebuild");
+}
+
+#[test]
+fn projections_rebuild_rebuilds_the_models_named_and_refuses_an_unknown_name() {
+    let (tmp, data) = workspace();
+    let token = create_token(&data, "ops", "operator");
+    let server = serve(&data, tmp.path());
+    command(server.addr, &token, "StartDeployment", "a", json!({ "service": "a" }));
+    command(server.addr, &token, "SucceedDeployment", "a", json!({}));
+    command(server.addr, &token, "StartDeployment", "b", json!({ "service": "b" }));
+    let (_, head) = all_events(server.addr, &token);
+    poll_until("the read model catches up", || {
+        get_json(server.addr, "/api/deployments", &token)["position"].as_u64() == Some(head)
+    });
+    server.kill();
+    let projected = dump_deployments(&data);
+
+    // A row no event made: a rebuild of the deployments model drops it.
+    let plant_ghost = || {
+        let conn = rusqlite::Connection::open(deployments_file(&data)).expect("open the read model");
+        conn.execute(
+            "INSERT INTO deployments (id, status, started_position, view, updated_position)
+             VALUES ('ghost', 'in_progress', 0, '{\"id\":\"ghost\"}', 0)",
+            [],
+        )
+        .expect("plant a row");
+    };
+    plant_ghost();
+    let haunted = dump_deployments(&data);
+    assert!(haunted.contains("ghost"));
+
+    // An unknown name, alone or after a known one: nothing is rebuilt.
+    let known = registered_projections().join(", ");
+    for names in [vec!["nope"], vec!["deployments", "nope"]] {
+        let mut args = vec!["projections", "rebuild"];
+        args.extend_from_slice(&names);
+        let out = cli(&data, &args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{names:?}: {stdout}{stderr}");
+        assert!(stderr.contains("\"nope\""), "names the unknown one: {stderr}");
+        assert!(
+            stderr.contains(&format!("known: {known}")),
+            "names the known ones ({known}): {stderr}"
+        );
+        assert!(!stdout.contains("rebuilt"), "{names:?}: {stdout}");
+        assert_eq!(dump_deployments(&data), haunted, "{names:?}: the model is untouched");
+    }
+
+    // The one named, and only it.
+    let rebuilt = rebuild(&data, &["deployments"]);
+    assert_eq!(rebuilt.models, [("deployments".to_owned(), 3)], "{}", rebuilt.stdout);
+    assert!(
+        rebuilt.progress.iter().all(|(n, _, _)| n == "deployments"),
+        "{}",
+        rebuilt.stderr
+    );
+    assert_progress_ends_at(&rebuilt, head);
+    assert_eq!(
+        dump_deployments(&data),
+        projected,
+        "the ghost is gone, the rest as projected"
+    );
+
+    // Named twice: rebuilt twice, the same.
+    plant_ghost();
+    let rebuilt = rebuild(&data, &["deployments", "deployments"]);
+    assert_eq!(rebuilt.models.len(), 2, "{}", rebuilt.stdout);
+    assert_eq!(dump_deployments(&data), projected);
+}
+
+/// `herald serve` killed (SIGKILL) while commands stream in, its read model
+/// behind the log or just caught up: restarted, its consumer runner catches
+/// the model up from the checkpoint it had committed, to the head, and the
+/// model is then byte for byte what a rebuild of the log makes.
+#[test]
+fn a_read_model_behind_when_serve_is_killed_catches_up_on_restart_and_matches_a_rebuild() {
+    let (tmp, data) = workspace();
+    const CLIENTS: usize = 4;
+    let tokens: Vec<String> = (0..CLIENTS)
+        .map(|c| create_token(&data, &format!("client-{c}"), "operator"))
+        .collect();
+    let reader = tokens[0].clone();
+    let mut behind = Vec::new();
+    for round in 0..5 {
+        let server = serve(&data, tmp.path());
+        let addr = server.addr;
+        let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let killed = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = tokens
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(c, token)| {
+                let acknowledged = acknowledged.clone();
+                let killed = killed.clone();
+                std::thread::spawn(move || {
+                    let mut id = String::new();
+                    for j in 0.. {
+                        let (ty, data) = match j % 5 {
+                            0 => {
+                                id = format!("r{round}-c{c}-{j}");
+                                ("StartDeployment", json!({ "service": format!("svc-{c}") }))
+                            }
+                            4 => ("SucceedDeployment", json!({})),
+                            k => ("ReportDeploymentProgress", json!({ "percent": k * 20 })),
+                        };
+                        match try_command(addr, &token, ty, &id, data) {
+                            Ok(r) if r.status == 200 => {
+                                acknowledged.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(_) => {}
+                            Err(_) if killed.load(Ordering::SeqCst) => return,
+                            Err(e) => panic!("{ty} {id}: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        poll_until("150 commands are acknowledged", || {
+            acknowledged.load(Ordering::SeqCst) >= 150
+        });
+        // Mid-stream: the clients are still sending.
+        killed.store(true, Ordering::SeqCst);
+        server.kill();
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        let head = log_head(&data);
+        let checkpoint = deployments_checkpoint(&data);
+        assert!(
+            checkpoint <= head,
+            "round {round}: checkpoint {checkpoint}, head {head}"
+        );
+        behind.push(head - checkpoint);
+
+        let server = serve(&data, tmp.path());
+        poll_until("the restarted read model reaches the head", || {
+            get_json(server.addr, "/api/deployments?limit=1", &reader)["position"].as_u64() == Some(head)
+        });
+        let served = get_json(server.addr, "/api/deployments?limit=1000", &reader);
+        server.kill();
+        assert_eq!(log_head(&data), head, "round {round}: nothing was appended meanwhile");
+        let caught_up = dump_deployments(&data);
+        assert!(caught_up.starts_with(&format!("checkpoint {head}\n")), "round {round}");
+
+        rebuild(&data, &["deployments"]);
+        assert_eq!(dump_deployments(&data), caught_up, "round {round}: caught up = rebuilt");
+        let rows = caught_up.lines().count() - 1;
+        assert!(rows < 1000);
+        assert_eq!(
+            served["deployments"].as_array().map(Vec::len),
+            Some(rows),
+            "round {round}: served every row"
+        );
+        if behind.iter().any(|b| *b > 0) {
+            break;
+        }
+    }
+    eprintln!("events the read model was behind at each kill: {behind:?}");
+    assert!(
+        behind.iter().any(|b| *b > 0),
+        "serve was never killed while its read model was behind the log: {behind:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -289,7 +289,7 @@ mod tests {
     }
 
     fn fold_all(events: &[Envelope]) -> Option<DeploymentView> {
-        events.iter().fold(None, DeploymentView::fold)
+        events.iter().fold(None, fold)
     }
 
     #[test]
