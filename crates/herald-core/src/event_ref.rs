@@ -75,9 +75,16 @@ impl<'a> EventRef<'a> {
         (c == category).then_some(id)
     }
 
-    /// Decodes `data` as `T` (borrowing from it where `T` borrows).
+    /// Decodes `data` as `T` (borrowing from it where `T` borrows). Event
+    /// data is always an object: anything else is refused, as the domains'
+    /// owned events refuse it (serde would read an array into a struct's
+    /// fields by position).
     pub fn decode<T: Deserialize<'a>>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.data.get())
+        let raw = self.data.get();
+        if !raw.trim_start().starts_with('{') {
+            return Err(serde::de::Error::custom("event data must be a JSON object"));
+        }
+        serde_json::from_str(raw)
     }
 }
 

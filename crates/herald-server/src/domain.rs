@@ -51,6 +51,9 @@ pub struct LiveRoute {
     pub open: for<'a> fn(LiveRequest<'a>) -> LiveFuture<'a>,
 }
 
+/// Adds a domain's routes to the router.
+pub type RouteAdder = fn(Router<AppState>) -> Router<AppState>;
+
 /// How a registered read model is opened.
 struct ProjectionSpec {
     name: &'static str,
@@ -70,7 +73,7 @@ struct ModelHandles {
 pub struct Registry {
     commands: Commands,
     projections: Vec<ProjectionSpec>,
-    routes: Vec<fn(Router<AppState>) -> Router<AppState>>,
+    routes: Vec<RouteAdder>,
     live: Vec<LiveRoute>,
 }
 
@@ -112,7 +115,7 @@ impl Registry {
     }
 
     /// Adds routes (they run behind the request timeout and the trace layer).
-    pub fn routes(&mut self, add: fn(Router<AppState>) -> Router<AppState>) -> &mut Self {
+    pub fn routes(&mut self, add: RouteAdder) -> &mut Self {
         self.routes.push(add);
         self
     }
@@ -131,7 +134,7 @@ impl Registry {
         &self.live
     }
 
-    pub fn route_adders(&self) -> &[fn(Router<AppState>) -> Router<AppState>] {
+    pub fn route_adders(&self) -> &[RouteAdder] {
         &self.routes
     }
 

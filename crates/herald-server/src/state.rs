@@ -201,7 +201,9 @@ fn remove_old_read_models(dir: &Path) {
             return;
         }
     }
-    tracing::info!("removed the old readmodels.db: each read model now has its own file in readmodels/, rebuilt from the log");
+    tracing::info!(
+        "removed the old readmodels.db: each read model now has its own file in readmodels/, rebuilt from the log"
+    );
 }
 
 impl AppState {

@@ -36,7 +36,8 @@ async fn a_failing_read_model_makes_readyz_fail_and_it_recovers_by_itself() {
     let file = server.dir.path().join("readmodels/deployments.db");
     let conn = rusqlite::Connection::open(&file).expect("open the read model");
     conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
-    conn.execute_batch("ALTER TABLE deployments RENAME TO away").expect("rename");
+    conn.execute_batch("ALTER TABLE deployments RENAME TO away")
+        .expect("rename");
     let r = server
         .client
         .post(server.url("/api/commands"))
@@ -53,7 +54,8 @@ async fn a_failing_read_model_makes_readyz_fail_and_it_recovers_by_itself() {
     .await;
 
     // Back: it catches up without a restart and /readyz is 200 again, lag 0.
-    conn.execute_batch("ALTER TABLE away RENAME TO deployments").expect("rename back");
+    conn.execute_batch("ALTER TABLE away RENAME TO deployments")
+        .expect("rename back");
     until("readyz to recover", async || {
         let (status, body) = readyz(&server).await;
         status == 200 && body["projections"]["deployments"]["lag"] == 0

@@ -368,7 +368,11 @@ async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> 
                 if last_report.elapsed() >= Duration::from_secs(1) || checkpoint >= head {
                     let seconds = started.elapsed().as_secs_f64().max(1e-9);
                     let rate = checkpoint as f64 / seconds;
-                    let eta = if rate > 0.0 { head.saturating_sub(checkpoint) as f64 / rate } else { 0.0 };
+                    let eta = if rate > 0.0 {
+                        head.saturating_sub(checkpoint) as f64 / rate
+                    } else {
+                        0.0
+                    };
                     eprintln!(
                         "{name}: position {checkpoint} of {head} ({:.0} events/s, ETA {eta:.0} s)",
                         rate
