@@ -499,7 +499,7 @@ fn the_old_value_is_the_current_one_after_earlier_updates() {
 #[test]
 fn replay_folds_the_current_fields() {
     assert_eq!(Post::replay([]).current(), None);
-    let history = vec![
+    let history = [
         hello(),
         PostEvent::PostUpdated {
             title: None,
