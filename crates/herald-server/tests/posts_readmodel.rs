@@ -185,10 +185,7 @@ async fn feed_body(model: &ReadModel<Feeds>, tag: &str, limit: usize) -> Option<
 }
 
 async fn feeds_body(model: &ReadModel<Feeds>) -> (Value, u64) {
-    let (json, latest) = model
-        .read(projection::feeds_json)
-        .await
-        .expect("read");
+    let (json, latest) = model.read(projection::feeds_json).await.expect("read");
     (serde_json::from_str(&json).expect("JSON"), latest)
 }
 
