@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Events in the log the projection rebuild replays.
     #[arg(long, default_value_t = 1_000_000)]
     pub rebuild_events: u64,
+    /// Which read model the rebuild measures: `deployments` (a log of
+    /// deployment events) or `posts` (a log of post events, the feeds read model).
+    #[arg(long, default_value = "deployments", value_parser = ["deployments", "posts"])]
+    pub rebuild_domain: String,
     /// Keep the rebuild's seeded log in this directory (and reuse it when it is
     /// there), instead of a temporary one.
     #[arg(long)]
@@ -385,8 +389,13 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     outcome?;
     if wants("rebuild") {
-        eprintln!("rebuild: seeding {} events", args.rebuild_events);
-        let r = scenarios::rebuild(&exe, args.rebuild_events, args.rebuild_data.as_deref()).await?;
+        let domain = scenarios::RebuildDomain::parse(&args.rebuild_domain)?;
+        eprintln!(
+            "rebuild ({}): seeding {} events",
+            domain.projection(),
+            args.rebuild_events
+        );
+        let r = scenarios::rebuild(&exe, domain, args.rebuild_events, args.rebuild_data.as_deref()).await?;
         eprintln!(
             "  herald projections rebuild: {} events in {:.2} s = {:.0} events/s (median of {} s, after a first run of {:.2} s; {})",
             r.events,

@@ -277,8 +277,47 @@ pub async fn catchup(addr: SocketAddr, token: &str, behind: u64) -> Result<Catch
     })
 }
 
+/// What the rebuild scenario's log holds, and which read model it rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebuildDomain {
+    /// Deployment events; the `deployments` read model.
+    Deployments,
+    /// Post events; the `feeds` read model.
+    Posts,
+}
+
+impl RebuildDomain {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "deployments" => Ok(RebuildDomain::Deployments),
+            "posts" => Ok(RebuildDomain::Posts),
+            other => bail!("--rebuild-domain {other:?}: expected deployments or posts"),
+        }
+    }
+
+    /// The read model `herald projections rebuild` is asked for.
+    pub fn projection(self) -> &'static str {
+        match self {
+            RebuildDomain::Deployments => "deployments",
+            RebuildDomain::Posts => "feeds",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RebuildDomain::Deployments => "deployments",
+            RebuildDomain::Posts => "posts",
+        }
+    }
+}
+
+/// The file in a kept rebuild directory saying which domain it was seeded with.
+const SEEDED_DOMAIN: &str = "bench-domain";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildResult {
+    pub domain: RebuildDomain,
     pub events: u64,
     pub seed_seconds: f64,
     /// Wall time of `herald projections rebuild`, process start to exit: the
@@ -363,9 +402,121 @@ pub async fn seed(dir: &Path, events: u64) -> Result<()> {
     Ok(())
 }
 
-/// Seeds `events` into a temporary store, then runs `herald projections rebuild`
-/// on it once, then [`REBUILD_RUNS`] times timed.
-pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<RebuildResult> {
+/// Events per post in the seeded log: created, then its title, content, tags
+/// and all three edited.
+const PER_POST: u64 = 5;
+
+const VOCABULARY: &[&str] = &[
+    "rust", "ops", "release", "incident", "database", "frontend", "security", "infra",
+];
+
+const SENTENCES: &[&str] = &[
+    "The release went out to the canary fleet first.",
+    "Latency stayed flat while traffic shifted over.",
+    "We rotated the database credentials during the window.",
+    "The incident review found a missing alert on queue depth.",
+    "Frontend bundles are now built once per commit.",
+    "Infra changes land behind a feature flag from now on.",
+];
+
+/// `n` (1–4) tags of the vocabulary for the `k`-th choice.
+fn tags_for(k: u64, n: u64) -> Vec<&'static str> {
+    (0..n)
+        .map(|i| VOCABULARY[((k * 7 + i * 3) % VOCABULARY.len() as u64) as usize])
+        .collect()
+}
+
+fn content_for(k: u64) -> String {
+    let n = 2 + k % 4;
+    (0..n)
+        .map(|i| SENTENCES[((k + i) % SENTENCES.len() as u64) as usize])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The events of the `p`-th seeded post (at most `n` of them), as its
+/// commands would have written them.
+fn post_events(p: u64, n: u64) -> Vec<NewEvent> {
+    let event = |event_type: &str, data: serde_json::Value| NewEvent {
+        event_type: event_type.into(),
+        schema: 1,
+        data,
+    };
+    let (title, content) = (format!("Post {p}"), content_for(p));
+    let mut tags = tags_for(p, 1 + p % 4);
+    tags.dedup();
+    let mut new_tags = tags_for(p + 1, 1 + (p + 1) % 4);
+    new_tags.dedup();
+    let mut list = vec![
+        event("PostCreated", json!({"title": title, "content": content, "tags": tags})),
+        event(
+            "PostUpdated",
+            json!({"title": {"old": title, "new": format!("{title} (edited)")}}),
+        ),
+        event(
+            "PostUpdated",
+            json!({"content": {"old": content, "new": content_for(p + 1)}}),
+        ),
+        event("PostUpdated", json!({"tags": {"old": tags, "new": new_tags}})),
+        event(
+            "PostUpdated",
+            json!({
+                "title": {"old": format!("{title} (edited)"), "new": format!("{title}, again")},
+                "content": {"old": content_for(p + 1), "new": content_for(p + 2)},
+                "tags": {"old": new_tags, "new": tags},
+            }),
+        ),
+    ];
+    list.truncate(n as usize);
+    list
+}
+
+/// Writes `events` post events into a new store in `dir`, like [`seed`].
+pub async fn seed_posts(dir: &Path, events: u64) -> Result<()> {
+    let store = SqliteStore::open(dir)?;
+    let posts = events.div_ceil(PER_POST);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(2048));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for p in 0..posts {
+        let permit = in_flight.clone().acquire_owned().await?;
+        let store = store.clone();
+        let n = PER_POST.min(events - p * PER_POST);
+        tasks.spawn(async move {
+            let _permit = permit;
+            store
+                .append(AppendRequest {
+                    stream: format!("post-seed{p:08}"),
+                    expected: ExpectedVersion::NoStream,
+                    events: post_events(p, n),
+                    actor: Actor::system("bench"),
+                    command_id: format!("seed-{p}"),
+                    correlation_id: format!("seed-{p}"),
+                    idempotency_fingerprint: None,
+                })
+                .await
+        });
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
+        if p % 40_000 == 0 && p > 0 {
+            eprintln!(
+                "  seeded {} events ({:.0}/s)",
+                p * PER_POST,
+                (p * PER_POST) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Seeds `events` of `domain` into a temporary store, then runs `herald
+/// projections rebuild` of its read model on it once, then [`REBUILD_RUNS`]
+/// times timed.
+pub async fn rebuild(exe: &Path, domain: RebuildDomain, events: u64, keep: Option<&Path>) -> Result<RebuildResult> {
     let temp = tempfile::Builder::new().prefix("herald-bench-rebuild-").tempdir()?;
     let dir = keep.unwrap_or(temp.path());
     let started = Instant::now();
@@ -375,11 +526,24 @@ pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<Reb
     } else {
         0
     };
+    // (A kept directory seeded before there were domains holds deployments.)
+    let seeded = std::fs::read_to_string(dir.join(SEEDED_DOMAIN)).unwrap_or_else(|_| "deployments".into());
     if existing == 0 {
-        seed(dir, events).await?;
+        match domain {
+            RebuildDomain::Deployments => seed(dir, events).await?,
+            RebuildDomain::Posts => seed_posts(dir, events).await?,
+        }
+        std::fs::write(dir.join(SEEDED_DOMAIN), domain.name())?;
         eprintln!("  seeded {events} events in {:.1} s", started.elapsed().as_secs_f64());
     } else if existing != events {
         bail!("{} holds {existing} events, not {events}", dir.display());
+    } else if seeded.trim() != domain.name() {
+        bail!(
+            "{} holds {} events, not {}",
+            dir.display(),
+            seeded.trim(),
+            domain.name()
+        );
     } else {
         eprintln!("  reusing the {existing} events in {}", dir.display());
     }
@@ -391,7 +555,7 @@ pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<Reb
         let out = tokio::process::Command::new(exe)
             .arg("--data")
             .arg(dir)
-            .args(["projections", "rebuild"])
+            .args(["projections", "rebuild", domain.projection()])
             .env("RUST_LOG", "warn")
             .output()
             .await?;
@@ -409,6 +573,7 @@ pub async fn rebuild(exe: &Path, events: u64, keep: Option<&Path>) -> Result<Reb
     sorted.sort_by(f64::total_cmp);
     let seconds = sorted[sorted.len() / 2];
     Ok(RebuildResult {
+        domain,
         events,
         seed_seconds,
         seconds,

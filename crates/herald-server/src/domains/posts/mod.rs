@@ -1,0 +1,17 @@
+//! The posts domain (issue 10): create and update posts; the `feeds` read
+//! model (each post, and a feed per tag); their routes.
+
+pub mod aggregate;
+pub mod projection;
+pub mod reads;
+pub mod routes;
+pub mod tags;
+pub mod view;
+
+use crate::domain::Registry;
+
+pub fn register(r: &mut Registry) {
+    r.aggregate::<aggregate::Post>()
+        .projection::<projection::Feeds>()
+        .routes(routes::routes);
+}

@@ -1,0 +1,488 @@
+//! The `feeds` read model: one row per post (its [`PostView`] as JSON), which
+//! tags it has (`post_tags`, newest first per tag), and one row per tag ever
+//! used (`feeds`: how many posts have it, and when the feed last changed).
+//!
+//! A feed changes whenever one of its posts is added, removed or edited: an
+//! event on a post touches every feed in its old and new tags. A post's row in
+//! memory keeps what it needs to write a diff — the tags last written, and the
+//! tags taken away since (with the event that took each) — and writes its
+//! share of each feed commutatively (`post_count += delta`, `updated_*` from
+//! whichever touch has the larger position), so the rows of a page can be
+//! written in any order and the tables come out the same whatever the pages.
+
+use std::fmt::Write as _;
+
+use herald_core::event_ref::EventRef;
+use herald_core::store::StoreError;
+use herald_store::projection::{Changed, ChangedResource, RowProjection};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::aggregate::CATEGORY;
+use super::view::{PostView, post_id};
+
+/// The resource kind (and SSE event) of one post.
+pub const POST: &str = "post";
+/// The resource kind (and SSE event) of one feed.
+pub const FEED: &str = "feed";
+/// The resource kind (and SSE event) of the list of feeds.
+pub const FEEDS: &str = "feeds";
+
+/// Posts a feed resource (and the stream of one feed) carries.
+pub const FEED_POSTS: usize = 50;
+
+pub struct Feeds;
+
+/// A tag that left the post since the row was last written, and the event
+/// that took it away last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Removal {
+    tag: String,
+    position: u64,
+    recorded_at: String,
+}
+
+/// A post's row in memory.
+#[derive(Debug)]
+pub struct Row {
+    pub view: PostView,
+    /// The position of its `PostCreated` (a feed's order).
+    pub created_position: u64,
+    /// The position of the last event that changed it.
+    pub updated_position: u64,
+    /// The tags `post_tags` holds for it.
+    written: Vec<String>,
+    removed: Vec<Removal>,
+}
+
+/// One post's share of a feed's row.
+#[derive(Debug)]
+struct Touch {
+    tag: String,
+    delta: i64,
+    position: u64,
+    recorded_at: String,
+}
+
+pub struct Write {
+    view: String,
+    created_position: u64,
+    updated_position: u64,
+    added: Vec<String>,
+    dropped: Vec<String>,
+    touches: Vec<Touch>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn parse_view(id: &str, json: &str) -> Result<PostView, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("read model row for post {id}: {e}")))
+}
+
+const UPSERT_POST: &str = "INSERT INTO posts (created_position, id, view, updated_position) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (id) DO UPDATE SET view = excluded.view, updated_position = excluded.updated_position";
+
+const ADD_TAG: &str = "INSERT INTO post_tags (tag, created_position, post_id) VALUES (?1, ?2, ?3)
+     ON CONFLICT (tag, post_id) DO UPDATE SET created_position = excluded.created_position";
+
+const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND post_id = ?2";
+
+/// A post's share of a feed, commutative with every other post's.
+const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, updated_position) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (tag) DO UPDATE SET
+         post_count = post_count + excluded.post_count,
+         updated_at = CASE WHEN excluded.updated_position > updated_position
+                           THEN excluded.updated_at ELSE updated_at END,
+         updated_position = max(updated_position, excluded.updated_position)";
+
+impl RowProjection for Feeds {
+    const NAME: &'static str = "feeds";
+    const CATEGORIES: &'static [&'static str] = &[CATEGORY];
+    const VERSION: i64 = 1;
+    const SCHEMA: &'static str = "
+        CREATE TABLE IF NOT EXISTS posts (
+            created_position INTEGER PRIMARY KEY,
+            id               TEXT NOT NULL UNIQUE,
+            view             TEXT NOT NULL,
+            updated_position INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX IF NOT EXISTS posts_updated ON posts (updated_position);
+        CREATE TABLE IF NOT EXISTS post_tags (
+            tag              TEXT NOT NULL,
+            created_position INTEGER NOT NULL,
+            post_id          TEXT NOT NULL,
+            PRIMARY KEY (tag, post_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS post_tags_newest ON post_tags (tag, created_position);
+        CREATE TABLE IF NOT EXISTS feeds (
+            tag              TEXT PRIMARY KEY,
+            post_count       INTEGER NOT NULL,
+            updated_at       TEXT NOT NULL,
+            updated_position INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS feeds_updated ON feeds (updated_position);";
+    const TABLES: &'static [&'static str] = &["posts", "post_tags", "feeds"];
+
+    type Row = Row;
+    type Write = Write;
+
+    fn key(stream: &str) -> Option<&str> {
+        post_id(stream)
+    }
+
+    fn fold(row: &mut Option<Row>, event: &EventRef<'_>) -> bool {
+        let Some(r) = row else {
+            let Some(view) = PostView::create(event) else {
+                return false;
+            };
+            *row = Some(Row {
+                view,
+                created_position: event.position,
+                updated_position: event.position,
+                written: Vec::new(),
+                removed: Vec::new(),
+            });
+            return true;
+        };
+        let mut removed = Vec::new();
+        if !r.view.apply(event, &mut removed) {
+            return false;
+        }
+        r.updated_position = event.position;
+        for tag in removed {
+            match r.removed.iter_mut().find(|m| m.tag == tag) {
+                Some(m) => {
+                    m.position = event.position;
+                    m.recorded_at.clear();
+                    m.recorded_at.push_str(&event.recorded_at);
+                }
+                None => r.removed.push(Removal {
+                    tag,
+                    position: event.position,
+                    recorded_at: event.recorded_at.clone().into_owned(),
+                }),
+            }
+        }
+        true
+    }
+
+    fn load(conn: &Connection, key: &str) -> Result<Option<Row>, StoreError> {
+        let row: Option<(i64, i64, String)> = conn
+            .prepare_cached("SELECT created_position, updated_position, view FROM posts WHERE id = ?1")
+            .map_err(backend)?
+            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(backend)?;
+        row.map(|(created, updated, json)| {
+            let view = parse_view(key, &json)?;
+            Ok(Row {
+                written: view.tags.clone(),
+                view,
+                created_position: created as u64,
+                updated_position: updated as u64,
+                removed: Vec::new(),
+            })
+        })
+        .transpose()
+    }
+
+    fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
+        let tags = &row.view.tags;
+        let mut touches = Vec::with_capacity(tags.len() + row.removed.len());
+        let mut added = Vec::new();
+        // Every event that changed the post touched the feeds of the tags it
+        // had after it: the last one, those it has now.
+        for tag in tags {
+            let new = !row.written.contains(tag);
+            if new {
+                added.push(tag.clone());
+            }
+            touches.push(Touch {
+                tag: tag.clone(),
+                delta: i64::from(new),
+                position: row.updated_position,
+                recorded_at: row.view.updated_at.clone(),
+            });
+        }
+        // The tags it lost were touched last by the event that took them.
+        for removal in row.removed.drain(..) {
+            if tags.contains(&removal.tag) {
+                continue;
+            }
+            touches.push(Touch {
+                delta: if row.written.contains(&removal.tag) { -1 } else { 0 },
+                tag: removal.tag,
+                position: removal.position,
+                recorded_at: removal.recorded_at,
+            });
+        }
+        let written = std::mem::replace(&mut row.written, tags.clone());
+        let dropped: Vec<String> = written.into_iter().filter(|t| !tags.contains(t)).collect();
+        // (Each dropped tag was removed by an event since the last write; a
+        // row whose history says otherwise still writes a consistent count.)
+        for tag in &dropped {
+            if !touches.iter().any(|t| &t.tag == tag) {
+                touches.push(Touch {
+                    tag: tag.clone(),
+                    delta: -1,
+                    position: row.updated_position,
+                    recorded_at: row.view.updated_at.clone(),
+                });
+            }
+        }
+        Ok(Write {
+            view: serde_json::to_string(&row.view).map_err(backend)?,
+            created_position: row.created_position,
+            updated_position: row.updated_position,
+            added,
+            dropped,
+            touches,
+        })
+    }
+
+    fn write(conn: &Connection, key: &str, w: &Write) -> Result<(), StoreError> {
+        conn.prepare_cached(UPSERT_POST)
+            .map_err(backend)?
+            .execute(params![
+                w.created_position as i64,
+                key,
+                w.view,
+                w.updated_position as i64
+            ])
+            .map_err(backend)?;
+        if !w.dropped.is_empty() {
+            let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
+            for tag in &w.dropped {
+                drop.execute(params![tag, key]).map_err(backend)?;
+            }
+        }
+        if !w.added.is_empty() {
+            let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
+            for tag in &w.added {
+                add.execute(params![tag, w.created_position as i64, key])
+                    .map_err(backend)?;
+            }
+        }
+        if !w.touches.is_empty() {
+            let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
+            for t in &w.touches {
+                touch
+                    .execute(params![t.tag, t.delta, t.recorded_at, t.position as i64])
+                    .map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
+        let posts: Vec<(String, i64, String)> = conn
+            .prepare_cached(
+                "SELECT id, updated_position, view FROM posts
+                 WHERE updated_position > ?1 AND updated_position <= ?2
+                 ORDER BY updated_position LIMIT ?3",
+            )
+            .map_err(backend)?
+            .query_map(
+                params![after as i64, until as i64, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        // An event changes one post: positions are unique per post, and a
+        // full page covers everything up to its last row, feeds included
+        // (every feed change is a post's).
+        let position = match posts.last() {
+            Some((_, last, _)) if posts.len() >= limit => *last as u64,
+            _ => until,
+        };
+        let mut resources: Vec<ChangedResource> = posts
+            .into_iter()
+            .map(|(id, updated, view)| ChangedResource {
+                kind: POST,
+                key: id,
+                changed_at: updated as u64,
+                event: POST,
+                json: with_position(&view, position),
+                class: None,
+            })
+            .collect();
+        let feeds: Vec<(String, FeedRow)> = conn
+            .prepare_cached(
+                "SELECT tag, post_count, updated_at, updated_position FROM feeds
+                 WHERE updated_position > ?1 AND updated_position <= ?2
+                 ORDER BY updated_position, tag",
+            )
+            .map_err(backend)?
+            .query_map(params![after as i64, position as i64], |r| {
+                Ok((r.get(0)?, FeedRow::from_sql(r, 1)?))
+            })
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        if let Some(last) = feeds.iter().map(|(_, f)| f.updated_position).max() {
+            for (tag, feed) in &feeds {
+                resources.push(ChangedResource {
+                    kind: FEED,
+                    key: tag.clone(),
+                    changed_at: feed.updated_position,
+                    event: FEED,
+                    json: feed_json(conn, tag, feed, FEED_POSTS, position)?,
+                    class: None,
+                });
+            }
+            resources.push(ChangedResource {
+                kind: FEEDS,
+                key: String::new(),
+                changed_at: last,
+                event: FEEDS,
+                json: feeds_json(conn, position)?.0,
+                class: None,
+            });
+        }
+        Ok(Changed { resources, position })
+    }
+}
+
+/// A stored view (`{…}`) with `"position":P` added at its end.
+pub fn with_position(view: &str, position: u64) -> String {
+    let body = view.strip_suffix('}').unwrap_or(view);
+    let mut out = String::with_capacity(body.len() + 32);
+    out.push_str(body);
+    if body.len() > 1 {
+        out.push(',');
+    }
+    let _ = write!(out, "\"position\":{position}}}");
+    out
+}
+
+/// A feed's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRow {
+    pub post_count: i64,
+    pub updated_at: String,
+    pub updated_position: u64,
+}
+
+impl FeedRow {
+    fn from_sql(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<FeedRow> {
+        Ok(FeedRow {
+            post_count: r.get(first)?,
+            updated_at: r.get(first + 1)?,
+            updated_position: r.get::<_, i64>(first + 2)? as u64,
+        })
+    }
+}
+
+/// `s` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    // Strings always serialize.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// One stored post view as JSON text, and the position of its last change.
+pub fn post(conn: &Connection, id: &str) -> Result<Option<(String, u64)>, StoreError> {
+    conn.prepare_cached("SELECT view, updated_position FROM posts WHERE id = ?1")
+        .map_err(backend)?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .optional()
+        .map_err(backend)
+}
+
+/// The row of the feed `tag` (a count of 0 included), if any post ever had it.
+pub fn feed(conn: &Connection, tag: &str) -> Result<Option<FeedRow>, StoreError> {
+    conn.prepare_cached("SELECT post_count, updated_at, updated_position FROM feeds WHERE tag = ?1")
+        .map_err(backend)?
+        .query_row(params![tag], |r| FeedRow::from_sql(r, 0))
+        .optional()
+        .map_err(backend)
+}
+
+/// The views of the newest `limit` posts tagged `tag`, newest first.
+pub fn feed_posts(conn: &Connection, tag: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT p.view FROM post_tags t JOIN posts p ON p.created_position = t.created_position
+         WHERE t.tag = ?1 ORDER BY t.created_position DESC LIMIT ?2",
+    )
+    .map_err(backend)?
+    .query_map(params![tag, i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get(0))
+    .map_err(backend)?
+    .collect::<Result<_, _>>()
+    .map_err(backend)
+}
+
+/// `GET /api/feeds/{tag}`'s body: `{tag, post_count, updated_at, posts, position}`
+/// with the newest `limit` posts (none when the count is 0), the stored views spliced in.
+pub fn feed_json(
+    conn: &Connection,
+    tag: &str,
+    feed: &FeedRow,
+    limit: usize,
+    position: u64,
+) -> Result<String, StoreError> {
+    let posts = if feed.post_count > 0 {
+        feed_posts(conn, tag, limit)?
+    } else {
+        Vec::new()
+    };
+    let mut out = String::with_capacity(posts.iter().map(|p| p.len() + 1).sum::<usize>() + 128);
+    out.push_str("{\"tag\":");
+    json_string(&mut out, tag);
+    let _ = write!(out, ",\"post_count\":{},\"updated_at\":", feed.post_count.max(0));
+    json_string(&mut out, &feed.updated_at);
+    out.push_str(",\"posts\":[");
+    for (i, view) in posts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(view);
+    }
+    let _ = write!(out, "],\"position\":{position}}}");
+    Ok(out)
+}
+
+/// `GET /api/feeds`'s body — the feeds with posts, most recently updated
+/// first — and the position of the latest change to any feed (0: none).
+pub fn feeds_json(conn: &Connection, position: u64) -> Result<(String, u64), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT tag, post_count, updated_at, updated_position FROM feeds
+             ORDER BY updated_position DESC, tag",
+        )
+        .map_err(backend)?;
+    let mut rows = stmt.query([]).map_err(backend)?;
+    let mut out = String::from("{\"feeds\":[");
+    let mut latest = 0;
+    let mut first = true;
+    while let Some(r) = rows.next().map_err(backend)? {
+        let tag: String = r.get(0).map_err(backend)?;
+        let feed = FeedRow::from_sql(r, 1).map_err(backend)?;
+        latest = latest.max(feed.updated_position);
+        if feed.post_count <= 0 {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str("{\"tag\":");
+        json_string(&mut out, &tag);
+        let _ = write!(out, ",\"post_count\":{},\"updated_at\":", feed.post_count);
+        json_string(&mut out, &feed.updated_at);
+        out.push('}');
+    }
+    let _ = write!(out, "],\"position\":{position}}}");
+    Ok((out, latest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_position_appends_the_field() {
+        assert_eq!(with_position(r#"{"id":"a"}"#, 7), r#"{"id":"a","position":7}"#);
+        assert_eq!(with_position("{}", 7), r#"{"position":7}"#);
+    }
+}
