@@ -523,6 +523,69 @@ async fn changed_returns_the_posts_feeds_and_list_changed_in_a_range() {
     assert_eq!(page.resources, all.resources);
 }
 
+#[tokio::test]
+async fn changed_pages_hold_about_limit_feeds_and_cover_every_change_once() {
+    let f = Fixture::new();
+    let mut positions = Vec::new();
+    for i in 0..6 {
+        let tags = [format!("t{i}a"), format!("t{i}b"), format!("t{i}c")];
+        let e = f
+            .command(
+                &alice(),
+                "CreatePost",
+                &format!("p{i}"),
+                json!({"title": format!("post {i}"), "content": "c", "tags": tags}),
+            )
+            .await;
+        positions.push(e.position);
+    }
+    f.catch_up(1000).await;
+    let head = f.head().await;
+
+    // Four posts fit, but their twelve feeds do not: the page ends after the
+    // second post, with the six feeds the first two touched.
+    let first = changed(&f.model, 0, 4).await;
+    assert_eq!(first.position, positions[1]);
+    let keys: Vec<(&str, &str)> = first.resources.iter().map(|r| (r.kind, r.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            ("post", "p0"),
+            ("post", "p1"),
+            ("feed", "t0a"),
+            ("feed", "t0b"),
+            ("feed", "t0c"),
+            ("feed", "t1a"),
+            ("feed", "t1b"),
+            ("feed", "t1c"),
+            ("feeds", "")
+        ]
+    );
+    for r in &first.resources {
+        let json: Value = serde_json::from_str(&r.json).expect("JSON");
+        assert_eq!(json["position"], positions[1], "{}", r.key);
+    }
+
+    // Page after page: every post and feed once, each page about the limit.
+    let mut seen = BTreeSet::new();
+    let mut after = 0;
+    let mut pages = 0;
+    while after < head {
+        let page = changed(&f.model, after, 4).await;
+        assert!(page.position > after, "no progress after {after}");
+        let feeds = page.resources.iter().filter(|r| r.kind == "feed").count();
+        assert!(feeds <= 4 + 2, "{feeds} feeds in a page of 4");
+        for r in page.resources.iter().filter(|r| r.kind != "feeds") {
+            assert!(r.changed_at > after && r.changed_at <= page.position);
+            assert!(seen.insert((r.kind, r.key.clone())), "{} {} twice", r.kind, r.key);
+        }
+        after = page.position;
+        pages += 1;
+    }
+    assert_eq!(seen.len(), 6 + 18);
+    assert!(pages >= 3, "{pages}");
+}
+
 // ---------------------------------------------------------------------------
 // Rebuild equality, the checkpoint guard
 // ---------------------------------------------------------------------------

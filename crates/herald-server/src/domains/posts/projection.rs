@@ -293,22 +293,11 @@ impl RowProjection for Feeds {
         // An event changes one post: positions are unique per post, and a
         // full page covers everything up to its last row, feeds included
         // (every feed change is a post's).
-        let position = match posts.last() {
+        let mut position = match posts.last() {
             Some((_, last, _)) if posts.len() >= limit => *last as u64,
             _ => until,
         };
-        let mut resources: Vec<ChangedResource> = posts
-            .into_iter()
-            .map(|(id, updated, view)| ChangedResource {
-                kind: POST,
-                key: id,
-                changed_at: updated as u64,
-                event: POST,
-                json: with_position(&view, position),
-                class: None,
-            })
-            .collect();
-        let feeds: Vec<(String, FeedRow)> = conn
+        let mut feeds: Vec<(String, FeedRow)> = conn
             .prepare_cached(
                 "SELECT tag, post_count, updated_at, updated_position FROM feeds
                  WHERE updated_position > ?1 AND updated_position <= ?2
@@ -321,6 +310,28 @@ impl RowProjection for Feeds {
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;
+        // Each feed carries its newest posts: a page holds about `limit` of
+        // them too, ending after the last change of the limit-th one (the
+        // feeds one event touched all come together).
+        if feeds.len() > limit.max(1) {
+            let cut = feeds[limit.max(1) - 1].1.updated_position;
+            if cut < position {
+                position = cut;
+                feeds.retain(|(_, f)| f.updated_position <= cut);
+            }
+        }
+        let mut resources: Vec<ChangedResource> = posts
+            .into_iter()
+            .filter(|(_, updated, _)| *updated as u64 <= position)
+            .map(|(id, updated, view)| ChangedResource {
+                kind: POST,
+                key: id,
+                changed_at: updated as u64,
+                event: POST,
+                json: with_position(&view, position),
+                class: None,
+            })
+            .collect();
         if let Some(last) = feeds.iter().map(|(_, f)| f.updated_position).max() {
             for (tag, feed) in &feeds {
                 resources.push(ChangedResource {
