@@ -24,7 +24,8 @@ pub mod wire;
 use std::future::Future;
 
 use axum::Router;
-use axum::http::Request;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
@@ -33,10 +34,12 @@ use tower_http::trace::TraceLayer;
 
 pub use state::{AppState, ServerConfig};
 
+use crate::auth::Viewer;
 use crate::error::ApiError;
 
 pub fn app(state: AppState) -> Router {
     metrics::install();
+    let registry = state.registry.clone();
     let router = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
@@ -74,7 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route_adders()
         .iter()
         .fold(router, |router, add| add(router));
-    router
+    let router = router
         .fallback(console::serve_method)
         // Every request but the live streams (added below) has a deadline.
         .layer(axum::middleware::from_fn_with_state(
@@ -90,7 +93,21 @@ pub fn app(state: AppState) -> Router {
         // Live streams are added after the trace layer: it would time every
         // chunk of every subscriber (and enter its span) for nothing; they log
         // what matters themselves.
-        .route("/api/events/live", get(live::live_events))
+        .route("/api/events/live", get(live::live_events));
+    // Every domain's resource streams, outside the trace layer and the request
+    // timeout like `/api/events/live`.
+    let router = registry.live_routes().iter().fold(router, |router, route| {
+        let route = *route;
+        router.route(
+            route.pattern,
+            get(
+                move |state: State<AppState>, viewer: Viewer, headers: HeaderMap, uri: Uri| {
+                    resources::serve_route(route, state, viewer, headers, uri)
+                },
+            ),
+        )
+    });
+    router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");

@@ -28,8 +28,8 @@ use crate::state::{AppState, EndReason, StreamGuard};
 use crate::wire::{EventQuery, concat_frames, parse_number};
 
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
-const LAGGED: &[u8] = b": too far behind; reconnect with Last-Event-ID\n\n";
-const SHUTDOWN: &[u8] = b": herald is shutting down; reconnect with Last-Event-ID\n\n";
+pub const LAGGED: &[u8] = b": too far behind; reconnect with Last-Event-ID\n\n";
+pub const SHUTDOWN: &[u8] = b": herald is shutting down; reconnect with Last-Event-ID\n\n";
 pub const REVOKED: &[u8] = b": this stream's credential was revoked, logged out or expired\n\n";
 
 /// `Last-Event-ID` as a position; 400 when it is not one.
@@ -123,11 +123,25 @@ pub async fn live_events(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let opened = open(&state, &principal, &headers, &uri).await?;
+    Ok(opened_response(opened))
+}
+
+/// The response of an opened stream served by hyper (`Last-Event-ID` when the
+/// stream says where it starts).
+pub fn opened_response(opened: Opened) -> Response {
     let mut response = sse_response(Body::from_stream(opened.body));
     if let Some(head) = opened.head {
         response.headers_mut().insert("last-event-id", HeaderValue::from(head));
     }
-    Ok(response)
+    response
+}
+
+/// The comment a stream ends with when herald ends it.
+pub fn end_comment(reason: EndReason) -> &'static [u8] {
+    match reason {
+        EndReason::Shutdown => SHUTDOWN,
+        EndReason::Revoked | EndReason::Expired => REVOKED,
+    }
 }
 
 /// Checks a live-stream request of an authenticated caller and opens it.
@@ -180,7 +194,7 @@ struct LiveBody {
     subscription: Subscription,
     /// Resolves when the stream must end (shutdown, revocation, expiry); made
     /// once per stream, and polled only when it has woken the stream.
-    ended: WhenWoken<std::pin::Pin<Box<dyn std::future::Future<Output = EndReason> + Send>>>,
+    ended: Ending,
     /// Ticks at half the keep-alive interval; a tick with nothing written since
     /// the previous one sends a comment, so an idle stream hears from herald at
     /// least every `keepalive` without a timer per chunk.
@@ -213,7 +227,7 @@ impl Drop for LiveBody {
 /// cancellation token and a timer, behind locks) would otherwise be polled
 /// again on every wake-up for nothing. `inner` gets a waker of its own that
 /// notes it fired and wakes the task.
-struct WhenWoken<F> {
+pub(crate) struct WhenWoken<F> {
     inner: F,
     signal: Arc<Signal>,
     waker: Waker,
@@ -238,7 +252,7 @@ impl Wake for Signal {
 }
 
 impl<F: Future + Unpin> WhenWoken<F> {
-    fn new(inner: F) -> Self {
+    pub(crate) fn new(inner: F) -> Self {
         let signal = Arc::new(Signal::default());
         WhenWoken {
             inner,
@@ -263,20 +277,33 @@ impl<F: Future + Unpin> Future for WhenWoken<F> {
     }
 }
 
+/// Ticks at half the keep-alive interval, the first after half of it; a
+/// stream sends a comment at a tick when it wrote nothing since the previous one.
+pub(crate) fn keepalive_ticks(keepalive: Duration) -> tokio::time::Interval {
+    let half = (keepalive / 2).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// The end future of a stream, made once (see [`WhenWoken`]).
+pub(crate) type Ending = WhenWoken<std::pin::Pin<Box<dyn std::future::Future<Output = EndReason> + Send>>>;
+
+pub(crate) fn ending(guard: &StreamGuard) -> Ending {
+    WhenWoken::new(Box::pin(guard.ending()))
+}
+
 fn event_stream(
     preamble: Bytes,
     subscription: Subscription,
     keepalive: Duration,
     guard: StreamGuard,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    let half = (keepalive / 2).max(Duration::from_millis(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let body = LiveBody {
         preamble: Some(preamble),
         subscription,
-        ended: WhenWoken::new(Box::pin(guard.ending())),
-        tick,
+        ended: ending(&guard),
+        tick: keepalive_ticks(keepalive),
         wrote: true,
         done: false,
         guard,
@@ -297,10 +324,7 @@ fn event_stream(
                 biased;
                 reason = &mut b.ended => {
                     b.done = true;
-                    Bytes::from_static(match reason {
-                        EndReason::Shutdown => SHUTDOWN,
-                        EndReason::Revoked | EndReason::Expired => REVOKED,
-                    })
+                    Bytes::from_static(end_comment(reason))
                 }
                 next = b.subscription.next_chunk() => match next {
                     Ok(Some(chunk)) => {

@@ -54,12 +54,15 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::auth::Viewer;
+use crate::domain::LiveRoute;
 use crate::live::{self, Opened};
+use crate::resources;
 use crate::state::AppState;
 
-/// How the request line herald serves without hyper on a fresh connection starts
-/// (then a space or `?`).
-const LIVE_REQUEST: &[u8] = b"GET /api/events/live";
+/// How every request line herald serves without hyper on a fresh connection starts.
+const GET: &[u8] = b"GET /";
+/// The log's live stream (the other streams are the registry's).
+const EVENTS_LIVE: &str = "/api/events/live";
 /// The most a request head may take before it is handed to hyper (which has its own limits).
 const HEAD_LIMIT: usize = 16 * 1024;
 /// Most headers parsed in a live request (more: hyper takes it).
@@ -221,8 +224,16 @@ struct Connection {
 
 /// What the first request of a connection is.
 enum First {
-    Live(Box<Parts>),
+    Live(Box<Parts>, Target),
     Other,
+}
+
+/// Which live stream.
+enum Target {
+    /// `GET /api/events/live`.
+    Events,
+    /// A registered resource stream, with its path parameters.
+    Resource(LiveRoute, Vec<String>),
 }
 
 impl Connection {
@@ -235,7 +246,7 @@ impl Connection {
         let head_deadline = Instant::now() + self.state.config.header_timeout;
         let mut buf = BytesMut::with_capacity(1024);
         let first = tokio::select! {
-            first = tokio::time::timeout_at(head_deadline, first_request(&mut stream, &mut buf)) => match first {
+            first = tokio::time::timeout_at(head_deadline, first_request(&mut stream, &mut buf, self.state.registry.live_routes())) => match first {
                 Ok(Ok(Some(first))) => first,
                 // Closed, failed or silent before a whole head: nothing to answer.
                 _ => return,
@@ -243,10 +254,10 @@ impl Connection {
             _ = self.stopping.cancelled() => return,
         };
         match first {
-            First::Live(mut parts) => {
+            First::Live(mut parts, target) => {
                 drop(buf);
                 parts.extensions.insert(ConnectInfo(peer));
-                self.live(stream, *parts).await;
+                self.live(stream, *parts, target).await;
             }
             First::Other => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
         }
@@ -322,16 +333,21 @@ impl Connection {
         }
     }
 
-    /// `GET /api/events/live` written by herald: the same checks as the
-    /// router's handler, then the stream straight to the socket.
-    async fn live(self, mut stream: TcpStream, mut parts: Parts) {
+    /// A live stream written by herald: the same checks and the same opening
+    /// as the router's handler, then the stream straight to the socket.
+    async fn live(self, mut stream: TcpStream, mut parts: Parts, target: Target) {
         let opened = async {
             // The router's first layer (`hosts::check_host`), here too.
             self.state
                 .hosts
                 .check(parts.headers.get(header::HOST).map(|h| h.as_bytes()))?;
             let Viewer(principal) = Viewer::from_request_parts(&mut parts, &self.state).await?;
-            live::open(&self.state, &principal, &parts.headers, &parts.uri).await
+            match target {
+                Target::Events => live::open(&self.state, &principal, &parts.headers, &parts.uri).await,
+                Target::Resource(route, params) => {
+                    resources::open_route(&self.state, route, &principal, &parts.headers, &parts.uri, params).await
+                }
+            }
         }
         .await;
         drop(parts);
@@ -579,7 +595,7 @@ impl AsyncWrite for Guarded {
 
 /// Reads until the first request can be told apart; `None` when the peer
 /// closed or failed first.
-async fn first_request(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<First>> {
+async fn first_request(stream: &mut TcpStream, buf: &mut BytesMut, routes: &[LiveRoute]) -> io::Result<Option<First>> {
     loop {
         if buf.len() >= HEAD_LIMIT {
             return Ok(Some(First::Other));
@@ -590,17 +606,29 @@ async fn first_request(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result
         if stream.read_buf(buf).await? == 0 {
             return Ok(None);
         }
-        if let Some(first) = classify(buf) {
+        if let Some(first) = classify(buf, routes) {
             return Ok(Some(first));
         }
     }
 }
 
 /// `None`: more bytes are needed to tell.
-fn classify(buf: &[u8]) -> Option<First> {
+fn classify(buf: &[u8], routes: &[LiveRoute]) -> Option<First> {
     // Decide on the request line as soon as it can be told not to be ours.
-    let n = buf.len().min(LIVE_REQUEST.len());
-    if buf[..n] != LIVE_REQUEST[..n] || buf.get(LIVE_REQUEST.len()).is_some_and(|b| !matches!(b, b' ' | b'?')) {
+    let n = buf.len().min(GET.len());
+    if buf[..n] != GET[..n] {
+        return Some(First::Other);
+    }
+    // The request target, from its `/`, once its end is there.
+    let line = buf.get(GET.len() - 1..).filter(|_| n == GET.len())?;
+    let end = line.iter().position(|b| matches!(b, b' ' | b'\r' | b'\n'))?;
+    let path = &line[..end];
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    let Ok(path) = std::str::from_utf8(path) else {
+        return Some(First::Other);
+    };
+    let events = path == EVENTS_LIVE;
+    if line[end] != b' ' || !events && resources::route_for(routes, path).is_none() {
         return Some(First::Other);
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -613,10 +641,19 @@ fn classify(buf: &[u8]) -> Option<First> {
     if length != buf.len() || request.version != Some(1) {
         return Some(First::Other); // pipelined bytes (a body, or a second request), or HTTP/1.0
     }
-    let path = request.path.unwrap_or_default(); // the request line was checked above
+    let target = if events {
+        Target::Events
+    } else {
+        // A parameter that is not UTF-8 once decoded: the router's handler answers.
+        match resources::match_route(routes, path) {
+            Some((route, params)) => Target::Resource(route, params),
+            None => return Some(First::Other),
+        }
+    };
+    let uri = request.path.unwrap_or_default(); // the request line was checked above
     let mut builder = Request::builder()
         .method(Method::GET)
-        .uri(path)
+        .uri(uri)
         .version(Version::HTTP_11);
     for h in request.headers.iter() {
         let name = match HeaderName::from_bytes(h.name.as_bytes()) {
@@ -637,7 +674,7 @@ fn classify(buf: &[u8]) -> Option<First> {
         builder = builder.header(name, value);
     }
     match builder.body(()) {
-        Ok(request) => Some(First::Live(Box::new(request.into_parts().0))),
+        Ok(request) => Some(First::Live(Box::new(request.into_parts().0), target)),
         Err(_) => Some(First::Other),
     }
 }
@@ -857,11 +894,54 @@ mod tests {
     use super::*;
 
     fn kind(head: &str) -> &'static str {
-        match classify(head.as_bytes()) {
+        let registry = crate::domain::Registry::all();
+        match classify(head.as_bytes(), registry.live_routes()) {
             None => "more",
             Some(First::Other) => "hyper",
-            Some(First::Live(_)) => "live",
+            Some(First::Live(_, Target::Events)) => "live",
+            Some(First::Live(_, Target::Resource(..))) => "resource",
         }
+    }
+
+    #[test]
+    fn a_plain_get_of_a_registered_stream_is_served_without_hyper() {
+        let registry = crate::domain::Registry::all();
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nlast-event-id: 3\r\n\r\n");
+        for path in [
+            "/api/deployments/live",
+            "/api/deployments/live?status=failed",
+            "/api/deployments/web-1/live",
+            "/api/deployments/web-1/live?min_position=4",
+        ] {
+            assert_eq!(kind(&get(path)), "resource", "{path}");
+        }
+        match classify(get("/api/deployments/w%65b/live").as_bytes(), registry.live_routes()) {
+            Some(First::Live(parts, Target::Resource(route, params))) => {
+                assert_eq!(route.pattern, "/api/deployments/{id}/live");
+                assert_eq!(params, ["web"]);
+                assert_eq!(parts.uri, "/api/deployments/w%65b/live");
+                assert_eq!(parts.headers["last-event-id"], "3");
+            }
+            _ => panic!("not the resource stream"),
+        }
+        for other in [
+            "/api/deployments",
+            "/api/deployments/web-1",
+            "/api/deployments/live/",
+            "/api/deployments//live",
+            "/api/deployments/web-1/live/more",
+            // Not UTF-8 once decoded: the router's handler answers (400).
+            "/api/deployments/%ff/live",
+        ] {
+            assert_eq!(kind(&get(other)), "hyper", "{other}");
+        }
+        assert_eq!(kind("GET /api/deployments/li"), "more");
+        assert_eq!(kind("GET /api/deployments/live HTTP/1.1\r\n"), "more");
+        assert_eq!(
+            kind("POST /api/deployments/live HTTP/1.1\r\ncontent-length: 0\r\n\r\n"),
+            "hyper"
+        );
+        assert_eq!(kind("GET /api/deployments/live HTTP/1.0\r\n\r\n"), "hyper");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
 use herald_server::{AppState, ServerConfig};
 use herald_store::credentials::SqliteCredentials;
-use herald_store::readmodel::SqliteDeployments;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use serde_json::{Value, json};
 use support::Running;
@@ -65,7 +64,7 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
         store,
         SqliteCredentials::open(dir.path()).expect("open credentials"),
         herald_store::accounts::SqliteAccounts::open(dir.path()).expect("open accounts"),
-        SqliteDeployments::open(dir.path()).expect("open read model"),
+        dir.path(),
         config,
     )
     .expect("state");
@@ -1915,8 +1914,6 @@ async fn a_revocation_that_cannot_be_recorded_still_revokes_and_ends_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_authenticated_before_a_revocation_is_not_opened_after_it() {
-    use axum::extract::State;
-    use herald_server::auth::Viewer;
     use herald_server::error::ApiError;
 
     let server = start(config(), 1024).await;
@@ -1945,13 +1942,14 @@ async fn a_stream_authenticated_before_a_revocation_is_not_opened_after_it() {
         Ok(_) => panic!("a stream of a revoked token was opened"),
     }
     let uri: axum::http::Uri = "/api/deployments/live".parse().expect("uri");
-    match herald_server::routes::deployments::live(
-        State(server.state.clone()),
-        Viewer(principal.clone()),
-        parts.headers.clone(),
-        uri,
-    )
-    .await
+    let route = *server
+        .state
+        .registry
+        .live_routes()
+        .iter()
+        .find(|r| r.pattern == "/api/deployments/live")
+        .expect("the deployments stream is registered");
+    match herald_server::resources::open_route(&server.state, route, &principal, &parts.headers, &uri, Vec::new()).await
     {
         Err(ApiError::Unauthorized(_)) => {}
         Err(e) => panic!("expected 401, got {e:?}"),

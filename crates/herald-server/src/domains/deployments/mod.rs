@@ -2,6 +2,7 @@
 //! cancel; the deployments read model; its routes and resource streams.
 
 pub mod aggregate;
+pub mod live;
 pub mod projection;
 pub mod routes;
 pub mod view;
@@ -11,5 +12,7 @@ use crate::domain::Registry;
 pub fn register(r: &mut Registry) {
     r.aggregate::<aggregate::Deployment>()
         .projection::<projection::Deployments>()
-        .routes(routes::routes);
+        .routes(routes::routes)
+        .live(live::LIST)
+        .live(live::ONE);
 }

@@ -1,0 +1,116 @@
+//! The deployments resource streams (API.md §6), on [`open_resource`]:
+//!
+//! - `GET /api/deployments/live[?status=S]`: `event: snapshot` (the list, as
+//!   `GET /api/deployments` answers it), then `event: deployment` per change;
+//!   with `?status`, a changed deployment of another status comes as
+//!   `event: deployment_removed`. Resumed (`Last-Event-ID: P`): every
+//!   deployment changed after P, once, then live; a snapshot instead when
+//!   more than [`RESUME_LIMIT`] changed.
+//! - `GET /api/deployments/{id}/live`: `event: deployment` on connect (unless
+//!   the client resumes and it did not change since) and after each change.
+
+use herald_core::names::AggregateId;
+use herald_store::projection::RowProjection;
+
+use super::projection::{Deployments, KIND};
+use super::routes::{ListQuery, list_json, list_query, one_json, one_query};
+use crate::domain::{LiveFuture, LiveRequest, LiveRoute, model_at};
+use crate::error::ApiError;
+use crate::live::Opened;
+use crate::resources::{ClassFilter, Initial, Resource, open_resource, push_frame, push_removed};
+use crate::state::AppState;
+
+/// A resumed list stream sends at most this many changed deployments; more: a snapshot.
+pub const RESUME_LIMIT: usize = 1000;
+
+/// The event a deployment that left a `?status` filter comes as.
+pub const REMOVED: &str = "deployment_removed";
+
+pub const LIST: LiveRoute = LiveRoute {
+    pattern: "/api/deployments/live",
+    open: open_list,
+};
+
+pub const ONE: LiveRoute = LiveRoute {
+    pattern: "/api/deployments/{id}/live",
+    open: open_one,
+};
+
+fn open_list(req: LiveRequest<'_>) -> LiveFuture<'_> {
+    Box::pin(list(req))
+}
+
+fn open_one(req: LiveRequest<'_>) -> LiveFuture<'_> {
+    Box::pin(one(req))
+}
+
+async fn list(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
+    let q = list_query(req.uri)?;
+    let state = req.state;
+    let resource = Resource {
+        kind: KIND,
+        key: None,
+        filter: q.status.map(|s| ClassFilter {
+            class: s.as_str(),
+            removed_event: REMOVED,
+        }),
+    };
+    open_resource(&req, resource, |resume| async move {
+        if let Some(after) = resume
+            && let Some(changed) = changed_since(state, &q, after).await?
+        {
+            return Ok(changed);
+        }
+        let (snapshot, position) = list_json(state, &q).await?;
+        let mut frames = Vec::with_capacity(snapshot.len() + 48);
+        push_frame(&mut frames, position, "snapshot", &snapshot);
+        Ok(Initial { frames, position })
+    })
+    .await
+}
+
+/// Every deployment changed after `after`, in its current state (a removal
+/// when it does not have the filter's status); `None` when more than
+/// [`RESUME_LIMIT`] did (the caller sends a snapshot).
+async fn changed_since(state: &AppState, q: &ListQuery, after: u64) -> Result<Option<Initial>, ApiError> {
+    let model = model_at::<Deployments>(state, q.min_position).await?;
+    let (changed, checkpoint) = model
+        .read(move |conn, checkpoint| {
+            // Nothing when the model is not past `after` yet.
+            let changed = Deployments::changed(conn, after, checkpoint, RESUME_LIMIT + 1)?;
+            Ok((changed, checkpoint))
+        })
+        .await?;
+    if changed.resources.len() > RESUME_LIMIT {
+        return Ok(None);
+    }
+    let status = q.status.map(|s| s.as_str());
+    let mut frames = Vec::with_capacity(changed.resources.iter().map(|r| r.json.len() + 48).sum());
+    for r in &changed.resources {
+        match status {
+            Some(s) if r.class != Some(s) => push_removed(&mut frames, checkpoint, REMOVED, &r.key),
+            _ => push_frame(&mut frames, checkpoint, r.event, r.json.as_bytes()),
+        }
+    }
+    Ok(Some(Initial {
+        frames,
+        position: checkpoint.max(after),
+    }))
+}
+
+async fn one(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
+    let min_position = one_query(req.uri)?;
+    let raw = req.params.first().map(String::as_str).unwrap_or_default();
+    let id = AggregateId::parse(raw).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
+    let state = req.state;
+    let resource = Resource {
+        kind: KIND,
+        key: Some(id.as_str().to_owned()),
+        filter: None,
+    };
+    open_resource(&req, resource, |resume| async move {
+        let (view, changed_at, checkpoint) = one_json(state, id.as_str(), min_position).await?;
+        Ok(Initial::single(resume, KIND, view.as_bytes(), changed_at, checkpoint))
+    })
+    .await
+}
