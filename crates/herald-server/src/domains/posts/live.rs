@@ -4,28 +4,22 @@
 //! - `GET /api/feeds/live`: `event: feeds` (the `GET /api/feeds` body);
 //! - `GET /api/feeds/{tag}/live`: `event: feed` (the `GET /api/feeds/{tag}`
 //!   body with its newest [`FEED_POSTS`] posts; a feed whose last post left
-//!   comes as `post_count: 0, posts: []` and the stream goes on).
+//!   comes as `post_count: 0, posts: []` and the stream goes on; so does a
+//!   feed no post has yet, on connect).
 //!
-//! Each sends its state on connect (404 when there is none, before the
-//! stream starts) and after each change; resumed with `Last-Event-ID: P`,
+//! Each sends its state on connect (a post stream answers 404 when there is
+//! no such post, before the stream starts) and after each change; resumed with `Last-Event-ID: P`,
 //! its state first only when it changed after P. `?min_position` waits for
 //! the read model before the first state is read.
 
 use herald_core::names::AggregateId;
 
+use super::projection::{FEED, FEED_POSTS, FEEDS, POST};
 use super::reads;
 use crate::domain::{LiveFuture, LiveRequest, LiveRoute};
 use crate::error::ApiError;
 use crate::live::Opened;
 use crate::resources::{Initial, Resource, min_position_only, open_resource};
-
-/// The posts a feed stream's state carries (the newest).
-pub const FEED_POSTS: usize = 50;
-
-/// Resource kinds (and SSE events) of the `feeds` read model.
-pub const POST: &str = "post";
-pub const FEED: &str = "feed";
-pub const FEEDS: &str = "feeds";
 
 pub const POST_LIVE: LiveRoute = LiveRoute {
     pattern: "/api/posts/{id}/live",
@@ -101,7 +95,7 @@ async fn feed(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
         filter: None,
     };
     open_resource(&req, resource, |resume| async move {
-        let (json, changed_at, checkpoint) = reads::feed(state, &tag, FEED_POSTS, min_position).await?;
+        let (json, changed_at, checkpoint) = reads::feed_or_empty(state, &tag, FEED_POSTS, min_position).await?;
         Ok(Initial::single(resume, FEED, json.as_bytes(), changed_at, checkpoint))
     })
     .await

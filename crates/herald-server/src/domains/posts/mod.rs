@@ -2,6 +2,7 @@
 //! model (each post, and a feed per tag); their routes.
 
 pub mod aggregate;
+pub mod live;
 pub mod projection;
 pub mod reads;
 pub mod routes;
@@ -13,5 +14,8 @@ use crate::domain::Registry;
 pub fn register(r: &mut Registry) {
     r.aggregate::<aggregate::Post>()
         .projection::<projection::Feeds>()
-        .routes(routes::routes);
+        .routes(routes::routes)
+        .live(live::POST_LIVE)
+        .live(live::FEEDS_LIVE)
+        .live(live::FEED_LIVE);
 }

@@ -58,3 +58,34 @@ pub async fn feed(
         .await?;
     found.ok_or_else(|| ApiError::NotFound(format!("no post is tagged {tag}")))
 }
+
+/// [`feed`] for a resource stream: a feed no post has (yet, or any more) is
+/// an empty state (`post_count: 0`, `posts: []`; `updated_at` null when no
+/// post ever had the tag) rather than a 404, so a page opened on it follows
+/// it until its first post arrives. 400 for a tag that is not one.
+pub async fn feed_or_empty(
+    state: &AppState,
+    tag: &str,
+    limit: usize,
+    min_position: u64,
+) -> Result<(String, u64, u64), ApiError> {
+    let tag = parse_path_tag(tag).map_err(ApiError::BadRequest)?;
+    let model = model_at::<Feeds>(state, min_position).await?;
+    let key = tag.clone();
+    let found = model
+        .read(move |conn, checkpoint| match projection::feed(conn, &key)? {
+            Some(feed) => {
+                let body = projection::feed_json(conn, &key, &feed, limit, checkpoint)?;
+                Ok((body, feed.updated_position, checkpoint))
+            }
+            None => {
+                let tag = serde_json::to_string(&key).unwrap_or_else(|_| "\"\"".into());
+                let body = format!(
+                    "{{\"tag\":{tag},\"post_count\":0,\"updated_at\":null,\"posts\":[],\"position\":{checkpoint}}}"
+                );
+                Ok((body, 0, checkpoint))
+            }
+        })
+        .await?;
+    Ok(found)
+}
