@@ -555,6 +555,9 @@ step('herald is killed with SIGKILL: both tabs say so, then go Live again on the
   const op = s.operator.page
   await op.getByText('from CI while the console reconnects').first().waitFor()
   await op.getByText('60%').first().waitFor()
+  // The summary follows the read model (its resource stream), which may come a moment after the
+  // timeline's events: the next step's dialog must start from the state that has the CI report.
+  await op.getByTestId('deployment-summary').getByText('from CI while the console reconnects').waitFor()
 })
 
 step('the operator changes more after the restart; every tab shows every event exactly once', async () => {

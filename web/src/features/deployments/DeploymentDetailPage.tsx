@@ -36,7 +36,7 @@ export function DeploymentDetailPage() {
       <ErrorAlert error={deployment.error} title="This deployment could not be loaded" />
       {!d && !deployment.error && <Skeleton height="24" />}
       {d && (
-        <Card.Root>
+        <Card.Root data-testid="deployment-summary" data-version={d.stream_version}>
           <Card.Body>
             <Stack gap="4">
               <HStack justify="space-between" wrap="wrap" gap="3">
