@@ -18,6 +18,7 @@ use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
 use herald_server::ServerConfig;
 use herald_server::resources::ResourceBatch;
+use herald_store::projection::{ChangedPage, ChangedResource};
 use serde_json::{Value, json};
 use support::{Person, Server, WAIT};
 
@@ -55,8 +56,22 @@ fn config() -> ServerConfig {
 }
 
 impl Harness {
-    /// Sends a command, asserting 200; returns its position.
+    /// Sends a command, asserting 200, and waits until the deployments read
+    /// model reflects it (so a stream opened next starts from it); returns its position.
     async fn command(&self, command_type: &str, id: &str, data: Value) -> u64 {
+        let p = self.command_nowait(command_type, id, data).await;
+        let listed = self
+            .get_json(&format!("/api/deployments?limit=1&min_position={p}"))
+            .await;
+        assert!(
+            listed["position"].as_u64() >= Some(p),
+            "the read model reached {p}: {listed}"
+        );
+        p
+    }
+
+    /// Sends a command, asserting 200; returns its position.
+    async fn command_nowait(&self, command_type: &str, id: &str, data: Value) -> u64 {
         let r = self
             .server
             .client
@@ -94,6 +109,18 @@ impl Harness {
     /// Opens `path` on a new connection (`reuse`: after a first request on it,
     /// so hyper serves the stream), as `auth` (a header line) with `extra` headers.
     async fn open_as(&self, path: &str, auth: &str, extra: &str, reuse: bool) -> Opened {
+        let (opened, served_by_hyper) = self.open_raw(path, auth, extra, reuse).await;
+        assert_eq!(
+            served_by_hyper, reuse,
+            "{path}: served by the path under test ({:?})",
+            opened.headers
+        );
+        opened
+    }
+
+    /// [`Self::open_as`], and whether hyper answered (it adds `date`; herald's
+    /// own writer does not).
+    async fn open_raw(&self, path: &str, auth: &str, extra: &str, reuse: bool) -> (Opened, bool) {
         let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
         if reuse {
             let health = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
@@ -117,15 +144,12 @@ impl Harness {
         write_all(&stream, request.as_bytes()).await.expect("write");
         let (status, headers, rest) = read_head(&stream).await;
         let served_by_hyper = header(&headers, "date").is_some();
-        assert_eq!(
-            served_by_hyper, reuse,
-            "{path}: served by the path under test ({headers:?})"
-        );
-        Opened {
+        let opened = Opened {
             status,
             headers,
             raw: RawStream::new(stream, &rest),
-        }
+        };
+        (opened, served_by_hyper)
     }
 
     /// [`Self::open_as`] with the operator token and an optional `Last-Event-ID`.
@@ -533,6 +557,21 @@ async fn a_stream_sends_the_state_with_its_position_then_each_change() {
                 h.get_json(&format!("/api/deployments/{id}?min_position={p}")).await
             );
         }
+        // `?min_position`: the first state reflects at least that position
+        // (a deployment started just now is there, not a 404).
+        let fresh = format!("new-{reuse}");
+        let p = h
+            .command_nowait("StartDeployment", &fresh, json!({ "service": "s" }))
+            .await;
+        let mut waited = h
+            .subscribe(&format!("/api/deployments/{fresh}/live?min_position={p}"), None, reuse)
+            .await;
+        let f = waited.frame().await;
+        assert!(f.id() >= p, "{f:?}");
+        assert_eq!(f.json()["id"], fresh);
+        drop(waited);
+        let f = list.frame().await;
+        assert_eq!(f.json()["id"], fresh, "the list hears of it");
         // Another deployment's change reaches the list, not the other stream:
         // the next message of the single stream is its own next change.
         let other = format!("other-{reuse}");
@@ -558,6 +597,7 @@ async fn a_stream_is_refused_before_it_starts() {
         for (path, last_event_id, status) in [
             ("/api/deployments/nope/live", None, 404),
             ("/api/deployments/not%20an%20id/live", None, 400),
+            ("/api/deployments/%ff/live", None, 400),
             ("/api/deployments/here/live?limit=3", None, 400),
             ("/api/deployments/live?status=bogus", None, 400),
             ("/api/deployments/live?what=1", None, 400),
@@ -568,7 +608,13 @@ async fn a_stream_is_refused_before_it_starts() {
             let extra = last_event_id
                 .map(|id| format!("Last-Event-ID: {id}\r\n"))
                 .unwrap_or_default();
-            let mut opened = h.open_as(path, &auth, &extra, reuse).await;
+            // `%ff` is not UTF-8 once decoded: the fast path hands it to the router.
+            let (mut opened, by_hyper) = h.open_raw(path, &auth, &extra, reuse).await;
+            assert_eq!(
+                by_hyper,
+                reuse || path.contains("%ff"),
+                "{path}: answered by the path under test"
+            );
             assert_eq!(opened.status, status, "{path} (reuse {reuse})");
             assert_eq!(opened.problem().await["status"], status, "{path}");
         }
@@ -701,7 +747,7 @@ async fn streams_opened_while_changes_flow_never_get_a_state_twice() {
         tokio::spawn(async move {
             for percent in 1..=CHANGES {
                 for id in ["flow-a", "flow-b"] {
-                    h.command("ReportDeploymentProgress", id, json!({ "percent": percent }))
+                    h.command_nowait("ReportDeploymentProgress", id, json!({ "percent": percent }))
                         .await;
                 }
             }
@@ -758,6 +804,60 @@ async fn streams_opened_while_changes_flow_never_get_a_state_twice() {
     writer.await.expect("writer");
     for r in readers {
         r.await.expect("a reader saw every state once, in order");
+    }
+}
+
+/// The race the subscription closes: a batch published after a stream
+/// subscribed may hold changes its first state already has. Such batches are
+/// made here (encoded as the runner encodes them), so the race is not left to
+/// chance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_the_first_state_already_has_is_not_sent_again() {
+    let h = start(config()).await;
+    for reuse in [false, true] {
+        let id = format!("dup-{reuse}");
+        let started = h.command("StartDeployment", &id, json!({ "service": "s" })).await;
+        let mut streams = Vec::new();
+        let mut position = 0;
+        for path in [
+            format!("/api/deployments/{id}/live"),
+            "/api/deployments/live".to_owned(),
+        ] {
+            let mut s = h.subscribe(&path, None, reuse).await;
+            let first = s.frame().await;
+            assert!(first.id() >= started);
+            position = position.max(first.id());
+            streams.push(s);
+        }
+        let batch = |changed_at: u64, at: u64, what: &str| {
+            herald_server::consumers::encode(
+                "deployments",
+                &ChangedPage {
+                    resources: vec![ChangedResource {
+                        kind: "deployment",
+                        key: id.clone(),
+                        changed_at,
+                        event: "deployment",
+                        json: format!("{{\"id\":\"{id}\",\"what\":\"{what}\"}}"),
+                        class: Some("in_progress"),
+                    }],
+                    position: at,
+                    checkpoint: at,
+                },
+            )
+        };
+        let live = &h.server.state.live.resources;
+        // Already in every first state (changed at or before its position)…
+        live.send(Arc::new(batch(started, position, "stale")))
+            .expect("subscribers");
+        // …and a change after it.
+        live.send(Arc::new(batch(position + 1, position + 1, "fresh")))
+            .expect("subscribers");
+        for s in &mut streams {
+            let f = s.frame().await;
+            assert_eq!(f.json()["what"], "fresh", "a change the state had came again: {f:?}");
+            assert_eq!(f.id(), position + 1);
+        }
     }
 }
 
