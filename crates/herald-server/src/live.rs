@@ -108,8 +108,10 @@ pub type LiveStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallib
 
 /// An opened live stream.
 pub struct Opened {
-    /// The log's head when the client gave no position: sent as the
-    /// `Last-Event-ID` response header (and as the stream's first `id:`).
+    /// Where the stream starts when the client gave no position it could use
+    /// (none, or one beyond the log): the log's head (also the stream's first
+    /// `id:`), or the position of a resource stream's first state. Sent as the
+    /// `Last-Event-ID` response header.
     pub head: Option<u64>,
     pub body: LiveStream,
 }

@@ -1,20 +1,23 @@
 //! herald's accept loop.
 //!
 //! Every connection is served by hyper (HTTP/1.1) and the axum router — except
-//! one whose first request is a plain `GET /api/events/live`. herald answers
-//! that one itself: it authenticates and opens the stream with the same code as
-//! the router ([`live::open`]), writes the response head, then writes each
-//! chunk of SSE frames straight to the socket until the stream ends, and closes
-//! the connection. Such a connection costs a task, the socket and the stream's
-//! cursor (a few KiB) instead of a hyper connection's read and write buffers
-//! (8 KiB each, kept for the connection's life): tens of thousands of
-//! subscribers are mostly that.
+//! one whose first request is a plain `GET` of a live stream: `/api/events/live`
+//! or a resource stream a domain registered (`Registry::live`, matched by its
+//! pattern, `/api/deployments/{id}/live`). herald answers that one itself: it
+//! authenticates and opens the stream with the same code as the router
+//! ([`live::open`], [`resources::open_route`]), writes the response head, then
+//! writes each chunk of SSE frames straight to the socket until the stream
+//! ends, and closes the connection. Such a connection costs a task, the socket
+//! and the stream's cursor (a few KiB) instead of a hyper connection's read and
+//! write buffers (8 KiB each, kept for the connection's life): tens of
+//! thousands of subscribers are mostly that.
 //!
 //! Anything else (another path or method, a body, HTTP/1.0, an upgrade, a
 //! second request pipelined behind the first, a head that does not parse) goes
 //! to hyper with the bytes already read, so its answers are hyper's and the
 //! router's. A live stream on a connection that served other requests first
-//! goes through the router (`live::live_events`), same stream, same rules.
+//! goes through the router (`live::live_events`, `resources::serve_route`),
+//! same stream, same rules.
 //!
 //! Every connection is bounded (`ServerConfig`): its first head must be whole
 //! within `header_timeout` of the accept (this sniffing included), a later head
