@@ -1121,3 +1121,87 @@ async fn a_stream_that_falls_behind_is_ended_with_a_comment() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The posts domain's streams, through the same implementation
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posts_and_feeds_stream_their_state_and_an_edit_that_drops_a_tag_leaves_that_feed() {
+    let h = start(config()).await;
+    for reuse in [false, true] {
+        let id = format!("p-{reuse}");
+        let tag = if reuse { "release-b" } else { "release-a" };
+        // A feed no post has yet: an empty state, and the stream goes on.
+        let mut feed = h.subscribe(&format!("/api/feeds/{tag}/live"), None, reuse).await;
+        let f = feed.frame().await;
+        assert_eq!(f.event(), "feed", "{f:?}");
+        assert_eq!(f.json()["post_count"], 0, "{f:?}");
+        let mut feeds = h.subscribe("/api/feeds/live", None, reuse).await;
+        assert_eq!(feeds.frame().await.event(), "feeds");
+
+        let created = h
+            .command_nowait(
+                "CreatePost",
+                &id,
+                json!({"title": "Friday release", "content": "We shipped.", "tags": [tag.to_uppercase(), "ops"]}),
+            )
+            .await;
+        let f = feed.frame().await;
+        assert_eq!(f.event(), "feed");
+        assert!(f.id() >= created, "{f:?}");
+        assert_eq!(f.json()["post_count"], 1, "{f:?}");
+        assert_eq!(f.json()["posts"][0]["id"], id.as_str(), "{f:?}");
+        assert_eq!(f.json()["position"], f.id(), "the state says the position it reflects");
+        let f = feeds.frame().await;
+        assert_eq!(f.event(), "feeds");
+        let list = f.json();
+        let listed: Vec<&str> = list["feeds"]
+            .as_array()
+            .expect("feeds")
+            .iter()
+            .filter_map(|f| f["tag"].as_str())
+            .collect();
+        assert!(listed.contains(&tag) && listed.contains(&"ops"), "{listed:?}");
+
+        let post_path = format!("/api/posts/{id}/live");
+        let mut post = h
+            .subscribe(&format!("{post_path}?min_position={created}"), None, reuse)
+            .await;
+        let f = post.frame().await;
+        assert_eq!(f.event(), "post");
+        assert_eq!(f.json()["tags"], json!([tag, "ops"]));
+        let seen = f.id();
+
+        // The edit takes the tag away: the feed's next state no longer has the post.
+        let edited = h.command_nowait("UpdatePost", &id, json!({"tags": ["ops"]})).await;
+        let f = feed.frame().await;
+        assert!(f.id() >= edited, "{f:?}");
+        assert_eq!(f.json()["post_count"], 0, "{f:?}");
+        assert_eq!(f.json()["posts"], json!([]), "{f:?}");
+        let f = post.frame().await;
+        assert_eq!(f.json()["tags"], json!(["ops"]), "{f:?}");
+        let after_edit = f.id();
+        drop(post);
+
+        // Resumed where it was: nothing until the next change, which comes once.
+        let mut post = h.subscribe(&post_path, Some(after_edit), reuse).await;
+        let retitled = h
+            .command_nowait("UpdatePost", &id, json!({"title": "Friday release, take two"}))
+            .await;
+        let f = post.frame().await;
+        assert!(f.id() >= retitled && f.id() > seen, "{f:?}");
+        assert_eq!(
+            f.json()["title"],
+            "Friday release, take two",
+            "the change is the first message: {f:?}"
+        );
+        drop(post);
+
+        // Resumed from before the edits: the current state, once.
+        let mut post = h.subscribe(&post_path, Some(seen), reuse).await;
+        let f = post.frame().await;
+        assert_eq!(f.json()["title"], "Friday release, take two", "{f:?}");
+        assert_eq!(f.json()["tags"], json!(["ops"]), "{f:?}");
+    }
+}
