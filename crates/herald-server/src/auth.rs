@@ -8,55 +8,17 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use herald_core::accounts::SessionRecord;
 use herald_core::auth::{CredentialStore, Role, TokenRecord};
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use herald_core::{ActorKind, StoreError};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::sessions;
 use crate::state::AppState;
 
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub actor: Actor,
-    pub role: Role,
-    /// What live-stream limits and rate limits count against: the token, or the
-    /// user (across all their sessions).
-    pub credential_id: String,
-    /// What ends this caller's live streams: the token or the session.
-    pub ends_with: String,
-    /// The browser session, when the caller came with the cookie.
-    pub session: Option<SessionRecord>,
-}
-
-impl Principal {
-    /// `"session"` or `"token"` (as `GET /api/me` says).
-    pub fn via(&self) -> &'static str {
-        if self.session.is_some() { "session" } else { "token" }
-    }
-
-    /// Whether this caller proved presence recently enough for a risky action:
-    /// always for a token (machines have no step-up), for a person when their
-    /// session's last passkey verification is within `--step-up-minutes`.
-    pub fn presence_verified(&self, window: std::time::Duration) -> bool {
-        match &self.session {
-            None => true,
-            Some(session) => crate::sessions::now_millis() - session.verified_at <= crate::sessions::millis(window),
-        }
-    }
-
-    /// When a live stream of this caller must end at the latest.
-    pub fn stream_deadline(&self) -> Option<tokio::time::Instant> {
-        let session = self.session.as_ref()?;
-        let left = (session.expires_at - crate::sessions::now_millis()).max(0);
-        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(left.unsigned_abs()))
-    }
-}
+pub use crate::principal::Principal;
 
 /// Step-up: a risky action (minting a token, an admin invite, a role change,
 /// ending someone else's session, disabling a person, removing a passkey, a
@@ -128,60 +90,7 @@ pub fn token_credential(token_id: &str) -> String {
     format!("token:{token_id}")
 }
 
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// Live tokens recently looked up, by secret hash: agents send a request per
-/// command, and a store round trip for each would cost more than the command.
-/// Revocation through this process removes the entry at once; the TTL bounds
-/// how long a revocation made elsewhere could go unseen. Unknown tokens are not
-/// cached (a token created by `herald token create` works at once).
-#[derive(Default)]
-pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (TokenRecord, std::time::Instant)>>,
-    /// Bumped by every revocation: a lookup that began before one does not
-    /// cache what it read (it may be the revoked token).
-    revocations: std::sync::atomic::AtomicU64,
-}
-
-const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-const TOKEN_CACHE_MAX: usize = 10_000;
-
-impl TokenCache {
-    fn get(&self, hash: &str) -> Option<TokenRecord> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(record, _)| record.clone())
-    }
-
-    fn generation(&self) -> u64 {
-        self.revocations.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn put(&self, hash: &str, record: &TokenRecord, generation: u64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if self.generation() != generation {
-            return;
-        }
-        if entries.len() >= TOKEN_CACHE_MAX {
-            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
-            if entries.len() >= TOKEN_CACHE_MAX {
-                entries.clear();
-            }
-        }
-        entries.insert(hash.to_owned(), (record.clone(), std::time::Instant::now()));
-    }
-
-    /// Forgets a token (revoked).
-    pub fn forget(&self, token_id: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        self.revocations.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        entries.retain(|_, (record, _)| record.id != token_id);
-    }
-}
+pub use crate::secrets::{TokenCache, hash_secret};
 
 async fn find_token(state: &AppState, hash: &str) -> Result<Option<TokenRecord>, ApiError> {
     if let Some(record) = state.token_cache.get(hash) {

@@ -37,32 +37,6 @@ pub const CHANGED_PAGE: usize = 1000;
 /// may have moved its checkpoint without this one's log noticing yet.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// How each read model's task is doing, for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    failing: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
-}
-
-impl Health {
-    fn set(&self, name: &'static str, failure: Option<String>) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        match failure {
-            Some(cause) => {
-                failing.insert(name, cause);
-            }
-            None => {
-                failing.remove(name);
-            }
-        }
-    }
-
-    /// The read models whose last step failed (or whose task is restarting), with why.
-    pub fn failing(&self) -> Vec<(&'static str, String)> {
-        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        failing.iter().map(|(n, c)| (*n, c.clone())).collect()
-    }
-}
-
 /// Runs every registered read model's task until shutdown.
 pub async fn run(state: AppState) {
     let tasks: Vec<_> = state

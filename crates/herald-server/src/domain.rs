@@ -27,15 +27,14 @@ use herald_core::command::Commands;
 use herald_core::store::StoreError;
 use herald_store::projection::{Consumer, ReadModel, RowProjection};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::live::Opened;
-use crate::state::AppState;
+use crate::principal::Principal;
+use crate::sse::Opened;
 
 /// What a resource stream's opener gets: the request, already authenticated
 /// as a viewer, and its path parameters in the order of the pattern.
-pub struct LiveRequest<'a> {
-    pub state: &'a AppState,
+pub struct LiveRequest<'a, S> {
+    pub state: &'a S,
     pub principal: &'a Principal,
     pub headers: &'a HeaderMap,
     pub uri: &'a Uri,
@@ -45,14 +44,21 @@ pub struct LiveRequest<'a> {
 pub type LiveFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, ApiError>> + Send + 'a>>;
 
 /// A resource stream: `GET {pattern}` (axum syntax, `/api/posts/{id}/live`).
-#[derive(Clone, Copy)]
-pub struct LiveRoute {
+pub struct LiveRoute<S> {
     pub pattern: &'static str,
-    pub open: for<'a> fn(LiveRequest<'a>) -> LiveFuture<'a>,
+    pub open: for<'a> fn(LiveRequest<'a, S>) -> LiveFuture<'a>,
 }
 
+impl<S> Clone for LiveRoute<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for LiveRoute<S> {}
+
 /// Adds a domain's routes to the router.
-pub type RouteAdder = fn(Router<AppState>) -> Router<AppState>;
+pub type RouteAdder<S> = fn(Router<S>) -> Router<S>;
 
 /// How a registered read model is opened.
 struct ProjectionSpec {
@@ -68,25 +74,28 @@ struct ModelHandles {
     consumer: Arc<dyn Consumer>,
 }
 
-/// What the domains registered.
-#[derive(Default)]
-pub struct Registry {
+/// What the domains registered (`S`: the state handlers receive; the
+/// application's is `crate::state::Registry`, built by
+/// `crate::domains::registry()`).
+pub struct Registry<S> {
     commands: Commands,
     projections: Vec<ProjectionSpec>,
-    routes: Vec<RouteAdder>,
-    live: Vec<LiveRoute>,
+    routes: Vec<RouteAdder<S>>,
+    live: Vec<LiveRoute<S>>,
 }
 
-impl Registry {
-    /// Every domain of [`crate::domains::ALL`], registered.
-    pub fn all() -> Registry {
-        let mut registry = Registry::default();
-        for register in crate::domains::ALL {
-            register(&mut registry);
+impl<S> Default for Registry<S> {
+    fn default() -> Self {
+        Registry {
+            commands: Commands::default(),
+            projections: Vec::new(),
+            routes: Vec::new(),
+            live: Vec::new(),
         }
-        registry
     }
+}
 
+impl<S> Registry<S> {
     /// `A`'s commands become command types herald accepts.
     pub fn aggregate<A: Aggregate>(&mut self) -> &mut Self {
         self.commands.register::<A>();
@@ -115,13 +124,13 @@ impl Registry {
     }
 
     /// Adds routes (they run behind the request timeout and the trace layer).
-    pub fn routes(&mut self, add: RouteAdder) -> &mut Self {
+    pub fn routes(&mut self, add: RouteAdder<S>) -> &mut Self {
         self.routes.push(add);
         self
     }
 
     /// Adds a resource stream.
-    pub fn live(&mut self, route: LiveRoute) -> &mut Self {
+    pub fn live(&mut self, route: LiveRoute<S>) -> &mut Self {
         self.live.push(route);
         self
     }
@@ -130,11 +139,11 @@ impl Registry {
         &self.commands
     }
 
-    pub fn live_routes(&self) -> &[LiveRoute] {
+    pub fn live_routes(&self) -> &[LiveRoute<S>] {
         &self.live
     }
 
-    pub fn route_adders(&self) -> &[RouteAdder] {
+    pub fn route_adders(&self) -> &[RouteAdder<S>] {
         &self.routes
     }
 
@@ -180,25 +189,4 @@ impl Models {
     pub fn consumer(&self, name: &str) -> Option<&Arc<dyn Consumer>> {
         self.consumers.iter().find(|c| c.name() == name)
     }
-}
-
-impl AppState {
-    /// The read model of `P`. A handler of an unregistered projection is a
-    /// programming error: 500, not a panic.
-    pub fn model<P: RowProjection>(&self) -> Result<Arc<ReadModel<P>>, ApiError> {
-        self.models
-            .get::<P>()
-            .ok_or_else(|| ApiError::Internal(format!("the read model {} is not registered", P::NAME)))
-    }
-}
-
-/// The read model of `P` once it has reached `min_position` (a read of one's
-/// own write), waiting at most [`herald_store::projection::MAX_WAIT`]; after
-/// that the caller answers with what it has (its `position` says how far it is).
-pub async fn model_at<P: RowProjection>(state: &AppState, min_position: u64) -> Result<Arc<ReadModel<P>>, ApiError> {
-    let model = state.model::<P>()?;
-    if min_position > 0 {
-        model.wait_for(min_position, herald_store::projection::MAX_WAIT).await?;
-    }
-    Ok(model)
 }

@@ -165,6 +165,39 @@ pub async fn check_host(State(hosts): State<Arc<AllowedHosts>>, req: Request, ne
     }
 }
 
+/// An address or a network (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`) of a reverse
+/// proxy whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy(ipnet::IpNet);
+
+impl TrustedProxy {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let net = match s.parse::<std::net::IpAddr>() {
+            // An IPv4-mapped IPv6 address is the IPv4 address it maps.
+            Ok(ip) => ipnet::IpNet::from(ip.to_canonical()),
+            Err(_) => s
+                .parse::<ipnet::IpNet>()
+                .map_err(|e| format!("{s:?} is not an IP address or network ({e}; e.g. 10.0.0.7 or 10.0.0.0/8)"))?,
+        };
+        Ok(TrustedProxy(net))
+    }
+}
+
+impl std::fmt::Display for TrustedProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,19 +5,26 @@
 //! on a listener the caller bound, until `shutdown` resolves.
 
 pub mod auth;
+pub mod changes;
+pub mod clock;
 pub mod console;
 pub mod consumers;
 pub mod domain;
 pub mod domains;
 pub mod error;
+pub mod health;
 pub mod hosts;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod passkeys;
+pub mod principal;
 pub mod resources;
 pub mod routes;
+pub mod secrets;
 pub mod serve;
 pub mod sessions;
+pub mod sse;
 pub mod state;
 pub mod wire;
 
@@ -33,6 +40,67 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use state::{AppState, ServerConfig};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use herald_core::accounts::AccountStore;
+use herald_core::auth::CredentialStore;
+use herald_core::store::EventStore;
+use herald_store::accounts::SqliteAccounts;
+use herald_store::credentials::SqliteCredentials;
+use herald_store::sqlite::SqliteStore;
+
+use crate::state::ConfigError;
+
+/// Here, at the root, the state meets the domains (`state.rs` knows none).
+impl AppState {
+    /// The embedded store: everything in `dir`.
+    pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, ConfigError> {
+        remove_old_read_models(dir);
+        AppState::new(
+            SqliteStore::open(dir)?,
+            SqliteCredentials::open(dir)?,
+            SqliteAccounts::open(dir)?,
+            dir,
+            config,
+        )
+    }
+
+    /// State around stores opened by the caller; every domain's read models
+    /// are opened in `models_dir` (the data directory).
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        credentials: Arc<dyn CredentialStore>,
+        accounts: Arc<dyn AccountStore>,
+        models_dir: &Path,
+        config: ServerConfig,
+    ) -> Result<AppState, ConfigError> {
+        AppState::with_registry(store, credentials, accounts, models_dir, domains::registry(), config)
+    }
+}
+
+/// Before issue 10 every read model shared `readmodels.db`; each now has its
+/// own file under `readmodels/`, built from the log. The old file is derived
+/// data nothing reads any more.
+fn remove_old_read_models(dir: &Path) {
+    let old = dir.join("readmodels.db");
+    if !old.exists() {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.join(format!("readmodels.db{suffix}"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the old read models' file");
+            return;
+        }
+    }
+    tracing::info!(
+        "removed the old readmodels.db: each read model now has its own file in readmodels/, rebuilt from the log"
+    );
+}
 
 use crate::auth::Viewer;
 use crate::error::ApiError;

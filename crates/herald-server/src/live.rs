@@ -103,18 +103,7 @@ pub async fn check_still_valid(state: &AppState, principal: &Principal, headers:
     Ok(())
 }
 
-/// A live stream's body: pre-encoded SSE frames.
-pub type LiveStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
-
-/// An opened live stream.
-pub struct Opened {
-    /// Where the stream starts when the client gave no position it could use
-    /// (none, or one beyond the log): the log's head (also the stream's first
-    /// `id:`), or the position of a resource stream's first state. Sent as the
-    /// `Last-Event-ID` response header.
-    pub head: Option<u64>,
-    pub body: LiveStream,
-}
+pub use crate::sse::{LiveStream, Opened};
 
 /// `GET /api/events/live` when the connection is served by hyper (see
 /// [`crate::serve`] for the connections herald writes itself).

@@ -62,38 +62,7 @@ impl FromRequestParts<AppState> for ClientAddr {
     }
 }
 
-/// An address or a network (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`) of a reverse
-/// proxy whose `X-Forwarded-For` is believed (`--trusted-proxy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedProxy(ipnet::IpNet);
-
-impl TrustedProxy {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.contains(&ip.to_canonical())
-    }
-}
-
-impl std::str::FromStr for TrustedProxy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let net = match s.parse::<IpAddr>() {
-            // An IPv4-mapped IPv6 address is the IPv4 address it maps.
-            Ok(ip) => ipnet::IpNet::from(ip.to_canonical()),
-            Err(_) => s
-                .parse::<ipnet::IpNet>()
-                .map_err(|e| format!("{s:?} is not an IP address or network ({e}; e.g. 10.0.0.7 or 10.0.0.0/8)"))?,
-        };
-        Ok(TrustedProxy(net))
-    }
-}
-
-impl std::fmt::Display for TrustedProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use crate::hosts::TrustedProxy;
 
 /// Who the client is for rate limits: `peer` unless it is a trusted proxy, then
 /// the right-most `X-Forwarded-For` address that is not a trusted proxy (each

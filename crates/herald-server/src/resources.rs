@@ -34,45 +34,13 @@ use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::auth::{Principal, Viewer};
-use crate::domain::{LiveRequest, LiveRoute};
 use crate::error::ApiError;
 use crate::live::{self, Ending, KEEPALIVE, LAGGED, Opened};
 use crate::state::{AppState, StreamGuard};
+use crate::state::{LiveRequest, LiveRoute};
 use crate::wire::parse_number;
 
-/// Resources changed in a read model, pre-encoded as SSE frames.
-#[derive(Debug)]
-pub struct ResourceBatch {
-    /// The projection that published it.
-    pub projection: &'static str,
-    /// The log position the states reflect: every change at or before it has
-    /// been published (in this batch or an earlier one). Each frame's `id`.
-    pub position: u64,
-    /// `id: {position}\nevent: {event}\ndata: {json}\n\n` per entry, back to back.
-    pub frames: Bytes,
-    /// One per frame, in the order of `frames`: sorted by `kind`, then by `changed_at`.
-    pub entries: Vec<ResourceEntry>,
-}
-
-/// One changed resource in a [`ResourceBatch`].
-#[derive(Debug, Clone)]
-pub struct ResourceEntry {
-    pub kind: &'static str,
-    pub key: Box<str>,
-    /// The position of the last event that changed it.
-    pub changed_at: u64,
-    /// See `herald_store::projection::ChangedResource::class`.
-    pub class: Option<&'static str>,
-    /// Where its frame is in `frames`.
-    pub range: Range<usize>,
-}
-
-impl ResourceBatch {
-    /// The frame of `entry`, shared.
-    pub fn frame(&self, entry: &ResourceEntry) -> Bytes {
-        self.frames.slice(entry.range.clone())
-    }
-}
+pub use crate::changes::{ResourceBatch, ResourceEntry};
 
 // ---------------------------------------------------------------------------
 // Opening a stream
@@ -577,7 +545,7 @@ fn percent_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn open(_: LiveRequest<'_>) -> crate::domain::LiveFuture<'_> {
+    fn open(_: LiveRequest<'_>) -> crate::state::LiveFuture<'_> {
         Box::pin(async { Err(ApiError::Internal("not in this test".into())) })
     }
 

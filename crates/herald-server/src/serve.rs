@@ -57,10 +57,10 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::auth::Viewer;
-use crate::domain::LiveRoute;
 use crate::live::{self, Opened};
 use crate::resources;
 use crate::state::AppState;
+use crate::state::LiveRoute;
 
 /// How every request line herald serves without hyper on a fresh connection starts.
 const GET: &[u8] = b"GET /";
@@ -897,7 +897,7 @@ mod tests {
     use super::*;
 
     fn kind(head: &str) -> &'static str {
-        let registry = crate::domain::Registry::all();
+        let registry = crate::domains::registry();
         match classify(head.as_bytes(), registry.live_routes()) {
             None => "more",
             Some(First::Other) => "hyper",
@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn a_plain_get_of_a_registered_stream_is_served_without_hyper() {
-        let registry = crate::domain::Registry::all();
+        let registry = crate::domains::registry();
         let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nlast-event-id: 3\r\n\r\n");
         for path in [
             "/api/deployments/live",

@@ -9,8 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use herald_core::accounts::{Millis, SessionRecord};
 use rand::RngCore;
 
-use crate::auth::hash_secret;
+pub use crate::clock::{millis, millis_rfc3339, now_millis};
 use crate::error::ApiError;
+use crate::secrets::hash_secret;
 use crate::state::AppState;
 
 /// The session cookie's name on http origins.
@@ -31,16 +32,6 @@ pub fn cookie_name(public_origin: &str) -> &'static str {
 
 /// Refresh `last_seen_at` at most this often (one write a minute, not per request).
 const TOUCH_EVERY_MS: Millis = 60_000;
-
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
-
-pub fn millis_rfc3339(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 /// The live-stream/rate-limit key of a session's streams.
 pub fn session_credential(session_id: &str) -> String {
@@ -205,10 +196,6 @@ fn touch_soon(state: &AppState, session_id: &str, now: Millis) {
             }
         }
     });
-}
-
-pub fn millis(d: std::time::Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// Removes expired sessions now and then, ending their streams.

@@ -9,9 +9,7 @@ use std::time::Duration;
 use herald_core::accounts::AccountStore;
 use herald_core::auth::CredentialStore;
 use herald_core::store::{EventStore, StoreError};
-use herald_store::accounts::SqliteAccounts;
-use herald_store::credentials::SqliteCredentials;
-use herald_store::sqlite::SqliteStore;
+use herald_store::projection::{ReadModel, RowProjection};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use webauthn_rs::prelude::{Webauthn, WebauthnBuilder};
@@ -63,7 +61,7 @@ pub struct ServerConfig {
     /// connection is closed.
     pub shutdown_grace: Duration,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
-    pub trusted_proxies: Vec<crate::passkeys::TrustedProxy>,
+    pub trusted_proxies: Vec<crate::hosts::TrustedProxy>,
     /// Login attempts per account (username) per `login_window`; 0 = unlimited.
     pub login_limit: u32,
     /// The window of the per-account login limit and of `LoginFailed` events
@@ -125,22 +123,22 @@ pub struct AppStateInner {
     /// recorded, then stored).
     pub registration: Arc<tokio::sync::Mutex<()>>,
     /// What the domains registered (commands, projections, routes, streams).
-    pub registry: Arc<crate::domain::Registry>,
+    pub registry: Arc<Registry>,
     /// The domains' read models.
     pub models: crate::domain::Models,
     /// Which read models' tasks are failing (for `/readyz`).
-    pub consumer_health: Arc<crate::consumers::Health>,
+    pub consumer_health: Arc<crate::health::Health>,
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
     pub limits: Arc<RateLimits>,
-    /// Recently seen API tokens (see `auth::TokenCache`).
-    pub token_cache: Arc<crate::auth::TokenCache>,
+    /// Recently seen API tokens (see `secrets::TokenCache`).
+    pub token_cache: Arc<crate::secrets::TokenCache>,
     /// Commands on one stream take turns in this process.
     pub stream_locks: Arc<herald_core::command::StreamLocks>,
     /// The names requests may be addressed to (421 otherwise).
     pub hosts: Arc<crate::hosts::AllowedHosts>,
     /// `GET /api/audit/verify`: one at a time, one per credential every 10 s.
-    pub audit: Arc<crate::routes::ops::AuditLimits>,
+    pub audit: Arc<crate::limits::AuditLimits>,
 }
 
 /// A setting herald cannot start with.
@@ -184,51 +182,18 @@ pub fn relying_party(public_origin: &str) -> Result<Option<Webauthn>, ConfigErro
         .map_err(|e| bad(&e.to_string()))
 }
 
-/// Before issue 10 every read model shared `readmodels.db`; each now has its
-/// own file under `readmodels/`, built from the log. The old file is derived
-/// data nothing reads any more.
-fn remove_old_read_models(dir: &Path) {
-    let old = dir.join("readmodels.db");
-    if !old.exists() {
-        return;
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let path = dir.join(format!("readmodels.db{suffix}"));
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove the old read models' file");
-            return;
-        }
-    }
-    tracing::info!(
-        "removed the old readmodels.db: each read model now has its own file in readmodels/, rebuilt from the log"
-    );
-}
-
 impl AppState {
-    /// The embedded store: everything in `dir`.
-    pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, ConfigError> {
-        remove_old_read_models(dir);
-        AppState::new(
-            SqliteStore::open(dir)?,
-            SqliteCredentials::open(dir)?,
-            SqliteAccounts::open(dir)?,
-            dir,
-            config,
-        )
-    }
-
-    /// State around stores opened by the caller; every registered domain's
-    /// read models are opened in `models_dir` (the data directory).
-    pub fn new(
+    /// State around stores opened by the caller, with the domains of
+    /// `registry` (their read models opened in `models_dir`, the data
+    /// directory). `AppState::new` (in `lib.rs`) passes every domain.
+    pub fn with_registry(
         store: Arc<dyn EventStore>,
         credentials: Arc<dyn CredentialStore>,
         accounts: Arc<dyn AccountStore>,
         models_dir: &Path,
+        registry: Registry,
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
-        let registry = crate::domain::Registry::all();
         let models = registry.open_models(models_dir)?;
         Ok(AppState(Arc::new(AppStateInner {
             registry: Arc::new(registry),
@@ -266,7 +231,7 @@ pub struct LiveRegistry {
     generation: AtomicU64,
     /// Resources changed in the read models (whichever process applied the
     /// events), for resource streams.
-    pub resources: broadcast::Sender<Arc<crate::resources::ResourceBatch>>,
+    pub resources: broadcast::Sender<Arc<crate::changes::ResourceBatch>>,
     /// The highest position delivered to the projector (for lag metrics).
     pub head: AtomicU64,
 }
@@ -496,6 +461,33 @@ fn check(limiter: Option<&KeyedLimiter>, key: &str, detail: &str) -> Result<(), 
         limiter.retain_recent();
     }
     Ok(())
+}
+
+/// The application's registry, routes and resource streams (see `domain.rs`).
+pub type Registry = crate::domain::Registry<AppState>;
+pub type LiveRoute = crate::domain::LiveRoute<AppState>;
+pub type LiveRequest<'a> = crate::domain::LiveRequest<'a, AppState>;
+pub use crate::domain::LiveFuture;
+
+impl AppState {
+    /// The read model of `P`. A handler of an unregistered projection is a
+    /// programming error: 500, not a panic.
+    pub fn model<P: RowProjection>(&self) -> Result<Arc<ReadModel<P>>, ApiError> {
+        self.models
+            .get::<P>()
+            .ok_or_else(|| ApiError::Internal(format!("the read model {} is not registered", P::NAME)))
+    }
+}
+
+/// The read model of `P` once it has reached `min_position` (a read of one's
+/// own write), waiting at most [`herald_store::projection::MAX_WAIT`]; after
+/// that the caller answers with what it has (its `position` says how far it is).
+pub async fn model_at<P: RowProjection>(state: &AppState, min_position: u64) -> Result<Arc<ReadModel<P>>, ApiError> {
+    let model = state.model::<P>()?;
+    if min_position > 0 {
+        model.wait_for(min_position, herald_store::projection::MAX_WAIT).await?;
+    }
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -326,7 +326,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// a second otherwise.
 async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> {
     use std::io::IsTerminal;
-    let registry = herald_server::domain::Registry::all();
+    let registry = herald_server::domains::registry();
     let known = registry.projection_names();
     let names: Vec<String> = if names.is_empty() {
         known.iter().map(|n| (*n).to_owned()).collect()

@@ -1130,7 +1130,7 @@ fn deployments_file(data: &Path) -> PathBuf {
 
 /// Every read model `herald projections rebuild` rebuilds when given no name.
 fn registered_projections() -> Vec<&'static str> {
-    herald_server::domain::Registry::all().projection_names()
+    herald_server::domains::registry().projection_names()
 }
 
 /// Every row of the deployments read model, every column, and its

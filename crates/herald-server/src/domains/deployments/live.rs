@@ -14,11 +14,11 @@ use herald_store::projection::RowProjection;
 
 use super::projection::{Deployments, KIND};
 use super::routes::{ListQuery, list_json, list_query, one_json, one_query};
-use crate::domain::{LiveFuture, LiveRequest, LiveRoute, model_at};
 use crate::error::ApiError;
 use crate::live::Opened;
 use crate::resources::{ClassFilter, Initial, Resource, open_resource, push_frame, push_removed};
 use crate::state::AppState;
+use crate::state::{LiveFuture, LiveRequest, LiveRoute, model_at};
 
 /// A resumed list stream sends at most this many changed deployments; more: a snapshot.
 pub const RESUME_LIMIT: usize = 1000;

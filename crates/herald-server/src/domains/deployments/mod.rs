@@ -7,7 +7,7 @@ pub mod projection;
 pub mod routes;
 pub mod view;
 
-use crate::domain::Registry;
+use crate::state::Registry;
 
 pub fn register(r: &mut Registry) {
     r.aggregate::<aggregate::Deployment>()

@@ -9,9 +9,9 @@ use herald_core::names::AggregateId;
 use super::aggregate::DeploymentStatus;
 use super::projection::{self, Deployments};
 use crate::auth::Viewer;
-use crate::domain::model_at;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::state::model_at;
 use crate::wire::{PathParam, json_response, parse_number};
 
 const DEFAULT_LIMIT: usize = 100;

@@ -16,10 +16,10 @@ use herald_core::names::AggregateId;
 
 use super::projection::{FEED, FEED_POSTS, FEEDS, POST};
 use super::reads;
-use crate::domain::{LiveFuture, LiveRequest, LiveRoute};
 use crate::error::ApiError;
 use crate::live::Opened;
 use crate::resources::{Initial, Resource, min_position_only, open_resource};
+use crate::state::{LiveFuture, LiveRequest, LiveRoute};
 
 pub const POST_LIVE: LiveRoute = LiveRoute {
     pattern: "/api/posts/{id}/live",

@@ -9,7 +9,7 @@ pub mod routes;
 pub mod tags;
 pub mod view;
 
-use crate::domain::Registry;
+use crate::state::Registry;
 
 pub fn register(r: &mut Registry) {
     r.aggregate::<aggregate::Post>()

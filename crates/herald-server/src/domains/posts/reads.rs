@@ -6,9 +6,9 @@ use herald_core::names::AggregateId;
 
 use super::projection::{self, Feeds};
 use super::tags::parse_path_tag;
-use crate::domain::model_at;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::state::model_at;
 
 /// GET /api/posts/{id} body (with "position": checkpoint), position of the post's last change, checkpoint.
 pub async fn post(state: &AppState, id: &str, min_position: u64) -> Result<(String, u64, u64), ApiError> {
