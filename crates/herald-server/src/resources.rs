@@ -38,7 +38,6 @@ use crate::error::ApiError;
 use crate::live::{self, Ending, KEEPALIVE, LAGGED, Opened};
 use crate::state::{AppState, StreamGuard};
 use crate::state::{LiveRequest, LiveRoute};
-use crate::wire::parse_number;
 
 pub use crate::changes::{ResourceBatch, ResourceEntry};
 
@@ -117,22 +116,6 @@ pub fn push_removed(out: &mut Vec<u8>, id: u64, event: &str, key: &str) {
     let _ = serde_json::to_writer(&mut data, key);
     data.push(b'}');
     push_frame(out, id, event, &data);
-}
-
-/// `?min_position=P` alone: the query of a stream that takes nothing else.
-pub fn min_position_only(uri: &Uri) -> Result<u64, ApiError> {
-    let mut min_position = 0;
-    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match &*key {
-            "min_position" => min_position = parse_number("min_position", &value)?,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "{other}: unknown query parameter (known: min_position)"
-                )));
-            }
-        }
-    }
-    Ok(min_position)
 }
 
 /// Opens a resource stream for `req`: the one implementation behind every

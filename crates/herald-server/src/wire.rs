@@ -205,3 +205,20 @@ where
             .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
     }
 }
+
+/// `?min_position=P` alone (0 when absent): the query of a read-model read
+/// or a resource stream that takes nothing else; 400 naming anything else.
+pub fn min_position_query(uri: &axum::http::Uri) -> Result<u64, ApiError> {
+    let mut min_position = 0;
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match &*key {
+            "min_position" => min_position = parse_number("min_position", &value)?,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{other}: unknown query parameter (known: min_position)"
+                )));
+            }
+        }
+    }
+    Ok(min_position)
+}

@@ -13,7 +13,7 @@ use herald_core::names::AggregateId;
 use herald_store::projection::RowProjection;
 
 use super::projection::{Deployments, KIND};
-use super::routes::{ListQuery, list_json, list_query, one_json, one_query};
+use super::routes::{ListQuery, list_json, list_query, one_json};
 use crate::error::ApiError;
 use crate::live::Opened;
 use crate::resources::{ClassFilter, Initial, Resource, open_resource, push_frame, push_removed};
@@ -99,7 +99,7 @@ async fn changed_since(state: &AppState, q: &ListQuery, after: u64) -> Result<Op
 }
 
 async fn one(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
-    let min_position = one_query(req.uri)?;
+    let min_position = crate::wire::min_position_query(req.uri)?;
     let raw = req.params.first().map(String::as_str).unwrap_or_default();
     let id = AggregateId::parse(raw).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
     let state = req.state;

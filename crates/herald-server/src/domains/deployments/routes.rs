@@ -88,22 +88,6 @@ async fn list(State(state): State<AppState>, Viewer(_): Viewer, uri: Uri) -> Res
     Ok(json_response(StatusCode::OK, out))
 }
 
-/// `min_position` alone (the query of `GET /api/deployments/{id}` and its stream).
-pub fn one_query(uri: &Uri) -> Result<u64, ApiError> {
-    let mut min_position = 0;
-    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match &*key {
-            "min_position" => min_position = parse_number("min_position", &value)?,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "{other}: unknown query parameter (known: min_position)"
-                )));
-            }
-        }
-    }
-    Ok(min_position)
-}
-
 /// One deployment's view as stored, the position of its last change, and the
 /// model's checkpoint; 404 when there is none.
 pub async fn one_json(state: &AppState, id: &str, min_position: u64) -> Result<(String, u64, u64), ApiError> {
@@ -122,7 +106,7 @@ async fn one(
     PathParam(id): PathParam<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let min_position = one_query(&uri)?;
+    let min_position = crate::wire::min_position_query(&uri)?;
     let (view, _, _) = one_json(&state, &id, min_position).await?;
     Ok(json_response(StatusCode::OK, view.into_bytes()))
 }

@@ -18,7 +18,7 @@ use super::projection::{FEED, FEED_POSTS, FEEDS, POST};
 use super::reads;
 use crate::error::ApiError;
 use crate::live::Opened;
-use crate::resources::{Initial, Resource, min_position_only, open_resource};
+use crate::resources::{Initial, Resource, open_resource};
 use crate::state::{LiveFuture, LiveRequest, LiveRoute};
 
 pub const POST_LIVE: LiveRoute = LiveRoute {
@@ -53,7 +53,7 @@ fn param(req: &LiveRequest<'_>) -> String {
 }
 
 async fn post(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
-    let min_position = min_position_only(req.uri)?;
+    let min_position = crate::wire::min_position_query(req.uri)?;
     let id = AggregateId::parse(&param(&req)).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
     let state = req.state;
     let resource = Resource {
@@ -69,7 +69,7 @@ async fn post(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
 }
 
 async fn feeds(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
-    let min_position = min_position_only(req.uri)?;
+    let min_position = crate::wire::min_position_query(req.uri)?;
     let state = req.state;
     let resource = Resource {
         kind: FEEDS,
@@ -109,5 +109,5 @@ fn feed_query(uri: &axum::http::Uri) -> Result<u64, ApiError> {
             "limit: not accepted on the stream (its state carries the newest {FEED_POSTS} posts; known: min_position)"
         )));
     }
-    min_position_only(uri)
+    crate::wire::min_position_query(uri)
 }

@@ -23,22 +23,6 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .route("/api/feeds/{tag}", get(one_feed))
 }
 
-/// `?min_position=` alone (a post, the list of feeds, and their streams).
-pub fn min_position_query(uri: &Uri) -> Result<u64, ApiError> {
-    let mut min_position = 0;
-    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match &*key {
-            "min_position" => min_position = parse_number("min_position", &value)?,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "{other}: unknown query parameter (known: min_position)"
-                )));
-            }
-        }
-    }
-    Ok(min_position)
-}
-
 /// `?limit=&min_position=` of `GET /api/feeds/{tag}`: (limit, min_position).
 pub fn feed_query(uri: &Uri) -> Result<(usize, u64), ApiError> {
     let (mut limit, mut min_position) = (FEED_POSTS, 0);
@@ -68,13 +52,13 @@ async fn one_post(
     PathParam(id): PathParam<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let min_position = min_position_query(&uri)?;
+    let min_position = crate::wire::min_position_query(&uri)?;
     let (body, _, _) = reads::post(&state, &id, min_position).await?;
     Ok(json_response(StatusCode::OK, body.into_bytes()))
 }
 
 async fn list_feeds(State(state): State<AppState>, Viewer(_): Viewer, uri: Uri) -> Result<Response, ApiError> {
-    let min_position = min_position_query(&uri)?;
+    let min_position = crate::wire::min_position_query(&uri)?;
     let (body, _, _) = reads::feeds(&state, min_position).await?;
     Ok(json_response(StatusCode::OK, body.into_bytes()))
 }
