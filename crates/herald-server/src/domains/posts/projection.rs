@@ -10,6 +10,8 @@
 //! whichever touch has the larger position), so the rows of a page can be
 //! written in any order and the tables come out the same whatever the pages.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
@@ -242,37 +244,11 @@ impl RowProjection for Feeds {
     }
 
     fn write(conn: &Connection, key: &str, w: &Write) -> Result<(), StoreError> {
-        conn.prepare_cached(UPSERT_POST)
-            .map_err(backend)?
-            .execute(params![
-                w.created_position as i64,
-                key,
-                w.view,
-                w.updated_position as i64
-            ])
-            .map_err(backend)?;
-        if !w.dropped.is_empty() {
-            let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
-            for tag in &w.dropped {
-                drop.execute(params![tag, key]).map_err(backend)?;
-            }
-        }
-        if !w.added.is_empty() {
-            let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
-            for tag in &w.added {
-                add.execute(params![tag, w.created_position as i64, key])
-                    .map_err(backend)?;
-            }
-        }
-        if !w.touches.is_empty() {
-            let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
-            for t in &w.touches {
-                touch
-                    .execute(params![t.tag, t.delta, t.recorded_at, t.position as i64])
-                    .map_err(backend)?;
-            }
-        }
-        Ok(())
+        write_rows(conn, std::iter::once((key, w)))
+    }
+
+    fn write_all(conn: &Connection, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
+        write_rows(conn, rows.iter().map(|(key, w)| (&**key, w)))
     }
 
     fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
@@ -354,6 +330,68 @@ impl RowProjection for Feeds {
         }
         Ok(Changed { resources, position })
     }
+}
+
+/// The feed shares of several posts merged: what writing each in turn does.
+struct Share<'a> {
+    delta: i64,
+    position: u64,
+    recorded_at: &'a str,
+}
+
+/// Writes posts' rows, then each feed they touch once (their shares merged:
+/// the deltas summed, the touch with the largest position giving
+/// `updated_*`, as [`TOUCH_FEED`] would one after another).
+fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
+    let mut upsert = conn.prepare_cached(UPSERT_POST).map_err(backend)?;
+    let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
+    let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
+    let mut shares: HashMap<&'a str, Share<'a>> = HashMap::new();
+    for (key, w) in rows {
+        upsert
+            .execute(params![
+                w.created_position as i64,
+                key,
+                w.view,
+                w.updated_position as i64
+            ])
+            .map_err(backend)?;
+        for tag in &w.dropped {
+            drop.execute(params![tag, key]).map_err(backend)?;
+        }
+        for tag in &w.added {
+            add.execute(params![tag, w.created_position as i64, key])
+                .map_err(backend)?;
+        }
+        for t in &w.touches {
+            match shares.entry(t.tag.as_str()) {
+                Entry::Vacant(e) => {
+                    e.insert(Share {
+                        delta: t.delta,
+                        position: t.position,
+                        recorded_at: &t.recorded_at,
+                    });
+                }
+                Entry::Occupied(mut e) => {
+                    let share = e.get_mut();
+                    share.delta += t.delta;
+                    if t.position > share.position {
+                        share.position = t.position;
+                        share.recorded_at = &t.recorded_at;
+                    }
+                }
+            }
+        }
+    }
+    if !shares.is_empty() {
+        let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
+        for (tag, share) in shares {
+            touch
+                .execute(params![tag, share.delta, share.recorded_at, share.position as i64])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 /// A stored view (`{…}`) with `"position":P` added at its end.
