@@ -10,8 +10,7 @@
 //! whichever touch has the larger position), so the rows of a page can be
 //! written in any order and the tables come out the same whatever the pages.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
@@ -56,22 +55,34 @@ pub struct Row {
     removed: Vec<Removal>,
 }
 
-/// One post's share of a feed's row.
+/// A post's share of the feed of a tag it lost: the event that took it
+/// touched it last.
 #[derive(Debug)]
-struct Touch {
+struct Lost {
     tag: String,
+    /// -1 when `post_tags` held it, else 0.
     delta: i64,
     position: u64,
     recorded_at: String,
 }
 
+/// What writing a post takes. Its share of each feed: every event that
+/// changed it touched the feeds of the tags it had after it — the last one,
+/// those it has now (at `updated_position`, +1 for those new to
+/// `post_tags`); the tags it lost were touched last by the event that took
+/// them (`lost`); a tag `post_tags` held that it lost with no such event
+/// still comes off the count (at `updated_position`).
 pub struct Write {
     view: String,
     created_position: u64,
     updated_position: u64,
-    added: Vec<String>,
+    /// The `recorded_at` of the event at `updated_position`.
+    updated_at: String,
+    /// Its tags, each with whether `post_tags` lacks it yet.
+    tags: Vec<(String, bool)>,
+    /// The tags `post_tags` holds for it no longer.
     dropped: Vec<String>,
-    touches: Vec<Touch>,
+    lost: Vec<Lost>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -190,56 +201,38 @@ impl RowProjection for Feeds {
     }
 
     fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
-        let tags = &row.view.tags;
-        let mut touches = Vec::with_capacity(tags.len() + row.removed.len());
-        let mut added = Vec::new();
-        // Every event that changed the post touched the feeds of the tags it
-        // had after it: the last one, those it has now.
-        for tag in tags {
-            let new = !row.written.contains(tag);
-            if new {
-                added.push(tag.clone());
-            }
-            touches.push(Touch {
-                tag: tag.clone(),
-                delta: i64::from(new),
-                position: row.updated_position,
-                recorded_at: row.view.updated_at.clone(),
-            });
-        }
-        // The tags it lost were touched last by the event that took them.
+        let current = &row.view.tags;
+        let tags: Vec<(String, bool)> = current
+            .iter()
+            .map(|tag| (tag.clone(), !row.written.contains(tag)))
+            .collect();
+        let mut lost = Vec::new();
         for removal in row.removed.drain(..) {
-            if tags.contains(&removal.tag) {
+            if current.contains(&removal.tag) {
                 continue;
             }
-            touches.push(Touch {
+            lost.push(Lost {
                 delta: if row.written.contains(&removal.tag) { -1 } else { 0 },
                 tag: removal.tag,
                 position: removal.position,
                 recorded_at: removal.recorded_at,
             });
         }
-        let written = std::mem::replace(&mut row.written, tags.clone());
-        let dropped: Vec<String> = written.into_iter().filter(|t| !tags.contains(t)).collect();
-        // (Each dropped tag was removed by an event since the last write; a
-        // row whose history says otherwise still writes a consistent count.)
-        for tag in &dropped {
-            if !touches.iter().any(|t| &t.tag == tag) {
-                touches.push(Touch {
-                    tag: tag.clone(),
-                    delta: -1,
-                    position: row.updated_position,
-                    recorded_at: row.view.updated_at.clone(),
-                });
-            }
-        }
+        let dropped: Vec<String> = row.written.iter().filter(|t| !current.contains(t)).cloned().collect();
+        row.written.clone_from(current);
+        // (Sized for the whole view: it is written once, never grown.)
+        let view = &row.view;
+        let mut json =
+            Vec::with_capacity(256 + view.id.len() + view.title.len() + view.content.len() + 40 * view.tags.len());
+        serde_json::to_writer(&mut json, view).map_err(backend)?;
         Ok(Write {
-            view: serde_json::to_string(&row.view).map_err(backend)?,
+            view: String::from_utf8(json).map_err(backend)?,
             created_position: row.created_position,
             updated_position: row.updated_position,
-            added,
+            updated_at: view.updated_at.clone(),
+            tags,
             dropped,
-            touches,
+            lost,
         })
     }
 
@@ -339,48 +332,55 @@ struct Share<'a> {
     recorded_at: &'a str,
 }
 
-/// Writes posts' rows, then each feed they touch once (their shares merged:
-/// the deltas summed, the touch with the largest position giving
-/// `updated_*`, as [`TOUCH_FEED`] would one after another).
+/// Adds a post's share of the feed of `tag` to `shares`: the deltas summed,
+/// `updated_*` from the touch with the larger position (as [`TOUCH_FEED`]
+/// does, one after another).
+fn share<'a>(shares: &mut BTreeMap<&'a str, Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
+    match shares.entry(tag) {
+        btree_map::Entry::Vacant(e) => {
+            e.insert(Share {
+                delta,
+                position,
+                recorded_at,
+            });
+        }
+        btree_map::Entry::Occupied(mut e) => {
+            let share = e.get_mut();
+            share.delta += delta;
+            if position > share.position {
+                share.position = position;
+                share.recorded_at = recorded_at;
+            }
+        }
+    }
+}
+
+/// Writes posts' rows, then each feed they touch once, their shares merged.
 fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
     let mut upsert = conn.prepare_cached(UPSERT_POST).map_err(backend)?;
     let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
     let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
-    let mut shares: HashMap<&'a str, Share<'a>> = HashMap::new();
+    // (A few tags, compared more cheaply than hashed.)
+    let mut shares: BTreeMap<&'a str, Share<'a>> = BTreeMap::new();
     for (key, w) in rows {
+        let created = w.created_position as i64;
         upsert
-            .execute(params![
-                w.created_position as i64,
-                key,
-                w.view,
-                w.updated_position as i64
-            ])
+            .execute(params![created, key, w.view, w.updated_position as i64])
             .map_err(backend)?;
         for tag in &w.dropped {
             drop.execute(params![tag, key]).map_err(backend)?;
-        }
-        for tag in &w.added {
-            add.execute(params![tag, w.created_position as i64, key])
-                .map_err(backend)?;
-        }
-        for t in &w.touches {
-            match shares.entry(t.tag.as_str()) {
-                Entry::Vacant(e) => {
-                    e.insert(Share {
-                        delta: t.delta,
-                        position: t.position,
-                        recorded_at: &t.recorded_at,
-                    });
-                }
-                Entry::Occupied(mut e) => {
-                    let share = e.get_mut();
-                    share.delta += t.delta;
-                    if t.position > share.position {
-                        share.position = t.position;
-                        share.recorded_at = &t.recorded_at;
-                    }
-                }
+            if !w.lost.iter().any(|l| &l.tag == tag) {
+                share(&mut shares, tag, -1, w.updated_position, &w.updated_at);
             }
+        }
+        for (tag, new) in &w.tags {
+            if *new {
+                add.execute(params![tag, created, key]).map_err(backend)?;
+            }
+            share(&mut shares, tag, i64::from(*new), w.updated_position, &w.updated_at);
+        }
+        for l in &w.lost {
+            share(&mut shares, &l.tag, l.delta, l.position, &l.recorded_at);
         }
     }
     if !shares.is_empty() {
