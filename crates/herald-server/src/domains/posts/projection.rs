@@ -96,10 +96,12 @@ fn parse_view(id: &str, json: &str) -> Result<PostView, StoreError> {
 const UPSERT_POST: &str = "INSERT INTO posts (created_position, id, view, updated_position) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (id) DO UPDATE SET view = excluded.view, updated_position = excluded.updated_position";
 
+// A post's `created_position` is its own (the posts' key) and never changes:
+// `(tag, created_position)` is a post's tag, and a feed's order too.
 const ADD_TAG: &str = "INSERT INTO post_tags (tag, created_position, post_id) VALUES (?1, ?2, ?3)
-     ON CONFLICT (tag, post_id) DO UPDATE SET created_position = excluded.created_position";
+     ON CONFLICT (tag, created_position) DO UPDATE SET post_id = excluded.post_id";
 
-const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND post_id = ?2";
+const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND created_position = ?2";
 
 /// A post's share of a feed, commutative with every other post's.
 const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, updated_position) VALUES (?1, ?2, ?3, ?4)
@@ -112,7 +114,8 @@ const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, update
 impl RowProjection for Feeds {
     const NAME: &'static str = "feeds";
     const CATEGORIES: &'static [&'static str] = &[CATEGORY];
-    const VERSION: i64 = 1;
+    // 2: `post_tags` keyed by `(tag, created_position)`, without an index.
+    const VERSION: i64 = 2;
     const SCHEMA: &'static str = "
         CREATE TABLE IF NOT EXISTS posts (
             created_position INTEGER PRIMARY KEY,
@@ -125,9 +128,8 @@ impl RowProjection for Feeds {
             tag              TEXT NOT NULL,
             created_position INTEGER NOT NULL,
             post_id          TEXT NOT NULL,
-            PRIMARY KEY (tag, post_id)
+            PRIMARY KEY (tag, created_position)
         ) STRICT, WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS post_tags_newest ON post_tags (tag, created_position);
         CREATE TABLE IF NOT EXISTS feeds (
             tag              TEXT PRIMARY KEY,
             post_count       INTEGER NOT NULL,
@@ -368,7 +370,7 @@ fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Wr
             .execute(params![created, key, w.view, w.updated_position as i64])
             .map_err(backend)?;
         for tag in &w.dropped {
-            drop.execute(params![tag, key]).map_err(backend)?;
+            drop.execute(params![tag, created]).map_err(backend)?;
             if !w.lost.iter().any(|l| &l.tag == tag) {
                 share(&mut shares, tag, -1, w.updated_position, &w.updated_at);
             }
