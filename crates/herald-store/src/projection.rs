@@ -107,6 +107,18 @@ pub trait RowProjection: Send + Sync + 'static {
     /// they share (a count) must be updated commutatively.
     fn write(conn: &Connection, key: &str, write: &Self::Write) -> Result<(), StoreError>;
 
+    /// Writes the prepared rows of one transaction (distinct keys, in no
+    /// particular order); by default [`write`](Self::write) for each. A
+    /// projection whose rows share rows of their own (a count) may merge
+    /// their shares here, one write per shared row: the outcome must be the
+    /// one of writing them one by one, whatever rows come together.
+    fn write_all(conn: &Connection, rows: &[(Box<str>, Self::Write)]) -> Result<(), StoreError> {
+        for (key, write) in rows {
+            Self::write(conn, key, write)?;
+        }
+        Ok(())
+    }
+
     /// The resources changed by events in `(after, until]`, rendered, at most
     /// about `limit` of them (read in the runner's read transaction, `until`
     /// being the checkpoint it read).
@@ -478,16 +490,18 @@ fn apply<P: RowProjection>(
             }
         }
     }
-    for key in &order {
+    let mut writes = Vec::new();
+    for key in order {
         if let Some(Slot {
             row: Some(row),
             changed: true,
-        }) = slots.get_mut(key)
+        }) = slots.get_mut(&key)
         {
-            let write = P::prepare(key, row)?;
-            P::write(&tx, key, &write)?;
+            let write = P::prepare(&key, row)?;
+            writes.push((key, write));
         }
     }
+    P::write_all(&tx, &writes)?;
     write_checkpoint(&tx, new)?;
     tx.commit().map_err(backend)?;
     Ok(true)

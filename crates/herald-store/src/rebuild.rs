@@ -409,9 +409,7 @@ fn write_stage<P: RowProjection>(
         if read_checkpoint(&tx)? != checkpoint {
             return Ok((applied, true)); // dropping `tx` rolls back
         }
-        for (key, write) in &flush.rows {
-            P::write(&tx, key, write)?;
-        }
+        P::write_all(&tx, &flush.rows)?;
         write_checkpoint_in(&tx, flush.end)?;
         tx.commit().map_err(backend)?;
         applied += flush.events;

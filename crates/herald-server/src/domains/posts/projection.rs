@@ -10,6 +10,7 @@
 //! whichever touch has the larger position), so the rows of a page can be
 //! written in any order and the tables come out the same whatever the pages.
 
+use std::collections::{BTreeMap, btree_map};
 use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
@@ -54,22 +55,34 @@ pub struct Row {
     removed: Vec<Removal>,
 }
 
-/// One post's share of a feed's row.
+/// A post's share of the feed of a tag it lost: the event that took it
+/// touched it last.
 #[derive(Debug)]
-struct Touch {
+struct Lost {
     tag: String,
+    /// -1 when `post_tags` held it, else 0.
     delta: i64,
     position: u64,
     recorded_at: String,
 }
 
+/// What writing a post takes. Its share of each feed: every event that
+/// changed it touched the feeds of the tags it had after it — the last one,
+/// those it has now (at `updated_position`, +1 for those new to
+/// `post_tags`); the tags it lost were touched last by the event that took
+/// them (`lost`); a tag `post_tags` held that it lost with no such event
+/// still comes off the count (at `updated_position`).
 pub struct Write {
     view: String,
     created_position: u64,
     updated_position: u64,
-    added: Vec<String>,
+    /// The `recorded_at` of the event at `updated_position`.
+    updated_at: String,
+    /// Its tags, each with whether `post_tags` lacks it yet.
+    tags: Vec<(String, bool)>,
+    /// The tags `post_tags` holds for it no longer.
     dropped: Vec<String>,
-    touches: Vec<Touch>,
+    lost: Vec<Lost>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -83,10 +96,12 @@ fn parse_view(id: &str, json: &str) -> Result<PostView, StoreError> {
 const UPSERT_POST: &str = "INSERT INTO posts (created_position, id, view, updated_position) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (id) DO UPDATE SET view = excluded.view, updated_position = excluded.updated_position";
 
+// A post's `created_position` is its own (the posts' key) and never changes:
+// `(tag, created_position)` is a post's tag, and a feed's order too.
 const ADD_TAG: &str = "INSERT INTO post_tags (tag, created_position, post_id) VALUES (?1, ?2, ?3)
-     ON CONFLICT (tag, post_id) DO UPDATE SET created_position = excluded.created_position";
+     ON CONFLICT (tag, created_position) DO UPDATE SET post_id = excluded.post_id";
 
-const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND post_id = ?2";
+const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND created_position = ?2";
 
 /// A post's share of a feed, commutative with every other post's.
 const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, updated_position) VALUES (?1, ?2, ?3, ?4)
@@ -99,7 +114,8 @@ const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, update
 impl RowProjection for Feeds {
     const NAME: &'static str = "feeds";
     const CATEGORIES: &'static [&'static str] = &[CATEGORY];
-    const VERSION: i64 = 1;
+    // 2: `post_tags` keyed by `(tag, created_position)`, without an index.
+    const VERSION: i64 = 2;
     const SCHEMA: &'static str = "
         CREATE TABLE IF NOT EXISTS posts (
             created_position INTEGER PRIMARY KEY,
@@ -112,9 +128,8 @@ impl RowProjection for Feeds {
             tag              TEXT NOT NULL,
             created_position INTEGER NOT NULL,
             post_id          TEXT NOT NULL,
-            PRIMARY KEY (tag, post_id)
+            PRIMARY KEY (tag, created_position)
         ) STRICT, WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS post_tags_newest ON post_tags (tag, created_position);
         CREATE TABLE IF NOT EXISTS feeds (
             tag              TEXT PRIMARY KEY,
             post_count       INTEGER NOT NULL,
@@ -188,91 +203,47 @@ impl RowProjection for Feeds {
     }
 
     fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
-        let tags = &row.view.tags;
-        let mut touches = Vec::with_capacity(tags.len() + row.removed.len());
-        let mut added = Vec::new();
-        // Every event that changed the post touched the feeds of the tags it
-        // had after it: the last one, those it has now.
-        for tag in tags {
-            let new = !row.written.contains(tag);
-            if new {
-                added.push(tag.clone());
-            }
-            touches.push(Touch {
-                tag: tag.clone(),
-                delta: i64::from(new),
-                position: row.updated_position,
-                recorded_at: row.view.updated_at.clone(),
-            });
-        }
-        // The tags it lost were touched last by the event that took them.
+        let current = &row.view.tags;
+        let tags: Vec<(String, bool)> = current
+            .iter()
+            .map(|tag| (tag.clone(), !row.written.contains(tag)))
+            .collect();
+        let mut lost = Vec::new();
         for removal in row.removed.drain(..) {
-            if tags.contains(&removal.tag) {
+            if current.contains(&removal.tag) {
                 continue;
             }
-            touches.push(Touch {
+            lost.push(Lost {
                 delta: if row.written.contains(&removal.tag) { -1 } else { 0 },
                 tag: removal.tag,
                 position: removal.position,
                 recorded_at: removal.recorded_at,
             });
         }
-        let written = std::mem::replace(&mut row.written, tags.clone());
-        let dropped: Vec<String> = written.into_iter().filter(|t| !tags.contains(t)).collect();
-        // (Each dropped tag was removed by an event since the last write; a
-        // row whose history says otherwise still writes a consistent count.)
-        for tag in &dropped {
-            if !touches.iter().any(|t| &t.tag == tag) {
-                touches.push(Touch {
-                    tag: tag.clone(),
-                    delta: -1,
-                    position: row.updated_position,
-                    recorded_at: row.view.updated_at.clone(),
-                });
-            }
-        }
+        let dropped: Vec<String> = row.written.iter().filter(|t| !current.contains(t)).cloned().collect();
+        row.written.clone_from(current);
+        // (Sized for the whole view: it is written once, never grown.)
+        let view = &row.view;
+        let mut json =
+            Vec::with_capacity(256 + view.id.len() + view.title.len() + view.content.len() + 40 * view.tags.len());
+        serde_json::to_writer(&mut json, view).map_err(backend)?;
         Ok(Write {
-            view: serde_json::to_string(&row.view).map_err(backend)?,
+            view: String::from_utf8(json).map_err(backend)?,
             created_position: row.created_position,
             updated_position: row.updated_position,
-            added,
+            updated_at: view.updated_at.clone(),
+            tags,
             dropped,
-            touches,
+            lost,
         })
     }
 
     fn write(conn: &Connection, key: &str, w: &Write) -> Result<(), StoreError> {
-        conn.prepare_cached(UPSERT_POST)
-            .map_err(backend)?
-            .execute(params![
-                w.created_position as i64,
-                key,
-                w.view,
-                w.updated_position as i64
-            ])
-            .map_err(backend)?;
-        if !w.dropped.is_empty() {
-            let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
-            for tag in &w.dropped {
-                drop.execute(params![tag, key]).map_err(backend)?;
-            }
-        }
-        if !w.added.is_empty() {
-            let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
-            for tag in &w.added {
-                add.execute(params![tag, w.created_position as i64, key])
-                    .map_err(backend)?;
-            }
-        }
-        if !w.touches.is_empty() {
-            let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
-            for t in &w.touches {
-                touch
-                    .execute(params![t.tag, t.delta, t.recorded_at, t.position as i64])
-                    .map_err(backend)?;
-            }
-        }
-        Ok(())
+        write_rows(conn, std::iter::once((key, w)))
+    }
+
+    fn write_all(conn: &Connection, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
+        write_rows(conn, rows.iter().map(|(key, w)| (&**key, w)))
     }
 
     fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
@@ -354,6 +325,75 @@ impl RowProjection for Feeds {
         }
         Ok(Changed { resources, position })
     }
+}
+
+/// The feed shares of several posts merged: what writing each in turn does.
+struct Share<'a> {
+    delta: i64,
+    position: u64,
+    recorded_at: &'a str,
+}
+
+/// Adds a post's share of the feed of `tag` to `shares`: the deltas summed,
+/// `updated_*` from the touch with the larger position (as [`TOUCH_FEED`]
+/// does, one after another).
+fn share<'a>(shares: &mut BTreeMap<&'a str, Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
+    match shares.entry(tag) {
+        btree_map::Entry::Vacant(e) => {
+            e.insert(Share {
+                delta,
+                position,
+                recorded_at,
+            });
+        }
+        btree_map::Entry::Occupied(mut e) => {
+            let share = e.get_mut();
+            share.delta += delta;
+            if position > share.position {
+                share.position = position;
+                share.recorded_at = recorded_at;
+            }
+        }
+    }
+}
+
+/// Writes posts' rows, then each feed they touch once, their shares merged.
+fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
+    let mut upsert = conn.prepare_cached(UPSERT_POST).map_err(backend)?;
+    let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
+    let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
+    // (A few tags, compared more cheaply than hashed.)
+    let mut shares: BTreeMap<&'a str, Share<'a>> = BTreeMap::new();
+    for (key, w) in rows {
+        let created = w.created_position as i64;
+        upsert
+            .execute(params![created, key, w.view, w.updated_position as i64])
+            .map_err(backend)?;
+        for tag in &w.dropped {
+            drop.execute(params![tag, created]).map_err(backend)?;
+            if !w.lost.iter().any(|l| &l.tag == tag) {
+                share(&mut shares, tag, -1, w.updated_position, &w.updated_at);
+            }
+        }
+        for (tag, new) in &w.tags {
+            if *new {
+                add.execute(params![tag, created, key]).map_err(backend)?;
+            }
+            share(&mut shares, tag, i64::from(*new), w.updated_position, &w.updated_at);
+        }
+        for l in &w.lost {
+            share(&mut shares, &l.tag, l.delta, l.position, &l.recorded_at);
+        }
+    }
+    if !shares.is_empty() {
+        let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
+        for (tag, share) in shares {
+            touch
+                .execute(params![tag, share.delta, share.recorded_at, share.position as i64])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 /// A stored view (`{…}`) with `"position":P` added at its end.
