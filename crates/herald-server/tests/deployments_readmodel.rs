@@ -1185,3 +1185,70 @@ async fn a_rebuild_records_the_same_last_change_positions_as_incremental_project
         assert_eq!(row.changed_at, last, "{}", row.key);
     }
 }
+
+/// The checkpoint as stored in the model's file (what another process sees).
+fn stored_checkpoint(dir: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(dir.join("readmodels/deployments.db")).expect("open the file");
+    conn.query_row("SELECT position FROM checkpoint WHERE id = 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .expect("checkpoint") as u64
+}
+
+/// Pages with no deployment event are not written (a commit per wake-up for
+/// nothing), yet the model reflects them: reads, `wait_for` and the step say
+/// it reached them; the stored checkpoint moves with the next deployment
+/// event, or once it would lag by 10,000 positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_without_an_event_of_the_model_are_remembered_not_written() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open store");
+    let log: Arc<dyn EventStore> = store.clone();
+    let model = open_model(dir.path());
+    for i in 0..5 {
+        post(&store, &format!("p{i}")).await;
+    }
+    let step = model.process_next(&log, 100).await.expect("step");
+    assert_eq!((step.read, step.checkpoint, step.head), (0, 5, 5));
+    assert_eq!(stored_checkpoint(dir.path()), 0, "nothing written for posts");
+    assert_eq!(model.checkpoint().await.expect("checkpoint"), 5);
+    assert_eq!(list(&model, None, 10).await.1, 5, "a read reflects position 5");
+    assert_eq!(model.wait_for(5, Duration::ZERO).await.expect("wait"), 5);
+    assert!(model.process_next(&log, 100).await.expect("step").caught_up());
+
+    // A deployment event: written, with the checkpoint past everything read.
+    let d = deploy(&store, "d1", alice(), &[started("api")]).await;
+    model.process_next(&log, 100).await.expect("step");
+    assert_eq!(stored_checkpoint(dir.path()), d.events[0].position());
+    assert_eq!(get(&model, "d1").await.map(|v| v.service), Some("api".into()));
+
+    // A reset forgets what was skipped.
+    post(&store, "p-last").await;
+    model.process_next(&log, 100).await.expect("step");
+    model.reset().await.expect("reset");
+    assert_eq!(model.checkpoint().await.expect("checkpoint"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_without_an_event_of_the_model_still_moves_the_stored_checkpoint() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open store");
+    let log: Arc<dyn EventStore> = store.clone();
+    let model = open_model(dir.path());
+    // 10,001 post events in a few appends.
+    for chunk in 0..11 {
+        let n = if chunk == 10 { 1 } else { 1000 };
+        let events = (0..n)
+            .map(|_| NewEvent {
+                event_type: "PostCreated".into(),
+                schema: 1,
+                data: json!({"title": "t", "content": "c", "tags": []}),
+            })
+            .collect();
+        append_new(&store, &format!("post-bulk{chunk}"), alice(), events).await;
+    }
+    while !model.process_next(&log, 1000).await.expect("step").caught_up() {}
+    let stored = stored_checkpoint(dir.path());
+    assert!(stored >= 10_000, "the stored checkpoint moved: {stored}");
+    assert_eq!(model.checkpoint().await.expect("checkpoint"), 10_001);
+}

@@ -246,8 +246,28 @@ pub struct ReadModel<P: RowProjection> {
     writer: Arc<Mutex<Connection>>,
     readers: ReaderPool,
     filter: Filter,
+    /// Pages of the log with no event of this model's categories are not
+    /// written (a commit per wake-up, per model, for nothing) but remembered
+    /// here: see [`Skipped`].
+    skipped: Mutex<Skipped>,
     _projection: PhantomData<fn() -> P>,
 }
+
+/// The log holds no event of the model's categories in `(base, examined]`:
+/// while the stored checkpoint is `base`, the model reflects the log up to
+/// `examined`. (Whoever wrote the stored checkpoint — this process, another
+/// one, a rebuild reaching `base` again — the rows only depend on events of
+/// the model's categories, and there are none in between.)
+#[derive(Debug, Default, Clone, Copy)]
+struct Skipped {
+    base: u64,
+    examined: u64,
+}
+
+/// A page without events of the model's categories moves the stored
+/// checkpoint only once it is this far ahead of it (so a restart re-reads at
+/// most this much of the log, and other processes see the model move).
+const SKIP_WRITE: u64 = 10_000;
 
 impl<P: RowProjection> std::fmt::Debug for ReadModel<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,6 +324,7 @@ impl<P: RowProjection> ReadModel<P> {
                 categories: P::CATEGORIES.iter().map(|c| (*c).to_owned()).collect(),
                 ..Filter::default()
             },
+            skipped: Mutex::default(),
             _projection: PhantomData,
         }))
     }
@@ -314,7 +335,23 @@ impl<P: RowProjection> ReadModel<P> {
 
     /// The last log position the model reflects (0 = none).
     pub async fn checkpoint(&self) -> Result<u64, StoreError> {
+        let stored = self.stored_checkpoint().await?;
+        Ok(self.effective(stored))
+    }
+
+    /// The checkpoint as stored in the file.
+    async fn stored_checkpoint(&self) -> Result<u64, StoreError> {
         self.readers.run(read_checkpoint).await
+    }
+
+    /// How far the model reflects the log, given its stored checkpoint.
+    fn effective(&self, stored: u64) -> u64 {
+        let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if skipped.base == stored && skipped.examined > stored {
+            skipped.examined
+        } else {
+            stored
+        }
     }
 
     /// Runs `f` in one read transaction of the model, with the checkpoint
@@ -323,11 +360,19 @@ impl<P: RowProjection> ReadModel<P> {
         &self,
         f: impl FnOnce(&Connection, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        let effective = move |stored: u64| {
+            if skipped.base == stored && skipped.examined > stored {
+                skipped.examined
+            } else {
+                stored
+            }
+        };
         self.readers
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(backend)?;
                 let checkpoint = read_checkpoint(&tx)?;
-                let out = f(&tx, checkpoint)?;
+                let out = f(&tx, effective(checkpoint))?;
                 tx.commit().map_err(backend)?;
                 Ok(out)
             })
@@ -351,6 +396,7 @@ impl<P: RowProjection> ReadModel<P> {
 
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
+        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = Skipped::default();
         self.write(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -386,7 +432,8 @@ impl<P: RowProjection> ReadModel<P> {
 
     async fn step(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
         const ATTEMPTS: usize = 3;
-        let mut checkpoint = self.checkpoint().await?;
+        let mut stored = self.stored_checkpoint().await?;
+        let mut checkpoint = self.effective(stored);
         let mut head = checkpoint;
         for _ in 0..ATTEMPTS {
             let found = store.read_all(checkpoint, &self.filter, page).await?;
@@ -400,7 +447,21 @@ impl<P: RowProjection> ReadModel<P> {
             }
             let read = found.events.len();
             let next = found.next_after;
-            if self.apply(checkpoint, next, found.events).await? {
+            if found.events.is_empty() && next.saturating_sub(stored) < SKIP_WRITE {
+                // Nothing of this model's up to `next`: remembered, not written.
+                *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = Skipped {
+                    base: stored,
+                    examined: next,
+                };
+                return Ok(Step {
+                    read: 0,
+                    checkpoint: next,
+                    head,
+                });
+            }
+            // The page was read from the effective checkpoint; between the
+            // stored one and it there is nothing of this model's.
+            if self.apply(stored, next, found.events).await? {
                 return Ok(Step {
                     read,
                     checkpoint: next,
@@ -409,10 +470,11 @@ impl<P: RowProjection> ReadModel<P> {
             }
             tracing::debug!(
                 projection = P::NAME,
-                expected = checkpoint,
+                expected = stored,
                 "read model checkpoint moved by someone else; reading again"
             );
-            checkpoint = self.checkpoint().await?;
+            stored = self.stored_checkpoint().await?;
+            checkpoint = self.effective(stored);
         }
         Ok(Step {
             read: 0,
