@@ -92,10 +92,14 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
             }
         }
     };
+    let categories = consumer.categories();
+    let mut caught_up = false;
     loop {
-        // Catch up with everything committed so far, publishing as it goes.
+        // Catch up with everything committed so far, publishing as it goes
+        // (unless the last batch seen held nothing of this model's and it was
+        // caught up before it).
         let mut failed = false;
-        loop {
+        while !std::mem::take(&mut caught_up) {
             match consumer.process_next(&state.store, PAGE).await {
                 Ok(step) => {
                     state.consumer_health.set(name, None);
@@ -123,7 +127,21 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             batch = live.recv(), if !failed => match batch {
-                Ok(batch) => { state.live.head.fetch_max(batch.last_position(), Ordering::Relaxed); }
+                Ok(batch) => {
+                    let last = batch.last_position();
+                    state.live.head.fetch_max(last, Ordering::Relaxed);
+                    // A batch with nothing of this model's, right after what it
+                    // reflects: nothing to read, apply or publish.
+                    let unrelated = !batch
+                        .events
+                        .iter()
+                        .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
+                    if unrelated && consumer.note_unrelated(batch.first_position().saturating_sub(1), last) {
+                        position.set(last as f64);
+                        lag.set(0.0);
+                        caught_up = true;
+                    }
+                }
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             },

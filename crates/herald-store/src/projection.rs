@@ -224,6 +224,10 @@ impl RebuildSource for AnyStore {
 #[async_trait]
 pub trait Consumer: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// The stream categories it reads.
+    fn categories(&self) -> &'static [&'static str];
+    /// See [`ReadModel::note_unrelated`].
+    fn note_unrelated(&self, after: u64, to: u64) -> bool;
     /// The last log position the model reflects.
     async fn checkpoint(&self) -> Result<u64, StoreError>;
     /// Reads up to `page` events after the checkpoint and applies them.
@@ -344,6 +348,26 @@ impl<P: RowProjection> ReadModel<P> {
         self.readers.run(read_checkpoint).await
     }
 
+    /// What this process last knew: the stored checkpoint `base`, and how far
+    /// past it the log holds nothing of the model's.
+    fn remember(&self, base: u64, examined: u64) {
+        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = Skipped { base, examined };
+    }
+
+    /// The log's positions `(after, to]` hold no event of the model's
+    /// categories (a committed batch seen live): when the model is known to
+    /// reflect the log up to `after`, it now reflects it up to `to`, without
+    /// reading or writing anything. `false` when that is not known (read
+    /// the log instead).
+    pub fn note_unrelated(&self, after: u64, to: u64) -> bool {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if skipped.examined != after || to <= after || to.saturating_sub(skipped.base) >= SKIP_WRITE {
+            return false;
+        }
+        skipped.examined = to;
+        true
+    }
+
     /// How far the model reflects the log, given its stored checkpoint.
     fn effective(&self, stored: u64) -> u64 {
         let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
@@ -396,7 +420,7 @@ impl<P: RowProjection> ReadModel<P> {
 
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
-        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = Skipped::default();
+        self.remember(0, 0);
         self.write(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -439,6 +463,7 @@ impl<P: RowProjection> ReadModel<P> {
             let found = store.read_all(checkpoint, &self.filter, page).await?;
             head = found.head;
             if found.events.is_empty() && found.next_after == checkpoint {
+                self.remember(stored, checkpoint);
                 return Ok(Step {
                     read: 0,
                     checkpoint,
@@ -462,6 +487,7 @@ impl<P: RowProjection> ReadModel<P> {
             // The page was read from the effective checkpoint; between the
             // stored one and it there is nothing of this model's.
             if self.apply(stored, next, found.events).await? {
+                self.remember(next, next);
                 return Ok(Step {
                     read,
                     checkpoint: next,
@@ -573,6 +599,14 @@ fn apply<P: RowProjection>(
 impl<P: RowProjection> Consumer for ReadModel<P> {
     fn name(&self) -> &'static str {
         P::NAME
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        P::CATEGORIES
+    }
+
+    fn note_unrelated(&self, after: u64, to: u64) -> bool {
+        ReadModel::note_unrelated(self, after, to)
     }
 
     async fn checkpoint(&self) -> Result<u64, StoreError> {
