@@ -154,7 +154,7 @@ pub fn read_checkpoint(conn: &Connection) -> Result<u64, StoreError> {
     Ok(position.map_or(0, |p| p as u64))
 }
 
-fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> {
+pub(crate) fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE checkpoint SET position = ?1 WHERE id = 1")
         .map_err(backend)?
         .execute(params![position as i64])
@@ -268,6 +268,17 @@ struct Skipped {
     examined: u64,
 }
 
+impl Skipped {
+    /// How far the model reflects the log, given its stored checkpoint.
+    fn effective(self, stored: u64) -> u64 {
+        if self.base == stored && self.examined > stored {
+            self.examined
+        } else {
+            stored
+        }
+    }
+}
+
 /// A page without events of the model's categories moves the stored
 /// checkpoint only once it is this far ahead of it (so a restart re-reads at
 /// most this much of the log, and other processes see the model move).
@@ -370,12 +381,7 @@ impl<P: RowProjection> ReadModel<P> {
 
     /// How far the model reflects the log, given its stored checkpoint.
     fn effective(&self, stored: u64) -> u64 {
-        let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
-        if skipped.base == stored && skipped.examined > stored {
-            skipped.examined
-        } else {
-            stored
-        }
+        self.skipped.lock().unwrap_or_else(|p| p.into_inner()).effective(stored)
     }
 
     /// Runs `f` in one read transaction of the model, with the checkpoint
@@ -385,18 +391,11 @@ impl<P: RowProjection> ReadModel<P> {
         f: impl FnOnce(&Connection, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
-        let effective = move |stored: u64| {
-            if skipped.base == stored && skipped.examined > stored {
-                skipped.examined
-            } else {
-                stored
-            }
-        };
         self.readers
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(backend)?;
                 let checkpoint = read_checkpoint(&tx)?;
-                let out = f(&tx, effective(checkpoint))?;
+                let out = f(&tx, skipped.effective(checkpoint))?;
                 tx.commit().map_err(backend)?;
                 Ok(out)
             })
@@ -454,7 +453,7 @@ impl<P: RowProjection> ReadModel<P> {
         .map_err(|e| StoreError::Backend(format!("read model write task failed: {e}")))?
     }
 
-    async fn step(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
+    pub(crate) async fn step(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
         const ATTEMPTS: usize = 3;
         let mut stored = self.stored_checkpoint().await?;
         let mut checkpoint = self.effective(stored);
@@ -510,10 +509,11 @@ impl<P: RowProjection> ReadModel<P> {
     }
 }
 
-/// A row touched by one apply: loaded at most once, written at most once.
-struct Slot<R> {
-    row: Option<R>,
-    changed: bool,
+/// A row touched by one apply (or one rebuild chunk): loaded at most once,
+/// written at most once.
+pub(crate) struct Slot<R> {
+    pub(crate) row: Option<R>,
+    pub(crate) changed: bool,
 }
 
 impl<R> Default for Slot<R> {
@@ -533,7 +533,7 @@ fn load_slot<P: RowProjection>(conn: &Connection, key: &str) -> Result<Slot<P::R
 }
 
 /// Folds one stored envelope into `slot`; a text that is no envelope is skipped with a warning.
-fn fold_json<P: RowProjection>(slot: &mut Slot<P::Row>, json: &str, position: u64) {
+pub(crate) fn fold_json<P: RowProjection>(slot: &mut Slot<P::Row>, json: &str, position: u64) {
     match EventRef::parse(json) {
         Ok(event) => {
             if P::fold(&mut slot.row, &event) {
@@ -663,44 +663,5 @@ impl<P: RowProjection> ReadModel<P> {
 
     pub(crate) fn filter(&self) -> &Filter {
         &self.filter
-    }
-
-    pub(crate) async fn apply_page(
-        &self,
-        expected: u64,
-        new: u64,
-        events: Vec<Arc<RecordedEvent>>,
-    ) -> Result<bool, StoreError> {
-        self.apply(expected, new, events).await
-    }
-
-    pub(crate) async fn step_page(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
-        self.step(store, page).await
-    }
-}
-
-pub(crate) use self::internal::*;
-
-mod internal {
-    use super::*;
-
-    /// For the rebuild's fold threads.
-    pub(crate) fn fold_into<P: RowProjection>(
-        slot: &mut Option<P::Row>,
-        changed: &mut bool,
-        json: &str,
-        position: u64,
-    ) {
-        let mut s = Slot {
-            row: slot.take(),
-            changed: *changed,
-        };
-        fold_json::<P>(&mut s, json, position);
-        *slot = s.row;
-        *changed = s.changed;
-    }
-
-    pub(crate) fn write_checkpoint_in(conn: &Connection, position: u64) -> Result<(), StoreError> {
-        write_checkpoint(conn, position)
     }
 }

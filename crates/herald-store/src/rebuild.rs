@@ -16,7 +16,7 @@ use std::sync::Arc;
 use herald_core::store::{EventStore, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::projection::{ReadModel, RebuildSource, RowProjection, fold_into, read_checkpoint, write_checkpoint_in};
+use crate::projection::{ReadModel, RebuildSource, RowProjection, Slot, fold_json, read_checkpoint, write_checkpoint};
 use crate::scan::Scanner;
 use crate::sqlite::{backend, open_connection};
 
@@ -48,7 +48,7 @@ pub(crate) async fn rebuild<P: RowProjection>(
     }
     // Another process moved the checkpoint, or the log grew: go on a step at a time.
     loop {
-        let step = model.step_page(&store, page).await?;
+        let step = model.step(&store, page).await?;
         applied += step.read as u64;
         if step.read > 0 || moved {
             progress(step.checkpoint, step.head);
@@ -88,7 +88,7 @@ async fn replay_pages<P: RowProjection>(
         }
         next = read(next_after.min(head));
         let count = found.events.len() as u64;
-        if model.apply_page(checkpoint, next_after, found.events).await? {
+        if model.apply(checkpoint, next_after, found.events).await? {
             applied += count;
             checkpoint = next_after;
             progress(checkpoint, head);
@@ -147,12 +147,6 @@ struct Flush<W> {
     events: u64,
     end: u64,
     head: u64,
-}
-
-/// A row being folded by a fold thread.
-struct Slot<R> {
-    row: Option<R>,
-    changed: bool,
 }
 
 fn stage_failed(e: impl std::fmt::Display) -> StoreError {
@@ -339,7 +333,7 @@ fn fold_stage<P: RowProjection>(
                     slots.entry(key.into()).or_insert(slot)
                 }
             };
-            fold_into::<P>(&mut slot.row, &mut slot.changed, chunk.json(row), row.position);
+            fold_json::<P>(slot, chunk.json(row), row.position);
         }
         // Prepared here, where there is a thread per shard, not in the writer.
         let mut rows = Vec::new();
@@ -410,7 +404,7 @@ fn write_stage<P: RowProjection>(
             return Ok((applied, true)); // dropping `tx` rolls back
         }
         P::write_all(&tx, &flush.rows)?;
-        write_checkpoint_in(&tx, flush.end)?;
+        write_checkpoint(&tx, flush.end)?;
         tx.commit().map_err(backend)?;
         applied += flush.events;
         checkpoint = flush.end;
