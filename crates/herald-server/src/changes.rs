@@ -18,6 +18,9 @@ pub struct ResourceBatch {
     pub frames: Bytes,
     /// One per frame, in the order of `frames`: sorted by `kind`, then by `changed_at`.
     pub entries: Vec<ResourceEntry>,
+    /// `entries`' indexes sorted by `(kind, key)`: a stream of one resource
+    /// finds its entry by binary search (a resource is in a batch once).
+    by_key: Vec<usize>,
 }
 
 /// One changed resource in a [`ResourceBatch`].
@@ -34,6 +37,28 @@ pub struct ResourceEntry {
 }
 
 impl ResourceBatch {
+    /// A batch of `entries` (sorted by `kind`, then `changed_at`) over `frames`.
+    pub fn new(projection: &'static str, position: u64, frames: Bytes, entries: Vec<ResourceEntry>) -> Self {
+        let mut by_key: Vec<usize> = (0..entries.len()).collect();
+        by_key.sort_by(|&a, &b| (entries[a].kind, &*entries[a].key).cmp(&(entries[b].kind, &*entries[b].key)));
+        ResourceBatch {
+            projection,
+            position,
+            frames,
+            entries,
+            by_key,
+        }
+    }
+
+    /// The entry of resource `key` of `kind`, if it changed in this batch.
+    pub fn find(&self, kind: &str, key: &str) -> Option<&ResourceEntry> {
+        let i = self
+            .by_key
+            .binary_search_by(|&i| (self.entries[i].kind, &*self.entries[i].key).cmp(&(kind, key)))
+            .ok()?;
+        self.entries.get(self.by_key[i])
+    }
+
     /// The frame of `entry`, shared.
     pub fn frame(&self, entry: &ResourceEntry) -> Bytes {
         self.frames.slice(entry.range.clone())

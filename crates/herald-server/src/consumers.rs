@@ -243,10 +243,5 @@ pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch 
             range: start..frames.len(),
         });
     }
-    ResourceBatch {
-        projection,
-        position: changed.position,
-        frames: frames.freeze(),
-        entries,
-    }
+    ResourceBatch::new(projection, changed.position, frames.freeze(), entries)
 }

@@ -107,7 +107,6 @@ use crate::error::ApiError;
 
 pub fn app(state: AppState) -> Router {
     metrics::install();
-    let registry = state.registry.clone();
     let router = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
@@ -164,7 +163,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/events/live", get(live::live_events));
     // Every domain's resource streams, outside the trace layer and the request
     // timeout like `/api/events/live`.
-    let router = registry.live_routes().iter().fold(router, |router, route| {
+    let router = state.registry.live_routes().iter().fold(router, |router, route| {
         let route = *route;
         router.route(
             route.pattern,

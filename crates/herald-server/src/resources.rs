@@ -11,9 +11,10 @@
 //! `retry:` preamble, the first state (the domain's), then from each batch the
 //! entries the stream follows that changed after what the client has, as
 //! slices of the batch's shared buffer. Per subscriber and batch that is a
-//! binary search and a reference count: no JSON, no allocation (a stream with
-//! a class filter that sees a resource leave the class writes its removal from
-//! slices too, see [`Follow::removed`]).
+//! binary search (by kind and change, or by kind and key for one resource)
+//! and a reference count: no JSON (a stream with a class filter that sees a
+//! resource leave the class writes its removal from slices too, see
+//! [`Removal::push`]; those pieces queue in the stream's reused `pending`).
 //!
 //! Routes: a domain registers a [`LiveRoute`] (`Registry::live`); it is
 //! served on the router ([`serve_route`], outside the request timeout and the
@@ -254,27 +255,29 @@ impl Follow {
     /// What of `batch` the client gets: the frames of the followed resources
     /// changed after [`Self::position`] (which then moves to the batch's).
     fn take(&mut self, batch: &ResourceBatch, rest: &mut VecDeque<Bytes>) -> Option<Bytes> {
+        let after = self.position;
+        self.position = self.position.max(batch.position);
+        let mut out = Pieces { first: None, rest };
+        if let Some(key) = &self.key {
+            // One resource: its entry by binary search, if it changed after `after`.
+            let entry = batch.find(self.kind, key).filter(|e| e.changed_at > after)?;
+            match &self.filter {
+                Some(removal) if entry.class != Some(removal.class) => removal.push(batch, entry, &mut out),
+                _ => out.push(batch.frame(entry)),
+            }
+            return out.first;
+        }
         let entries = &batch.entries;
         // Sorted by kind, then by the position of the change.
         let lo = entries.partition_point(|e| e.kind < self.kind);
         let hi = lo + entries[lo..].partition_point(|e| e.kind == self.kind);
         let of_kind = &entries[lo..hi];
-        let after = self.position;
-        self.position = self.position.max(batch.position);
         let new = &of_kind[of_kind.partition_point(|e| e.changed_at <= after)..];
         let (first, last) = (new.first()?, new.last()?);
-        let mut out = Pieces { first: None, rest };
-        match (&self.key, &self.filter) {
-            (Some(key), _) => {
-                let entry = new.iter().find(|e| *e.key == **key)?;
-                match &self.filter {
-                    Some(removal) if entry.class != Some(removal.class) => removal.push(batch, entry, &mut out),
-                    _ => out.push(batch.frame(entry)),
-                }
-            }
+        match &self.filter {
             // Back to back in the batch's buffer: one slice.
-            (None, None) => out.push(batch.frames.slice(first.range.start..last.range.end)),
-            (None, Some(removal)) => {
+            None => out.push(batch.frames.slice(first.range.start..last.range.end)),
+            Some(removal) => {
                 let mut run: Option<Range<usize>> = None;
                 for entry in new {
                     if entry.class == Some(removal.class) {
@@ -628,12 +631,7 @@ mod tests {
                 range: start..frames.len(),
             });
         }
-        ResourceBatch {
-            projection: "test",
-            position,
-            frames: Bytes::from(frames),
-            entries: out,
-        }
+        ResourceBatch::new("test", position, Bytes::from(frames), out)
     }
 
     fn follow(kind: &'static str, key: Option<&str>, class: Option<&'static str>, position: u64) -> Follow {

@@ -1106,12 +1106,12 @@ async fn a_stream_that_falls_behind_is_ended_with_a_comment() {
     }
     // More batches than the channel holds, before any stream reads one.
     for _ in 0..2000 {
-        let _ = h.server.state.live.resources.send(Arc::new(ResourceBatch {
-            projection: "deployments",
-            position: u64::MAX - 1,
-            frames: Bytes::new(),
-            entries: Vec::new(),
-        }));
+        let _ = h.server.state.live.resources.send(Arc::new(ResourceBatch::new(
+            "deployments",
+            u64::MAX - 1,
+            Bytes::new(),
+            Vec::new(),
+        )));
     }
     for s in &mut streams {
         let comments = s.end().await;

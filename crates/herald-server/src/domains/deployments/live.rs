@@ -10,7 +10,7 @@
 //!   the client resumes and it did not change since) and after each change.
 
 use herald_core::names::AggregateId;
-use herald_store::projection::RowProjection;
+use herald_store::projection::Consumer;
 
 use super::projection::{Deployments, KIND};
 use super::routes::{ListQuery, list_json, list_query, one_json};
@@ -74,13 +74,9 @@ async fn list(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
 /// [`RESUME_LIMIT`] did (the caller sends a snapshot).
 async fn changed_since(state: &AppState, q: &ListQuery, after: u64) -> Result<Option<Initial>, ApiError> {
     let model = model_at::<Deployments>(state, q.min_position).await?;
-    let (changed, checkpoint) = model
-        .read(move |conn, checkpoint| {
-            // Nothing when the model is not past `after` yet.
-            let changed = Deployments::changed(conn, after, checkpoint, RESUME_LIMIT + 1)?;
-            Ok((changed, checkpoint))
-        })
-        .await?;
+    // What the runner publishes, read the same way (nothing when the model is not past `after`).
+    let changed = Consumer::changed(&*model, after, RESUME_LIMIT + 1).await?;
+    let checkpoint = changed.checkpoint;
     if changed.resources.len() > RESUME_LIMIT {
         return Ok(None);
     }

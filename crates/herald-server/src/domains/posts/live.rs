@@ -85,9 +85,8 @@ async fn feeds(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
 
 async fn feed(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
     let min_position = feed_query(req.uri)?;
-    // The key batches carry: the tag as commands normalise it (`reads::feed`
-    // answers 400 for one that is not a tag).
-    let tag = param(&req).trim().to_lowercase();
+    // The key batches carry: the tag as commands normalise it (400 for one that is not a tag).
+    let tag = super::tags::parse_path_tag(&param(&req)).map_err(ApiError::BadRequest)?;
     let state = req.state;
     let resource = Resource {
         kind: FEED,
