@@ -2,9 +2,53 @@
 //! resources changed in a read model between two of its checkpoints, each
 //! frame encoded once. A leaf.
 
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// Batches a channel holds for its slowest subscriber (beyond: it is ended,
+/// and resumes with `Last-Event-ID`).
+const CAPACITY: usize = 1024;
+
+/// One broadcast channel per resource kind, so a stream wakes only for
+/// batches of the kind it follows (a deployments dashboard not for every
+/// post edit).
+#[derive(Debug, Default)]
+pub struct ResourceChannels {
+    by_kind: Mutex<HashMap<&'static str, broadcast::Sender<Arc<ResourceBatch>>>>,
+}
+
+impl ResourceChannels {
+    fn sender(&self, kind: &'static str) -> broadcast::Sender<Arc<ResourceBatch>> {
+        let mut by_kind = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        by_kind
+            .entry(kind)
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .clone()
+    }
+
+    pub fn subscribe(&self, kind: &'static str) -> broadcast::Receiver<Arc<ResourceBatch>> {
+        self.sender(kind).subscribe()
+    }
+
+    /// Sends a batch of resources of `kind` (an error when nobody follows it).
+    pub fn send(
+        &self,
+        kind: &'static str,
+        batch: Arc<ResourceBatch>,
+    ) -> Result<usize, broadcast::error::SendError<Arc<ResourceBatch>>> {
+        self.sender(kind).send(batch)
+    }
+
+    /// Whether any resource stream of this process is open.
+    pub fn has_subscribers(&self) -> bool {
+        let by_kind = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        by_kind.values().any(|s| s.receiver_count() > 0)
+    }
+}
 
 /// Resources changed in a read model, pre-encoded as SSE frames.
 #[derive(Debug)]
@@ -62,5 +106,23 @@ impl ResourceBatch {
     /// The frame of `entry`, shared.
     pub fn frame(&self, entry: &ResourceEntry) -> Bytes {
         self.frames.slice(entry.range.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_hears_only_the_batches_of_its_kind() {
+        let channels = ResourceChannels::default();
+        assert!(!channels.has_subscribers());
+        let mut deployments = channels.subscribe("deployment");
+        assert!(channels.has_subscribers());
+        let batch = |p| Arc::new(ResourceBatch::new("test", p, Bytes::new(), Vec::new()));
+        assert!(channels.send("post", batch(1)).is_err(), "nobody follows posts");
+        channels.send("deployment", batch(2)).expect("a subscriber");
+        assert_eq!(deployments.try_recv().expect("its batch").position, 2);
+        assert!(deployments.try_recv().is_err(), "the post batch never reached it");
     }
 }

@@ -180,8 +180,21 @@ impl Publisher {
             if changed.position <= self.published {
                 return Ok(batches);
             }
-            if !changed.resources.is_empty() {
-                let _ = state.live.resources.send(Arc::new(encode(consumer.name(), &changed)));
+            // A batch per resource kind, each on its kind's channel.
+            let mut by_kind: std::collections::BTreeMap<&'static str, Vec<_>> = Default::default();
+            for resource in changed.resources {
+                by_kind.entry(resource.kind).or_default().push(resource);
+            }
+            for (kind, resources) in by_kind {
+                let page = ChangedPage {
+                    resources,
+                    position: changed.position,
+                    checkpoint: changed.checkpoint,
+                };
+                let _ = state
+                    .live
+                    .resources
+                    .send(kind, Arc::new(encode(consumer.name(), &page)));
                 batches += 1;
             }
             self.published = changed.position;
@@ -197,7 +210,7 @@ impl Publisher {
     /// later subscribes before it reads its state, so that state holds every
     /// change up to a checkpoint at least this one.
     async fn publish_or_skip(&mut self, state: &AppState, consumer: &dyn Consumer, checkpoint: u64) {
-        if state.live.resources.receiver_count() == 0 {
+        if !state.live.resources.has_subscribers() {
             self.published = self.published.max(checkpoint);
             return;
         }

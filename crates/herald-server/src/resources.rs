@@ -168,7 +168,7 @@ where
         None => None,
     };
     // Subscribe before reading the state, so no change falls between.
-    let changes = state.live.resources.subscribe();
+    let changes = state.live.resources.subscribe(resource.kind);
     let first = initial(resume).await?;
     let follow = Follow {
         kind: resource.kind,

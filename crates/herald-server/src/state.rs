@@ -10,7 +10,6 @@ use herald_core::accounts::AccountStore;
 use herald_core::auth::CredentialStore;
 use herald_core::store::{EventStore, StoreError};
 use herald_store::projection::{ReadModel, RowProjection};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use webauthn_rs::prelude::{Webauthn, WebauthnBuilder};
 
@@ -230,8 +229,8 @@ pub struct LiveRegistry {
     open: Mutex<Open>,
     generation: AtomicU64,
     /// Resources changed in the read models (whichever process applied the
-    /// events), for resource streams.
-    pub resources: broadcast::Sender<Arc<crate::changes::ResourceBatch>>,
+    /// events), for resource streams: a channel per resource kind.
+    pub resources: crate::changes::ResourceChannels,
     /// The highest position delivered to the projector (for lag metrics).
     pub head: AtomicU64,
 }
@@ -256,7 +255,7 @@ impl LiveRegistry {
             shutdown: CancellationToken::new(),
             open: Mutex::new(Open::default()),
             generation: AtomicU64::new(0),
-            resources: broadcast::channel(1024).0,
+            resources: crate::changes::ResourceChannels::default(),
             head: AtomicU64::new(0),
         }
     }

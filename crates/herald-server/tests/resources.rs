@@ -848,10 +848,10 @@ async fn a_change_the_first_state_already_has_is_not_sent_again() {
         };
         let live = &h.server.state.live.resources;
         // Already in every first state (changed at or before its position)…
-        live.send(Arc::new(batch(started, position, "stale")))
+        live.send("deployment", Arc::new(batch(started, position, "stale")))
             .expect("subscribers");
         // …and a change after it.
-        live.send(Arc::new(batch(position + 1, position + 1, "fresh")))
+        live.send("deployment", Arc::new(batch(position + 1, position + 1, "fresh")))
             .expect("subscribers");
         for s in &mut streams {
             let f = s.frame().await;
@@ -1106,12 +1106,15 @@ async fn a_stream_that_falls_behind_is_ended_with_a_comment() {
     }
     // More batches than the channel holds, before any stream reads one.
     for _ in 0..2000 {
-        let _ = h.server.state.live.resources.send(Arc::new(ResourceBatch::new(
-            "deployments",
-            u64::MAX - 1,
-            Bytes::new(),
-            Vec::new(),
-        )));
+        let _ = h.server.state.live.resources.send(
+            "deployment",
+            Arc::new(ResourceBatch::new(
+                "deployments",
+                u64::MAX - 1,
+                Bytes::new(),
+                Vec::new(),
+            )),
+        );
     }
     for s in &mut streams {
         let comments = s.end().await;

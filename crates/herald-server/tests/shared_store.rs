@@ -144,7 +144,7 @@ impl Published {
     /// Subscribes to `state`'s batches (a stream subscribes before it reads its state).
     fn subscribe(state: &AppState) -> Self {
         Published {
-            rx: state.live.resources.subscribe(),
+            rx: state.live.resources.subscribe("deployment"),
             frames: VecDeque::new(),
         }
     }
@@ -341,7 +341,7 @@ async fn a_snapshot_between_two_published_positions_gets_each_change_once() {
     let b = open_state(dir.path(), None);
     let token = mint(&b).await;
     let consumer = deployments_of(&b);
-    let mut rx = b.live.resources.subscribe();
+    let mut rx = b.live.resources.subscribe("deployment");
     let mut publisher = Publisher::start(&*consumer).await.expect("publisher");
     a.catch_up().await;
     assert_eq!(
@@ -401,7 +401,7 @@ async fn many_changes_are_published_a_page_at_a_time_each_once() {
     let a = Other::open(dir.path());
     let b = open_state(dir.path(), None);
     let consumer = deployments_of(&b);
-    let mut rx = b.live.resources.subscribe();
+    let mut rx = b.live.resources.subscribe("deployment");
     let mut publisher = Publisher::start(&*consumer).await.expect("publisher");
     let n = CHANGED_PAGE + 7;
     let appends = (0..n).map(|i| {
@@ -439,7 +439,7 @@ async fn a_rebuild_starting_over_publishes_nothing_twice() {
     let a = Other::open(dir.path());
     let b = open_state(dir.path(), None);
     let consumer = deployments_of(&b);
-    let mut rx = b.live.resources.subscribe();
+    let mut rx = b.live.resources.subscribe("deployment");
     let mut publisher = Publisher::start(&*consumer).await.expect("publisher");
     for id in ["x", "y", "z"] {
         deploy(&a.store, id, started(id)).await;
