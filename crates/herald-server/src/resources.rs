@@ -99,6 +99,31 @@ impl Initial {
     }
 }
 
+/// [`open_resource`] for one resource (`kind`, `key`) sent as `event: {kind}`:
+/// `read` gives its state as `(json, changed_at, checkpoint)`, and
+/// [`Initial::single`] applies the resume rule.
+pub async fn open_single<F, Fut>(
+    req: &LiveRequest<'_>,
+    kind: &'static str,
+    key: String,
+    read: F,
+) -> Result<Opened, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(String, u64, u64), ApiError>>,
+{
+    let resource = Resource {
+        kind,
+        key: Some(key),
+        filter: None,
+    };
+    open_resource(req, resource, |resume| async move {
+        let (json, changed_at, checkpoint) = read().await?;
+        Ok(Initial::single(resume, kind, json.as_bytes(), changed_at, checkpoint))
+    })
+    .await
+}
+
 /// Appends `id: {id}\nevent: {event}\ndata: {data}\n\n` (`data` is one line of JSON).
 pub fn push_frame(out: &mut Vec<u8>, id: u64, event: &str, data: &[u8]) {
     out.extend_from_slice(b"id: ");

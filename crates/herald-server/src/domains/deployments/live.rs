@@ -16,7 +16,7 @@ use super::projection::{Deployments, KIND};
 use super::routes::{ListQuery, list_json, list_query, one_json};
 use crate::error::ApiError;
 use crate::live::Opened;
-use crate::resources::{ClassFilter, Initial, Resource, open_resource, push_frame, push_removed};
+use crate::resources::{ClassFilter, Initial, Resource, open_resource, open_single, push_frame, push_removed};
 use crate::state::AppState;
 use crate::state::{LiveFuture, LiveRequest, LiveRoute, model_at};
 
@@ -99,14 +99,8 @@ async fn one(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
     let raw = req.params.first().map(String::as_str).unwrap_or_default();
     let id = AggregateId::parse(raw).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
     let state = req.state;
-    let resource = Resource {
-        kind: KIND,
-        key: Some(id.as_str().to_owned()),
-        filter: None,
-    };
-    open_resource(&req, resource, |resume| async move {
-        let (view, changed_at, checkpoint) = one_json(state, id.as_str(), min_position).await?;
-        Ok(Initial::single(resume, KIND, view.as_bytes(), changed_at, checkpoint))
+    open_single(&req, KIND, id.as_str().to_owned(), || {
+        one_json(state, id.as_str(), min_position)
     })
     .await
 }

@@ -18,7 +18,7 @@ use super::projection::{FEED, FEED_POSTS, FEEDS, POST};
 use super::reads;
 use crate::error::ApiError;
 use crate::live::Opened;
-use crate::resources::{Initial, Resource, open_resource};
+use crate::resources::open_single;
 use crate::state::{LiveFuture, LiveRequest, LiveRoute};
 
 pub const POST_LIVE: LiveRoute = LiveRoute {
@@ -56,14 +56,8 @@ async fn post(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
     let min_position = crate::wire::min_position_query(req.uri)?;
     let id = AggregateId::parse(&param(&req)).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
     let state = req.state;
-    let resource = Resource {
-        kind: POST,
-        key: Some(id.as_str().to_owned()),
-        filter: None,
-    };
-    open_resource(&req, resource, |resume| async move {
-        let (json, changed_at, checkpoint) = reads::post(state, id.as_str(), min_position).await?;
-        Ok(Initial::single(resume, POST, json.as_bytes(), changed_at, checkpoint))
+    open_single(&req, POST, id.as_str().to_owned(), || {
+        reads::post(state, id.as_str(), min_position)
     })
     .await
 }
@@ -71,16 +65,7 @@ async fn post(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
 async fn feeds(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
     let min_position = crate::wire::min_position_query(req.uri)?;
     let state = req.state;
-    let resource = Resource {
-        kind: FEEDS,
-        key: Some(String::new()),
-        filter: None,
-    };
-    open_resource(&req, resource, |resume| async move {
-        let (json, changed_at, checkpoint) = reads::feeds(state, min_position).await?;
-        Ok(Initial::single(resume, FEEDS, json.as_bytes(), changed_at, checkpoint))
-    })
-    .await
+    open_single(&req, FEEDS, String::new(), || reads::feeds(state, min_position)).await
 }
 
 async fn feed(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
@@ -88,14 +73,8 @@ async fn feed(req: LiveRequest<'_>) -> Result<Opened, ApiError> {
     // The key batches carry: the tag as commands normalise it (400 for one that is not a tag).
     let tag = super::tags::parse_path_tag(&param(&req)).map_err(ApiError::BadRequest)?;
     let state = req.state;
-    let resource = Resource {
-        kind: FEED,
-        key: Some(tag.clone()),
-        filter: None,
-    };
-    open_resource(&req, resource, |resume| async move {
-        let (json, changed_at, checkpoint) = reads::feed_or_empty(state, &tag, FEED_POSTS, min_position).await?;
-        Ok(Initial::single(resume, FEED, json.as_bytes(), changed_at, checkpoint))
+    open_single(&req, FEED, tag.clone(), || {
+        reads::feed_or_empty(state, &tag, FEED_POSTS, min_position)
     })
     .await
 }
