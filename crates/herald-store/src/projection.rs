@@ -154,6 +154,46 @@ pub fn read_checkpoint(conn: &Connection) -> Result<u64, StoreError> {
     Ok(position.map_or(0, |p| p as u64))
 }
 
+/// Rows per statement of [`insert_rows`].
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Writes `rows` with statements of many rows each (a page's rows cost a
+/// fraction of one statement each): `head`, then `(?, …)` of `columns`
+/// parameters per row, then `tail` (an `ON CONFLICT` clause, say). `bind`
+/// binds one row's parameters, the first at index `first` (1-based).
+pub fn insert_rows<T>(
+    conn: &Connection,
+    head: &str,
+    columns: usize,
+    tail: &str,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    let sql = |n: usize| {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        format!("{head} {} {tail}", vec![row; n].join(", "))
+    };
+    let mut chunks = rows.chunks_exact(ROWS_PER_STATEMENT);
+    if chunks.len() > 0 {
+        let mut stmt = conn.prepare_cached(&sql(ROWS_PER_STATEMENT)).map_err(backend)?;
+        for chunk in &mut chunks {
+            for (i, row) in chunk.iter().enumerate() {
+                bind(&mut stmt, 1 + i * columns, row).map_err(backend)?;
+            }
+            stmt.raw_execute().map_err(backend)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = conn.prepare_cached(&sql(1)).map_err(backend)?;
+        for row in rest {
+            bind(&mut stmt, 1, row).map_err(backend)?;
+            stmt.raw_execute().map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE checkpoint SET position = ?1 WHERE id = 1")
         .map_err(backend)?
@@ -420,17 +460,13 @@ impl<P: RowProjection> ReadModel<P> {
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
         self.remember(0, 0);
-        self.write(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            for table in P::TABLES {
-                tx.execute(&format!("DELETE FROM \"{table}\""), []).map_err(backend)?;
-            }
-            write_checkpoint(&tx, 0)?;
-            tx.commit().map_err(backend)
-        })
-        .await
+        self.write(reset_tables::<P>).await
+    }
+
+    /// Forgets what [`Self::note_unrelated`] noted (before the rebuild's
+    /// writer thread resets the tables itself, with [`reset_tables`]).
+    pub(crate) fn forget_skipped(&self) {
+        self.remember(0, 0);
     }
 
     /// Applies `events` (of any categories: others are skipped) and moves the
@@ -543,6 +579,18 @@ pub(crate) fn fold_json<P: RowProjection>(slot: &mut Slot<P::Row>, json: &str, p
         // The audit (hash chain) reports a damaged log; the model goes on.
         Err(e) => tracing::warn!(projection = P::NAME, position, error = %e, "skipping an unreadable event"),
     }
+}
+
+/// Empties the model's tables and sets its checkpoint to 0, in one transaction.
+pub(crate) fn reset_tables<P: RowProjection>(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    for table in P::TABLES {
+        tx.execute(&format!("DELETE FROM \"{table}\""), []).map_err(backend)?;
+    }
+    write_checkpoint(&tx, 0)?;
+    tx.commit().map_err(backend)
 }
 
 fn apply<P: RowProjection>(

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use herald_core::store::{EventStore, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::projection::{ReadModel, RebuildSource, RowProjection, Slot, fold_json, read_checkpoint, write_checkpoint};
+use crate::projection::{
+    ReadModel, RebuildSource, RowProjection, Slot, fold_json, read_checkpoint, reset_tables, write_checkpoint,
+};
 use crate::scan::Scanner;
 use crate::sqlite::{backend, open_connection};
 
@@ -175,10 +177,13 @@ async fn replay<P: RowProjection>(
     let (chunk_txs, chunk_rxs): (Vec<_>, Vec<_>) = (0..FOLDERS)
         .map(|_| std::sync::mpsc::sync_channel::<Arc<Chunk>>(1))
         .unzip();
-    // The log is scanned while the model is reset; nothing reads the model
-    // (the fold threads) or writes it before the reset is done.
+    // The writer thread resets the model first, while the log is scanned and
+    // the first chunks folded. Nothing reads the model before: a fold thread
+    // loads a row only for a stream that began two chunks back or more, once
+    // the writer has committed that chunk's flush — after the reset (on an
+    // error there, every stage stops: their output has nowhere to go).
+    model.forget_skipped();
     let scan = tokio::task::spawn_blocking(move || scan_stage::<P>(&scanner, page, &chunk_txs, &spent_rx));
-    model.reset().await?; // on an error the scan stops: its chunks have nowhere to go
     let mut flush_rxs = Vec::new();
     let mut folds = Vec::new();
     for (shard, chunk_rx) in chunk_rxs.into_iter().enumerate() {
@@ -194,6 +199,7 @@ async fn replay<P: RowProjection>(
     let writer = model.writer();
     let write = tokio::task::spawn_blocking(move || {
         let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+        reset_tables::<P>(&mut conn)?;
         let written = write_stage::<P>(&mut conn, &flush_rxs, &progress_tx);
         let restored = conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend);
         let written = written?;
@@ -378,15 +384,12 @@ fn write_stage<P: RowProjection>(
             };
             match &mut flush {
                 None => flush = Some(part),
-                Some(flush) => flush.rows.extend(part.rows),
+                Some(flush) => flush.rows = merge(std::mem::take(&mut flush.rows), part.rows),
             }
         }
-        let Some(mut flush) = flush else {
+        let Some(flush) = flush else {
             break;
         };
-        if flushes.len() > 1 {
-            flush.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
         // Commits in between need not reach the disk: each is atomic (the
         // checkpoint with its rows), and the last one, synced, makes every one
         // before it durable.
@@ -411,4 +414,20 @@ fn write_stage<P: RowProjection>(
         let _ = progress.send((checkpoint, flush.head));
     }
     Ok((applied, false))
+}
+
+/// Two lists sorted by key, merged into one (the shards' keys are disjoint).
+fn merge<W>(a: Vec<(Box<str>, W)>, b: Vec<(Box<str>, W)>) -> Vec<(Box<str>, W)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => return out,
+        };
+        out.extend(next);
+    }
 }

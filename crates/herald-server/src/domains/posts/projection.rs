@@ -10,12 +10,11 @@
 //! whichever touch has the larger position), so the rows of a page can be
 //! written in any order and the tables come out the same whatever the pages.
 
-use std::collections::{BTreeMap, btree_map};
 use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
 use herald_core::store::StoreError;
-use herald_store::projection::{Changed, ChangedResource, RowProjection};
+use herald_store::projection::{Changed, ChangedResource, RowProjection, insert_rows};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::aggregate::CATEGORY;
@@ -93,13 +92,14 @@ fn parse_view(id: &str, json: &str) -> Result<PostView, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("read model row for post {id}: {e}")))
 }
 
-const UPSERT_POST: &str = "INSERT INTO posts (created_position, id, view, updated_position) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT (id) DO UPDATE SET view = excluded.view, updated_position = excluded.updated_position";
+const UPSERT_POSTS: &str = "INSERT INTO posts (created_position, id, view, updated_position) VALUES";
+const UPSERT_POSTS_TAIL: &str =
+    "ON CONFLICT (id) DO UPDATE SET view = excluded.view, updated_position = excluded.updated_position";
 
 // A post's `created_position` is its own (the posts' key) and never changes:
 // `(tag, created_position)` is a post's tag, and a feed's order too.
-const ADD_TAG: &str = "INSERT INTO post_tags (tag, created_position, post_id) VALUES (?1, ?2, ?3)
-     ON CONFLICT (tag, created_position) DO UPDATE SET post_id = excluded.post_id";
+const ADD_TAGS: &str = "INSERT INTO post_tags (tag, created_position, post_id) VALUES";
+const ADD_TAGS_TAIL: &str = "ON CONFLICT (tag, created_position) DO UPDATE SET post_id = excluded.post_id";
 
 const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND created_position = ?2";
 
@@ -329,6 +329,7 @@ impl RowProjection for Feeds {
 
 /// The feed shares of several posts merged: what writing each in turn does.
 struct Share<'a> {
+    tag: &'a str,
     delta: i64,
     position: u64,
     recorded_at: &'a str,
@@ -336,18 +337,16 @@ struct Share<'a> {
 
 /// Adds a post's share of the feed of `tag` to `shares`: the deltas summed,
 /// `updated_*` from the touch with the larger position (as [`TOUCH_FEED`]
-/// does, one after another).
-fn share<'a>(shares: &mut BTreeMap<&'a str, Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
-    match shares.entry(tag) {
-        btree_map::Entry::Vacant(e) => {
-            e.insert(Share {
-                delta,
-                position,
-                recorded_at,
-            });
-        }
-        btree_map::Entry::Occupied(mut e) => {
-            let share = e.get_mut();
+/// does, one after another). (Tags are few: a list beats a map.)
+fn share<'a>(shares: &mut Vec<Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
+    match shares.iter_mut().find(|s| s.tag == tag) {
+        None => shares.push(Share {
+            tag,
+            delta,
+            position,
+            recorded_at,
+        }),
+        Some(share) => {
             share.delta += delta;
             if position > share.position {
                 share.position = position;
@@ -359,16 +358,14 @@ fn share<'a>(shares: &mut BTreeMap<&'a str, Share<'a>>, tag: &'a str, delta: i64
 
 /// Writes posts' rows, then each feed they touch once, their shares merged.
 fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
-    let mut upsert = conn.prepare_cached(UPSERT_POST).map_err(backend)?;
     let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
-    let mut add = conn.prepare_cached(ADD_TAG).map_err(backend)?;
-    // (A few tags, compared more cheaply than hashed.)
-    let mut shares: BTreeMap<&'a str, Share<'a>> = BTreeMap::new();
+    let mut shares: Vec<Share<'a>> = Vec::new();
+    let mut posts: Vec<(&'a str, &'a Write)> = Vec::new();
+    // (tag, created_position, post id), in the order of `post_tags`' key.
+    let mut added: Vec<(&'a str, i64, &'a str)> = Vec::new();
     for (key, w) in rows {
+        posts.push((key, w));
         let created = w.created_position as i64;
-        upsert
-            .execute(params![created, key, w.view, w.updated_position as i64])
-            .map_err(backend)?;
         for tag in &w.dropped {
             drop.execute(params![tag, created]).map_err(backend)?;
             if !w.lost.iter().any(|l| &l.tag == tag) {
@@ -377,7 +374,7 @@ fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Wr
         }
         for (tag, new) in &w.tags {
             if *new {
-                add.execute(params![tag, created, key]).map_err(backend)?;
+                added.push((tag, created, key));
             }
             share(&mut shares, tag, i64::from(*new), w.updated_position, &w.updated_at);
         }
@@ -385,11 +382,35 @@ fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Wr
             share(&mut shares, &l.tag, l.delta, l.position, &l.recorded_at);
         }
     }
+    insert_rows(conn, UPSERT_POSTS, 4, UPSERT_POSTS_TAIL, &posts, |stmt, i, (key, w)| {
+        stmt.raw_bind_parameter(i, w.created_position as i64)?;
+        stmt.raw_bind_parameter(i + 1, *key)?;
+        stmt.raw_bind_parameter(i + 2, &w.view)?;
+        stmt.raw_bind_parameter(i + 3, w.updated_position as i64)
+    })?;
+    added.sort_unstable();
+    insert_rows(
+        conn,
+        ADD_TAGS,
+        3,
+        ADD_TAGS_TAIL,
+        &added,
+        |stmt, i, (tag, created, key)| {
+            stmt.raw_bind_parameter(i, *tag)?;
+            stmt.raw_bind_parameter(i + 1, *created)?;
+            stmt.raw_bind_parameter(i + 2, *key)
+        },
+    )?;
     if !shares.is_empty() {
         let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
-        for (tag, share) in shares {
+        for share in shares {
             touch
-                .execute(params![tag, share.delta, share.recorded_at, share.position as i64])
+                .execute(params![
+                    share.tag,
+                    share.delta,
+                    share.recorded_at,
+                    share.position as i64
+                ])
                 .map_err(backend)?;
         }
     }
