@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use herald_core::JsonLines;
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use herald_store::sqlite::SqliteStore;
@@ -342,7 +343,7 @@ const PER_DEPLOYMENT: u64 = 10;
 /// Writes `events` deployment events into a new store in `dir` (through the
 /// store API, in concurrent appends the writer groups into transactions).
 pub async fn seed(dir: &Path, events: u64) -> Result<()> {
-    let store = SqliteStore::open(dir)?;
+    let store = SqliteStore::open(dir, Arc::new(JsonLines))?;
     let deployments = events.div_ceil(PER_DEPLOYMENT);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2048));
     let mut tasks = tokio::task::JoinSet::new();
@@ -473,7 +474,7 @@ fn post_events(p: u64, n: u64) -> Vec<NewEvent> {
 
 /// Writes `events` post events into a new store in `dir`, like [`seed`].
 pub async fn seed_posts(dir: &Path, events: u64) -> Result<()> {
-    let store = SqliteStore::open(dir)?;
+    let store = SqliteStore::open(dir, Arc::new(JsonLines))?;
     let posts = events.div_ceil(PER_POST);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2048));
     let mut tasks = tokio::task::JoinSet::new();
@@ -521,7 +522,7 @@ pub async fn rebuild(exe: &Path, domain: RebuildDomain, events: u64, keep: Optio
     let dir = keep.unwrap_or(temp.path());
     let started = Instant::now();
     let existing = if dir.join("herald.db").exists() {
-        let store = SqliteStore::open(dir)?;
+        let store = SqliteStore::open(dir, Arc::new(JsonLines))?;
         store.head().await?.position
     } else {
         0

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::store::NewEvent;
 
-/// A business rule refused a command (HTTP 422; `rule` becomes the problem's title).
+/// A business rule refused a command (`rule`, short and stable, names the rule; `detail` says why).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{rule}: {detail}")]
 pub struct Rejection {
@@ -15,7 +15,7 @@ pub struct Rejection {
     pub detail: String,
 }
 
-/// A command's data did not parse or validate (HTTP 400; `detail` names the field).
+/// A command's data did not parse or validate (the message names the field).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidCommand(pub String);

@@ -1,7 +1,7 @@
 //! Command handling: idempotency, load, decide, append with optimistic concurrency.
 //!
-//! `handle` is the one path every command takes, whatever the transport (HTTP,
-//! the command line, message subjects).
+//! `handle` is the one path every command takes, whatever the transport (the
+//! server's API, the command line, message subjects).
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ pub enum CommandError {
     #[error("command_id {0} was already used for a different command")]
     CommandIdReused(String),
     /// The domain marks this command risky and the caller's last passkey
-    /// verification is too old (HTTP 403 `reauth_required`).
+    /// verification is too old (the caller must verify again, then retry).
     #[error("{0} needs a recent passkey verification")]
     StepUpRequired(String),
     #[error(transparent)]

@@ -1,13 +1,16 @@
 //! The event envelope (API.md §3), its canonical form and the hash chain, and
-//! [`RecordedEvent`]: a stored event carrying its pre-encoded JSON and SSE frame.
+//! [`RecordedEvent`]: a stored event carrying its JSON inside its pre-encoded
+//! frame (the store's [`Framing`]).
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use crate::framing::Framing;
 
 /// The `prev` of the first event in the chain: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -148,7 +151,8 @@ pub fn recompute_hash(prev_hash: &str, stored_json: &[u8]) -> Result<(String, St
 }
 
 /// An event as it comes out of the store: the few fields routing needs, plus the
-/// envelope's JSON inside its pre-encoded SSE frame (`id:`, `event:`, `data:`).
+/// envelope's JSON inside its pre-encoded frame, as the store's [`Framing`]
+/// wrote it.
 ///
 /// The frame is built once, when the event is committed or read, and shared by
 /// every subscriber and response that sends it ([`Bytes`] clones are reference
@@ -175,15 +179,24 @@ impl std::fmt::Debug for RecordedEvent {
 }
 
 impl RecordedEvent {
-    /// Builds an event (and its frame) from stored parts.
-    pub fn from_parts(position: u64, stream: &str, version: u64, event_type: &str, json: &str) -> Self {
-        let mut buf = BytesMut::with_capacity(frame_len(event_type, json));
-        Self::encode_into(&mut buf, position, stream, version, event_type, json).finish(buf.freeze())
+    /// Builds an event (and its frame, in `framing`) from stored parts.
+    pub fn from_parts(
+        framing: &dyn Framing,
+        position: u64,
+        stream: &str,
+        version: u64,
+        event_type: &str,
+        json: &str,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(framing.max_len(event_type, json));
+        Self::encode_into(framing, &mut buf, position, stream, version, event_type, json).finish(buf.freeze())
     }
 
-    /// Appends this event's SSE frame to `buf`; `finish` it with the frozen buffer.
-    /// Used to encode a whole batch into one allocation.
+    /// Appends this event's frame (in `framing`) to `buf`; `finish` it with the
+    /// frozen buffer. Used to encode a whole batch into one allocation (sized
+    /// by the sum of [`Framing::max_len`]).
     pub fn encode_into(
+        framing: &dyn Framing,
         buf: &mut BytesMut,
         position: u64,
         stream: &str,
@@ -191,24 +204,22 @@ impl RecordedEvent {
         event_type: &str,
         json: &str,
     ) -> PendingEvent {
-        debug_assert!(!json.contains('\n') && !event_type.contains('\n'));
         let start = buf.len();
-        buf.put_slice(b"id: ");
-        buf.put_slice(position.to_string().as_bytes());
-        buf.put_slice(b"\nevent: ");
-        buf.put_slice(event_type.as_bytes());
-        buf.put_slice(b"\ndata: ");
-        let json_start = buf.len();
-        buf.put_slice(json.as_bytes());
-        let json_end = buf.len();
-        buf.put_slice(b"\n\n");
+        let json_range = framing.encode(buf, position, event_type, json);
+        debug_assert!(
+            start <= json_range.start
+                && json_range.end <= buf.len()
+                && buf[json_range.clone()] == *json.as_bytes()
+                && buf.len() - start <= framing.max_len(event_type, json),
+            "the framing's frame holds the JSON within its bound"
+        );
         PendingEvent {
             position,
             version,
             stream: stream.into(),
             event_type: event_type.into(),
             frame: start..buf.len(),
-            json: json_start..json_end,
+            json: json_range,
         }
     }
 
@@ -227,8 +238,9 @@ impl RecordedEvent {
     pub fn event_type(&self) -> &str {
         &self.event_type
     }
-    /// The complete SSE message for this event, ending with the blank line.
-    pub fn sse_frame(&self) -> &Bytes {
+    /// This event's complete frame, as the store's [`Framing`] encoded it:
+    /// what a transport sends for it as is.
+    pub fn frame(&self) -> &Bytes {
         &self.frame
     }
     /// The envelope as one line of canonical JSON.
@@ -264,12 +276,6 @@ impl PendingEvent {
             json: (self.json.start - offset)..(self.json.end - offset),
         }
     }
-}
-
-/// The size of the SSE frame for an event (to allocate once).
-/// (A position has at most 20 digits.)
-pub fn frame_len(event_type: &str, json: &str) -> usize {
-    4 + 20 + 8 + event_type.len() + 7 + json.len() + 2
 }
 
 /// The category of a stream: everything before the first `-`.
@@ -399,24 +405,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frame_wraps_the_json_in_one_sse_message() {
-        let mut e = sample(42);
-        e.seal(GENESIS_HASH);
-        let json = e.to_canonical_json();
-        let ev = RecordedEvent::from_parts(42, &e.stream, 1, &e.event_type, &json);
-        let frame = std::str::from_utf8(ev.sse_frame()).unwrap();
-        assert_eq!(frame, format!("id: 42\nevent: DeploymentStarted\ndata: {json}\n\n"));
-        assert_eq!(ev.json(), json.as_bytes());
-        assert_eq!(ev.envelope().unwrap(), e);
-        assert_eq!(ev.category(), "deployment");
+    /// A framing with text on both sides of the JSON, so that a range taken
+    /// from the wrong origin shows.
+    struct Bracketed;
+
+    impl Framing for Bracketed {
+        fn max_len(&self, event_type: &str, json: &str) -> usize {
+            20 + 1 + event_type.len() + 1 + json.len() + 1
+        }
+
+        fn encode(&self, buf: &mut BytesMut, position: u64, event_type: &str, json: &str) -> Range<usize> {
+            buf.extend_from_slice(format!("{position}<{event_type}|").as_bytes());
+            let start = buf.len();
+            buf.extend_from_slice(json.as_bytes());
+            let end = buf.len();
+            buf.extend_from_slice(b">");
+            start..end
+        }
     }
 
     #[test]
-    fn frame_len_is_an_upper_bound() {
-        for p in [1, 9, 10, 99, 100, 123_456_789, u64::MAX] {
-            let ev = RecordedEvent::from_parts(p, "s-1", 1, "T", "{}");
-            assert!(ev.sse_frame().len() <= frame_len("T", "{}"));
+    fn an_event_is_its_framing_s_frame_and_the_json_inside_it() {
+        let mut e = sample(42);
+        e.seal(GENESIS_HASH);
+        let json = e.to_canonical_json();
+        let ev = RecordedEvent::from_parts(&Bracketed, 42, &e.stream, 1, &e.event_type, &json);
+        let frame = std::str::from_utf8(ev.frame()).unwrap();
+        assert_eq!(frame, format!("42<DeploymentStarted|{json}>"));
+        assert_eq!(ev.json(), json.as_bytes());
+        assert_eq!(ev.envelope().unwrap(), e);
+        assert_eq!(ev.category(), "deployment");
+
+        let lines = RecordedEvent::from_parts(&crate::framing::JsonLines, 42, &e.stream, 1, &e.event_type, &json);
+        assert_eq!(lines.frame(), format!("{json}\n").as_bytes());
+        assert_eq!(lines.json(), json.as_bytes());
+    }
+
+    #[test]
+    fn a_batch_is_one_buffer_and_each_event_a_slice_of_it() {
+        let parts = [(1, "a", "{}"), (20, "Bb", r#"{"x":1}"#), (300, "C", "[]")];
+        let size = parts.iter().map(|(_, t, j)| Bracketed.max_len(t, j)).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        let pending: Vec<PendingEvent> = parts
+            .iter()
+            .map(|&(p, t, j)| RecordedEvent::encode_into(&Bracketed, &mut buf, p, "s-1", p, t, j))
+            .collect();
+        assert!(buf.len() <= size);
+        let batch = buf.freeze();
+        let events: Vec<RecordedEvent> = pending.into_iter().map(|p| p.finish(batch.clone())).collect();
+        assert_eq!(&batch[..], br#"1<a|{}>20<Bb|{"x":1}>300<C|[]>"#);
+        let mut at = 0;
+        for (e, (p, t, j)) in events.iter().zip(parts) {
+            assert_eq!(
+                (e.position(), e.version(), e.event_type(), e.stream()),
+                (p, p, t, "s-1")
+            );
+            assert_eq!(e.json(), j.as_bytes());
+            // A slice of the batch, not a copy.
+            assert_eq!(e.frame().as_ptr(), batch[at..].as_ptr());
+            at += e.frame().len();
         }
+        assert_eq!(at, batch.len());
     }
 }

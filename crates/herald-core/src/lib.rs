@@ -11,9 +11,11 @@ pub mod auth;
 pub mod command;
 pub mod envelope;
 pub mod event_ref;
+pub mod framing;
 pub mod names;
 pub mod store;
 pub mod subscription;
 
 pub use envelope::{Actor, ActorKind, Envelope, RecordedEvent};
+pub use framing::{Framing, JsonLines};
 pub use store::{EventStore, ExpectedVersion, Filter, StoreError};

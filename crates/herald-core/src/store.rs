@@ -183,7 +183,8 @@ pub struct StreamSlice {
 
 /// Events committed together, published once to every live reader.
 ///
-/// `frames` is every event's SSE frame back to back (one allocation); each
+/// `frames` is every event's frame (in the store's
+/// [`Framing`](crate::framing::Framing)) back to back, in one allocation; each
 /// event's own frame is a slice of it. A reader that wants the whole batch sends
 /// `frames` as is.
 #[derive(Debug, Clone)]

@@ -55,11 +55,12 @@ use crate::state::ConfigError;
 
 /// Here, at the root, the state meets the domains (`state.rs` knows none).
 impl AppState {
-    /// The embedded store: everything in `dir`.
+    /// The embedded store: everything in `dir`; the event store frames each
+    /// event as an SSE message ([`sse::Sse`]).
     pub fn open_sqlite(dir: &Path, config: ServerConfig) -> Result<AppState, ConfigError> {
         remove_old_read_models(dir);
         AppState::new(
-            SqliteStore::open(dir)?,
+            SqliteStore::open(dir, Arc::new(sse::Sse))?,
             SqliteCredentials::open(dir)?,
             SqliteAccounts::open(dir)?,
             dir,
@@ -68,7 +69,8 @@ impl AppState {
     }
 
     /// State around stores opened by the caller; every domain's read models
-    /// are opened in `models_dir` (the data directory).
+    /// are opened in `models_dir` (the data directory). The event store must
+    /// have been opened with [`sse::Sse`]: live streams send its frames as they are.
     pub fn new(
         store: Arc<dyn EventStore>,
         credentials: Arc<dyn CredentialStore>,

@@ -110,11 +110,11 @@ pub fn write_field(out: &mut Vec<u8>, name: &str, value: &impl serde::Serialize)
 /// The frames of several events as one buffer (one copy), or the frame itself for one.
 pub fn concat_frames(events: &[Arc<RecordedEvent>]) -> Bytes {
     if let [one] = events {
-        return one.sse_frame().clone();
+        return one.frame().clone();
     }
-    let mut buf = BytesMut::with_capacity(events.iter().map(|e| e.sse_frame().len()).sum());
+    let mut buf = BytesMut::with_capacity(events.iter().map(|e| e.frame().len()).sum());
     for e in events {
-        buf.put_slice(e.sse_frame());
+        buf.put_slice(e.frame());
     }
     buf.freeze()
 }

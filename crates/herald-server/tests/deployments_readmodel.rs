@@ -15,6 +15,7 @@ use herald_core::store::{AppendRequest, Committed, EventStore, ExpectedVersion, 
 use herald_server::domains::deployments::aggregate::{DeploymentEvent, DeploymentStatus};
 use herald_server::domains::deployments::projection::{self as deployments, Deployments};
 use herald_server::domains::deployments::view::DeploymentView;
+use herald_server::sse::Sse;
 use herald_store::projection::{
     AnyStore, ChangedPage, Consumer, READMODELS_DIR, ReadModel, RebuildSource, RowProjection, Step,
 };
@@ -191,7 +192,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(dir.path()).expect("open event store");
+        let store = SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open event store");
         let model = open_model(dir.path());
         Fixture {
             dir,
@@ -953,7 +954,7 @@ fn model_file(dir: &Path) -> std::path::PathBuf {
 async fn data_survives_reopening_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let (before, head, dumped) = {
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path(), Arc::new(Sse)).unwrap();
         let model = open_model(dir.path());
         varied_history(&store, 12).await;
         let log: Arc<dyn EventStore> = store.clone();
@@ -965,7 +966,7 @@ async fn data_survives_reopening_the_files() {
     assert_eq!(before.1, head);
     assert!(model_file(dir.path()).exists());
 
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path(), Arc::new(Sse)).unwrap();
     let log: Arc<dyn EventStore> = store.clone();
     let model = open_model(dir.path());
     assert_eq!(model.checkpoint().await.unwrap(), head);
@@ -1202,7 +1203,7 @@ fn stored_checkpoint(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_without_an_event_of_the_model_are_remembered_not_written() {
     let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(dir.path()).expect("open store");
+    let store = SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open store");
     let log: Arc<dyn EventStore> = store.clone();
     let model = open_model(dir.path());
     for i in 0..5 {
@@ -1232,7 +1233,7 @@ async fn pages_without_an_event_of_the_model_are_remembered_not_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_run_without_an_event_of_the_model_still_moves_the_stored_checkpoint() {
     let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(dir.path()).expect("open store");
+    let store = SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open store");
     let log: Arc<dyn EventStore> = store.clone();
     let model = open_model(dir.path());
     // 10,001 post events in a few appends.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use herald_core::auth::Role;
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
+use herald_server::sse::Sse as SseFraming;
 use herald_server::{AppState, ServerConfig};
 use herald_store::credentials::SqliteCredentials;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
@@ -54,6 +55,7 @@ async fn start(config: ServerConfig, live_capacity: usize) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open_with(
         dir.path(),
+        Arc::new(SseFraming),
         SqliteConfig {
             live_capacity,
             ..SqliteConfig::default()

@@ -12,6 +12,7 @@ use herald_core::store::{AppendRequest, Committed, EventStore, ExpectedVersion, 
 use herald_server::domains::posts::aggregate::Post;
 use herald_server::domains::posts::projection::{self, FeedRow, Feeds};
 use herald_server::domains::posts::tags::sanitize;
+use herald_server::sse::Sse;
 use herald_store::projection::{AnyStore, Changed, Consumer, ReadModel, RebuildSource, RowProjection};
 use herald_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
@@ -48,7 +49,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(dir.path()).expect("open event store");
+        let store = SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open event store");
         let model = ReadModel::<Feeds>::open(dir.path()).expect("open read model");
         let mut commands = Commands::default();
         commands.register::<Post>();

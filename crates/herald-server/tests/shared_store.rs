@@ -28,6 +28,7 @@ use herald_server::consumers::{CHANGED_PAGE, Publisher, encode};
 use herald_server::domains::deployments::aggregate::DeploymentEvent;
 use herald_server::domains::deployments::projection::Deployments;
 use herald_server::resources::ResourceBatch;
+use herald_server::sse::Sse;
 use herald_server::{AppState, ServerConfig};
 use herald_store::projection::{ChangedPage, ChangedResource, Consumer, ReadModel};
 use herald_store::sqlite::SqliteStore;
@@ -53,7 +54,7 @@ fn config() -> ServerConfig {
 fn open_state(dir: &Path, store: Option<Arc<dyn EventStore>>) -> AppState {
     let store = match store {
         Some(store) => store,
-        None => SqliteStore::open(dir).expect("open store"),
+        None => SqliteStore::open(dir, Arc::new(Sse)).expect("open store"),
     };
     AppState::new(
         store,
@@ -252,7 +253,7 @@ async fn a_change_another_process_applied_reaches_this_process_resource_batches(
     let a = open_state(dir.path(), None);
     // B's consumer runner runs, but its log never shows it anything to apply:
     // every change is applied by A's.
-    let b_store = SqliteStore::open(dir.path()).expect("open store");
+    let b_store = SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open store");
     let b = open_state(dir.path(), Some(Arc::new(NothingNew(b_store))));
     let token = mint(&a).await;
     let (node_a, node_b) = (serve(a).await, serve(b).await);
@@ -307,7 +308,7 @@ struct Other {
 
 impl Other {
     fn open(dir: &Path) -> Other {
-        let store = SqliteStore::open(dir).expect("open store");
+        let store = SqliteStore::open(dir, Arc::new(Sse)).expect("open store");
         Other {
             log: store.clone(),
             store,

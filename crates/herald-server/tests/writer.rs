@@ -12,6 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use herald_core::auth::Role;
+use herald_server::sse::Sse;
 use herald_server::{AppState, ServerConfig};
 use herald_store::accounts::SqliteAccounts;
 use herald_store::credentials::SqliteCredentials;
@@ -39,7 +40,7 @@ struct Reply {
 
 async fn setup_with(config: SqliteConfig) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open_with(dir.path(), config).expect("open the store");
+    let store = SqliteStore::open_with(dir.path(), Arc::new(Sse), config).expect("open the store");
     let state = AppState::new(
         store.clone(),
         SqliteCredentials::open(dir.path()).expect("credentials"),

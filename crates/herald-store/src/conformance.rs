@@ -8,12 +8,12 @@
 //!
 //! ```ignore
 //! use std::sync::Arc;
-//! use herald_core::EventStore;
+//! use herald_core::{EventStore, JsonLines};
 //! use herald_store::conformance::TempDirHarness;
 //! use herald_store::sqlite::SqliteStore;
 //!
-//! herald_store::conformance_tests!(TempDirHarness::new(|dir| {
-//!     SqliteStore::open(dir).map(|store| store as Arc<dyn EventStore>)
+//! herald_store::conformance_tests!(TempDirHarness::new(Arc::new(JsonLines), |dir, framing| {
+//!     SqliteStore::open(dir, framing).map(|store| store as Arc<dyn EventStore>)
 //! }));
 //! ```
 //!
@@ -22,6 +22,9 @@
 //!
 //! Every stream name used is a valid `<category>-<id>` (API.md §3), so a
 //! backend may refuse other names.
+//!
+//! Frames are checked against the [`Framing`] the harness opened its store
+//! with ([`Harness::framing`]), whatever it is: the suite knows no wire format.
 //!
 //! The tests never sleep for correctness and never assert on timing: timeouts
 //! ([`WAIT`] per awaited event, [`TEST_TIMEOUT`] per test) only turn a hang into
@@ -38,6 +41,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use herald_core::audit::verify;
 use herald_core::envelope::{Actor, ActorKind, Envelope, GENESIS_HASH, RecordedEvent, chain_hash, recompute_hash};
+use herald_core::framing::Framing;
 use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, ExpectedVersion, Filter, Head, LiveReceiver,
     NewEvent, Page, StoreError, StreamSlice,
@@ -62,22 +66,27 @@ pub trait Harness: Send + Sync {
     /// opened from one harness may be alive at once (two processes on one
     /// store). A store shuts down when its last `Arc` is dropped.
     async fn open(&self) -> Arc<dyn EventStore>;
+
+    /// The framing every store this harness opens was given: each event's
+    /// frame must be exactly what it encodes.
+    fn framing(&self) -> &dyn Framing;
 }
 
 /// A [`Harness`] over a fresh temporary directory, for file-based backends.
 pub struct TempDirHarness<F> {
     dir: tempfile::TempDir,
+    framing: Arc<dyn Framing>,
     open: F,
 }
 
 impl<F> TempDirHarness<F>
 where
-    F: Fn(&Path) -> Result<Arc<dyn EventStore>, StoreError> + Send + Sync,
+    F: Fn(&Path, Arc<dyn Framing>) -> Result<Arc<dyn EventStore>, StoreError> + Send + Sync,
 {
-    /// `open` opens the backend's store in the given directory.
-    pub fn new(open: F) -> Self {
+    /// `open` opens the backend's store in the given directory, with `framing`.
+    pub fn new(framing: Arc<dyn Framing>, open: F) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-        TempDirHarness { dir, open }
+        TempDirHarness { dir, framing, open }
     }
 
     pub fn path(&self) -> &Path {
@@ -88,11 +97,15 @@ where
 #[async_trait]
 impl<F> Harness for TempDirHarness<F>
 where
-    F: Fn(&Path) -> Result<Arc<dyn EventStore>, StoreError> + Send + Sync,
+    F: Fn(&Path, Arc<dyn Framing>) -> Result<Arc<dyn EventStore>, StoreError> + Send + Sync,
 {
     async fn open(&self) -> Arc<dyn EventStore> {
-        (self.open)(self.dir.path())
+        (self.open)(self.dir.path(), self.framing.clone())
             .unwrap_or_else(|e| panic!("opening the store in {} failed: {e:?}", self.dir.path().display()))
+    }
+
+    fn framing(&self) -> &dyn Framing {
+        &*self.framing
     }
 }
 
@@ -212,7 +225,7 @@ pub async fn empty_store(h: &dyn Harness) {
 // ---------------------------------------------------------------------------
 
 /// Positions and versions start at 1 and are contiguous; the envelope carries
-/// what was given; `recorded_at`, `id`, the stored JSON and the SSE frame are well formed.
+/// what was given; `recorded_at`, `id`, the stored JSON and the frame are well formed.
 pub async fn append_assigns_positions_and_envelope(h: &dyn Harness) {
     let s = h.open().await;
     let stream = "deployment-7f3a";
@@ -258,7 +271,7 @@ pub async fn append_assigns_positions_and_envelope(h: &dyn Harness) {
     assert_eq!(versions(&first.events), [1, 2, 3], "versions of the first append");
     assert_eq!((first.first_position(), first.last_position()), (1, 3));
     for (e, new) in first.events.iter().zip(&given) {
-        let env = check_event(e);
+        let env = check_event(h.framing(), e);
         let p = e.position();
         assert_eq!(env.stream, stream, "position {p}: stream");
         assert_eq!(env.event_type, new.event_type, "position {p}: type");
@@ -296,7 +309,7 @@ pub async fn append_assigns_positions_and_envelope(h: &dyn Harness) {
         (vec![4], vec![4])
     );
     assert_eq!(second.version, 4);
-    let env = check_event(&second.events[0]);
+    let env = check_event(h.framing(), &second.events[0]);
     assert_eq!(env.data, json!({"big": big}), "a 90 KB payload round-trips");
     assert_eq!(env.actor, system);
 
@@ -324,7 +337,7 @@ pub async fn append_assigns_positions_and_envelope(h: &dyn Harness) {
         [1, 2],
         "versions of an append to a second stream"
     );
-    assert_eq!(check_event(&third.events[1]).actor, token);
+    assert_eq!(check_event(h.framing(), &third.events[1]).actor, token);
 
     // What the append returned is what is stored, byte for byte.
     let committed: Vec<_> = [&first, &second, &third]
@@ -334,7 +347,7 @@ pub async fn append_assigns_positions_and_envelope(h: &dyn Harness) {
     let all = read_everything(&*s).await;
     assert_eq!(jsons(&all), jsons(&committed), "read_all vs what append returned");
     for e in &all {
-        check_event(e);
+        check_event(h.framing(), e);
     }
     let slice = read_stream(&*s, stream, 1, 100).await;
     assert_eq!(slice.version, 4);
@@ -382,7 +395,7 @@ pub async fn hash_chain_links_every_event(h: &dyn Harness) {
     assert_eq!(jsons(&all), jsons(&committed), "read_all vs what append returned");
     let mut prev = GENESIS_HASH.to_owned();
     for e in &all {
-        let env = check_event(e);
+        let env = check_event(h.framing(), e);
         let expected = chain_hash(&prev, &env.canonical_without_hash());
         assert_eq!(
             env.hash,
@@ -1190,7 +1203,7 @@ pub async fn live_delivers_each_committed_batch(h: &dyn Harness) {
 
     // 1. a plain append
     let c = append(&*s, req("deployment-l1", ExpectedVersion::Any, events(1, "L", "1"))).await;
-    assert_next_batch(&mut rx, floor, &c, "the first append after live()").await;
+    assert_next_batch(h.framing(), &mut rx, floor, &c, "the first append after live()").await;
     committed.push(c);
     // 2. refused and invalid appends publish nothing
     let refused = s
@@ -1214,18 +1227,18 @@ pub async fn live_delivers_each_committed_batch(h: &dyn Harness) {
         "fp-live",
     );
     let c = append(&*s, request.clone()).await;
-    assert_next_batch(&mut rx, floor, &c, "the append after a refused one").await;
+    assert_next_batch(h.framing(), &mut rx, floor, &c, "the append after a refused one").await;
     committed.push(c);
     assert!(matches!(s.append(request).await, Ok(AppendOutcome::Duplicate(_))));
     // 4. more appends
     for (stream, n) in [("deployment-l1", 2), ("user-l3", 1)] {
         let c = append(&*s, req(stream, ExpectedVersion::Any, events(n, "L", stream))).await;
-        assert_next_batch(&mut rx, floor, &c, "an append after a duplicate").await;
+        assert_next_batch(h.framing(), &mut rx, floor, &c, "an append after a duplicate").await;
         committed.push(c);
     }
     // A second receiver got the same batches.
     for c in &committed {
-        assert_next_batch(&mut rx2, floor, c, "second receiver").await;
+        assert_next_batch(h.framing(), &mut rx2, floor, c, "second receiver").await;
     }
 }
 
@@ -1276,7 +1289,7 @@ pub async fn live_batches_arrive_in_position_order(h: &dyn Harness) {
     let mut batch_of = HashMap::new();
     let mut json_of = HashMap::new();
     for (k, b) in batches.iter().enumerate() {
-        check_batch(b, "live batch of a concurrent append");
+        check_batch(h.framing(), b, "live batch of a concurrent append");
         assert_eq!(
             b.first_position(),
             expected_first,
@@ -1460,12 +1473,7 @@ pub async fn reopen_preserves_everything(h: &dyn Harness) {
     assert_eq!(positions(&after), positions(&before), "positions after reopening");
     assert_eq!(jsons(&after), jsons(&before), "events after reopening (byte for byte)");
     for (a, b) in after.iter().zip(&before) {
-        assert_eq!(
-            a.sse_frame(),
-            b.sse_frame(),
-            "position {}: frame after reopening",
-            a.position()
-        );
+        assert_eq!(a.frame(), b.frame(), "position {}: frame after reopening", a.position());
         assert_eq!(
             (a.stream(), a.version(), a.event_type()),
             (b.stream(), b.version(), b.event_type()),
@@ -1675,8 +1683,8 @@ pub async fn two_stores_share_live_events(h: &dyn Harness) {
     }
     let last = committed.last().map_or(0, |e| e.position());
     assert_eq!(last, 9);
-    follow_live(&mut rx_a, &mut got_a, floor, last, "store A").await;
-    follow_live(&mut rx_b, &mut got_b, floor, last, "store B").await;
+    follow_live(h.framing(), &mut rx_a, &mut got_a, floor, last, "store A").await;
+    follow_live(h.framing(), &mut rx_b, &mut got_b, floor, last, "store B").await;
 
     for round in 0..10 {
         let via_a = append(&*a, req("post-alt", ExpectedVersion::Any, events(1, "ViaA", "alt"))).await;
@@ -1685,6 +1693,7 @@ pub async fn two_stores_share_live_events(h: &dyn Harness) {
         committed.extend(via_a.events);
         committed.extend(via_b.events);
         follow_live(
+            h.framing(),
             &mut rx_a,
             &mut got_a,
             floor,
@@ -1693,6 +1702,7 @@ pub async fn two_stores_share_live_events(h: &dyn Harness) {
         )
         .await;
         follow_live(
+            h.framing(),
             &mut rx_b,
             &mut got_b,
             floor,
@@ -1712,7 +1722,14 @@ pub async fn two_stores_share_live_events(h: &dyn Harness) {
 }
 
 /// Receives live batches into `got` until it reaches position `until`.
-async fn follow_live(rx: &mut LiveReceiver, got: &mut Vec<Arc<RecordedEvent>>, floor: u64, until: u64, name: &str) {
+async fn follow_live(
+    framing: &dyn Framing,
+    rx: &mut LiveReceiver,
+    got: &mut Vec<Arc<RecordedEvent>>,
+    floor: u64,
+    until: u64,
+    name: &str,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while got.last().map_or(floor, |e| e.position()) < until {
         let batch = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -1724,7 +1741,7 @@ async fn follow_live(rx: &mut LiveReceiver, got: &mut Vec<Arc<RecordedEvent>>, f
                 got.last().map(|e| e.position())
             ),
         };
-        check_batch(&batch, name);
+        check_batch(framing, &batch, name);
         // Events committed before live() was called may arrive (another
         // process's commits are found by polling, possibly in one batch with
         // later ones): only what came after is asserted on.
@@ -1971,14 +1988,14 @@ async fn recv_batch(rx: &mut LiveReceiver, what: &str) -> Arc<CommittedBatch> {
 }
 
 /// The next live batch past `floor` must be exactly what `c` committed.
-async fn assert_next_batch(rx: &mut LiveReceiver, floor: u64, c: &Committed, what: &str) {
+async fn assert_next_batch(framing: &dyn Framing, rx: &mut LiveReceiver, floor: u64, c: &Committed, what: &str) {
     let batch = loop {
         let batch = recv_batch(rx, what).await;
         if batch.last_position() > floor {
             break batch;
         }
     };
-    check_batch(&batch, what);
+    check_batch(framing, &batch, what);
     assert_eq!(
         positions(&batch.events),
         positions(&c.events),
@@ -1991,7 +2008,7 @@ async fn assert_next_batch(rx: &mut LiveReceiver, floor: u64, c: &Committed, wha
     );
 }
 
-fn check_batch(b: &CommittedBatch, what: &str) {
+fn check_batch(framing: &dyn Framing, b: &CommittedBatch, what: &str) {
     assert!(!b.events.is_empty(), "{what}: an empty live batch");
     let ps = positions(&b.events);
     assert_eq!(
@@ -2000,7 +2017,7 @@ fn check_batch(b: &CommittedBatch, what: &str) {
         "{what}: a live batch's positions are not contiguous"
     );
     for e in &b.events {
-        check_event(e);
+        check_event(framing, e);
     }
     assert_eq!(
         b.frames,
@@ -2027,7 +2044,7 @@ fn jsons(events: &[Arc<RecordedEvent>]) -> Vec<String> {
 fn frames_of(events: &[Arc<RecordedEvent>]) -> Bytes {
     let mut buf = BytesMut::new();
     for e in events {
-        buf.extend_from_slice(e.sse_frame());
+        buf.extend_from_slice(e.frame());
     }
     buf.freeze()
 }
@@ -2038,7 +2055,7 @@ fn envelope(e: &RecordedEvent) -> Envelope {
 }
 
 /// Checks what every stored event must satisfy and returns its envelope.
-fn check_event(e: &RecordedEvent) -> Envelope {
+fn check_event(framing: &dyn Framing, e: &RecordedEvent) -> Envelope {
     let env = envelope(e);
     let p = e.position();
     assert_eq!(
@@ -2052,12 +2069,21 @@ fn check_event(e: &RecordedEvent) -> Envelope {
         env.to_canonical_json(),
         "position {p}: the stored JSON is not the envelope's canonical form"
     );
-    let frame =
-        std::str::from_utf8(e.sse_frame()).unwrap_or_else(|err| panic!("position {p}: frame is not UTF-8: {err}"));
+    let mut framed = BytesMut::new();
+    let inner = framing.encode(&mut framed, p, &env.event_type, json);
     assert_eq!(
-        frame,
-        format!("id: {p}\nevent: {}\ndata: {json}\n\n", env.event_type),
-        "position {p}: SSE frame"
+        &framed[inner],
+        json.as_bytes(),
+        "position {p}: the framing's JSON range (a bug of the framing)"
+    );
+    assert_eq!(
+        e.frame().as_ref(),
+        &framed[..],
+        "position {p}: the frame is not the store's framing of (position, type, JSON)"
+    );
+    assert!(
+        e.frame().len() <= framing.max_len(&env.event_type, json),
+        "position {p}: the frame is longer than the framing's bound"
     );
     assert!(
         is_utc_millis(&env.recorded_at),

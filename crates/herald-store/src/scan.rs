@@ -1,6 +1,6 @@
 //! A streaming read of the event log for replays (`readmodel::rebuild`) and
 //! for `herald verify`: rows are handed to a callback borrowed from SQLite,
-//! without building a `RecordedEvent` (and its SSE frame) per event.
+//! without building a `RecordedEvent` (and its frame) per event.
 
 use std::path::Path;
 

@@ -9,13 +9,14 @@
 //! - **Readers** use a small pool of read-only connections on blocking threads.
 //!   A read bounds itself by the head it saw first, so it never sees a position
 //!   without every one below it.
-//! - **Live**: after each commit the writer encodes the batch's SSE frames into
-//!   one buffer and publishes it. Other processes (`herald token create` while
-//!   `herald serve` runs) may append to the same file: the writer notices their
-//!   commits (the head it reads in every transaction, and when idle a poll of
-//!   the head against the last position it published) and publishes those
-//!   events first, so the live channel carries every position exactly once, in
-//!   order.
+//! - **Live**: after each commit the writer encodes the batch's frames (in the
+//!   [`Framing`] the store was opened with: the server's are SSE messages)
+//!   into one buffer and publishes it; reads frame their events the same way.
+//!   Other processes (`herald token create` while `herald serve` runs) may
+//!   append to the same file: the writer notices their commits (the head it
+//!   reads in every transaction, and when idle a poll of the head against the
+//!   last position it published) and publishes those events first, so the live
+//!   channel carries every position exactly once, in order.
 //! - **Supervised**: each batch runs under `catch_unwind`. A panic fails only
 //!   the callers of the batch in flight (their transaction was rolled back:
 //!   503, nothing acknowledged is lost) and the loop goes on with the queue
@@ -35,7 +36,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use herald_core::audit::{Expect, VerifyReport};
-use herald_core::envelope::{Envelope, GENESIS_HASH, PendingEvent, RecordedEvent, frame_len};
+use herald_core::envelope::{Envelope, GENESIS_HASH, PendingEvent, RecordedEvent};
+use herald_core::framing::Framing;
 use herald_core::names::StreamName;
 use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, StoreError,
@@ -121,6 +123,8 @@ pub struct SqliteStore {
     live: broadcast::Sender<Arc<CommittedBatch>>,
     readers: ReaderPool,
     shared: Arc<Shared>,
+    /// How every event read or committed is framed.
+    framing: Arc<dyn Framing>,
 }
 
 /// What the writer thread and the store's handles share.
@@ -253,11 +257,18 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, Store
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir` with default settings.
-    pub fn open(dir: &Path) -> Result<Arc<SqliteStore>, StoreError> {
-        Self::open_with(dir, SqliteConfig::default())
+    /// Every event it reads or commits is framed once with `framing` (the
+    /// server passes its SSE framing; tools that deliver nothing,
+    /// [`JsonLines`](herald_core::framing::JsonLines)).
+    pub fn open(dir: &Path, framing: Arc<dyn Framing>) -> Result<Arc<SqliteStore>, StoreError> {
+        Self::open_with(dir, framing, SqliteConfig::default())
     }
 
-    pub fn open_with(dir: &Path, config: SqliteConfig) -> Result<Arc<SqliteStore>, StoreError> {
+    pub fn open_with(
+        dir: &Path,
+        framing: Arc<dyn Framing>,
+        config: SqliteConfig,
+    ) -> Result<Arc<SqliteStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join(EVENTS_FILE);
@@ -279,6 +290,7 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         let writer = Writer {
             conn,
+            framing: framing.clone(),
             jobs: rx,
             live: live.clone(),
             published,
@@ -310,6 +322,7 @@ impl SqliteStore {
             jobs,
             live,
             shared,
+            framing,
         }))
     }
 
@@ -367,18 +380,22 @@ impl EventStore for SqliteStore {
 
     async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
         let command_id = command_id.to_owned();
-        self.read(move |conn| find_command(conn, &command_id)).await
+        let framing = self.framing.clone();
+        self.read(move |conn| find_command(conn, &*framing, &command_id)).await
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
         let stream = stream.to_owned();
-        self.read(move |conn| read_stream(conn, &stream, from_version, limit))
+        let framing = self.framing.clone();
+        self.read(move |conn| read_stream(conn, &*framing, &stream, from_version, limit))
             .await
     }
 
     async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
         let filter = filter.clone();
-        self.read(move |conn| read_all(conn, after, &filter, limit)).await
+        let framing = self.framing.clone();
+        self.read(move |conn| read_all(conn, &*framing, after, &filter, limit))
+            .await
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
@@ -414,13 +431,14 @@ pub(crate) fn sql_int(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
-fn row_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<RecordedEvent>> {
+fn row_event(framing: &dyn Framing, row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<RecordedEvent>> {
     let position: i64 = row.get(0)?;
     let stream: String = row.get(1)?;
     let version: i64 = row.get(2)?;
     let event_type: String = row.get(3)?;
     let json: String = row.get(4)?;
     Ok(Arc::new(RecordedEvent::from_parts(
+        framing,
         position as u64,
         &stream,
         version as u64,
@@ -456,13 +474,21 @@ fn stream_version(conn: &Connection, stream: &str) -> Result<u64, StoreError> {
 /// One statement for the common case (the whole rest of the stream fits in
 /// `limit`: its last row is the stream's version); a second, in one read
 /// transaction with the first, only when the slice is a page of a longer stream.
-fn read_stream(conn: &Connection, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
+fn read_stream(
+    conn: &Connection,
+    framing: &dyn Framing,
+    stream: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<StreamSlice, StoreError> {
     const SLICE: &str = "SELECT position, stream, version, type, envelope FROM events
                          WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3";
     let query = |conn: &Connection| -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         let mut stmt = conn.prepare_cached(SLICE).map_err(backend)?;
         let rows = stmt
-            .query_map(params![stream, sql_int(from_version), sql_int(limit)], row_event)
+            .query_map(params![stream, sql_int(from_version), sql_int(limit)], |row| {
+                row_event(framing, row)
+            })
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     };
@@ -483,7 +509,13 @@ fn read_stream(conn: &Connection, stream: &str, from_version: u64, limit: usize)
     read
 }
 
-fn read_all(conn: &Connection, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
+fn read_all(
+    conn: &Connection,
+    framing: &dyn Framing,
+    after: u64,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Page, StoreError> {
     let head = read_head(conn)?.position;
     if limit == 0 || after >= head {
         // Nothing to examine: a reader that is ahead (or asked for nothing) stays put.
@@ -518,7 +550,7 @@ fn read_all(conn: &Connection, after: u64, filter: &Filter, limit: usize) -> Res
     args.push(sql_int(limit).into());
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let events = stmt
-        .query_map(params_from_iter(args), row_event)
+        .query_map(params_from_iter(args), |row| row_event(framing, row))
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
@@ -534,7 +566,11 @@ fn read_all(conn: &Connection, after: u64, filter: &Filter, limit: usize) -> Res
     })
 }
 
-fn find_command(conn: &Connection, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
+fn find_command(
+    conn: &Connection,
+    framing: &dyn Framing,
+    command_id: &str,
+) -> Result<Option<(String, Committed)>, StoreError> {
     let row = conn
         .prepare_cached(
             "SELECT fingerprint, stream, version, first_position, last_position FROM commands WHERE command_id = ?1",
@@ -560,7 +596,7 @@ fn find_command(conn: &Connection, command_id: &str) -> Result<Option<(String, C
              WHERE position >= ?1 AND position <= ?2 ORDER BY position",
         )
         .map_err(backend)?
-        .query_map(params![first, last], row_event)
+        .query_map(params![first, last], |row| row_event(framing, row))
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
@@ -658,6 +694,8 @@ enum Applied {
 
 struct Writer {
     conn: Connection,
+    /// How each committed event is framed.
+    framing: Arc<dyn Framing>,
     jobs: mpsc::Receiver<Job>,
     live: broadcast::Sender<Arc<CommittedBatch>>,
     /// Last position published on `live`.
@@ -901,7 +939,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch {
             if !savepoints {
-                match apply(&tx, &job.request, &mut head, &mut rows, &recorded_at) {
+                match apply(&tx, &*self.framing, &job.request, &mut head, &mut rows, &recorded_at) {
                     Ok(applied) => outcomes.push(Ok(applied)),
                     Err(Refusal::Refused(e)) => outcomes.push(Err(e)),
                     // Dropping `tx` rolls the whole batch back.
@@ -912,7 +950,7 @@ impl Writer {
             let sp_head = head.clone();
             let sp_rows = rows.len();
             let mut sp = tx.savepoint().map_err(|e| WriteError::Failed(backend(e)))?;
-            match apply(&sp, &job.request, &mut head, &mut rows, &recorded_at) {
+            match apply(&sp, &*self.framing, &job.request, &mut head, &mut rows, &recorded_at) {
                 Ok(applied) => {
                     sp.commit().map_err(|e| WriteError::Failed(backend(e)))?;
                     outcomes.push(Ok(applied));
@@ -934,16 +972,27 @@ impl Writer {
         Ok((rows, outcomes))
     }
 
-    /// Encodes `rows` into one buffer and publishes them as one batch.
+    /// Encodes `rows` (each framed once) into one buffer and publishes them as one batch.
     fn publish(&mut self, rows: &[Row]) -> Vec<Arc<RecordedEvent>> {
         if rows.is_empty() {
             return Vec::new();
         }
-        let size = rows.iter().map(|r| frame_len(&r.event_type, &r.json)).sum();
+        let framing = &*self.framing;
+        let size = rows.iter().map(|r| framing.max_len(&r.event_type, &r.json)).sum();
         let mut buf = BytesMut::with_capacity(size);
         let pending: Vec<PendingEvent> = rows
             .iter()
-            .map(|r| RecordedEvent::encode_into(&mut buf, r.position, &r.stream, r.version, &r.event_type, &r.json))
+            .map(|r| {
+                RecordedEvent::encode_into(
+                    framing,
+                    &mut buf,
+                    r.position,
+                    &r.stream,
+                    r.version,
+                    &r.event_type,
+                    &r.json,
+                )
+            })
             .collect();
         let frames = buf.freeze();
         let events: Vec<Arc<RecordedEvent>> = pending
@@ -986,6 +1035,7 @@ fn external_rows(conn: &Connection, published: u64) -> Result<Vec<Row>, StoreErr
 /// Checks and writes one append inside the writer's transaction.
 fn apply(
     tx: &Connection,
+    framing: &dyn Framing,
     request: &AppendRequest,
     head: &mut Head,
     rows: &mut Vec<Row>,
@@ -993,7 +1043,7 @@ fn apply(
 ) -> Result<Applied, Refusal> {
     // Every check first: until the first insert, a refusal leaves nothing to undo.
     if let Some(fingerprint) = &request.idempotency_fingerprint
-        && let Some((seen, committed)) = find_command(tx, &request.command_id).map_err(Refusal::Refused)?
+        && let Some((seen, committed)) = find_command(tx, framing, &request.command_id).map_err(Refusal::Refused)?
     {
         return if &seen == fingerprint {
             Ok(Applied::Duplicate(committed))

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use herald_core::JsonLines;
 use herald_core::aggregate::{Aggregate, InvalidCommand, Rejection, parse_data};
 use herald_core::command::{CommandError, CommandRequest, Commands, StreamLocks};
 use herald_core::envelope::{Actor, ActorKind};
@@ -135,7 +136,7 @@ struct Process {
 impl Process {
     fn open(dir: &std::path::Path) -> Process {
         Process {
-            store: SqliteStore::open(dir).expect("open the store"),
+            store: SqliteStore::open(dir, Arc::new(JsonLines)).expect("open the store"),
             locks: StreamLocks::default(),
             commands: commands(),
         }

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_core::JsonLines;
 use herald_core::envelope::Actor;
 use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, WriteHealth};
 use herald_store::scan::Scanner;
@@ -54,6 +55,7 @@ fn open_giving_up_after(panic_limit: u32) -> (tempfile::TempDir, Arc<SqliteStore
     let record = called.clone();
     let store = SqliteStore::open_with(
         dir.path(),
+        Arc::new(JsonLines),
         SqliteConfig {
             writer_panic_limit: panic_limit,
             on_writer_fatal: WriterFatal(Arc::new(move |why: &str| {
@@ -69,7 +71,7 @@ fn open_giving_up_after(panic_limit: u32) -> (tempfile::TempDir, Arc<SqliteStore
 #[tokio::test]
 async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path()).expect("open");
+    let store = SqliteStore::open(dir.path(), Arc::new(JsonLines)).expect("open");
     let mut live = store.live();
     store.append(request("thing-a")).await.expect("first append");
     assert_eq!(store.write_health(), WriteHealth::Ok);
@@ -102,7 +104,7 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
 #[tokio::test]
 async fn rows_committed_before_a_panic_are_published_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path()).expect("open");
+    let store = SqliteStore::open(dir.path(), Arc::new(JsonLines)).expect("open");
     let mut live = store.live();
     store.append(request("thing-a")).await.expect("first append");
 
@@ -161,7 +163,7 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
 #[tokio::test]
 async fn scanner_verify_passes_an_intact_log_and_checks_the_anchor() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path()).expect("open");
+    let store = SqliteStore::open(dir.path(), Arc::new(JsonLines)).expect("open");
     for s in ["thing-a", "thing-b", "other-c"] {
         store.append(request(s)).await.expect("append");
     }

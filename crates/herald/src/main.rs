@@ -394,8 +394,11 @@ async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// The event store as `herald serve` opens it (each event framed as an SSE
+/// message), for the commands that work on it directly.
 fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {
-    SqliteStore::open(dir).with_context(|| format!("cannot open the store in {}", dir.display()))
+    SqliteStore::open(dir, Arc::new(herald_server::sse::Sse))
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
 async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
