@@ -1,5 +1,5 @@
 //! The event store contract. Backends live in `herald-store`; every one of them
-//! passes the same conformance suite (`herald_store::conformance`).
+//! passes the same conformance suite (crate `herald-conformance`).
 //!
 //! Invariants every backend keeps:
 //! - positions start at 1 and are assigned, with the hash chain, inside one

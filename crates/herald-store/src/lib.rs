@@ -1,9 +1,7 @@
-//! Storage backends for herald: the event store (one module per backend), and
-//! the conformance suite every backend passes (feature `conformance`).
+//! herald's embedded SQLite backend: the event store, read models and
+//! credentials. Its tests run the suites of `herald-conformance`.
 
 pub mod accounts;
-#[cfg(feature = "conformance")]
-pub mod conformance;
 pub mod credentials;
 pub mod projection;
 pub mod rebuild;

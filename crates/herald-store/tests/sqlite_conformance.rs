@@ -7,14 +7,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use herald_conformance::TempDirHarness;
 use herald_core::{EventStore, Framing, JsonLines};
-use herald_store::conformance::TempDirHarness;
 use herald_store::sqlite::SqliteStore;
 
 mod json_lines {
     use super::*;
 
-    herald_store::conformance_tests!(TempDirHarness::new(Arc::new(JsonLines), |dir, framing| {
+    herald_conformance::conformance_tests!(TempDirHarness::new(Arc::new(JsonLines), |dir, framing| {
         SqliteStore::open(dir, framing).map(|store| store as Arc<dyn EventStore>)
     }));
 }
@@ -44,7 +44,7 @@ impl Framing for Bracketed {
 mod bracketed {
     use super::*;
 
-    herald_store::conformance_tests!(TempDirHarness::new(Arc::new(Bracketed), |dir, framing| {
+    herald_conformance::conformance_tests!(TempDirHarness::new(Arc::new(Bracketed), |dir, framing| {
         SqliteStore::open(dir, framing).map(|store| store as Arc<dyn EventStore>)
     }));
 }

@@ -1,4 +1,4 @@
-//! The conformance suite every [`EventStore`] backend passes (STYLE.md §8).
+//! The conformance suite every [`EventStore`] backend passes.
 //!
 //! Each property of the contract in `herald_core::store` is one public
 //! `async fn(&dyn Harness)`. A backend's test file is a [`Harness`] and one call
@@ -9,10 +9,10 @@
 //! ```ignore
 //! use std::sync::Arc;
 //! use herald_core::{EventStore, JsonLines};
-//! use herald_store::conformance::TempDirHarness;
+//! use herald_conformance::TempDirHarness;
 //! use herald_store::sqlite::SqliteStore;
 //!
-//! herald_store::conformance_tests!(TempDirHarness::new(Arc::new(JsonLines), |dir, framing| {
+//! herald_conformance::conformance_tests!(TempDirHarness::new(Arc::new(JsonLines), |dir, framing| {
 //!     SqliteStore::open(dir, framing).map(|store| store as Arc<dyn EventStore>)
 //! }));
 //! ```
@@ -142,7 +142,7 @@ macro_rules! conformance_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let harness = $harness;
-                $crate::conformance::run(stringify!($name), $crate::conformance::$name(&harness)).await;
+                $crate::event_store::run(stringify!($name), $crate::event_store::$name(&harness)).await;
             }
         )*
     };
