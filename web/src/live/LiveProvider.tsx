@@ -93,13 +93,14 @@ export function LiveProvider({
     () =>
       new ResourceHub({
         ...sharing(),
-        createStream: (url, type, callbacks) =>
+        createStream: (url, type, callbacks, minPosition) =>
           new ResourceStream({
             url,
             type,
             EventSource: window.EventSource,
             fetch: window.fetch.bind(window),
             ...callbacks,
+            minPosition,
           }),
         onUnauthorized: () => unauthorized.current?.(),
       }),

@@ -58,7 +58,7 @@ let views: ResourceView<unknown>[]
 let unauthorized: number
 let stream: ResourceStream
 
-function follow(url = '/api/things/live?status=x', extra: { pollMs?: number } = {}) {
+function follow(url = '/api/things/live?status=x', extra: { pollMs?: number; minPosition?: number } = {}) {
   stream = new ResourceStream({
     url,
     type: listType as ResourceType<unknown>,
@@ -201,6 +201,11 @@ describe('ResourceStream', () => {
     expect(FakeEventSource.instances).toHaveLength(1)
     await vi.advanceTimersByTimeAsync(10_000)
     expect(fetched).toHaveLength(2)
+  })
+
+  it('a stream opened after a command waits for its position', () => {
+    follow('/api/posts/p1/live', { minPosition: 42 }).run('stream')
+    expect(FakeEventSource.last.url).toBe('/api/posts/p1/live?min_position=42')
   })
 
   it('builds addresses', () => {
@@ -405,6 +410,37 @@ describe('ResourceHub: the streams of every tab, run once in the browser', () =>
     expect(solo.hub.mode).toBe('solo')
     expect(streamOf('/feed')).toHaveLength(2)
     for (const t of [a, b, solo]) t.hub.stop()
+  })
+
+  it("a page's minPosition shapes only the stream it opens: a second page on the address, in any tab, shares it", async () => {
+    const made: [string, number | undefined][] = []
+    const tab = (id: string, locks: FakeLocks, channels: FakeChannels) => {
+      const hub = new ResourceHub({
+        locks,
+        BroadcastChannel: channels.Ctor,
+        createStream: (url, _t, cb, min) => {
+          made.push([url, min])
+          return new FakeStream(url, cb)
+        },
+        tabId: id,
+      })
+      hub.start()
+      return hub
+    }
+    const [locks, channels] = [new FakeLocks(), new FakeChannels()]
+    const a = tab('a', locks, channels)
+    await settle()
+    const b = tab('b', locks, channels)
+    const list = listType as ResourceType<unknown>
+    b.subscribe(list, '/api/posts/p1/live', () => {}, 42)
+    await settle()
+    a.subscribe(list, '/api/posts/p1/live', () => {})
+    b.subscribe(list, '/api/posts/p1/live', () => {}, 50)
+    await settle()
+    expect(made).toEqual([['/api/posts/p1/live', 42]])
+    expect(streamOf('/api/posts/p1/live')).toHaveLength(1)
+    a.stop()
+    b.stop()
   })
 
   it('a page that subscribes before the hub starts is served once it does', async () => {

@@ -97,6 +97,8 @@ export interface ResourceStreamOptions {
   backoffCapMs?: number
   /** A dropped stream that the browser resumes within this long is not reported as reconnecting. */
   graceMs?: number
+  /** The first connection asks herald to wait until its read model reflects this position (after a command). */
+  minPosition?: number
 }
 
 export type StreamMode = 'stream' | 'poll'
@@ -136,7 +138,8 @@ export function readUrlOf(url: string): string {
 const CLOSED = 2
 
 export class ResourceStream implements StreamLike {
-  private readonly o: Required<Omit<ResourceStreamOptions, 'onUnauthorized'>> & Pick<ResourceStreamOptions, 'onUnauthorized'>
+  private readonly o: Required<Omit<ResourceStreamOptions, 'onUnauthorized' | 'minPosition'>> &
+    Pick<ResourceStreamOptions, 'onUnauthorized'>
   private view: ResourceView<unknown> = { state: undefined, status: 'connecting', position: 0, error: null }
   private mode: StreamMode | null = null
   private es: EventSourceLike | null = null
@@ -159,6 +162,7 @@ export class ResourceStream implements StreamLike {
       graceMs: 3_000,
       ...options,
     }
+    this.minPosition = options.minPosition ?? null
   }
 
   get current(): ResourceView<unknown> {
@@ -395,7 +399,8 @@ export interface StreamCallbacks {
 }
 
 export interface ResourceHubOptions {
-  createStream: (url: string, type: ResourceType<unknown>, callbacks: StreamCallbacks) => StreamLike
+  /** `minPosition`: what the page that asked first waits for (see `ResourceStreamOptions.minPosition`). */
+  createStream: (url: string, type: ResourceType<unknown>, callbacks: StreamCallbacks, minPosition?: number) => StreamLike
   /** `navigator.locks`; null or undefined: this tab runs its own streams. */
   locks?: LockManagerLike | null
   BroadcastChannel?: BroadcastChannelCtor | null
@@ -410,7 +415,7 @@ export interface ResourceHubOptions {
 }
 
 type Message =
-  | { k: 'want'; tab: string; url: string; type: string }
+  | { k: 'want'; tab: string; url: string; type: string; min?: number }
   | { k: 'drop'; tab: string; url: string }
   | { k: 'retry'; url: string; min?: number }
   | { k: 'nudge' }
@@ -420,6 +425,8 @@ type Message =
 
 interface Want {
   type: string
+  /** The `minPosition` of the page that asked first. */
+  min?: number
   listeners: Set<ViewListener>
   view: ResourceView<unknown> | null
 }
@@ -544,13 +551,17 @@ export class ResourceHub {
     this.channel = null
   }
 
-  /** Follows `url` (of `type`) for `listener`, which gets the current view at once if there is one. */
-  subscribe(type: ResourceType<unknown>, url: string, listener: ViewListener): () => void {
+  /**
+   * Follows `url` (of `type`) for `listener`, which gets the current view at once if there is one.
+   * `minPosition` (after a command) only shapes a stream this opens: one that is already open
+   * follows the read model live, and brings that change when it comes.
+   */
+  subscribe(type: ResourceType<unknown>, url: string, listener: ViewListener, minPosition?: number): () => void {
     let want = this.wants.get(url)
     if (!want) {
-      want = { type: type.name, listeners: new Set(), view: null }
+      want = { type: type.name, listeners: new Set(), view: null, ...(minPosition ? { min: minPosition } : {}) }
       this.wants.set(url, want)
-      this.want(url, type.name)
+      this.want(url, type.name, want.min)
     } else if (want.view) {
       listener(want.view)
     }
@@ -593,46 +604,51 @@ export class ResourceHub {
 
   /** Tells the leader (whoever it is now) everything this tab wants. */
   private announce(): void {
-    for (const [url, w] of this.wants) this.post({ k: 'want', tab: this.tab, url, type: w.type })
+    for (const [url, w] of this.wants) this.post({ k: 'want', tab: this.tab, url, type: w.type, min: w.min })
   }
 
-  private want(url: string, type: string): void {
+  private want(url: string, type: string, min?: number): void {
     if (this.role === 'follower') {
-      if (this.registered) this.post({ k: 'want', tab: this.tab, url, type })
+      if (this.registered) this.post({ k: 'want', tab: this.tab, url, type, min })
     } else if (this.role === 'leader' || this.role === 'solo') {
-      this.serve(url, type, this.tab)
+      this.serve(url, type, this.tab, min)
     }
   }
 
   private goSolo(): void {
     this.role = 'solo'
-    for (const [url, w] of this.wants) this.serve(url, w.type, this.tab)
+    for (const [url, w] of this.wants) this.serve(url, w.type, this.tab, w.min)
   }
 
   private lead(): void {
     this.role = 'leader'
-    for (const [url, w] of this.wants) this.serve(url, w.type, this.tab)
+    for (const [url, w] of this.wants) this.serve(url, w.type, this.tab, w.min)
     // The other tabs say again what they want.
     this.post({ k: 'leader' })
   }
 
-  private serve(url: string, typeName: string, tab: string): void {
+  private serve(url: string, typeName: string, tab: string, min?: number): void {
     let s = this.served.get(url)
     if (!s) {
       const type = (this.o.resolveType ?? resourceTypeNamed)(typeName)
       if (!type) return
       const entry: Served = { stream: null as unknown as StreamLike, tabs: new Set(), wantedAt: 0, mode: null, view: null }
-      entry.stream = this.o.createStream(url, type, {
-        onChange: (view) => {
-          if (this.served.get(url) !== entry) return
-          entry.view = view
-          this.deliver(url, entry, view)
+      entry.stream = this.o.createStream(
+        url,
+        type,
+        {
+          onChange: (view) => {
+            if (this.served.get(url) !== entry) return
+            entry.view = view
+            this.deliver(url, entry, view)
+          },
+          onUnauthorized: () => {
+            this.post({ k: 'unauthorized' })
+            this.o.onUnauthorized?.()
+          },
         },
-        onUnauthorized: () => {
-          this.post({ k: 'unauthorized' })
-          this.o.onUnauthorized?.()
-        },
-      })
+        min,
+      )
       s = entry
       this.served.set(url, s)
     }
@@ -712,7 +728,7 @@ export class ResourceHub {
     if (this.role === 'leader') {
       switch (m.k) {
         case 'want':
-          this.serve(m.url, m.type, m.tab)
+          this.serve(m.url, m.type, m.tab, typeof m.min === 'number' && m.min > 0 ? m.min : undefined)
           break
         case 'drop':
           this.unserve(m.url, m.tab)

@@ -21,15 +21,21 @@ export interface Resource<S> {
  * Follows a resource stream (`/api/…/live`, live/resource.ts): the state, its
  * position and the connection's status. One stream per address for the whole
  * browser, shared between tabs; closed when no page follows it any more.
+ * `minPosition` (after a command): a stream this opens first waits for the read model to reflect it.
  * `url` null: nothing is followed.
  */
-export function useResource<S>(type: ResourceType<S>, url: string | null, options: { keepPrevious?: boolean } = {}): Resource<S> {
+export function useResource<S>(
+  type: ResourceType<S>,
+  url: string | null,
+  options: { keepPrevious?: boolean; minPosition?: number | null } = {},
+): Resource<S> {
   const hub = useResourceHub()
   const [current, setCurrent] = useState<{ url: string; view: ResourceView<unknown> } | null>(null)
+  const minPosition = options.minPosition ?? undefined
   useEffect(() => {
     if (!url) return
-    return hub.subscribe(type as unknown as ResourceType<unknown>, url, (view) => setCurrent({ url, view }))
-  }, [hub, type, url])
+    return hub.subscribe(type as unknown as ResourceType<unknown>, url, (view) => setCurrent({ url, view }), minPosition)
+  }, [hub, type, url, minPosition])
   const mine = current && current.url === url ? current.view : null
   const shown = mine ?? (options.keepPrevious ? current?.view ?? null : null)
   const refusal = mine?.error ?? null

@@ -14,7 +14,7 @@ export function FeedPage() {
   const { tag: raw = '' } = useParams()
   const [search] = useSearchParams()
   const tag = normaliseTag(raw)
-  const feed = useResource(feedView, feedStream(tag, minPositionOf(search)))
+  const feed = useResource(feedView, feedStream(tag), { minPosition: minPositionOf(search) })
   // No post has the tag (yet): the feed starts with the first one that gets it.
   useRetryWhenMissing(feed, { category: 'post' }, (e) => tagsSetBy(e).map(normaliseTag).includes(tag))
   const f = feed.state

@@ -20,7 +20,7 @@ export function PostPage() {
   const [search] = useSearchParams()
   const { canOperate } = useAuth()
   // After a command the page is opened with its position: herald answers once the post shows it.
-  const post = useResource(postView, postStream(id, minPositionOf(search)))
+  const post = useResource(postView, postStream(id), { minPosition: minPositionOf(search) })
   const stream = `${POST_PREFIX}${id}`
   useRetryWhenMissing(post, { stream }, () => true)
   const history = useTimeline(post.state ? stream : null)

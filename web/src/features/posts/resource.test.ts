@@ -34,10 +34,10 @@ describe('the posts streams', () => {
     expect(postView.events.post(p, { ...post('a', []), title: 'New' })?.title).toBe('New')
   })
 
-  it('addresses, with the position a command answered', () => {
+  it('addresses (the same whatever position a command answered), and that position', () => {
     expect(feedStream('Release')).toBe('/api/feeds/Release/live')
-    expect(feedStream('a b', 12)).toBe('/api/feeds/a%20b/live?min_position=12')
-    expect(postStream('p/1', 9)).toBe('/api/posts/p%2F1/live?min_position=9')
+    expect(feedStream('a b')).toBe('/api/feeds/a%20b/live')
+    expect(postStream('p/1')).toBe('/api/posts/p%2F1/live')
     expect(minPositionOf(new URLSearchParams('min_position=42'))).toBe(42)
     expect(minPositionOf(new URLSearchParams('min_position=x'))).toBeNull()
     expect(minPositionOf(new URLSearchParams(''))).toBeNull()

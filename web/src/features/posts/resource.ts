@@ -1,7 +1,7 @@
 // The posts read models, followed through their resource streams: every
 // message is the whole resource (the feeds, one feed, one post).
 
-import { defineResource, withParam } from '../../live/resource'
+import { defineResource } from '../../live/resource'
 import type { Feed, FeedsList, Post } from './types'
 
 const isObject = (d: unknown): d is Record<string, unknown> => !!d && typeof d === 'object'
@@ -25,11 +25,10 @@ export const feedView = defineResource<Feed>(
 /** `GET /api/posts/{id}/live`: `post` is the post. */
 export const postView = defineResource<Post>('post', { post: (s, d) => (isPost(d) ? d : s) }, 'post')
 
-const at = (url: string, minPosition?: number | null) => (minPosition ? withParam(url, 'min_position', minPosition) : url)
-
 export const FEEDS_STREAM = '/api/feeds/live'
-export const feedStream = (tag: string, minPosition?: number | null) => at(`/api/feeds/${encodeURIComponent(tag)}/live`, minPosition)
-export const postStream = (id: string, minPosition?: number | null) => at(`/api/posts/${encodeURIComponent(id)}/live`, minPosition)
+// (A page's `min_position` is not part of the address, which names the shared stream: see useResource.)
+export const feedStream = (tag: string) => `/api/feeds/${encodeURIComponent(tag)}/live`
+export const postStream = (id: string) => `/api/posts/${encodeURIComponent(id)}/live`
 
 /** The `min_position` a page was sent with (after a command), or null. */
 export function minPositionOf(search: URLSearchParams): number | null {
