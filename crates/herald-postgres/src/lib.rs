@@ -13,4 +13,4 @@ mod store;
 pub mod testing;
 
 pub use migrations::{MIGRATIONS, Migration};
-pub use store::{NOTIFY_CHANNEL, PgConfig, PgStore};
+pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore};

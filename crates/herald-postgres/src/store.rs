@@ -42,6 +42,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// The channel every commit notifies, with its last position as the payload.
 pub const NOTIFY_CHANNEL: &str = "herald_events";
 
+/// The `application_name` of the LISTEN connection (unless the URL sets one).
+pub const LISTENER_NAME: &str = "herald-listen";
+
 #[derive(Debug, Clone)]
 pub struct PgConfig {
     /// Most appends committed in one transaction (one sequencer lock hold).
@@ -223,8 +226,12 @@ impl PgStore {
         config: PgConfig,
     ) -> Result<Arc<PgStore>, StoreError> {
         let target = describe_config(&pg_config);
+        let mut pool_config = pg_config.clone();
+        if pool_config.get_application_name().is_none() {
+            pool_config.application_name("herald");
+        }
         let manager = Manager::from_config(
-            pg_config.clone(),
+            pool_config,
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -265,7 +272,12 @@ impl PgStore {
         tokio::spawn(writer.run());
         tokio::spawn(follow(pool.clone(), publisher, wake.clone(), config.poll, stop.clone()));
         if config.listen {
-            tokio::spawn(listen(pg_config, target.clone(), wake, config.poll, stop.clone()));
+            let mut listen_config = pg_config;
+            if listen_config.get_application_name().is_none() {
+                listen_config.application_name(LISTENER_NAME);
+            }
+            let retry = config.poll.min(Duration::from_secs(1));
+            tokio::spawn(listen(listen_config, target.clone(), wake, retry, stop.clone()));
         }
         Ok(Arc::new(PgStore {
             pool,
