@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
+use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
 use herald_core::envelope::{GENESIS_HASH, RecordedEvent, category_of};
 use herald_core::framing::Framing;
 use herald_core::store::{
@@ -36,7 +37,7 @@ use herald_core::store::{
 };
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The channel every commit notifies, with its last position as the payload.
@@ -205,6 +206,9 @@ fn event_of(framing: &dyn Framing, row: &Row) -> Result<Arc<RecordedEvent>, Stor
     )))
 }
 
+/// The triggers that keep `events` append-only (migration 1); `verify` checks them.
+const APPEND_ONLY_TRIGGERS: [&str; 2] = ["events_append_only", "events_no_truncate"];
+
 const EVENT_COLUMNS: &str = "position, stream, version, type, envelope, hash";
 
 impl PgStore {
@@ -295,7 +299,7 @@ impl PgStore {
     }
 }
 
-async fn read_head(client: &tokio_postgres::Client) -> Result<Head, StoreError> {
+async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
     let row = client
         .query_one("SELECT position, hash FROM sequencer", &[])
         .await
@@ -430,6 +434,71 @@ impl EventStore for PgStore {
 
     fn live(&self) -> LiveReceiver {
         self.live.subscribe()
+    }
+
+    /// Every column of every row, in one repeatable-read snapshot, and the
+    /// append-only triggers.
+    async fn verify(&self, expect: Option<Expect>) -> Result<VerifyReport, StoreError> {
+        const WHAT: &str = "verify";
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg(WHAT, e))?;
+        let head = read_head(&tx).await?;
+        let until = sql_int(head.position);
+        let mut verifier = ChainVerifier::new(head, expect);
+        let stmt = tx
+            .prepare(
+                "SELECT position, stream, version, type, category, hash, envelope FROM events
+                 WHERE position > $1 AND position <= $2 ORDER BY position LIMIT 1000",
+            )
+            .await
+            .map_err(|e| pg(WHAT, e))?;
+        let mut after = 0i64;
+        'pages: while after < until {
+            let rows = tx.query(&stmt, &[&after, &until]).await.map_err(|e| pg(WHAT, e))?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get(0).map_err(|e| pg(WHAT, e))?;
+            for row in &rows {
+                let position = stored_u64(row, 0, WHAT)?;
+                let version = stored_u64(row, 2, WHAT)?;
+                let checked = verifier.check(StoredRow {
+                    position,
+                    envelope: row.try_get(6).map_err(|e| pg(WHAT, e))?,
+                    stream: Some(row.try_get(1).map_err(|e| pg(WHAT, e))?),
+                    version: Some(version),
+                    event_type: Some(row.try_get(3).map_err(|e| pg(WHAT, e))?),
+                    category: Some(row.try_get(4).map_err(|e| pg(WHAT, e))?),
+                    hash: Some(row.try_get(5).map_err(|e| pg(WHAT, e))?),
+                });
+                if !checked {
+                    break 'pages;
+                }
+            }
+        }
+        let enabled: Vec<String> = tx
+            .query(
+                "SELECT tgname::text FROM pg_trigger
+                 WHERE tgrelid = 'events'::regclass AND NOT tgisinternal AND tgenabled <> 'D'",
+                &[],
+            )
+            .await
+            .map_err(|e| pg(WHAT, e))?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| pg(WHAT, e))?;
+        let findings: Vec<String> = APPEND_ONLY_TRIGGERS
+            .iter()
+            .filter(|name| !enabled.iter().any(|t| t == *name))
+            .map(|name| format!("the append-only trigger {name} on events is missing or disabled"))
+            .collect();
+        tx.commit().await.map_err(|e| pg(WHAT, e))?;
+        Ok(verifier.finish(&findings))
     }
 
     fn write_health(&self) -> WriteHealth {
