@@ -299,6 +299,30 @@ impl PgStore {
     }
 }
 
+/// PostgreSQL `text` cannot hold U+0000. The envelope escapes it (canonical
+/// JSON), but event types, command ids and fingerprints are also stored in
+/// columns of their own: such an append is refused before it is queued, so
+/// that it cannot fail the batch it would have joined.
+fn refuse_nul(request: &AppendRequest) -> Result<(), StoreError> {
+    let bad = if request.events.iter().any(|e| e.event_type.contains('\0')) {
+        Some("an event type")
+    } else if request.idempotency_fingerprint.is_some() && request.command_id.contains('\0') {
+        Some("the command_id")
+    } else if request
+        .idempotency_fingerprint
+        .as_deref()
+        .is_some_and(|f| f.contains('\0'))
+    {
+        Some("the idempotency fingerprint")
+    } else {
+        None
+    };
+    match bad {
+        Some(what) => Err(StoreError::InvalidAppend(format!("{what} contains a NUL character"))),
+        None => Ok(()),
+    }
+}
+
 async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
     let row = client
         .query_one("SELECT position, hash FROM sequencer", &[])
@@ -320,6 +344,7 @@ async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Hea
 impl EventStore for PgStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.check()?;
+        refuse_nul(&request)?;
         if self.shared.down.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(self.shared.cause()));
         }
