@@ -75,3 +75,60 @@ async fn nul_characters_fail_only_their_append() {
     let report = store.verify(None).await.expect("verify");
     assert!(report.ok, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_recovers_when_its_connections_are_killed() {
+    let Some(h) = PgHarness::new(Arc::new(JsonLines)).await else {
+        return;
+    };
+    let store = h.open().await;
+    let mut rx = store.live();
+    store.append(request("post-k", "Before")).await.expect("append");
+    let (admin, connection) = tokio_postgres::connect(h.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'herald' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate the pool's connections");
+    assert!(!killed.is_empty(), "the pool had no connection to kill");
+    // The next appends may fail (a dead connection is found when used), but
+    // the writer goes on and the pool reconnects.
+    let mut committed = None;
+    for _ in 0..5 {
+        match store.append(request("post-k", "After")).await {
+            Ok(outcome) => {
+                committed = Some(outcome.into_committed());
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, StoreError::Backend(_) | StoreError::Unavailable(_)),
+                    "{e:?}"
+                );
+                assert!(
+                    !matches!(store.write_health(), herald_core::store::WriteHealth::Ok),
+                    "a failed commit left write_health Ok"
+                );
+            }
+        }
+    }
+    let committed = committed.expect("no append succeeded after the connections were killed");
+    assert_eq!(committed.last_position(), 2);
+    assert_eq!(store.write_health(), herald_core::store::WriteHealth::Ok);
+    // Live carried both, once, in order.
+    let mut positions = Vec::new();
+    while positions.len() < 2 {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("live batch in time")
+            .expect("live batch");
+        positions.extend(batch.events.iter().map(|e| e.position()));
+    }
+    assert_eq!(positions, [1, 2]);
+}
