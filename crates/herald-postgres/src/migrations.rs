@@ -69,7 +69,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
 }];
 
 fn backend(what: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{what}: {e}"))
+    crate::store::pg(what, e)
 }
 
 /// Applies every migration the database does not have yet. Refuses a

@@ -164,12 +164,28 @@ pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{what}: {e}"))
+/// An error and its causes, `: `-separated (tokio-postgres keeps the
+/// server's message and the OS error in the cause, not in its own text).
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+pub(crate) fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("{what}: {}", with_causes(&e)))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("no PostgreSQL connection: {e}"))
+    StoreError::Backend(format!("no PostgreSQL connection: {}", with_causes(&e)))
 }
 
 /// Bounds past `i64::MAX` saturate rather than wrap.
@@ -219,7 +235,7 @@ impl PgStore {
         // tokio-postgres' parse errors do not repeat the string (which may hold a password).
         let pg_config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", with_causes(&e))))?;
         Self::open_config(pg_config, framing, config).await
     }
 
@@ -245,10 +261,9 @@ impl PgStore {
             .max_size(config.pool_size.max(2))
             .build()
             .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| {
+            StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e)))
+        })?;
         crate::migrations::migrate(&mut client).await?;
         let published = read_head(&client).await?.position;
         drop(client);
@@ -665,7 +680,7 @@ async fn follow(
         let client = match pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "the live follower has no PostgreSQL connection");
+                tracing::warn!(error = %with_causes(&e), "the live follower has no PostgreSQL connection");
                 continue;
             }
         };
@@ -723,19 +738,19 @@ async fn listen(
                         }
                         match driver.await {
                             Ok(Err(e)) => {
-                                tracing::warn!(%target, error = %e, "the LISTEN connection failed; reconnecting")
+                                tracing::warn!(%target, error = %with_causes(&e), "the LISTEN connection failed; reconnecting")
                             }
                             _ => tracing::warn!(%target, "the LISTEN connection closed; reconnecting"),
                         }
                     }
                     Err(e) => {
                         driver.abort();
-                        tracing::warn!(%target, error = %e, "LISTEN failed; retrying");
+                        tracing::warn!(%target, error = %with_causes(&e), "LISTEN failed; retrying");
                     }
                 }
                 drop(client);
             }
-            Err(e) => tracing::warn!(%target, error = %e, "cannot open the LISTEN connection; retrying"),
+            Err(e) => tracing::warn!(%target, error = %with_causes(&e), "cannot open the LISTEN connection; retrying"),
         }
         wake.notify_one();
         tokio::select! {

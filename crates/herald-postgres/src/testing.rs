@@ -65,7 +65,7 @@ impl TestDatabase {
         let connect = tokio::time::timeout(Duration::from_secs(10), admin.connect(NoTls));
         let (client, connection) = match connect.await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(format!("{where_}: {e}")),
+            Ok(Err(e)) => return Err(format!("{where_}: {}", crate::store::with_causes(&e))),
             Err(_) => return Err(format!("{where_}: no answer within 10 s")),
         };
         let driver = tokio::spawn(connection);
@@ -73,7 +73,7 @@ impl TestDatabase {
         let created = client.batch_execute(&format!("CREATE DATABASE {name}")).await;
         drop(client);
         let _ = driver.await;
-        created.map_err(|e| format!("{where_}: CREATE DATABASE failed: {e}"))?;
+        created.map_err(|e| format!("{where_}: CREATE DATABASE failed: {}", crate::store::with_causes(&e)))?;
         Ok(TestDatabase {
             url: with_database(admin_url, &name),
             admin,
