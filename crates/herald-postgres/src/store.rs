@@ -897,12 +897,15 @@ impl Writer {
         }
         if publisher.published + 1 == first {
             publisher.send(batch);
-        } else if publisher.published < last {
+        } else if publisher.published >= first && publisher.published < last {
             // The follower read the start of this batch from the table already.
             let from = rows.iter().position(|r| r.position > publisher.published).unwrap_or(0);
             let rest = CommittedBatch::encode(&*self.framing, &rows[from..]);
             publisher.send(rest);
         }
+        // Otherwise the follower has published them already, or rows below
+        // them are still unpublished (a read failed) and the follower
+        // publishes those and these from the table, in order.
         events
     }
 
