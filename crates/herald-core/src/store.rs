@@ -282,9 +282,7 @@ impl AppendRequest {
     /// to the last one), the stream being at `version` before it; pushes one
     /// row per event onto `out`. Every backend writes exactly these rows.
     pub fn seal(&self, version: u64, head: &mut Head, recorded_at: &str, out: &mut Vec<SealedEvent>) {
-        let mut version = version;
-        for event in &self.events {
-            version += 1;
+        for (version, event) in (version + 1..).zip(&self.events) {
             let mut envelope = Envelope {
                 position: head.position + 1,
                 id: uuid::Uuid::now_v7(),
