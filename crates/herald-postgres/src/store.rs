@@ -20,7 +20,7 @@
 //!   position without every one below it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -273,8 +273,10 @@ impl PgStore {
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());
+        let mirror = Arc::new(AtomicU64::new(published));
         let publisher = Arc::new(tokio::sync::Mutex::new(Publisher {
             published,
+            mirror: mirror.clone(),
             live: live.clone(),
             framing: framing.clone(),
             page: config.page.max(1),
@@ -296,7 +298,7 @@ impl PgStore {
                 listen_config.application_name(LISTENER_NAME);
             }
             let retry = config.poll.min(Duration::from_secs(1));
-            tokio::spawn(listen(listen_config, target.clone(), wake, retry, stop.clone()));
+            tokio::spawn(listen(listen_config, target.clone(), wake, mirror, retry, stop.clone()));
         }
         Ok(Arc::new(PgStore {
             pool,
@@ -604,6 +606,8 @@ async fn find_command(
 struct Publisher {
     /// Last position sent on `live`.
     published: u64,
+    /// `published`, for the listener to skip notifications of what was sent.
+    mirror: Arc<AtomicU64>,
     live: broadcast::Sender<Arc<CommittedBatch>>,
     framing: Arc<dyn Framing>,
     page: usize,
@@ -613,6 +617,7 @@ impl Publisher {
     fn send(&mut self, batch: CommittedBatch) {
         if let Some(last) = batch.events.last() {
             self.published = last.position();
+            self.mirror.store(self.published, Ordering::Release);
             // No receivers is fine: nobody is listening.
             let _ = self.live.send(Arc::new(batch));
         }
@@ -684,9 +689,18 @@ async fn follow(
                 continue;
             }
         };
-        let mut publisher = publisher.lock().await;
-        if let Err(e) = publisher.catch_up(&client, u64::MAX).await {
-            tracing::warn!(error = %e, "the live follower could not read new events");
+        // Supervised: a panic here is logged and the next wake-up tries again
+        // (`published` only moves once a batch is sent, so nothing is skipped).
+        let read = std::panic::AssertUnwindSafe(async {
+            let mut publisher = publisher.lock().await;
+            publisher.catch_up(&client, u64::MAX).await
+        })
+        .catch_unwind()
+        .await;
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the live follower could not read new events"),
+            Err(_) => tracing::error!("the live follower panicked while reading new events; it goes on"),
         }
     }
 }
@@ -698,6 +712,7 @@ async fn listen(
     config: tokio_postgres::Config,
     target: String,
     wake: Arc<Notify>,
+    published: Arc<AtomicU64>,
     retry: Duration,
     stop: CancellationToken,
 ) {
@@ -705,11 +720,19 @@ async fn listen(
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+                let published = published.clone();
                 let driver = tokio::spawn(async move {
                     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(message) = messages.next().await {
                         match message {
-                            Ok(AsyncMessage::Notification(_)) => {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                // Already published (typically this store's own commit): nothing to read.
+                                if n.payload()
+                                    .parse::<u64>()
+                                    .is_ok_and(|p| p <= published.load(Ordering::Acquire))
+                                {
+                                    continue;
+                                }
                                 if tx.send(()).is_err() {
                                     return Ok(());
                                 }
