@@ -13,11 +13,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::envelope::{Actor, RecordedEvent};
+use crate::envelope::{Actor, Envelope, PendingEvent, RecordedEvent};
+use crate::framing::Framing;
 
 /// Optimistic concurrency, as in EventStoreDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,5 +246,117 @@ pub trait EventStore: Send + Sync + 'static {
     /// The write path's health; cheap (polled by `/readyz`).
     fn write_health(&self) -> WriteHealth {
         WriteHealth::Ok
+    }
+}
+
+impl AppendRequest {
+    /// The checks every backend makes before an append is queued: at least one
+    /// event, and a valid `<category>-<id>` stream name (API.md §3).
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Err(StoreError::InvalidAppend("an append needs at least one event".into()));
+        }
+        crate::names::StreamName::parse(&self.stream)
+            .map_err(|e| StoreError::InvalidAppend(format!("stream {:?}: {e}", self.stream)))?;
+        Ok(())
+    }
+
+    /// Every event type is non-empty and has no line break (frames rely on
+    /// it). Backends check it inside the write, after idempotency and the
+    /// expected version, as the SQLite store always has.
+    pub fn check_event_types(&self) -> Result<(), StoreError> {
+        match self
+            .events
+            .iter()
+            .find(|e| e.event_type.is_empty() || e.event_type.contains(['\n', '\r']))
+        {
+            Some(event) => Err(StoreError::InvalidAppend(format!(
+                "event type {:?} is empty or has a line break",
+                event.event_type
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Builds and seals this append's envelopes on top of `head` (which moves
+    /// to the last one), the stream being at `version` before it; pushes one
+    /// row per event onto `out`. Every backend writes exactly these rows.
+    pub fn seal(&self, version: u64, head: &mut Head, recorded_at: &str, out: &mut Vec<SealedEvent>) {
+        for (version, event) in (version + 1..).zip(&self.events) {
+            let mut envelope = Envelope {
+                position: head.position + 1,
+                id: uuid::Uuid::now_v7(),
+                stream: self.stream.clone(),
+                version,
+                event_type: event.event_type.clone(),
+                schema: event.schema,
+                data: event.data.clone(),
+                actor: self.actor.clone(),
+                command_id: self.command_id.clone(),
+                correlation_id: self.correlation_id.clone(),
+                recorded_at: recorded_at.to_owned(),
+                hash: String::new(),
+            };
+            let json = envelope.seal(&head.hash);
+            head.position = envelope.position;
+            head.hash.clone_from(&envelope.hash);
+            out.push(SealedEvent {
+                position: envelope.position,
+                stream: envelope.stream,
+                version,
+                event_type: envelope.event_type,
+                json,
+                hash: envelope.hash,
+            });
+        }
+    }
+}
+
+/// The `recorded_at` of a new batch: now (UTC, milliseconds, RFC 3339), or
+/// `last` if the clock went back — `recorded_at` never decreases along the log.
+pub fn next_recorded_at(last: &str) -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if now.as_str() > last { now } else { last.to_owned() }
+}
+
+/// One stored event as a backend writes and reads its row: the columns it
+/// keeps next to the envelope's canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEvent {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_type: String,
+    /// The envelope's canonical JSON, hash included: what is stored and served.
+    pub json: String,
+    pub hash: String,
+}
+
+impl CommittedBatch {
+    /// Frames `rows` (in position order) once each, back to back in one
+    /// buffer, in `framing`.
+    pub fn encode(framing: &dyn Framing, rows: &[SealedEvent]) -> CommittedBatch {
+        let size = rows.iter().map(|r| framing.max_len(&r.event_type, &r.json)).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        let pending: Vec<PendingEvent> = rows
+            .iter()
+            .map(|r| {
+                RecordedEvent::encode_into(
+                    framing,
+                    &mut buf,
+                    r.position,
+                    &r.stream,
+                    r.version,
+                    &r.event_type,
+                    &r.json,
+                )
+            })
+            .collect();
+        let frames = buf.freeze();
+        let events = pending
+            .into_iter()
+            .map(|p| Arc::new(p.finish(frames.clone())))
+            .collect();
+        CommittedBatch { events, frames }
     }
 }

@@ -34,14 +34,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
 use herald_core::audit::{Expect, VerifyReport};
-use herald_core::envelope::{Envelope, GENESIS_HASH, PendingEvent, RecordedEvent};
+use herald_core::envelope::{GENESIS_HASH, RecordedEvent};
 use herald_core::framing::Framing;
-use herald_core::names::StreamName;
 use herald_core::store::{
-    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, StoreError,
-    StreamSlice, WriteHealth,
+    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, SealedEvent,
+    StoreError, StreamSlice, WriteHealth, next_recorded_at,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -362,11 +360,7 @@ impl SqliteStore {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        if request.events.is_empty() {
-            return Err(StoreError::InvalidAppend("an append needs at least one event".into()));
-        }
-        StreamName::parse(&request.stream)
-            .map_err(|e| StoreError::InvalidAppend(format!("stream {:?}: {e}", request.stream)))?;
+        request.check()?;
         if self.shared.down.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(self.shared.cause()));
         }
@@ -659,13 +653,7 @@ impl ReaderPool {
 }
 
 /// A row written in the current transaction, to be encoded once committed.
-struct Row {
-    position: u64,
-    stream: String,
-    version: u64,
-    event_type: String,
-    json: String,
-}
+type Row = SealedEvent;
 
 /// Why a batch's transaction did not commit.
 enum WriteError {
@@ -928,14 +916,7 @@ impl Writer {
             .map_err(|e| WriteError::Failed(backend(e)))?;
         let mut rows = external_rows(&tx, self.published).map_err(WriteError::Failed)?;
         let mut head = read_head(&tx).map_err(WriteError::Failed)?;
-        let recorded_at = {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            if now > self.last_recorded_at {
-                now
-            } else {
-                self.last_recorded_at.clone()
-            }
-        };
+        let recorded_at = next_recorded_at(&self.last_recorded_at);
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch {
             if !savepoints {
@@ -977,34 +958,11 @@ impl Writer {
         if rows.is_empty() {
             return Vec::new();
         }
-        let framing = &*self.framing;
-        let size = rows.iter().map(|r| framing.max_len(&r.event_type, &r.json)).sum();
-        let mut buf = BytesMut::with_capacity(size);
-        let pending: Vec<PendingEvent> = rows
-            .iter()
-            .map(|r| {
-                RecordedEvent::encode_into(
-                    framing,
-                    &mut buf,
-                    r.position,
-                    &r.stream,
-                    r.version,
-                    &r.event_type,
-                    &r.json,
-                )
-            })
-            .collect();
-        let frames = buf.freeze();
-        let events: Vec<Arc<RecordedEvent>> = pending
-            .into_iter()
-            .map(|p| Arc::new(p.finish(frames.clone())))
-            .collect();
+        let batch = CommittedBatch::encode(&*self.framing, rows);
+        let events = batch.events.clone();
         self.published = rows.last().map_or(self.published, |r| r.position);
         // No receivers is fine: nobody is listening.
-        let _ = self.live.send(Arc::new(CommittedBatch {
-            events: events.clone(),
-            frames,
-        }));
+        let _ = self.live.send(Arc::new(batch));
         events
     }
 }
@@ -1013,7 +971,7 @@ impl Writer {
 fn external_rows(conn: &Connection, published: u64) -> Result<Vec<Row>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT position, stream, version, type, envelope FROM events WHERE position > ?1 ORDER BY position",
+            "SELECT position, stream, version, type, envelope, hash FROM events WHERE position > ?1 ORDER BY position",
         )
         .map_err(backend)?;
     let rows = stmt
@@ -1024,6 +982,7 @@ fn external_rows(conn: &Connection, published: u64) -> Result<Vec<Row>, StoreErr
                 version: r.get::<_, i64>(2)? as u64,
                 event_type: r.get(3)?,
                 json: r.get(4)?,
+                hash: r.get(5)?,
             })
         })
         .map_err(backend)?
@@ -1061,16 +1020,7 @@ fn apply(
             actual: current,
         }));
     }
-    if let Some(event) = request
-        .events
-        .iter()
-        .find(|e| e.event_type.is_empty() || e.event_type.contains(['\n', '\r']))
-    {
-        return Err(Refusal::Refused(StoreError::InvalidAppend(format!(
-            "event type {:?} is empty or has a line break",
-            event.event_type
-        ))));
-    }
+    request.check_event_types().map_err(Refusal::Refused)?;
     // From here on, only SQLite can fail.
     let failed = |e: rusqlite::Error| Refusal::Failed(backend(e));
     let category = herald_core::envelope::category_of(&request.stream);
@@ -1081,45 +1031,21 @@ fn apply(
         )
         .map_err(failed)?;
     let first_row = rows.len();
-    let mut version = current;
-    for event in &request.events {
-        version += 1;
-        let mut envelope = Envelope {
-            position: head.position + 1,
-            id: uuid::Uuid::now_v7(),
-            stream: request.stream.clone(),
-            version,
-            event_type: event.event_type.clone(),
-            schema: event.schema,
-            data: event.data.clone(),
-            actor: request.actor.clone(),
-            command_id: request.command_id.clone(),
-            correlation_id: request.correlation_id.clone(),
-            recorded_at: recorded_at.to_owned(),
-            hash: String::new(),
-        };
-        let json = envelope.seal(&head.hash);
+    request.seal(current, head, recorded_at, rows);
+    for row in &rows[first_row..] {
         insert
             .execute(params![
-                envelope.position as i64,
-                request.stream,
-                version as i64,
+                row.position as i64,
+                row.stream,
+                row.version as i64,
                 category,
-                event.event_type,
-                json,
-                envelope.hash,
+                row.event_type,
+                row.json,
+                row.hash,
             ])
             .map_err(failed)?;
-        head.position = envelope.position;
-        head.hash = envelope.hash;
-        rows.push(Row {
-            position: envelope.position,
-            stream: request.stream.clone(),
-            version,
-            event_type: event.event_type.clone(),
-            json,
-        });
     }
+    let version = rows.last().map_or(current, |r| r.version);
     if let Some(fingerprint) = &request.idempotency_fingerprint {
         tx.prepare_cached(
             "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)

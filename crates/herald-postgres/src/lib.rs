@@ -1,0 +1,16 @@
+//! The PostgreSQL backend of herald's event store.
+//!
+//! Several herald processes may share one database: positions and the hash
+//! chain are assigned under one row lock per commit batch (the `sequencer`
+//! row), so every snapshot sees a gapless prefix of the log; each process
+//! commits its queued appends in groups (one writer task, one transaction, one
+//! lock hold per batch) and follows the others' commits through LISTEN/NOTIFY,
+//! with a poll of the table as the fallback. See
+//! docs/adr/0009-postgres-sequencer.md.
+
+mod migrations;
+mod store;
+pub mod testing;
+
+pub use migrations::{MIGRATIONS, Migration};
+pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore};

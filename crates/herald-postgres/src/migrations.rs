@@ -1,0 +1,138 @@
+//! The schema, as versioned migrations: each is applied once, in its own
+//! transaction, under a transaction-scoped advisory lock, so that instances
+//! starting together do not race; `herald_migrations` records which are in.
+
+use herald_core::store::StoreError;
+use tokio_postgres::Client;
+
+/// One schema step. Versions start at 1 and never change once released: a
+/// change to the schema is a new migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The advisory lock key every herald instance takes to migrate ("herald").
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "event log",
+    sql: r#"
+CREATE TABLE events (
+    position bigint PRIMARY KEY,
+    stream   text   NOT NULL,
+    version  bigint NOT NULL,
+    type     text   NOT NULL,
+    category text   NOT NULL,
+    hash     text   NOT NULL,
+    envelope text   NOT NULL,
+    CONSTRAINT events_stream_version UNIQUE (stream, version),
+    CONSTRAINT events_position_positive CHECK (position > 0),
+    CONSTRAINT events_version_positive CHECK (version > 0)
+);
+CREATE INDEX events_category ON events (category, position);
+CREATE INDEX events_type ON events (type, position);
+
+CREATE TABLE commands (
+    command_id     text   PRIMARY KEY,
+    fingerprint    text   NOT NULL,
+    stream         text   NOT NULL,
+    version        bigint NOT NULL,
+    first_position bigint NOT NULL,
+    last_position  bigint NOT NULL
+);
+
+-- The one serialized step: every commit batch locks this row (FOR UPDATE),
+-- reads the head, appends after it and moves it, then commits.
+CREATE TABLE sequencer (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    position    bigint  NOT NULL,
+    hash        text    NOT NULL,
+    recorded_at text    NOT NULL
+);
+INSERT INTO sequencer (id, position, hash, recorded_at)
+VALUES (true, 0, '0000000000000000000000000000000000000000000000000000000000000000', '');
+
+CREATE FUNCTION herald_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only';
+END
+$$;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION herald_events_append_only();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION herald_events_append_only();
+"#,
+}];
+
+fn backend(what: &str, e: tokio_postgres::Error) -> StoreError {
+    crate::store::pg(what, e)
+}
+
+/// Applies every migration the database does not have yet. Refuses a
+/// database that a newer herald migrated further, or whose recorded
+/// migration names differ from these.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    for m in MIGRATIONS {
+        let tx = client.transaction().await.map_err(|e| backend("migration: begin", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| backend("migration: advisory lock", e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS herald_migrations (
+                version    bigint      PRIMARY KEY,
+                name       text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(|e| backend("migration: herald_migrations", e))?;
+        let applied = tx
+            .query_opt("SELECT name FROM herald_migrations WHERE version = $1", &[&m.version])
+            .await
+            .map_err(|e| backend("migration: read herald_migrations", e))?;
+        match applied {
+            Some(row) => {
+                let name: String = row
+                    .try_get(0)
+                    .map_err(|e| backend("migration: read herald_migrations", e))?;
+                if name != m.name {
+                    return Err(StoreError::Corrupt(format!(
+                        "migration {} is recorded as {name:?}, but this herald knows it as {:?}",
+                        m.version, m.name
+                    )));
+                }
+            }
+            None => {
+                tx.batch_execute(m.sql)
+                    .await
+                    .map_err(|e| backend(&format!("migration {} ({})", m.version, m.name), e))?;
+                tx.execute(
+                    "INSERT INTO herald_migrations (version, name) VALUES ($1, $2)",
+                    &[&m.version, &m.name],
+                )
+                .await
+                .map_err(|e| backend("migration: record", e))?;
+                tracing::info!(version = m.version, name = m.name, "applied a PostgreSQL migration");
+            }
+        }
+        tx.commit().await.map_err(|e| backend("migration: commit", e))?;
+    }
+    let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+    let newest: Option<i64> = client
+        .query_one("SELECT max(version) FROM herald_migrations", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| backend("migration: read herald_migrations", e))?;
+    if let Some(newest) = newest
+        && newest > latest
+    {
+        return Err(StoreError::Backend(format!(
+            "the database has migration {newest}, newer than this herald knows ({latest}): upgrade herald"
+        )));
+    }
+    Ok(())
+}

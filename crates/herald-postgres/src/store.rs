@@ -1,0 +1,1151 @@
+//! [`PgStore`]: the event store on PostgreSQL.
+//!
+//! - **Writer**: one task per store takes every queued append (up to
+//!   `max_batch`) and commits them in one transaction. The transaction first
+//!   locks the one `sequencer` row (`SELECT … FOR UPDATE`): that lock is the
+//!   one serialized step of every process on the database. Under it the batch
+//!   reads the head, checks idempotency and expected versions, assigns
+//!   positions and the hash chain, writes every row in one statement (UNNEST
+//!   arrays), moves the sequencer, `NOTIFY`s and commits (synchronous commit:
+//!   durable before anyone is answered). A request that fails a check fails
+//!   alone; the others of its batch commit.
+//! - **Live**: a publisher keeps `published`, the last position sent on the
+//!   live channel, and only ever sends the batch that continues it. The writer
+//!   publishes its own rows directly when they continue `published`; anything
+//!   else (other processes' commits) is read from the table by position, in
+//!   pages, by the follower task, woken by a LISTEN connection or, if
+//!   notifications are lost or coalesced, by a poll every [`PgConfig::poll`].
+//! - **Reads** go through a connection pool; each is one statement (one
+//!   snapshot) bounded by the sequencer's position, so it never returns a
+//!   position without every one below it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
+use herald_core::envelope::{GENESIS_HASH, RecordedEvent, category_of};
+use herald_core::framing::Framing;
+use herald_core::store::{
+    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, SealedEvent,
+    StoreError, StreamSlice, WriteHealth, next_recorded_at,
+};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The channel every commit notifies, with its last position as the payload.
+pub const NOTIFY_CHANNEL: &str = "herald_events";
+
+/// The `application_name` of the LISTEN connection (unless the URL sets one).
+pub const LISTENER_NAME: &str = "herald-listen";
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Most appends committed in one transaction (one sequencer lock hold).
+    pub max_batch: usize,
+    /// Appends waiting for the writer before callers wait to enqueue.
+    pub queue: usize,
+    /// Committed batches kept for live readers; one further behind is told it lagged.
+    pub live_capacity: usize,
+    /// Pooled connections (the writer takes one per batch; reads the rest).
+    pub pool_size: usize,
+    /// How often the follower reads the table for commits it was not told of
+    /// (lost or coalesced notifications, a listener reconnecting).
+    pub poll: Duration,
+    /// Whether to LISTEN for commits of other processes. Off, only the poll
+    /// finds them (tests; a connection pooler that does not pass NOTIFY).
+    pub listen: bool,
+    /// Most rows the follower reads per query.
+    pub page: usize,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            max_batch: 512,
+            queue: 4096,
+            live_capacity: 1024,
+            pool_size: 8,
+            poll: Duration::from_millis(250),
+            listen: true,
+            page: 1000,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+struct Job {
+    request: AppendRequest,
+    reply: Reply,
+}
+
+/// What the tasks and the store's handles share.
+#[derive(Default)]
+struct Shared {
+    /// The writer task has stopped.
+    down: AtomicBool,
+    /// The last batch did not commit (cleared by the next commit).
+    failing: AtomicBool,
+    cause: Mutex<String>,
+}
+
+impl Shared {
+    fn set_failing(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.failing.store(true, Ordering::Release);
+    }
+
+    fn set_ok(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Release);
+        }
+    }
+
+    fn set_down(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.down.store(true, Ordering::Release);
+    }
+
+    fn cause(&self) -> String {
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Marks the writer down when its task ends, however it ends.
+struct DownOnDrop(Arc<Shared>);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if !self.0.down.load(Ordering::Acquire) {
+            self.0.set_down("the event store writer has stopped");
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: Pool,
+    jobs: mpsc::Sender<Job>,
+    live: broadcast::Sender<Arc<CommittedBatch>>,
+    shared: Arc<Shared>,
+    framing: Arc<dyn Framing>,
+    /// Where the store is, without credentials (for messages).
+    target: String,
+    /// Stops the follower and the listener when the store is dropped.
+    _stop: DropGuard,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).finish()
+    }
+}
+
+/// `host:port/dbname` of a configuration: never the user's password.
+pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default database)");
+    format!("{host}:{port}/{db}")
+}
+
+/// An error and its causes, `: `-separated (tokio-postgres keeps the
+/// server's message and the OS error in the cause, not in its own text).
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+pub(crate) fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("{what}: {}", with_causes(&e)))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Backend(format!("no PostgreSQL connection: {}", with_causes(&e)))
+}
+
+/// Bounds past `i64::MAX` saturate rather than wrap.
+fn sql_int(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+fn stored_u64(row: &Row, idx: usize, what: &str) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(idx).map_err(|e| pg(what, e))?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what}: negative value {n}")))
+}
+
+fn sealed_row(row: &Row) -> Result<SealedEvent, StoreError> {
+    const WHAT: &str = "reading an event row";
+    Ok(SealedEvent {
+        position: stored_u64(row, 0, WHAT)?,
+        stream: row.try_get(1).map_err(|e| pg(WHAT, e))?,
+        version: stored_u64(row, 2, WHAT)?,
+        event_type: row.try_get(3).map_err(|e| pg(WHAT, e))?,
+        json: row.try_get(4).map_err(|e| pg(WHAT, e))?,
+        hash: row.try_get(5).map_err(|e| pg(WHAT, e))?,
+    })
+}
+
+fn event_of(framing: &dyn Framing, row: &Row) -> Result<Arc<RecordedEvent>, StoreError> {
+    const WHAT: &str = "reading an event row";
+    let position = stored_u64(row, 0, WHAT)?;
+    let stream: &str = row.try_get(1).map_err(|e| pg(WHAT, e))?;
+    let version = stored_u64(row, 2, WHAT)?;
+    let event_type: &str = row.try_get(3).map_err(|e| pg(WHAT, e))?;
+    let json: &str = row.try_get(4).map_err(|e| pg(WHAT, e))?;
+    Ok(Arc::new(RecordedEvent::from_parts(
+        framing, position, stream, version, event_type, json,
+    )))
+}
+
+/// The triggers that keep `events` append-only (migration 1); `verify` checks them.
+const APPEND_ONLY_TRIGGERS: [&str; 2] = ["events_append_only", "events_no_truncate"];
+
+const EVENT_COLUMNS: &str = "position, stream, version, type, envelope, hash";
+
+impl PgStore {
+    /// Connects to `url` (a libpq URL or key=value string), applies the
+    /// migrations the database lacks, and starts the writer, the follower and
+    /// (unless [`PgConfig::listen`] is off) the listener.
+    pub async fn open(url: &str, framing: Arc<dyn Framing>, config: PgConfig) -> Result<Arc<PgStore>, StoreError> {
+        // tokio-postgres' parse errors do not repeat the string (which may hold a password).
+        let pg_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", with_causes(&e))))?;
+        Self::open_config(pg_config, framing, config).await
+    }
+
+    /// [`open`](Self::open) with a parsed configuration.
+    pub async fn open_config(
+        pg_config: tokio_postgres::Config,
+        framing: Arc<dyn Framing>,
+        config: PgConfig,
+    ) -> Result<Arc<PgStore>, StoreError> {
+        let target = describe_config(&pg_config);
+        let mut pool_config = pg_config.clone();
+        if pool_config.get_application_name().is_none() {
+            pool_config.application_name("herald");
+        }
+        let manager = Manager::from_config(
+            pool_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| {
+            StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e)))
+        })?;
+        crate::migrations::migrate(&mut client).await?;
+        let published = read_head(&client).await?.position;
+        drop(client);
+
+        let (jobs, jobs_rx) = mpsc::channel(config.queue.max(1));
+        let (live, _) = broadcast::channel(config.live_capacity.max(1));
+        let shared = Arc::new(Shared::default());
+        let stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let mirror = Arc::new(AtomicU64::new(published));
+        let publisher = Arc::new(tokio::sync::Mutex::new(Publisher {
+            published,
+            mirror: mirror.clone(),
+            live: live.clone(),
+            framing: framing.clone(),
+            page: config.page.max(1),
+        }));
+        let writer = Writer {
+            pool: pool.clone(),
+            framing: framing.clone(),
+            jobs: jobs_rx,
+            publisher: publisher.clone(),
+            max_batch: config.max_batch.max(1),
+            shared: shared.clone(),
+            committed_unanswered: false,
+        };
+        tokio::spawn(writer.run());
+        tokio::spawn(follow(pool.clone(), publisher, wake.clone(), config.poll, stop.clone()));
+        if config.listen {
+            let mut listen_config = pg_config;
+            if listen_config.get_application_name().is_none() {
+                listen_config.application_name(LISTENER_NAME);
+            }
+            let retry = config.poll.min(Duration::from_secs(1));
+            tokio::spawn(listen(listen_config, target.clone(), wake, mirror, retry, stop.clone()));
+        }
+        Ok(Arc::new(PgStore {
+            pool,
+            jobs,
+            live,
+            shared,
+            framing,
+            target,
+            _stop: stop.drop_guard(),
+        }))
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// PostgreSQL `text` cannot hold U+0000. The envelope escapes it (canonical
+/// JSON), but event types, command ids and fingerprints are also stored in
+/// columns of their own: such an append is refused before it is queued, so
+/// that it cannot fail the batch it would have joined.
+fn refuse_nul(request: &AppendRequest) -> Result<(), StoreError> {
+    let bad = if request.events.iter().any(|e| e.event_type.contains('\0')) {
+        Some("an event type")
+    } else if request.idempotency_fingerprint.is_some() && request.command_id.contains('\0') {
+        Some("the command_id")
+    } else if request
+        .idempotency_fingerprint
+        .as_deref()
+        .is_some_and(|f| f.contains('\0'))
+    {
+        Some("the idempotency fingerprint")
+    } else {
+        None
+    };
+    match bad {
+        Some(what) => Err(StoreError::InvalidAppend(format!("{what} contains a NUL character"))),
+        None => Ok(()),
+    }
+}
+
+async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
+    let row = client
+        .query_one("SELECT position, hash FROM sequencer", &[])
+        .await
+        .map_err(|e| pg("reading the head", e))?;
+    let position = stored_u64(&row, 0, "reading the head")?;
+    let hash: String = row.try_get(1).map_err(|e| pg("reading the head", e))?;
+    Ok(if position == 0 {
+        Head {
+            position,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    } else {
+        Head { position, hash }
+    })
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        request.check()?;
+        refuse_nul(&request)?;
+        if self.shared.down.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(self.shared.cause()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
+        let client = self.client().await?;
+        find_command(&client, &*self.framing, command_id).await
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
+        let client = self.client().await?;
+        // One statement, one snapshot: the stream's version and its rows agree.
+        let stmt = client
+            .prepare_cached(
+                "SELECT v.current, e.position, e.stream, e.version, e.type, e.envelope
+                 FROM (SELECT COALESCE(MAX(version), 0) AS current FROM events WHERE stream = $1) v
+                 LEFT JOIN LATERAL (
+                     SELECT position, stream, version, type, envelope FROM events
+                     WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3
+                 ) e ON true
+                 ORDER BY e.version",
+            )
+            .await
+            .map_err(|e| pg("read_stream", e))?;
+        let rows = client
+            .query(&stmt, &[&stream, &sql_int(from_version), &sql_int(limit)])
+            .await
+            .map_err(|e| pg("read_stream", e))?;
+        let mut version = 0;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            version = stored_u64(row, 0, "read_stream")?;
+            let position: Option<i64> = row.try_get(1).map_err(|e| pg("read_stream", e))?;
+            if position.is_none() {
+                continue;
+            }
+            let position = stored_u64(row, 1, "read_stream")?;
+            let stream: &str = row.try_get(2).map_err(|e| pg("read_stream", e))?;
+            let v = stored_u64(row, 3, "read_stream")?;
+            let event_type: &str = row.try_get(4).map_err(|e| pg("read_stream", e))?;
+            let json: &str = row.try_get(5).map_err(|e| pg("read_stream", e))?;
+            events.push(Arc::new(RecordedEvent::from_parts(
+                &*self.framing,
+                position,
+                stream,
+                v,
+                event_type,
+                json,
+            )));
+        }
+        Ok(StreamSlice { version, events })
+    }
+
+    async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
+        let client = self.client().await?;
+        let head = read_head(&client).await?.position;
+        if limit == 0 || after >= head {
+            // Nothing to examine: a reader that is ahead (or asked for nothing) stays put.
+            return Ok(Page {
+                events: Vec::new(),
+                next_after: after,
+                head,
+            });
+        }
+        let after_i = sql_int(after);
+        let head_i = sql_int(head);
+        let limit_i = sql_int(limit);
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2");
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&after_i, &head_i];
+        for (column, values) in [
+            ("stream", &filter.streams),
+            ("category", &filter.categories),
+            ("type", &filter.types),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            args.push(values);
+            sql.push_str(&format!(" AND {column} = ANY(${})", args.len()));
+        }
+        args.push(&limit_i);
+        sql.push_str(&format!(" ORDER BY position LIMIT ${}", args.len()));
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| pg("read_all", e))?;
+        let rows = client.query(&stmt, &args).await.map_err(|e| pg("read_all", e))?;
+        let events = rows
+            .iter()
+            .map(|r| event_of(&*self.framing, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_after = if events.len() == limit {
+            events.last().map_or(head, |e| e.position())
+        } else {
+            head
+        };
+        Ok(Page {
+            events,
+            next_after,
+            head,
+        })
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let client = self.client().await?;
+        read_head(&client).await
+    }
+
+    fn live(&self) -> LiveReceiver {
+        self.live.subscribe()
+    }
+
+    /// Every column of every row, in one repeatable-read snapshot, and the
+    /// append-only triggers.
+    async fn verify(&self, expect: Option<Expect>) -> Result<VerifyReport, StoreError> {
+        const WHAT: &str = "verify";
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg(WHAT, e))?;
+        let head = read_head(&tx).await?;
+        let until = sql_int(head.position);
+        let mut verifier = ChainVerifier::new(head, expect);
+        let stmt = tx
+            .prepare(
+                "SELECT position, stream, version, type, category, hash, envelope FROM events
+                 WHERE position > $1 AND position <= $2 ORDER BY position LIMIT 1000",
+            )
+            .await
+            .map_err(|e| pg(WHAT, e))?;
+        let mut after = 0i64;
+        'pages: while after < until {
+            let rows = tx.query(&stmt, &[&after, &until]).await.map_err(|e| pg(WHAT, e))?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get(0).map_err(|e| pg(WHAT, e))?;
+            for row in &rows {
+                let position = stored_u64(row, 0, WHAT)?;
+                let version = stored_u64(row, 2, WHAT)?;
+                let checked = verifier.check(StoredRow {
+                    position,
+                    envelope: row.try_get(6).map_err(|e| pg(WHAT, e))?,
+                    stream: Some(row.try_get(1).map_err(|e| pg(WHAT, e))?),
+                    version: Some(version),
+                    event_type: Some(row.try_get(3).map_err(|e| pg(WHAT, e))?),
+                    category: Some(row.try_get(4).map_err(|e| pg(WHAT, e))?),
+                    hash: Some(row.try_get(5).map_err(|e| pg(WHAT, e))?),
+                });
+                if !checked {
+                    break 'pages;
+                }
+            }
+        }
+        let enabled: Vec<String> = tx
+            .query(
+                "SELECT tgname::text FROM pg_trigger
+                 WHERE tgrelid = 'events'::regclass AND NOT tgisinternal AND tgenabled <> 'D'",
+                &[],
+            )
+            .await
+            .map_err(|e| pg(WHAT, e))?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| pg(WHAT, e))?;
+        let findings: Vec<String> = APPEND_ONLY_TRIGGERS
+            .iter()
+            .filter(|name| !enabled.iter().any(|t| t == *name))
+            .map(|name| format!("the append-only trigger {name} on events is missing or disabled"))
+            .collect();
+        tx.commit().await.map_err(|e| pg(WHAT, e))?;
+        Ok(verifier.finish(&findings))
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        if self.shared.down.load(Ordering::Acquire) {
+            WriteHealth::Down(self.shared.cause())
+        } else if self.shared.failing.load(Ordering::Acquire) {
+            WriteHealth::Failing(self.shared.cause())
+        } else {
+            WriteHealth::Ok
+        }
+    }
+}
+
+/// The idempotency record of `command_id` and the events it wrote. Works on a
+/// pooled client or inside the writer's transaction.
+async fn find_command(
+    client: &impl deadpool_postgres::GenericClient,
+    framing: &dyn Framing,
+    command_id: &str,
+) -> Result<Option<(String, Committed)>, StoreError> {
+    const WHAT: &str = "find_command";
+    let row = client
+        .query_opt(
+            "SELECT fingerprint, stream, version, first_position, last_position FROM commands WHERE command_id = $1",
+            &[&command_id],
+        )
+        .await
+        .map_err(|e| pg(WHAT, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let fingerprint: String = row.try_get(0).map_err(|e| pg(WHAT, e))?;
+    let stream: String = row.try_get(1).map_err(|e| pg(WHAT, e))?;
+    let version = stored_u64(&row, 2, WHAT)?;
+    let first: i64 = row.try_get(3).map_err(|e| pg(WHAT, e))?;
+    let last: i64 = row.try_get(4).map_err(|e| pg(WHAT, e))?;
+    let rows = client
+        .query(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 AND position <= $2 ORDER BY position"),
+            &[&first, &last],
+        )
+        .await
+        .map_err(|e| pg(WHAT, e))?;
+    let events = rows
+        .iter()
+        .map(|r| event_of(framing, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((
+        fingerprint,
+        Committed {
+            stream,
+            version,
+            events,
+        },
+    )))
+}
+
+// ---------------------------------------------------------------------------
+// Live: the publisher, the follower and the listener
+// ---------------------------------------------------------------------------
+
+/// Sends batches on the live channel strictly in position order, each once.
+struct Publisher {
+    /// Last position sent on `live`.
+    published: u64,
+    /// `published`, for the listener to skip notifications of what was sent.
+    mirror: Arc<AtomicU64>,
+    live: broadcast::Sender<Arc<CommittedBatch>>,
+    framing: Arc<dyn Framing>,
+    page: usize,
+}
+
+impl Publisher {
+    fn send(&mut self, batch: CommittedBatch) {
+        if let Some(last) = batch.events.last() {
+            self.published = last.position();
+            self.mirror.store(self.published, Ordering::Release);
+            // No receivers is fine: nobody is listening.
+            let _ = self.live.send(Arc::new(batch));
+        }
+    }
+
+    /// Publishes every committed row after `published`, up to `until`, read
+    /// from the table by position in pages.
+    async fn catch_up(&mut self, client: &Object, until: u64) -> Result<(), StoreError> {
+        const WHAT: &str = "reading new events";
+        while self.published < until {
+            // Bounded by the sequencer in the same statement (one snapshot):
+            // everything up to it is committed, so the page has no gap.
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events
+                     WHERE position > $1 AND position <= LEAST($2, (SELECT position FROM sequencer))
+                     ORDER BY position LIMIT $3"
+                ))
+                .await
+                .map_err(|e| pg(WHAT, e))?;
+            let rows = client
+                .query(&stmt, &[&sql_int(self.published), &sql_int(until), &sql_int(self.page)])
+                .await
+                .map_err(|e| pg(WHAT, e))?;
+            let rows = rows.iter().map(sealed_row).collect::<Result<Vec<_>, _>>()?;
+            let Some(first) = rows.first() else {
+                return Ok(());
+            };
+            let contiguous = rows
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.position == self.published + 1 + i as u64);
+            if first.position != self.published + 1 || !contiguous {
+                return Err(StoreError::Corrupt(format!(
+                    "the log has a gap after position {} (read positions {}..={})",
+                    self.published,
+                    first.position,
+                    rows.last().map_or(0, |r| r.position)
+                )));
+            }
+            let full = rows.len() == self.page;
+            self.send(CommittedBatch::encode(&*self.framing, &rows));
+            if !full {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wakes on a notification or every `poll`, and publishes what others committed.
+async fn follow(
+    pool: Pool,
+    publisher: Arc<tokio::sync::Mutex<Publisher>>,
+    wake: Arc<Notify>,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %with_causes(&e), "the live follower has no PostgreSQL connection");
+                continue;
+            }
+        };
+        // Supervised: a panic here is logged and the next wake-up tries again
+        // (`published` only moves once a batch is sent, so nothing is skipped).
+        let read = std::panic::AssertUnwindSafe(async {
+            let mut publisher = publisher.lock().await;
+            publisher.catch_up(&client, u64::MAX).await
+        })
+        .catch_unwind()
+        .await;
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the live follower could not read new events"),
+            Err(_) => tracing::error!("the live follower panicked while reading new events; it goes on"),
+        }
+    }
+}
+
+/// Holds a LISTEN connection and wakes the follower on every notification;
+/// reconnects after an error (logged), waking the follower then too, since
+/// notifications sent meanwhile are lost.
+async fn listen(
+    config: tokio_postgres::Config,
+    target: String,
+    wake: Arc<Notify>,
+    published: Arc<AtomicU64>,
+    retry: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+                let published = published.clone();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                // Already published (typically this store's own commit): nothing to read.
+                                if n.payload()
+                                    .parse::<u64>()
+                                    .is_ok_and(|p| p <= published.load(Ordering::Acquire))
+                                {
+                                    continue;
+                                }
+                                if tx.send(()).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                });
+                match client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await {
+                    Ok(()) => {
+                        // Anything committed before LISTEN took effect was not notified.
+                        wake.notify_one();
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => {
+                                    driver.abort();
+                                    return;
+                                }
+                                message = rx.recv() => match message {
+                                    Some(()) => wake.notify_one(),
+                                    None => break,
+                                },
+                            }
+                        }
+                        match driver.await {
+                            Ok(Err(e)) => {
+                                tracing::warn!(%target, error = %with_causes(&e), "the LISTEN connection failed; reconnecting")
+                            }
+                            _ => tracing::warn!(%target, "the LISTEN connection closed; reconnecting"),
+                        }
+                    }
+                    Err(e) => {
+                        driver.abort();
+                        tracing::warn!(%target, error = %with_causes(&e), "LISTEN failed; retrying");
+                    }
+                }
+                drop(client);
+            }
+            Err(e) => tracing::warn!(%target, error = %with_causes(&e), "cannot open the LISTEN connection; retrying"),
+        }
+        wake.notify_one();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------
+
+enum Applied {
+    Appended {
+        stream: String,
+        version: u64,
+        rows: std::ops::Range<usize>,
+    },
+    /// Seen in an earlier batch.
+    Duplicate(Committed),
+    /// The same command earlier in this batch (that job's index).
+    DuplicateOf(usize),
+}
+
+/// Why a batch did not commit.
+enum WriteError {
+    /// Nothing was committed.
+    Failed(StoreError),
+    /// COMMIT was sent but its answer was lost: the batch may have committed.
+    Unknown(StoreError),
+}
+
+struct Writer {
+    pool: Pool,
+    framing: Arc<dyn Framing>,
+    jobs: mpsc::Receiver<Job>,
+    publisher: Arc<tokio::sync::Mutex<Publisher>>,
+    max_batch: usize,
+    shared: Arc<Shared>,
+    /// Set between a commit and the end of its answers.
+    committed_unanswered: bool,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let _down = DownOnDrop(self.shared.clone());
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(job) = self.jobs.recv().await {
+            batch.push(job);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = std::panic::AssertUnwindSafe(self.commit(&mut batch))
+                .catch_unwind()
+                .await;
+            if let Err(payload) = result {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                let cause = format!("the event store writer panicked: {message}");
+                self.shared.set_failing(&cause);
+                let fate = if std::mem::take(&mut self.committed_unanswered) {
+                    "the append may have been committed; retry it with the same command_id to get its result"
+                } else {
+                    "the append was not committed; retry it"
+                };
+                tracing::error!(panic = %message, appends = batch.len(), "the event store writer panicked while writing a batch");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
+                }
+            }
+        }
+        tracing::debug!("event store writer stopped");
+    }
+
+    /// Commits every job of `batch` in one transaction, publishes, answers each.
+    async fn commit(&mut self, batch: &mut Vec<Job>) {
+        let mut client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = pool_error(e);
+                self.fail(batch, &e, e.to_string());
+                return;
+            }
+        };
+        match self.write(&mut client, batch).await {
+            Ok((rows, outcomes)) => {
+                self.committed_unanswered = true;
+                self.shared.set_ok();
+                let events = self.publish(&client, &rows).await;
+                for (job, answer) in batch.drain(..).zip(answers(outcomes, &events)) {
+                    let _ = job.reply.send(answer);
+                }
+                self.committed_unanswered = false;
+            }
+            Err(WriteError::Failed(e)) => {
+                let why = e.to_string();
+                self.fail(batch, &e, why);
+            }
+            Err(WriteError::Unknown(e)) => {
+                let why = format!(
+                    "{e}; the append may have been committed: retry it with the same command_id to get its result"
+                );
+                self.fail(batch, &StoreError::Unavailable(why.clone()), why);
+            }
+        }
+    }
+
+    fn fail(&self, batch: &mut Vec<Job>, e: &StoreError, why: String) {
+        self.shared.set_failing(&format!("the last commit failed: {why}"));
+        tracing::error!(error = %why, appends = batch.len(), "event store commit failed");
+        for job in batch.drain(..) {
+            let err = match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                other => StoreError::Backend(other.to_string()),
+            };
+            let _ = job.reply.send(Err(err));
+        }
+    }
+
+    /// Frames this batch's rows and publishes them, after whatever others
+    /// committed before them; returns the events to answer with.
+    async fn publish(&self, client: &Object, rows: &[SealedEvent]) -> Vec<Arc<RecordedEvent>> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let batch = CommittedBatch::encode(&*self.framing, rows);
+        let events = batch.events.clone();
+        let first = rows[0].position;
+        let last = rows[rows.len() - 1].position;
+        let mut publisher = self.publisher.lock().await;
+        if publisher.published + 1 < first
+            && let Err(e) = publisher.catch_up(client, first - 1).await
+        {
+            // The follower publishes them (and these rows) from the table.
+            tracing::warn!(error = %e, "reading events committed by others before this batch failed");
+            return events;
+        }
+        if publisher.published + 1 == first {
+            publisher.send(batch);
+        } else if publisher.published >= first && publisher.published < last {
+            // The follower read the start of this batch from the table already.
+            let from = rows.iter().position(|r| r.position > publisher.published).unwrap_or(0);
+            let rest = CommittedBatch::encode(&*self.framing, &rows[from..]);
+            publisher.send(rest);
+        }
+        // Otherwise the follower has published them already, or rows below
+        // them are still unpublished (a read failed) and the follower
+        // publishes those and these from the table, in order.
+        events
+    }
+
+    /// One transaction under the sequencer lock.
+    async fn write(
+        &self,
+        client: &mut Object,
+        batch: &[Job],
+    ) -> Result<(Vec<SealedEvent>, Vec<Result<Applied, StoreError>>), WriteError> {
+        let failed = |what: &'static str| move |e: tokio_postgres::Error| WriteError::Failed(pg(what, e));
+        let tx = client.transaction().await.map_err(failed("begin"))?;
+        // The serialized step: until this commits, every other batch, in any
+        // process, waits here.
+        let seq = tx
+            .query_one("SELECT position, hash, recorded_at FROM sequencer FOR UPDATE", &[])
+            .await
+            .map_err(failed("locking the sequencer"))?;
+        let mut head = Head {
+            position: stored_u64(&seq, 0, "the sequencer").map_err(WriteError::Failed)?,
+            hash: seq.try_get(1).map_err(failed("the sequencer"))?,
+        };
+        let last_recorded_at: String = seq.try_get(2).map_err(failed("the sequencer"))?;
+        let recorded_at = next_recorded_at(&last_recorded_at);
+
+        let mut streams: Vec<&str> = batch.iter().map(|j| j.request.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut versions: HashMap<String, u64> = HashMap::with_capacity(streams.len());
+        for row in tx
+            .query(
+                "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
+                &[&streams],
+            )
+            .await
+            .map_err(failed("reading stream versions"))?
+        {
+            let stream: String = row.try_get(0).map_err(failed("reading stream versions"))?;
+            let version = stored_u64(&row, 1, "reading stream versions").map_err(WriteError::Failed)?;
+            versions.insert(stream, version);
+        }
+
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter(|j| j.request.idempotency_fingerprint.is_some())
+            .map(|j| j.request.command_id.as_str())
+            .collect();
+        let mut known: HashMap<String, String> = HashMap::new();
+        if !ids.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT command_id, fingerprint FROM commands WHERE command_id = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(failed("reading idempotency records"))?
+            {
+                known.insert(
+                    row.try_get(0).map_err(failed("reading idempotency records"))?,
+                    row.try_get(1).map_err(failed("reading idempotency records"))?,
+                );
+            }
+        }
+
+        let mut rows: Vec<SealedEvent> = Vec::new();
+        let mut outcomes: Vec<Result<Applied, StoreError>> = Vec::with_capacity(batch.len());
+        // Commands of this batch: id → (fingerprint, job index).
+        let mut in_batch: HashMap<&str, (&str, usize)> = HashMap::new();
+        // (command_id, fingerprint, stream, version, first, last)
+        let mut commands: Vec<(&str, &str, &str, u64, u64, u64)> = Vec::new();
+        for (i, job) in batch.iter().enumerate() {
+            let r = &job.request;
+            if let Some(fingerprint) = &r.idempotency_fingerprint {
+                if let Some(seen) = known.get(&r.command_id) {
+                    if seen == fingerprint {
+                        let found = find_command(&tx, &*self.framing, &r.command_id)
+                            .await
+                            .map_err(WriteError::Failed)?;
+                        outcomes.push(match found {
+                            Some((_, committed)) => Ok(Applied::Duplicate(committed)),
+                            None => Err(StoreError::Corrupt(format!(
+                                "the idempotency record of {} vanished",
+                                r.command_id
+                            ))),
+                        });
+                    } else {
+                        outcomes.push(Err(StoreError::CommandIdReused {
+                            command_id: r.command_id.clone(),
+                        }));
+                    }
+                    continue;
+                }
+                if let Some(&(seen, j)) = in_batch.get(r.command_id.as_str()) {
+                    outcomes.push(if seen == fingerprint {
+                        Ok(Applied::DuplicateOf(j))
+                    } else {
+                        Err(StoreError::CommandIdReused {
+                            command_id: r.command_id.clone(),
+                        })
+                    });
+                    continue;
+                }
+            }
+            let current = versions.get(&r.stream).copied().unwrap_or(0);
+            if !r.expected.admits(current) {
+                outcomes.push(Err(StoreError::Conflict {
+                    stream: r.stream.clone(),
+                    expected: r.expected,
+                    actual: current,
+                }));
+                continue;
+            }
+            if let Err(e) = r.check_event_types() {
+                outcomes.push(Err(e));
+                continue;
+            }
+            let first_row = rows.len();
+            r.seal(current, &mut head, &recorded_at, &mut rows);
+            let version = rows.last().map_or(current, |e| e.version);
+            versions.insert(r.stream.clone(), version);
+            if let Some(fingerprint) = &r.idempotency_fingerprint {
+                in_batch.insert(&r.command_id, (fingerprint, i));
+                commands.push((
+                    &r.command_id,
+                    fingerprint,
+                    &r.stream,
+                    version,
+                    rows[first_row].position,
+                    head.position,
+                ));
+            }
+            outcomes.push(Ok(Applied::Appended {
+                stream: r.stream.clone(),
+                version,
+                rows: first_row..rows.len(),
+            }));
+        }
+
+        if !rows.is_empty() {
+            let positions: Vec<i64> = rows.iter().map(|r| sql_int(r.position)).collect();
+            let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+            let versions: Vec<i64> = rows.iter().map(|r| sql_int(r.version)).collect();
+            let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+            let categories: Vec<&str> = rows.iter().map(|r| category_of(&r.stream)).collect();
+            let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
+            let envelopes: Vec<&str> = rows.iter().map(|r| r.json.as_str()).collect();
+            tx.execute(
+                "INSERT INTO events (position, stream, version, type, category, hash, envelope)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])",
+                &[&positions, &streams, &versions, &types, &categories, &hashes, &envelopes],
+            )
+            .await
+            .map_err(failed("inserting events"))?;
+            if !commands.is_empty() {
+                let ids: Vec<&str> = commands.iter().map(|c| c.0).collect();
+                let fingerprints: Vec<&str> = commands.iter().map(|c| c.1).collect();
+                let streams: Vec<&str> = commands.iter().map(|c| c.2).collect();
+                let versions: Vec<i64> = commands.iter().map(|c| sql_int(c.3)).collect();
+                let firsts: Vec<i64> = commands.iter().map(|c| sql_int(c.4)).collect();
+                let lasts: Vec<i64> = commands.iter().map(|c| sql_int(c.5)).collect();
+                tx.execute(
+                    "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])",
+                    &[&ids, &fingerprints, &streams, &versions, &firsts, &lasts],
+                )
+                .await
+                .map_err(failed("inserting idempotency records"))?;
+            }
+            tx.execute(
+                "UPDATE sequencer SET position = $1, hash = $2, recorded_at = $3",
+                &[&sql_int(head.position), &head.hash, &recorded_at],
+            )
+            .await
+            .map_err(failed("moving the sequencer"))?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&NOTIFY_CHANNEL, &head.position.to_string()],
+            )
+            .await
+            .map_err(failed("notifying"))?;
+        }
+        tx.commit().await.map_err(|e| WriteError::Unknown(pg("commit", e)))?;
+        Ok((rows, outcomes))
+    }
+}
+
+/// Each job's answer once its batch committed and was framed.
+fn answers(
+    outcomes: Vec<Result<Applied, StoreError>>,
+    events: &[Arc<RecordedEvent>],
+) -> Vec<Result<AppendOutcome, StoreError>> {
+    let appended: Vec<Option<Committed>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Applied::Appended { stream, version, rows }) => Some(Committed {
+                stream: stream.clone(),
+                version: *version,
+                events: events.get(rows.clone()).map(<[_]>::to_vec).unwrap_or_default(),
+            }),
+            _ => None,
+        })
+        .collect();
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| match outcome {
+            Ok(Applied::Appended { .. }) => appended[i]
+                .clone()
+                .map(AppendOutcome::Appended)
+                .ok_or_else(|| StoreError::Backend("an append lost its result".into())),
+            Ok(Applied::Duplicate(committed)) => Ok(AppendOutcome::Duplicate(committed)),
+            Ok(Applied::DuplicateOf(j)) => appended
+                .get(j)
+                .cloned()
+                .flatten()
+                .map(AppendOutcome::Duplicate)
+                .ok_or_else(|| StoreError::Backend("an append's duplicate in its batch lost its original".into())),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
