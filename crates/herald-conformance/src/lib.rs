@@ -6,6 +6,8 @@
 //! A backend depends on this crate as a dev-dependency only; the suites know
 //! no backend.
 
+pub mod accounts;
 pub mod event_store;
 
+pub use accounts::{AccountsHarness, AccountsTempDirHarness};
 pub use event_store::{Harness, TempDirHarness};
