@@ -1,4 +1,6 @@
-//! The PostgreSQL backend of herald's event store.
+//! The PostgreSQL backend of herald's event store, and of its accounts and
+//! API tokens ([`PgAccounts`]: users, passkeys, sessions, invites, passkey
+//! ceremonies, login attempt windows; the same semantics as the embedded store).
 //!
 //! Several herald processes may share one database: positions and the hash
 //! chain are assigned under one row lock per commit batch (the `sequencer`
@@ -8,9 +10,11 @@
 //! with a poll of the table as the fallback. See
 //! docs/adr/0009-postgres-sequencer.md.
 
+mod accounts;
 mod migrations;
 mod store;
 pub mod testing;
 
+pub use accounts::{ACCOUNTS_POOL_SIZE, PgAccounts};
 pub use migrations::{MIGRATIONS, Migration};
 pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore};

@@ -17,10 +17,11 @@ pub struct Migration {
 /// The advisory lock key every herald instance takes to migrate ("herald").
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event log",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event log",
+        sql: r#"
 CREATE TABLE events (
     position bigint PRIMARY KEY,
     stream   text   NOT NULL,
@@ -66,7 +67,81 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION herald_events_append_only();
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "accounts and tokens",
+        sql: r#"
+-- Users, passkeys, sessions, invites, passkey ceremonies, login attempt
+-- windows and API tokens (herald_core::accounts and ::auth), as the embedded
+-- store has them. Secrets only as SHA-256 hashes. Text that is ordered by
+-- (ids, RFC 3339 times) compares bytewise, as on SQLite.
+CREATE TABLE users (
+    id           text COLLATE "C" PRIMARY KEY,
+    username     text NOT NULL UNIQUE,
+    display_name text NOT NULL,
+    roles        text NOT NULL,
+    created_at   text COLLATE "C" NOT NULL,
+    disabled_at  text
+);
+CREATE TABLE passkeys (
+    credential_id text COLLATE "C" PRIMARY KEY,
+    user_id       text NOT NULL REFERENCES users (id),
+    passkey       text NOT NULL,
+    created_at    text COLLATE "C" NOT NULL,
+    last_used_at  text
+);
+CREATE INDEX passkeys_user ON passkeys (user_id);
+CREATE TABLE sessions (
+    id           text COLLATE "C" PRIMARY KEY,
+    secret_hash  text   NOT NULL UNIQUE,
+    user_id      text   NOT NULL,
+    created_at   bigint NOT NULL,
+    last_seen_at bigint NOT NULL,
+    expires_at   bigint NOT NULL,
+    verified_at  bigint NOT NULL,
+    user_agent   text
+);
+CREATE INDEX sessions_user ON sessions (user_id);
+CREATE TABLE invites (
+    id         text COLLATE "C" PRIMARY KEY,
+    code_hash  text   NOT NULL UNIQUE,
+    role       text   NOT NULL,
+    created_at text COLLATE "C" NOT NULL,
+    created_by text   NOT NULL,
+    expires_at bigint NOT NULL,
+    used_by    text
+);
+CREATE TABLE ceremonies (
+    id         text   PRIMARY KEY,
+    kind       text   NOT NULL,
+    state      text   NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX ceremonies_expiry ON ceremonies (expires_at);
+-- Per account (a username, or '*' for failures that named no account), in
+-- fixed windows: the login limit, and which failure of a window the log
+-- records; `unrecorded` counts the failures no event recorded yet.
+CREATE TABLE login_attempts (
+    account      text   PRIMARY KEY,
+    window_start bigint NOT NULL,
+    attempts     bigint NOT NULL,
+    failures     bigint NOT NULL,
+    unrecorded   bigint NOT NULL
+);
+CREATE INDEX login_attempts_window ON login_attempts (window_start);
+CREATE TABLE api_tokens (
+    id          text COLLATE "C" PRIMARY KEY,
+    name        text NOT NULL,
+    role        text NOT NULL,
+    secret_hash text NOT NULL UNIQUE,
+    created_at  text COLLATE "C" NOT NULL,
+    created_by  text NOT NULL,
+    revoked_at  text
+);
+"#,
+    },
+];
 
 fn backend(what: &str, e: tokio_postgres::Error) -> StoreError {
     crate::store::pg(what, e)

@@ -184,7 +184,7 @@ pub(crate) fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("{what}: {}", with_causes(&e)))
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Backend(format!("no PostgreSQL connection: {}", with_causes(&e)))
 }
 
