@@ -135,3 +135,37 @@ async fn errors_name_the_server_never_the_password() {
     assert!(!text.contains("s3cret-pw"), "{text}");
     assert!(text.contains("127.0.0.1:1/nowhere"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_event_log_alone_gets_the_accounts_on_open() {
+    let Some(h) = PgAccountsHarness::new().await else {
+        return;
+    };
+    // What a herald that knew only migration 1 left.
+    let (admin, connection) = tokio_postgres::connect(h.db.url(), NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let first = herald_postgres::MIGRATIONS[0];
+    assert_eq!(first.version, 1);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE herald_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); {} \
+             INSERT INTO herald_migrations (version, name) VALUES (1, '{}');",
+            first.sql, first.name
+        ))
+        .await
+        .expect("migration 1 alone");
+    let accounts = h.accounts().await;
+    assert_eq!(accounts.count_users().await.expect("count"), 0);
+    let versions: Vec<i64> = admin
+        .query("SELECT version FROM herald_migrations ORDER BY version", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let all: Vec<i64> = herald_postgres::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, all);
+    // Opening again applies nothing twice.
+    drop(h.accounts().await);
+}
