@@ -59,7 +59,7 @@ fn violates(e: &tokio_postgres::Error, constraint: &str) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION) && e.as_db_error().and_then(|d| d.constraint()) == Some(constraint)
 }
 
-fn count(n: u64) -> bool {
+fn one_row(n: u64) -> bool {
     n == 1
 }
 
@@ -346,7 +346,7 @@ impl AccountStore for PgAccounts {
             &[&user_id, &roles],
         )
         .await
-        .map(count)
+        .map(one_row)
     }
 
     async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError> {
@@ -356,7 +356,7 @@ impl AccountStore for PgAccounts {
             &[&user_id, &at],
         )
         .await
-        .map(count)
+        .map(one_row)
     }
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError> {
@@ -410,7 +410,7 @@ impl AccountStore for PgAccounts {
             &[&credential_id, &user_id],
         )
         .await
-        .map(count)
+        .map(one_row)
     }
 
     async fn insert_session(&self, s: &SessionRecord, secret_hash: &str) -> Result<(), StoreError> {
@@ -737,7 +737,7 @@ impl CredentialStore for PgAccounts {
             &[&id, &at],
         )
         .await
-        .map(count)
+        .map(one_row)
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
