@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use herald_core::auth::Role;
+use herald_core::accounts::AccountStore;
+use herald_core::auth::{CredentialStore, Role};
 use herald_core::envelope::Actor;
 use herald_core::store::{EventStore, Filter};
 use herald_server::{AppState, ServerConfig};
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
         )
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr closed, its reader gone, a
@@ -195,11 +196,104 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_backend(store: &StoreArgs) -> Result<()> {
-    if store.database_url.is_some() {
-        bail!("the PostgreSQL backend is not available in this build yet; use --data for the embedded store");
+/// Where the commands find the log, the accounts and the API tokens.
+enum Backend {
+    /// The embedded store in this directory.
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL (a secret: it may hold a password; never printed).
+    Postgres(String),
+}
+
+impl Backend {
+    fn of(store: &StoreArgs) -> Backend {
+        match &store.database_url {
+            Some(url) => Backend::Postgres(url.clone()),
+            None => Backend::Sqlite(store.data.clone()),
+        }
     }
-    Ok(())
+
+    /// The embedded store's directory, or an error naming `command` as one
+    /// that does not work on PostgreSQL yet.
+    fn sqlite_only(&self, command: &str) -> Result<&std::path::Path> {
+        match self {
+            Backend::Sqlite(dir) => Ok(dir),
+            Backend::Postgres(_) => bail!(
+                "`herald {command}` does not support PostgreSQL (--database-url) yet; use --data for the embedded store"
+            ),
+        }
+    }
+
+    /// The event store as `herald serve` opens it (each event framed as an
+    /// SSE message), for the commands that work on it directly.
+    async fn event_store(&self) -> Result<Arc<dyn EventStore>> {
+        match self {
+            Backend::Sqlite(dir) => Ok(open_store(dir)?),
+            Backend::Postgres(url) => {
+                let (config, target) = pg_config(url)?;
+                let store = herald_postgres::PgStore::open_config(
+                    config,
+                    Arc::new(herald_server::sse::Sse),
+                    herald_postgres::PgConfig {
+                        // One command at a time: a small pool, and no other
+                        // process's commits to follow.
+                        pool_size: 2,
+                        listen: false,
+                        ..herald_postgres::PgConfig::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("cannot open the event store on PostgreSQL at {target}"))?;
+                Ok(store)
+            }
+        }
+    }
+
+    async fn credentials(&self) -> Result<Arc<dyn CredentialStore>> {
+        match self {
+            Backend::Sqlite(dir) => Ok(SqliteCredentials::open(dir)?),
+            Backend::Postgres(url) => Ok(pg_accounts(url).await?),
+        }
+    }
+
+    async fn accounts(&self) -> Result<Arc<dyn AccountStore>> {
+        match self {
+            Backend::Sqlite(dir) => Ok(SqliteAccounts::open(dir)?),
+            Backend::Postgres(url) => Ok(pg_accounts(url).await?),
+        }
+    }
+}
+
+/// How long connecting to PostgreSQL may take unless the URL says otherwise.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `url` parsed, with a connect timeout unless it has one, and where it
+/// points (`host:port/dbname`, never the password) for messages.
+fn pg_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
+    // tokio-postgres' parse errors do not repeat the string (which may hold a password).
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--database-url is not a valid PostgreSQL connection string: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .map_or_else(|| "(default database)".to_owned(), str::to_owned);
+    Ok((config, format!("{host}:{port}/{db}")))
+}
+
+async fn pg_accounts(url: &str) -> Result<Arc<herald_postgres::PgAccounts>> {
+    let (config, target) = pg_config(url)?;
+    herald_postgres::PgAccounts::open_config(config, 1)
+        .await
+        .with_context(|| format!("cannot open the accounts on PostgreSQL at {target}"))
 }
 
 fn cli_actor() -> Actor {
@@ -211,13 +305,12 @@ fn cli_actor() -> Actor {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    check_backend(&cli.store)?;
-    let dir = cli.store.data.clone();
+    let backend = Backend::of(&cli.store);
     match cli.command {
-        Command::Serve(args) => serve(&dir, args).await,
+        Command::Serve(args) => serve(backend.sqlite_only("serve")?, args).await,
         Command::Token(TokenCommand::Create { name, role }) => {
-            let store = open_store(&dir)?;
-            let credentials = SqliteCredentials::open(&dir)?;
+            let store = backend.event_store().await?;
+            let credentials = backend.credentials().await?;
             let minted = herald_server::auth::create_token(&*store, &*credentials, &cli_actor(), &name, role)
                 .await
                 .context("could not create the token")?;
@@ -229,8 +322,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invite(InviteCommand::Create { role, public_origin }) => {
-            let store = open_store(&dir)?;
-            let accounts = SqliteAccounts::open(&dir)?;
+            let store = backend.event_store().await?;
+            let accounts = backend.accounts().await?;
             let minted = herald_server::passkeys::create_invite_in(&*store, &*accounts, &cli_actor(), role)
                 .await
                 .map_err(|e| anyhow::anyhow!("could not create the invite: {e}"))?;
@@ -249,20 +342,27 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { expect } => {
-            // Read-only: opening the store normally would recreate dropped
-            // triggers (erasing the evidence) and start a writer.
-            let scanner = herald_store::scan::Scanner::open_read_only(&dir)
-                .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-            let anchor = expect.clone();
-            let report = tokio::task::spawn_blocking(move || {
-                scanner.verify(anchor, |checked, head| {
-                    if checked % 100_000 == 0 || checked == head {
-                        let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
-                    }
-                })
-            })
-            .await
-            .context("the verification task failed")??;
+            let report = match &backend {
+                Backend::Sqlite(dir) => {
+                    // Read-only: opening the store normally would recreate dropped
+                    // triggers (erasing the evidence) and start a writer.
+                    let scanner = herald_store::scan::Scanner::open_read_only(dir)
+                        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+                    let anchor = expect.clone();
+                    tokio::task::spawn_blocking(move || {
+                        scanner.verify(anchor, |checked, head| {
+                            if checked % 100_000 == 0 || checked == head {
+                                let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
+                            }
+                        })
+                    })
+                    .await
+                    .context("the verification task failed")??
+                }
+                // One read-only, repeatable-read transaction; migrations never
+                // re-enable or recreate a trigger that was disabled or dropped.
+                Backend::Postgres(_) => backend.event_store().await?.verify(expect.clone()).await?,
+            };
             let mut out = std::io::stdout().lock();
             if report.ok {
                 writeln!(
@@ -292,7 +392,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Export { output } => {
-            let store = open_store(&dir)?;
+            let store = backend.event_store().await?;
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -318,7 +418,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => herald_bench::run(*args).await,
-        Command::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&dir, names).await,
+        Command::Projections(ProjectionsCommand::Rebuild { names }) => {
+            rebuild(backend.sqlite_only("projections rebuild")?, names).await
+        }
     }
 }
 

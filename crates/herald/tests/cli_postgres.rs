@@ -1,0 +1,321 @@
+//! The real `herald` binary with `--database-url` (API.md §8): `token create`,
+//! `invite create`, `export` and `verify` work on PostgreSQL through the same
+//! code as on the embedded store; `serve` and `projections rebuild` refuse it,
+//! saying so. Each test has a fresh database ([`TestDatabase`]); without a
+//! PostgreSQL server a test prints "skipped" and passes, unless `CI=true`.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use herald_core::accounts::AccountStore as _;
+use herald_core::auth::{CredentialStore as _, Role};
+use herald_core::envelope::Actor;
+use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, Filter, NewEvent};
+use herald_postgres::testing::TestDatabase;
+use herald_postgres::{PgAccounts, PgConfig, PgStore};
+
+const HERALD_ENV: [&str; 5] = [
+    "HERALD_DATA",
+    "HERALD_DATABASE_URL",
+    "HERALD_PUBLIC_ORIGIN",
+    "HERALD_NAME",
+    "HERALD_ROLE",
+];
+
+/// A password no message may contain.
+const PASSWORD: &str = "pw-Do-Not-Print-7f3a";
+
+/// Runs `herald` with `args` to completion (no `--data`: the embedded store
+/// must not be touched, so it points at a directory that does not exist).
+fn herald(env_url: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for var in HERALD_ENV {
+        cmd.env_remove(var);
+    }
+    if let Some(url) = env_url {
+        cmd.env("HERALD_DATABASE_URL", url);
+    }
+    cmd.env("RUST_LOG", "debug")
+        .arg("--data")
+        .arg("/nonexistent/herald-cli-postgres-test")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald")
+}
+
+fn with_url(url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--database-url", url];
+    all.extend_from_slice(args);
+    herald(None, &all)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+fn last_line(out: &Output) -> String {
+    stdout(out).lines().last().unwrap_or_default().to_owned()
+}
+
+/// The test database's URL with a password for its user (trust auth ignores
+/// it), when the URL has the `scheme://user@` form.
+fn with_password(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (user, after) = rest.split_once('@')?;
+    (!user.contains(':') && !user.contains('/')).then(|| format!("{scheme}://{user}:{PASSWORD}@{after}"))
+}
+
+fn note(stream: &str, i: usize) -> AppendRequest {
+    AppendRequest {
+        stream: stream.to_owned(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_type: "Noted".into(),
+            schema: 1,
+            data: serde_json::json!({ "text": format!("note {i}") }),
+        }],
+        actor: Actor::system("test"),
+        command_id: format!("cmd-{stream}-{i}"),
+        correlation_id: "c".into(),
+        idempotency_fingerprint: None,
+    }
+}
+
+async fn open_store(db: &TestDatabase) -> Arc<PgStore> {
+    PgStore::open(db.url(), Arc::new(herald_server::sse::Sse), PgConfig::default())
+        .await
+        .expect("open the PostgreSQL store")
+}
+
+async fn admin_client(db: &TestDatabase) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_stores_the_token_in_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let out = with_url(db.url(), &["token", "create", "--name", "ci-bot", "--role", "operator"]);
+    assert_ok(&out, "token create");
+    let secret = last_line(&out);
+    assert!(secret.starts_with("hrld_"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("created token"), "{}", stderr(&out));
+
+    let accounts = PgAccounts::open(db.url()).await.expect("open accounts");
+    let tokens = accounts.list_tokens().await.expect("list tokens");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].name, "ci-bot");
+    assert_eq!(tokens[0].role, Role::Operator);
+    assert!(stderr(&out).contains(&tokens[0].id), "{}", stderr(&out));
+
+    // The same audit event as on the embedded store, in the log.
+    let store = open_store(&db).await;
+    let page = store.read_all(0, &Filter::default(), 10).await.expect("read");
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].event_type(), "TokenCreated");
+
+    // A second one, through the environment variable.
+    let out = herald(
+        Some(db.url()),
+        &["token", "create", "--name", "second", "--role", "viewer"],
+    );
+    assert_ok(&out, "token create (HERALD_DATABASE_URL)");
+    assert_eq!(accounts.list_tokens().await.expect("list tokens").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_create_prints_the_code() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let out = with_url(
+        db.url(),
+        &[
+            "invite",
+            "create",
+            "--role",
+            "admin",
+            "--public-origin",
+            "https://herald.example/",
+        ],
+    );
+    assert_ok(&out, "invite create");
+    let code = last_line(&out);
+    assert!(code.starts_with("hinv_"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("register at https://herald.example/register?invite={code}")),
+        "{}",
+        stdout(&out)
+    );
+    let accounts = PgAccounts::open(db.url()).await.expect("open accounts");
+    let invites = accounts.list_invites().await.expect("list invites");
+    assert_eq!(invites.len(), 1, "{invites:?}");
+    assert_eq!(invites[0].role, Role::Admin);
+    assert!(invites[0].used_by.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_prints_every_envelope_in_order() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = open_store(&db).await;
+    for i in 0..7 {
+        store
+            .append(note(if i % 2 == 0 { "post-a" } else { "post-b" }, i))
+            .await
+            .expect("append");
+    }
+    let page = store.read_all(0, &Filter::default(), 100).await.expect("read");
+    let expected: String = page
+        .events
+        .iter()
+        .map(|e| format!("{}\n", String::from_utf8_lossy(e.json())))
+        .collect();
+    assert_eq!(page.events.len(), 7);
+
+    let out = with_url(db.url(), &["export"]);
+    assert_ok(&out, "export");
+    assert_eq!(stdout(&out), expected);
+    assert!(stderr(&out).contains("exported 7 events"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.ndjson");
+    let out = herald(
+        Some(db.url()),
+        &["export", "--output", file.to_str().expect("utf-8 path")],
+    );
+    assert_ok(&out, "export --output");
+    assert_eq!(std::fs::read_to_string(&file).expect("read export"), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_then_names_the_tampered_position() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = open_store(&db).await;
+    for i in 0..5 {
+        store.append(note("post-a", i)).await.expect("append");
+    }
+    let head = store.read_all(0, &Filter::default(), 100).await.expect("read");
+    let third: serde_json::Value = serde_json::from_slice(head.events[2].json()).expect("envelope");
+    let third_hash = third["hash"].as_str().expect("hash").to_owned();
+    drop(store);
+
+    let out = with_url(db.url(), &["verify"]);
+    assert_ok(&out, "verify");
+    assert!(
+        stdout(&out).starts_with("ok: 5 events, head position 5"),
+        "{}",
+        stdout(&out)
+    );
+
+    let anchor = format!("3:{}", third_hash);
+    let out = with_url(db.url(), &["verify", "--expect", &anchor]);
+    assert_ok(&out, "verify --expect");
+    assert!(
+        stdout(&out).contains(&format!("ok: position 3 has the expected hash {}", third_hash)),
+        "{}",
+        stdout(&out)
+    );
+
+    admin_client(&db)
+        .await
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER ALL;
+             UPDATE events SET envelope = replace(envelope, 'note 3', 'note 9') WHERE position = 4;",
+        )
+        .await
+        .expect("edit with the triggers disabled");
+    let out = with_url(db.url(), &["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("TAMPERED: first bad position 4"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_rebuild_refuse_postgres_for_now() {
+    // No database is needed: they refuse before connecting.
+    let url = format!("postgres://herald:{PASSWORD}@127.0.0.1:1/herald");
+    for (args, command) in [
+        (&["serve", "--listen", "127.0.0.1:0"][..], "herald serve"),
+        (&["projections", "rebuild"][..], "herald projections rebuild"),
+    ] {
+        let out = with_url(&url, args);
+        assert!(!out.status.success(), "{command}: {:?}", out.status);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("`{command}` does not support PostgreSQL (--database-url) yet")),
+            "{command}: {err}"
+        );
+        assert!(!err.contains(PASSWORD), "{command}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_is_never_printed() {
+    // Unreachable: one line naming host, port and database, not the password.
+    let url = format!("postgres://herald:{PASSWORD}@127.0.0.1:1/herald_nowhere");
+    for args in [
+        &["verify"][..],
+        &["export"][..],
+        &["token", "create", "--name", "x", "--role", "viewer"][..],
+        &["invite", "create", "--role", "viewer"][..],
+    ] {
+        let out = with_url(&url, args);
+        assert!(!out.status.success(), "{args:?}: {:?}", out.status);
+        let err = stderr(&out);
+        assert!(!err.contains(PASSWORD), "{args:?}: {err}");
+        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("herald: ")).collect();
+        assert_eq!(error_lines.len(), 1, "{args:?}: {err}");
+        assert!(error_lines[0].contains("127.0.0.1:1/herald_nowhere"), "{args:?}: {err}");
+        // The environment variable is as secret.
+        let out = herald(Some(&url), args);
+        assert!(!out.status.success());
+        assert!(!stderr(&out).contains(PASSWORD), "{args:?}: {}", stderr(&out));
+    }
+
+    // Reachable (trust authentication ignores the password), with debug logs.
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let Some(url) = with_password(db.url()) else {
+        println!("skipped the reachable half: the test database URL is not of the form scheme://user@…");
+        return;
+    };
+    for args in [
+        &["token", "create", "--name", "x", "--role", "viewer"][..],
+        &["invite", "create", "--role", "viewer"][..],
+        &["export"][..],
+        &["verify"][..],
+    ] {
+        let out = with_url(&url, args);
+        assert_ok(&out, &format!("{args:?}"));
+        assert!(!stderr(&out).contains(PASSWORD), "{args:?}: {}", stderr(&out));
+        assert!(!stdout(&out).contains(PASSWORD), "{args:?}: {}", stdout(&out));
+    }
+}
