@@ -39,7 +39,8 @@ struct StoreArgs {
     /// Directory of the embedded store (used unless --database-url is given).
     #[arg(long, global = true, env = "HERALD_DATA", default_value = "./data")]
     data: PathBuf,
-    /// PostgreSQL URL (postgres://…) instead of the embedded store.
+    /// PostgreSQL URL (postgres://…) instead of the embedded store: for token create, invite
+    /// create, verify and export (serve and projections rebuild do not support it yet).
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 }
