@@ -40,7 +40,7 @@ struct StoreArgs {
     #[arg(long, global = true, env = "HERALD_DATA", default_value = "./data")]
     data: PathBuf,
     /// PostgreSQL URL (postgres://…) instead of the embedded store: for token create, invite
-    /// create, verify and export (serve and projections rebuild do not support it yet).
+    /// create, verify and export (serve, projections rebuild and bench do not support it yet).
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 }
@@ -418,7 +418,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             eprintln!("exported {count} events");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => herald_bench::run(*args).await,
+        Command::Bench(args) => {
+            // It serves a store of its own; the flag would be silently ignored.
+            backend.sqlite_only("bench")?;
+            herald_bench::run(*args).await
+        }
         Command::Projections(ProjectionsCommand::Rebuild { names }) => {
             rebuild(backend.sqlite_only("projections rebuild")?, names).await
         }

@@ -264,6 +264,7 @@ async fn serve_and_rebuild_refuse_postgres_for_now() {
     for (args, command) in [
         (&["serve", "--listen", "127.0.0.1:0"][..], "herald serve"),
         (&["projections", "rebuild"][..], "herald projections rebuild"),
+        (&["bench"][..], "herald bench"),
     ] {
         let out = with_url(&url, args);
         assert!(!out.status.success(), "{command}: {:?}", out.status);
