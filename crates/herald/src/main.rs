@@ -290,6 +290,47 @@ fn pg_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
     Ok((config, format!("{host}:{port}/{db}")))
 }
 
+/// Fails unless the database holds a herald event log: `verify` checks a log,
+/// it does not create one (opening the store would apply the migrations).
+async fn require_pg_log(url: &str) -> Result<()> {
+    let (config, target) = pg_config(url)?;
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {target}: {}", causes(&e)))?;
+    let driver = tokio::spawn(connection);
+    let found = client
+        .query_one(
+            "SELECT to_regclass('herald_migrations') IS NOT NULL AND to_regclass('events') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the schema of {target}: {}", causes(&e)))
+        .and_then(|row| row.try_get::<_, bool>(0).context("reading the schema"));
+    drop(client);
+    let _ = driver.await;
+    if !found? {
+        bail!("there is no herald event log in the PostgreSQL database {target}");
+    }
+    Ok(())
+}
+
+/// An error and its causes, `: `-separated (tokio-postgres keeps the server's
+/// message and the OS error in the cause, not in its own text).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 async fn pg_accounts(url: &str) -> Result<Arc<herald_postgres::PgAccounts>> {
     let (config, target) = pg_config(url)?;
     herald_postgres::PgAccounts::open_config(config, 1)
@@ -362,7 +403,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 // One read-only, repeatable-read transaction; migrations never
                 // re-enable or recreate a trigger that was disabled or dropped.
-                Backend::Postgres(_) => backend.event_store().await?.verify(expect.clone()).await?,
+                Backend::Postgres(url) => {
+                    require_pg_log(url).await?;
+                    backend.event_store().await?.verify(expect.clone()).await?
+                }
             };
             let mut out = std::io::stdout().lock();
             if report.ok {

@@ -210,6 +210,26 @@ async fn export_prints_every_envelope_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_a_database_without_a_log_and_leaves_it_alone() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let out = with_url(db.url(), &["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("there is no herald event log in the PostgreSQL database") && err.contains(db.name()),
+        "{err}"
+    );
+    let row = admin_client(&db)
+        .await
+        .query_one("SELECT to_regclass('events') IS NULL", &[])
+        .await
+        .expect("query");
+    assert!(row.get::<_, bool>(0), "verify created the schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_then_names_the_tampered_position() {
     let Some(db) = TestDatabase::create().await else {
         return;
