@@ -320,6 +320,17 @@ async fn the_password_is_never_printed() {
         assert!(!stderr(&out).contains(PASSWORD), "{args:?}: {}", stderr(&out));
     }
 
+    // Not a valid connection string: said so, without repeating it.
+    let bad = format!("postgres://herald:{PASSWORD}@127.0.0.1:notaport/herald");
+    let out = with_url(&bad, &["export"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--database-url is not a valid PostgreSQL connection string"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+
     // Reachable (trust authentication ignores the password), with debug logs.
     let Some(db) = TestDatabase::create().await else {
         return;
