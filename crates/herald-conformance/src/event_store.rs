@@ -32,13 +32,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::audit::verify;
 use herald_core::envelope::{Actor, ActorKind, Envelope, GENESIS_HASH, RecordedEvent, chain_hash, recompute_hash};
 use herald_core::framing::Framing;
@@ -70,6 +71,30 @@ pub trait Harness: Send + Sync {
     /// The framing every store this harness opens was given: each event's
     /// frame must be exactly what it encodes.
     fn framing(&self) -> &dyn Framing;
+}
+
+/// A framing for running the suite a second time: `<position type>json;`,
+/// position and type first, a byte after — a frame or JSON range taken from
+/// the wrong offset of a batch shows.
+pub struct Bracketed;
+
+impl Framing for Bracketed {
+    fn max_len(&self, event_type: &str, json: &str) -> usize {
+        1 + 20 + 1 + event_type.len() + 1 + json.len() + 1
+    }
+
+    fn encode(&self, buf: &mut BytesMut, position: u64, event_type: &str, json: &str) -> Range<usize> {
+        buf.put_u8(b'<');
+        buf.put_slice(position.to_string().as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(event_type.as_bytes());
+        buf.put_u8(b'>');
+        let start = buf.len();
+        buf.put_slice(json.as_bytes());
+        let end = buf.len();
+        buf.put_u8(b';');
+        start..end
+    }
 }
 
 /// A [`Harness`] over a fresh temporary directory, for file-based backends.

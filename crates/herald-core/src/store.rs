@@ -10,7 +10,8 @@
 //!   in position order, after it is durable (events written by another process
 //!   on the same store are published too).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -214,6 +215,69 @@ pub enum WriteHealth {
     Failing(String),
     /// Nothing can be written: the writer has stopped (the cause).
     Down(String),
+}
+
+/// A store writer's health as the store's handles see it: what
+/// [`EventStore::write_health`] reports, and whether appends are refused (the
+/// writer is down). Every backend's writer keeps one.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// The writer has stopped.
+    down: AtomicBool,
+    /// The last batch did not commit (cleared by the next commit).
+    failing: AtomicBool,
+    /// Why (`down` or `failing`); written only on a failure.
+    cause: Mutex<String>,
+}
+
+impl WriterHealth {
+    pub fn set_failing(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// After a commit: one atomic load unless the batch before had failed.
+    pub fn set_ok(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Release);
+        }
+    }
+
+    pub fn set_down(&self, cause: &str) {
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
+        self.down.store(true, Ordering::Release);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Why the writer is down or failing (empty when it never was).
+    pub fn cause(&self) -> String {
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn health(&self) -> WriteHealth {
+        if self.is_down() {
+            WriteHealth::Down(self.cause())
+        } else if self.failing.load(Ordering::Acquire) {
+            WriteHealth::Failing(self.cause())
+        } else {
+            WriteHealth::Ok
+        }
+    }
+}
+
+/// Held by a writer's thread or task: marks the writer down when dropped,
+/// however it ends, unless something marked it down already (with its cause).
+pub struct DownOnDrop(pub Arc<WriterHealth>);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_down() {
+            self.0.set_down("the event store writer has stopped");
+        }
+    }
 }
 
 #[async_trait]

@@ -20,8 +20,8 @@
 //!   position without every one below it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,8 +32,8 @@ use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
 use herald_core::envelope::{GENESIS_HASH, RecordedEvent, category_of};
 use herald_core::framing::Framing;
 use herald_core::store::{
-    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, SealedEvent,
-    StoreError, StreamSlice, WriteHealth, next_recorded_at,
+    AppendOutcome, AppendRequest, Committed, CommittedBatch, DownOnDrop, EventStore, Filter, Head, LiveReceiver, Page,
+    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, next_recorded_at,
 };
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -90,44 +90,7 @@ struct Job {
 /// What the tasks and the store's handles share.
 #[derive(Default)]
 struct Shared {
-    /// The writer task has stopped.
-    down: AtomicBool,
-    /// The last batch did not commit (cleared by the next commit).
-    failing: AtomicBool,
-    cause: Mutex<String>,
-}
-
-impl Shared {
-    fn set_failing(&self, cause: &str) {
-        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
-        self.failing.store(true, Ordering::Release);
-    }
-
-    fn set_ok(&self) {
-        if self.failing.load(Ordering::Relaxed) {
-            self.failing.store(false, Ordering::Release);
-        }
-    }
-
-    fn set_down(&self, cause: &str) {
-        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
-        self.down.store(true, Ordering::Release);
-    }
-
-    fn cause(&self) -> String {
-        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Marks the writer down when its task ends, however it ends.
-struct DownOnDrop(Arc<Shared>);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        if !self.0.down.load(Ordering::Acquire) {
-            self.0.set_down("the event store writer has stopped");
-        }
-    }
+    health: Arc<WriterHealth>,
 }
 
 pub struct PgStore {
@@ -166,7 +129,7 @@ pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
 
 /// An error and its causes, `: `-separated (tokio-postgres keeps the
 /// server's message and the OS error in the cause, not in its own text).
-pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -362,8 +325,8 @@ impl EventStore for PgStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.check()?;
         refuse_nul(&request)?;
-        if self.shared.down.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(self.shared.cause()));
+        if self.shared.health.is_down() {
+            return Err(StoreError::Unavailable(self.shared.health.cause()));
         }
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -544,13 +507,7 @@ impl EventStore for PgStore {
     }
 
     fn write_health(&self) -> WriteHealth {
-        if self.shared.down.load(Ordering::Acquire) {
-            WriteHealth::Down(self.shared.cause())
-        } else if self.shared.failing.load(Ordering::Acquire) {
-            WriteHealth::Failing(self.shared.cause())
-        } else {
-            WriteHealth::Ok
-        }
+        self.shared.health.health()
     }
 }
 
@@ -820,7 +777,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) {
-        let _down = DownOnDrop(self.shared.clone());
+        let _down = DownOnDrop(self.shared.health.clone());
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Some(job) = self.jobs.recv().await {
             batch.push(job);
@@ -840,7 +797,7 @@ impl Writer {
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic without a message".to_owned());
                 let cause = format!("the event store writer panicked: {message}");
-                self.shared.set_failing(&cause);
+                self.shared.health.set_failing(&cause);
                 let fate = if std::mem::take(&mut self.committed_unanswered) {
                     "the append may have been committed; retry it with the same command_id to get its result"
                 } else {
@@ -868,7 +825,7 @@ impl Writer {
         match self.write(&mut client, batch).await {
             Ok((rows, outcomes)) => {
                 self.committed_unanswered = true;
-                self.shared.set_ok();
+                self.shared.health.set_ok();
                 let events = self.publish(&client, &rows).await;
                 for (job, answer) in batch.drain(..).zip(answers(outcomes, &events)) {
                     let _ = job.reply.send(answer);
@@ -889,7 +846,9 @@ impl Writer {
     }
 
     fn fail(&self, batch: &mut Vec<Job>, e: &StoreError, why: String) {
-        self.shared.set_failing(&format!("the last commit failed: {why}"));
+        self.shared
+            .health
+            .set_failing(&format!("the last commit failed: {why}"));
         tracing::error!(error = %why, appends = batch.len(), "event store commit failed");
         for job in batch.drain(..) {
             let err = match e {

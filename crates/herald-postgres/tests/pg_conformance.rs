@@ -6,7 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Bracketed, PgHarness};
+use common::PgHarness;
+use herald_conformance::event_store::Bracketed;
 use herald_core::JsonLines;
 
 mod json_lines {

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ use herald_core::audit::{Expect, VerifyReport};
 use herald_core::envelope::{GENESIS_HASH, RecordedEvent};
 use herald_core::framing::Framing;
 use herald_core::store::{
-    AppendOutcome, AppendRequest, Committed, CommittedBatch, EventStore, Filter, Head, LiveReceiver, Page, SealedEvent,
-    StoreError, StreamSlice, WriteHealth, next_recorded_at,
+    AppendOutcome, AppendRequest, Committed, CommittedBatch, DownOnDrop, EventStore, Filter, Head, LiveReceiver, Page,
+    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, next_recorded_at,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -128,12 +128,7 @@ pub struct SqliteStore {
 /// What the writer thread and the store's handles share.
 #[derive(Default)]
 struct Shared {
-    /// The writer thread has stopped.
-    down: AtomicBool,
-    /// The last batch did not commit (cleared by the next commit).
-    failing: AtomicBool,
-    /// Why (`down` or `failing`); written only on a failure.
-    cause: Mutex<String>,
+    health: Arc<WriterHealth>,
     /// Test hook: the next this-many batches panic before they commit.
     inject_panics: AtomicU32,
     /// Test hook: the next this-many batches panic after they commit, before
@@ -147,40 +142,6 @@ fn take_one(counter: &AtomicU32) -> bool {
         && counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
-}
-
-impl Shared {
-    fn set_failing(&self, cause: &str) {
-        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
-        self.failing.store(true, Ordering::Release);
-    }
-
-    /// After a commit: one atomic load unless the batch before had failed.
-    fn set_ok(&self) {
-        if self.failing.load(Ordering::Relaxed) {
-            self.failing.store(false, Ordering::Release);
-        }
-    }
-
-    fn set_down(&self, cause: &str) {
-        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = cause.to_owned();
-        self.down.store(true, Ordering::Release);
-    }
-
-    fn cause(&self) -> String {
-        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Marks the writer down when its thread ends, however it ends.
-struct DownOnDrop(Arc<Shared>);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        if !self.0.down.load(Ordering::Acquire) {
-            self.0.set_down("the event store writer has stopped");
-        }
-    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -361,8 +322,8 @@ impl SqliteStore {
 impl EventStore for SqliteStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.check()?;
-        if self.shared.down.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(self.shared.cause()));
+        if self.shared.health.is_down() {
+            return Err(StoreError::Unavailable(self.shared.health.cause()));
         }
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -410,13 +371,7 @@ impl EventStore for SqliteStore {
     }
 
     fn write_health(&self) -> WriteHealth {
-        if self.shared.down.load(Ordering::Acquire) {
-            WriteHealth::Down(self.shared.cause())
-        } else if self.shared.failing.load(Ordering::Acquire) {
-            WriteHealth::Failing(self.shared.cause())
-        } else {
-            WriteHealth::Ok
-        }
+        self.shared.health.health()
     }
 }
 
@@ -722,11 +677,12 @@ const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
 impl Writer {
     fn run(mut self) {
-        let _down = DownOnDrop(self.shared.clone());
+        let _down = DownOnDrop(self.shared.health.clone());
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
                 self.shared
+                    .health
                     .set_down(&format!("the event store writer could not start: {e}"));
                 tracing::error!(error = %e, "event store writer could not start");
                 return;
@@ -791,7 +747,7 @@ impl Writer {
     /// and every queued caller failed.
     fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut Panics, message: &str) -> bool {
         let cause = format!("the event store writer panicked: {message}");
-        self.shared.set_failing(&cause);
+        self.shared.health.set_failing(&cause);
         let committed = std::mem::take(&mut self.committed_unanswered);
         let fate = if committed {
             // Rare: the panic came between the commit and the answers.
@@ -828,6 +784,7 @@ impl Writer {
             format!("{} panics within a minute, the last: {message}", panics.recent.len())
         };
         self.shared
+            .health
             .set_down(&format!("the event store writer stopped after {why}"));
         (self.on_fatal.0)(&why);
         // The hook returned (a test): nothing more is written; every caller
@@ -872,7 +829,7 @@ impl Writer {
                 if take_one(&self.shared.inject_panics_after_commit) {
                     panic!("injected writer panic after the commit (test hook)");
                 }
-                self.shared.set_ok();
+                self.shared.health.set_ok();
                 let events = self.publish(&rows);
                 for (job, outcome) in batch.drain(..).zip(applied) {
                     let answer = outcome.map(|applied| match applied {
@@ -889,7 +846,7 @@ impl Writer {
                 true
             }
             Err(WriteError::Retry(e) | WriteError::Failed(e)) => {
-                self.shared.set_failing(&format!("the last commit failed: {e}"));
+                self.shared.health.set_failing(&format!("the last commit failed: {e}"));
                 tracing::error!(error = %e, appends = batch.len(), "event store commit failed");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(StoreError::Backend(e.to_string())));

@@ -294,10 +294,12 @@ fn pg_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
 /// it does not create one (opening the store would apply the migrations).
 async fn require_pg_log(url: &str) -> Result<()> {
     let (config, target) = pg_config(url)?;
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {target}: {}", causes(&e)))?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {target}: {}",
+            herald_postgres::with_causes(&e)
+        )
+    })?;
     let driver = tokio::spawn(connection);
     let found = client
         .query_one(
@@ -305,7 +307,12 @@ async fn require_pg_log(url: &str) -> Result<()> {
             &[],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read the schema of {target}: {}", causes(&e)))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the schema of {target}: {}",
+                herald_postgres::with_causes(&e)
+            )
+        })
         .and_then(|row| row.try_get::<_, bool>(0).context("reading the schema"));
     drop(client);
     let _ = driver.await;
@@ -313,22 +320,6 @@ async fn require_pg_log(url: &str) -> Result<()> {
         bail!("there is no herald event log in the PostgreSQL database {target}");
     }
     Ok(())
-}
-
-/// An error and its causes, `: `-separated (tokio-postgres keeps the server's
-/// message and the OS error in the cause, not in its own text).
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 async fn pg_accounts(url: &str) -> Result<Arc<herald_postgres::PgAccounts>> {

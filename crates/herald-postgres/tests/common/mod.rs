@@ -4,11 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{BufMut, BytesMut};
 use herald_conformance::Harness;
 use herald_core::{EventStore, Framing};
 use herald_postgres::testing::TestDatabase;
@@ -53,28 +51,5 @@ impl Harness for PgHarness {
 
     fn framing(&self) -> &dyn Framing {
         &*self.framing
-    }
-}
-
-/// `<position type>json;` — position and type first, a byte after (as the
-/// SQLite conformance run has it).
-pub struct Bracketed;
-
-impl Framing for Bracketed {
-    fn max_len(&self, event_type: &str, json: &str) -> usize {
-        1 + 20 + 1 + event_type.len() + 1 + json.len() + 1
-    }
-
-    fn encode(&self, buf: &mut BytesMut, position: u64, event_type: &str, json: &str) -> Range<usize> {
-        buf.put_u8(b'<');
-        buf.put_slice(position.to_string().as_bytes());
-        buf.put_u8(b' ');
-        buf.put_slice(event_type.as_bytes());
-        buf.put_u8(b'>');
-        let start = buf.len();
-        buf.put_slice(json.as_bytes());
-        let end = buf.len();
-        buf.put_u8(b';');
-        start..end
     }
 }
