@@ -121,6 +121,38 @@ pub enum FailureRecord {
     Counted,
 }
 
+/// One account's login-attempt row: `(window_start, attempts, failures, unrecorded)`.
+pub type AttemptRow = (Millis, i64, i64, i64);
+
+/// The rule of [`AccountStore::count_login_failure`], the same on every
+/// backend: given the account's row (if any), what to answer and the row to
+/// store. A window older than `window_ms` starts over, carrying the failures
+/// no event recorded; the first failure of a window is to be recorded.
+pub fn count_failure(row: Option<AttemptRow>, now: Millis, window_ms: Millis) -> (FailureRecord, AttemptRow) {
+    let (window_start, attempts, failures, unrecorded) = match row {
+        Some((start, attempts, failures, unrecorded)) if start > now.saturating_sub(window_ms) => {
+            (start, attempts, failures, unrecorded)
+        }
+        Some((_, _, _, unrecorded)) => (now, 0, 0, unrecorded),
+        None => (now, 0, 0, 0),
+    };
+    let (outcome, unrecorded) = if failures == 0 {
+        (
+            FailureRecord::Record {
+                window_start,
+                unrecorded: u64::try_from(unrecorded).unwrap_or(0),
+            },
+            0,
+        )
+    } else {
+        (FailureRecord::Counted, unrecorded.saturating_add(1))
+    };
+    (
+        outcome,
+        (window_start, attempts, failures.saturating_add(1), unrecorded),
+    )
+}
+
 /// A browser session. The cookie carries a secret; the store keeps its hash and
 /// this record. `id` is a separate, non-secret handle for listing and revoking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use herald_core::accounts::{
     AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo, RegistrationRefused, SessionRecord,
     StoredPasskey, User,
@@ -20,10 +20,10 @@ use herald_core::accounts::{
 use herald_core::auth::{CredentialStore, Role, TokenRecord};
 use herald_core::envelope::Actor;
 use herald_core::store::StoreError;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
-use crate::store::{describe_config, pg, pool_error, with_causes};
+use crate::store::{pg, pool_error, with_causes};
 
 /// The `login_attempts` key of failures that named no account (no username
 /// starts with `*`).
@@ -175,26 +175,7 @@ impl PgAccounts {
         pg_config: tokio_postgres::Config,
         pool_size: usize,
     ) -> Result<Arc<PgAccounts>, StoreError> {
-        let target = describe_config(&pg_config);
-        let mut pool_config = pg_config;
-        if pool_config.get_application_name().is_none() {
-            pool_config.application_name("herald");
-        }
-        let manager = Manager::from_config(
-            pool_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| {
-            StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e)))
-        })?;
-        crate::migrations::migrate(&mut client).await?;
+        let (pool, client, target) = crate::store::connect(pg_config, pool_size).await?;
         drop(client);
         Ok(Arc::new(PgAccounts { pool, target }))
     }
@@ -631,36 +612,14 @@ impl AccountStore for PgAccounts {
             )),
             None => None,
         };
-        let (window_start, attempts, failures, unrecorded) = match row {
-            Some((start, attempts, failures, unrecorded)) if start > now.saturating_sub(window_ms) => {
-                (start, attempts, failures, unrecorded)
-            }
-            Some((_, _, _, unrecorded)) => (now, 0, 0, unrecorded),
-            None => (now, 0, 0, 0),
-        };
-        let (outcome, unrecorded) = if failures == 0 {
-            (
-                FailureRecord::Record {
-                    window_start,
-                    unrecorded: counter(unrecorded),
-                },
-                0,
-            )
-        } else {
-            (FailureRecord::Counted, unrecorded.saturating_add(1))
-        };
+        let (outcome, (window_start, attempts, failures, unrecorded)) =
+            herald_core::accounts::count_failure(row, now, window_ms);
         tx.execute(
             "INSERT INTO login_attempts (account, window_start, attempts, failures, unrecorded) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account) DO UPDATE SET \
                window_start = EXCLUDED.window_start, attempts = EXCLUDED.attempts, \
                failures = EXCLUDED.failures, unrecorded = EXCLUDED.unrecorded",
-            &[
-                &account,
-                &window_start,
-                &attempts,
-                &failures.saturating_add(1),
-                &unrecorded,
-            ],
+            &[&account, &window_start, &attempts, &failures, &unrecorded],
         )
         .await
         .map_err(|e| pg(WHAT, e))?;

@@ -17,4 +17,4 @@ pub mod testing;
 
 pub use accounts::{ACCOUNTS_POOL_SIZE, PgAccounts};
 pub use migrations::{MIGRATIONS, Migration};
-pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore, with_causes};
+pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore, describe_config, with_causes};

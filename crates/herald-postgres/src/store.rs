@@ -112,7 +112,8 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// `host:port/dbname` of a configuration: never the user's password.
-pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
+/// `host:port/db` of a configuration, for messages (never its password).
+pub fn describe_config(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
         .first()
@@ -159,6 +160,37 @@ fn sql_int(n: impl TryInto<i64>) -> i64 {
 fn stored_u64(row: &Row, idx: usize, what: &str) -> Result<u64, StoreError> {
     let n: i64 = row.try_get(idx).map_err(|e| pg(what, e))?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what}: negative value {n}")))
+}
+
+/// A pool of at most `size` connections (named `herald` unless the
+/// configuration names them), one of its connections with every migration
+/// applied, and the database's description for messages (no password).
+pub(crate) async fn connect(
+    pg_config: tokio_postgres::Config,
+    size: usize,
+) -> Result<(Pool, Object, String), StoreError> {
+    let target = describe_config(&pg_config);
+    let mut pool_config = pg_config;
+    if pool_config.get_application_name().is_none() {
+        pool_config.application_name("herald");
+    }
+    let manager = Manager::from_config(
+        pool_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(size.max(1))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e))))?;
+    crate::migrations::migrate(&mut client).await?;
+    Ok((pool, client, target))
 }
 
 fn sealed_row(row: &Row) -> Result<SealedEvent, StoreError> {
@@ -208,26 +240,7 @@ impl PgStore {
         framing: Arc<dyn Framing>,
         config: PgConfig,
     ) -> Result<Arc<PgStore>, StoreError> {
-        let target = describe_config(&pg_config);
-        let mut pool_config = pg_config.clone();
-        if pool_config.get_application_name().is_none() {
-            pool_config.application_name("herald");
-        }
-        let manager = Manager::from_config(
-            pool_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| {
-            StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e)))
-        })?;
-        crate::migrations::migrate(&mut client).await?;
+        let (pool, client, target) = connect(pg_config.clone(), config.pool_size.max(2)).await?;
         let published = read_head(&client).await?.position;
         drop(client);
 

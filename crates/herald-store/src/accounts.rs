@@ -640,29 +640,13 @@ impl AccountStore for SqliteAccounts {
                 .query_row([&account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()
                 .map_err(backend)?;
-            let (window_start, attempts, failures, unrecorded) = match row {
-                Some((start, attempts, failures, unrecorded)) if start > now.saturating_sub(window_ms) => {
-                    (start, attempts, failures, unrecorded)
-                }
-                Some((_, _, _, unrecorded)) => (now, 0, 0, unrecorded),
-                None => (now, 0, 0, 0),
-            };
-            let (outcome, unrecorded) = if failures == 0 {
-                (
-                    FailureRecord::Record {
-                        window_start,
-                        unrecorded: u64::try_from(unrecorded).unwrap_or(0),
-                    },
-                    0,
-                )
-            } else {
-                (FailureRecord::Counted, unrecorded.saturating_add(1))
-            };
+            let (outcome, (window_start, attempts, failures, unrecorded)) =
+                herald_core::accounts::count_failure(row, now, window_ms);
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO login_attempts (account, window_start, attempts, failures, unrecorded)                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(backend)?
-            .execute(params![account, window_start, attempts, failures.saturating_add(1), unrecorded])
+            .execute(params![account, window_start, attempts, failures, unrecorded])
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(outcome)

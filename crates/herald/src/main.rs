@@ -277,17 +277,8 @@ fn pg_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(PG_CONNECT_TIMEOUT);
     }
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config
-        .get_dbname()
-        .map_or_else(|| "(default database)".to_owned(), str::to_owned);
-    Ok((config, format!("{host}:{port}/{db}")))
+    let target = herald_postgres::describe_config(&config);
+    Ok((config, target))
 }
 
 /// Fails unless the database holds a herald event log: `verify` checks a log,
