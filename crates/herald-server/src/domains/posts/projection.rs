@@ -10,6 +10,7 @@
 //! whichever touch has the larger position), so the rows of a page can be
 //! written in any order and the tables come out the same whatever the pages.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
@@ -329,7 +330,6 @@ impl RowProjection for Feeds {
 
 /// The feed shares of several posts merged: what writing each in turn does.
 struct Share<'a> {
-    tag: &'a str,
     delta: i64,
     position: u64,
     recorded_at: &'a str,
@@ -337,29 +337,24 @@ struct Share<'a> {
 
 /// Adds a post's share of the feed of `tag` to `shares`: the deltas summed,
 /// `updated_*` from the touch with the larger position (as [`TOUCH_FEED`]
-/// does, one after another). (Tags are few: a list beats a map.)
-fn share<'a>(shares: &mut Vec<Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
-    match shares.iter_mut().find(|s| s.tag == tag) {
-        None => shares.push(Share {
-            tag,
-            delta,
-            position,
-            recorded_at,
-        }),
-        Some(share) => {
-            share.delta += delta;
-            if position > share.position {
-                share.position = position;
-                share.recorded_at = recorded_at;
-            }
-        }
+/// does, one after another).
+fn share<'a>(shares: &mut HashMap<&'a str, Share<'a>>, tag: &'a str, delta: i64, position: u64, recorded_at: &'a str) {
+    let share = shares.entry(tag).or_insert(Share {
+        delta: 0,
+        position,
+        recorded_at,
+    });
+    share.delta += delta;
+    if position > share.position {
+        share.position = position;
+        share.recorded_at = recorded_at;
     }
 }
 
 /// Writes posts' rows, then each feed they touch once, their shares merged.
 fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
     let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
-    let mut shares: Vec<Share<'a>> = Vec::new();
+    let mut shares: HashMap<&'a str, Share<'a>> = HashMap::new();
     let mut posts: Vec<(&'a str, &'a Write)> = Vec::new();
     // (tag, created_position, post id), in the order of `post_tags`' key.
     let mut added: Vec<(&'a str, i64, &'a str)> = Vec::new();
@@ -403,14 +398,9 @@ fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Wr
     )?;
     if !shares.is_empty() {
         let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
-        for share in shares {
+        for (tag, share) in shares {
             touch
-                .execute(params![
-                    share.tag,
-                    share.delta,
-                    share.recorded_at,
-                    share.position as i64
-                ])
+                .execute(params![tag, share.delta, share.recorded_at, share.position as i64])
                 .map_err(backend)?;
         }
     }
