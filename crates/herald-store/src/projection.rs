@@ -459,7 +459,7 @@ impl<P: RowProjection> ReadModel<P> {
 
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
-        self.remember(0, 0);
+        self.forget_skipped();
         self.write(reset_tables::<P>).await
     }
 
