@@ -12,9 +12,11 @@
 
 mod accounts;
 mod migrations;
+mod readmodel;
 mod store;
 pub mod testing;
 
 pub use accounts::{ACCOUNTS_POOL_SIZE, PgAccounts};
 pub use migrations::{MIGRATIONS, Migration};
+pub use readmodel::{LEAD_RETRY, MODEL_POOL_SIZE, PgModel, PgModels};
 pub use store::{LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore, describe_config, with_causes};

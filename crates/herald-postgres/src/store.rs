@@ -169,6 +169,19 @@ pub(crate) async fn connect(
     pg_config: tokio_postgres::Config,
     size: usize,
 ) -> Result<(Pool, Object, String), StoreError> {
+    let (pool, target) = build_pool(pg_config, size)?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e))))?;
+    crate::migrations::migrate(&mut client).await?;
+    Ok((pool, client, target))
+}
+
+/// A pool of at most `size` connections (named `herald` unless the
+/// configuration names them; none opened yet), and the database's
+/// description for messages (no password).
+pub(crate) fn build_pool(pg_config: tokio_postgres::Config, size: usize) -> Result<(Pool, String), StoreError> {
     let target = describe_config(&pg_config);
     let mut pool_config = pg_config;
     if pool_config.get_application_name().is_none() {
@@ -185,12 +198,7 @@ pub(crate) async fn connect(
         .max_size(size.max(1))
         .build()
         .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e))))?;
-    crate::migrations::migrate(&mut client).await?;
-    Ok((pool, client, target))
+    Ok((pool, target))
 }
 
 fn sealed_row(row: &Row) -> Result<SealedEvent, StoreError> {

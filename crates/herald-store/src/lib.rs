@@ -6,4 +6,5 @@ pub mod credentials;
 pub mod projection;
 pub mod rebuild;
 pub mod scan;
+pub mod sql;
 pub mod sqlite;
