@@ -39,8 +39,8 @@ struct StoreArgs {
     /// Directory of the embedded store (used unless --database-url is given).
     #[arg(long, global = true, env = "HERALD_DATA", default_value = "./data")]
     data: PathBuf,
-    /// PostgreSQL URL (postgres://…) instead of the embedded store: for token create, invite
-    /// create, verify and export (serve, projections rebuild and bench do not support it yet).
+    /// PostgreSQL URL (postgres://…) instead of the embedded store: the log, accounts and read
+    /// models, shared by every herald instance on it (bench does not take it).
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 }
@@ -219,7 +219,7 @@ impl Backend {
         match self {
             Backend::Sqlite(dir) => Ok(dir),
             Backend::Postgres(_) => bail!(
-                "`herald {command}` does not support PostgreSQL (--database-url) yet; use --data for the embedded store"
+                "`herald {command}` does not support PostgreSQL (--database-url); use --data for the embedded store"
             ),
         }
     }
