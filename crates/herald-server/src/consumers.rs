@@ -117,7 +117,8 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
             let step = if leading {
                 consumer.process_next(&state.store, PAGE).await
             } else {
-                consumer.observe(&state.store, PAGE).await
+                // One event is enough to tell: the leader has it to apply.
+                consumer.observe(&state.store, 1).await
             };
             match step {
                 Ok(step) => {
