@@ -1,0 +1,170 @@
+//! Two herald instances on one PostgreSQL database (`AppState::open_postgres`
+//! twice, each serving HTTP with its own consumer runner): a command sent to
+//! one is read on the other with `min_position` — also for a read model the
+//! command did not touch, on the instance that does not lead it —, a resource
+//! stream on one hears of changes applied by the other, and when the leader of
+//! the read models stops, the other takes over from the checkpoint.
+
+mod support;
+
+use std::time::Duration;
+
+use herald_core::auth::Role;
+use herald_postgres::PgConfig;
+use herald_postgres::testing::TestDatabase;
+use herald_server::{AppState, ServerConfig};
+use serde_json::{Value, json};
+use support::Running;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Instance {
+    base: String,
+    state: AppState,
+    running: Option<Running>,
+}
+
+async fn instance(db: &TestDatabase) -> Instance {
+    let config = ServerConfig {
+        command_rate: 0,
+        keepalive: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let state = AppState::open_postgres(
+        db.url().parse().expect("test database URL"),
+        PgConfig::default(),
+        config,
+    )
+    .await
+    .expect("open on PostgreSQL");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    Instance {
+        base: format!("http://{addr}"),
+        state: state.clone(),
+        running: Some(Running::spawn(state, listener)),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+async fn command(at: &Instance, token: &str, command_type: &str, id: &str, data: Value) -> u64 {
+    let r = client()
+        .post(format!("{}/api/commands", at.base))
+        .bearer_auth(token)
+        .json(&json!({ "type": command_type, "aggregate_id": id, "data": data }))
+        .send()
+        .await
+        .expect("POST /api/commands");
+    assert_eq!(r.status(), 200, "{command_type} {id}");
+    r.json::<Value>().await.expect("answer")["position"]
+        .as_u64()
+        .expect("position")
+}
+
+async fn get(at: &Instance, token: &str, path: &str) -> Value {
+    let r = client()
+        .get(format!("{}{path}", at.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.expect("JSON")
+}
+
+/// Which of the two instances leads `name` now (each asks; one says yes).
+async fn leader_of(instances: &[&Instance], name: &str) -> Vec<bool> {
+    let mut out = Vec::new();
+    for i in instances {
+        let consumer = i.state.models.consumer(name).expect("registered").clone();
+        out.push(consumer.lead().await.expect("lead"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_the_log_and_the_read_models() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut a = instance(&db).await;
+    let b = instance(&db).await;
+    let token = support::mint(&a.state, "pg-instances", "operator", Role::Operator)
+        .await
+        .secret;
+
+    // One instance leads each model (whichever asked first), never both.
+    for name in ["deployments", "feeds"] {
+        let leads = leader_of(&[&a, &b], name).await;
+        assert_eq!(leads.iter().filter(|l| **l).count(), 1, "{name}: {leads:?}");
+    }
+
+    // A resource stream on B, opened before the command.
+    let mut stream = client()
+        .get(format!("{}/api/deployments/live", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("open the stream");
+    assert_eq!(stream.status(), 200);
+
+    // Written through A, read through B at once.
+    let p = command(
+        &a,
+        &token,
+        "StartDeployment",
+        "d1",
+        json!({"service": "api", "version": "2.0", "environment": "prod"}),
+    )
+    .await;
+    let one = get(&b, &token, &format!("/api/deployments/d1?min_position={p}")).await;
+    assert_eq!(one["status"], "in_progress", "{one}");
+    // A post: the deployments model has nothing to apply, and B still knows it
+    // reflects the log up to it (whoever leads it).
+    let q = command(
+        &a,
+        &token,
+        "CreatePost",
+        "p1",
+        json!({"title": "T", "content": "c", "tags": ["ops"]}),
+    )
+    .await;
+    let list = get(&b, &token, &format!("/api/deployments?min_position={q}")).await;
+    assert!(list["position"].as_u64().expect("position") >= q, "{list}");
+    let feed = get(&b, &token, &format!("/api/feeds/ops?min_position={q}")).await;
+    assert_eq!(feed["post_count"], 1, "{feed}");
+
+    // B's stream got the change A's command made.
+    let mut seen = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !seen.contains("\"id\":\"d1\"") {
+            let chunk = stream.chunk().await.expect("read").expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("B's deployments stream never showed d1: {seen}"));
+
+    // A stops (its connections close, with its locks): B takes over the
+    // models A led and goes on from their checkpoints.
+    a.state.live.shutdown.cancel();
+    drop(a.running.take());
+    drop(a);
+    let r = command(&b, &token, "ReportDeploymentProgress", "d1", json!({"percent": 50})).await;
+    let one = get(&b, &token, &format!("/api/deployments/d1?min_position={r}")).await;
+    assert_eq!(one["progress"], 50, "B applied the progress: {one}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if leader_of(&[&b], "deployments").await == [true] && leader_of(&[&b], "feeds").await == [true] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never took over the read models"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
