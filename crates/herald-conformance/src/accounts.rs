@@ -1339,11 +1339,19 @@ pub async fn the_last_enabled_admin_is_neither_demoted_nor_disabled(h: &dyn Acco
         .must("io")
         .must("still admin");
     store.set_disabled("c", Some(at)).await.must("io").must("carol");
-    store.set_roles("b", &[Role::Viewer]).await.must("io").must("disabled bob");
+    store
+        .set_roles("b", &[Role::Viewer])
+        .await
+        .must("io")
+        .must("disabled bob");
     // Another enabled admin: alice may go.
     store.set_roles("c", &[Role::Admin]).await.must("io").must("promote");
     store.set_disabled("c", None).await.must("io").must("enable carol");
-    store.set_disabled("a", Some(at)).await.must("io").must("alice, one of two");
+    store
+        .set_disabled("a", Some(at))
+        .await
+        .must("io")
+        .must("alice, one of two");
     assert_eq!(enabled_admins(store).await, 1);
     assert_eq!(
         store.set_roles("c", &[Role::Viewer]).await.must("io").err(),
@@ -1506,7 +1514,9 @@ pub async fn concurrent_first_admin_registrations_make_one_admin(h: &dyn Account
     let now = 1000;
     const N: usize = 8;
     for n in 0..N {
-        a.insert_invite(&setup_invite(n), &format!("setup-h{n}")).await.must("invite");
+        a.insert_invite(&setup_invite(n), &format!("setup-h{n}"))
+            .await
+            .must("invite");
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();

@@ -414,7 +414,10 @@ mod tests {
             person("b", Role::Admin, true),
             person("c", Role::Viewer, false),
         ];
-        for change in [AccessChange::Roles(&[Role::Operator]), AccessChange::Disabled(Some("t"))] {
+        for change in [
+            AccessChange::Roles(&[Role::Operator]),
+            AccessChange::Disabled(Some("t")),
+        ] {
             assert_eq!(
                 decide_access_change(&users, "a", change).err(),
                 Some(AccessChangeRefused::LastAdmin),
@@ -422,8 +425,12 @@ mod tests {
             );
         }
         // Keeping admin among other roles, or enabling, is no loss.
-        let (_, after) = decide_access_change(&users, "a", AccessChange::Roles(&[Role::Viewer, Role::Admin, Role::Admin]))
-            .expect("still admin");
+        let (_, after) = decide_access_change(
+            &users,
+            "a",
+            AccessChange::Roles(&[Role::Viewer, Role::Admin, Role::Admin]),
+        )
+        .expect("still admin");
         assert_eq!(after.roles, vec![Role::Viewer, Role::Admin]);
         let (before, after) = decide_access_change(&users, "b", AccessChange::Disabled(None)).expect("enable");
         assert!(before.is_disabled() && !after.is_disabled());

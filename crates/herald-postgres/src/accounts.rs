@@ -51,7 +51,10 @@ const ADMIN_DECISIONS_LOCK: i64 = 0x6865_7261_6c64_6164;
 /// Every user, oldest first, as `tx` sees them.
 async fn all_users(tx: &tokio_postgres::Transaction<'_>, what: &str) -> Result<Vec<User>, StoreError> {
     let rows = tx
-        .query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"), &[])
+        .query(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"),
+            &[],
+        )
         .await
         .map_err(|e| pg(what, e))?;
     rows.iter().map(to_user).collect()
@@ -362,7 +365,10 @@ impl AccountStore for PgAccounts {
         };
         let invite: &str = col(&invite, 0, WHAT)?;
         if invite.starts_with(SETUP_INVITE_PREFIX)
-            && all_users(&tx, WHAT).await?.iter().any(|u| u.roles.contains(&Role::Admin))
+            && all_users(&tx, WHAT)
+                .await?
+                .iter()
+                .any(|u| u.roles.contains(&Role::Admin))
         {
             return Ok(Err(RegistrationRefused::SetupDone));
         }
@@ -402,7 +408,8 @@ impl AccountStore for PgAccounts {
     }
 
     async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<Result<User, AccessChangeRefused>, StoreError> {
-        self.change_access("set_roles", user_id, AccessChange::Roles(roles)).await
+        self.change_access("set_roles", user_id, AccessChange::Roles(roles))
+            .await
     }
 
     async fn set_disabled(
@@ -410,7 +417,8 @@ impl AccountStore for PgAccounts {
         user_id: &str,
         at: Option<&str>,
     ) -> Result<Result<User, AccessChangeRefused>, StoreError> {
-        self.change_access("set_disabled", user_id, AccessChange::Disabled(at)).await
+        self.change_access("set_disabled", user_id, AccessChange::Disabled(at))
+            .await
     }
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError> {

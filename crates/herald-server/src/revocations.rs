@@ -114,7 +114,12 @@ fn handle(state: &AppState, event: &RecordedEvent) {
         Ok(Some(ending)) => {
             let ended = apply(state, &ending);
             if ended > 0 {
-                tracing::info!(position = event.position(), ?ending, ended, "streams ended by a revocation in the log");
+                tracing::info!(
+                    position = event.position(),
+                    ?ending,
+                    ended,
+                    "streams ended by a revocation in the log"
+                );
             }
         }
         Ok(None) => {}
@@ -201,7 +206,9 @@ async fn follow(state: AppState, position: Arc<AtomicU64>) {
             // The store shut down.
             Ok(None) => return,
             Err(e) => {
-                state.consumer_health.set(NAME, Some(format!("cannot read the log: {e}")));
+                state
+                    .consumer_health
+                    .set(NAME, Some(format!("cannot read the log: {e}")));
                 tracing::error!(error = %e, "the revocation follower cannot read the log; retrying in 1 s");
                 // Until the store answers again; then on from the last position handled.
                 loop {
@@ -230,7 +237,11 @@ mod tests {
     #[test]
     fn each_event_names_what_it_ends() {
         let cases = [
-            ("TokenRevoked", serde_json::json!({ "token_id": "t1" }), Some(Ending::Token("t1".into()))),
+            (
+                "TokenRevoked",
+                serde_json::json!({ "token_id": "t1" }),
+                Some(Ending::Token("t1".into())),
+            ),
             (
                 "LoggedOut",
                 serde_json::json!({ "user_id": "u", "session_id": "s1" }),

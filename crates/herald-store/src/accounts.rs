@@ -290,7 +290,11 @@ impl AccountStore for SqliteAccounts {
         self.with(move |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(backend)?;
             let taken: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)", [&user.username], |r| r.get(0))
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)",
+                    [&user.username],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             if taken {
                 return Ok(Err(RegistrationRefused::UsernameTaken(user.username)));
@@ -317,12 +321,23 @@ impl AccountStore for SqliteAccounts {
             }
             tx.execute(
                 "INSERT INTO users (id, username, display_name, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![user.id, user.username, user.display_name, roles_json(&user.roles)?, user.created_at],
+                params![
+                    user.id,
+                    user.username,
+                    user.display_name,
+                    roles_json(&user.roles)?,
+                    user.created_at
+                ],
             )
             .map_err(backend)?;
             tx.execute(
                 "INSERT INTO passkeys (credential_id, user_id, passkey, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![passkey.credential_id, passkey.user_id, passkey.passkey, passkey.created_at],
+                params![
+                    passkey.credential_id,
+                    passkey.user_id,
+                    passkey.passkey,
+                    passkey.created_at
+                ],
             )
             .map_err(backend)?;
             if user.roles.contains(&Role::Admin) {
@@ -608,8 +623,8 @@ impl AccountStore for SqliteAccounts {
         let id_prefix = id_prefix.to_owned();
         self.with(move |conn| {
             conn.execute(EXPIRE_UNUSED_INVITES, params![id_prefix, now])
-            .map(|n| n as u64)
-            .map_err(backend)
+                .map(|n| n as u64)
+                .map_err(backend)
         })
         .await
     }

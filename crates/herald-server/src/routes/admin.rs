@@ -98,7 +98,11 @@ pub async fn disable_user(
     let mut user = match state.accounts.set_disabled(&id, Some(&at)).await? {
         Ok(before) => before,
         Err(e) => {
-            let name = state.accounts.find_user(&id).await?.map_or_else(|| id.clone(), |u| u.username);
+            let name = state
+                .accounts
+                .find_user(&id)
+                .await?
+                .map_or_else(|| id.clone(), |u| u.username);
             return Err(refused(e, &id, || {
                 format!("{name} is the only enabled admin; make someone else admin first")
             }));
@@ -208,7 +212,11 @@ pub async fn set_roles(
     let mut user = match state.accounts.set_roles(&id, &roles).await? {
         Ok(before) => before,
         Err(e) => {
-            let name = state.accounts.find_user(&id).await?.map_or_else(|| id.clone(), |u| u.username);
+            let name = state
+                .accounts
+                .find_user(&id)
+                .await?
+                .map_or_else(|| id.clone(), |u| u.username);
             return Err(refused(e, &id, || {
                 format!("{name} is the only admin; make someone else admin first")
             }));

@@ -64,7 +64,8 @@ impl Drop for Running {
 /// returns the cookie.
 pub async fn session_in(state: &AppState, user_id: &str, idle_for: Duration) -> String {
     let now = herald_server::sessions::now_millis();
-    let (mut session, secret) = herald_server::sessions::new_session(user_id, now, 24 * 3600 * 1000, &Default::default());
+    let (mut session, secret) =
+        herald_server::sessions::new_session(user_id, now, 24 * 3600 * 1000, &Default::default());
     session.last_seen_at = now - i64::try_from(idle_for.as_millis()).expect("ms");
     state
         .accounts
@@ -78,7 +79,10 @@ pub async fn session_in(state: &AppState, user_id: &str, idle_for: Duration) -> 
 /// herald does), with a fresh session (their cookie); no passkey ceremony.
 pub async fn person_in(state: &AppState, username: &str, role: Role) -> Person {
     let accounts = &state.accounts;
-    let id = format!("{:0>32}", username.bytes().map(|b| format!("{b:02x}")).collect::<String>());
+    let id = format!(
+        "{:0>32}",
+        username.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let now = herald_server::sessions::now_millis();
     let code_hash = herald_server::auth::hash_secret(&format!("code-{username}"));
     accounts
