@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use herald_core::auth::Role;
 use herald_server::ServerConfig;
-use herald_server::auth::hash_secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

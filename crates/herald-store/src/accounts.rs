@@ -276,7 +276,7 @@ impl AccountStore for SqliteAccounts {
     }
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
-        self.with(|conn| all_users(conn)).await
+        self.with(all_users).await
     }
 
     async fn insert_user(
