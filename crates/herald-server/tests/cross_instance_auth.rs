@@ -3,13 +3,15 @@
 //! admin, a person disabled, a role changed — ends the affected live streams
 //! on instance B and refuses (or re-roles) B's next request within 2 s.
 //!
-//! The two instances are two `AppState`s, each with stores of its own opened
-//! on one data directory (two processes: their own writer thread, live
-//! channel, token cache and live registry), each served by `herald_server::run`
-//! on a socket. Nothing of A's reaches B but the shared files: B learns of A's
-//! changes through the log (its revocation follower) and the account store.
-//! People and sessions are made directly in the account store (no passkey
-//! ceremony).
+//! The two instances are two `AppState`s, each with stores of its own (two
+//! processes: their own writer, live channel, token cache and live registry),
+//! each served by `herald_server::run` on a socket; every case runs twice:
+//! on one SQLite data directory, and on one fresh PostgreSQL database
+//! (`PgStore` + `PgAccounts`; each instance's read models in a directory of
+//! its own; skipped without a server unless `CI=true`). Nothing of A's
+//! reaches B but the shared storage: B learns of A's changes through the log
+//! (its revocation follower) and the account store. People and sessions are
+//! made directly in the account store (no passkey ceremony).
 
 mod support;
 
@@ -19,6 +21,8 @@ use std::time::Duration;
 
 use herald_core::auth::Role;
 use herald_core::store::EventStore;
+use herald_postgres::testing::TestDatabase;
+use herald_postgres::{PgAccounts, PgConfig, PgStore};
 use herald_server::sse::Sse;
 use herald_server::{AppState, ServerConfig};
 use herald_store::sqlite::SqliteStore;
@@ -47,16 +51,8 @@ struct Instance {
     _running: Running,
 }
 
-async fn instance(dir: &Path) -> Instance {
-    let store: Arc<dyn EventStore> = SqliteStore::open(dir, Arc::new(Sse)).expect("open store");
-    let state = AppState::new(
-        store,
-        herald_store::credentials::SqliteCredentials::open(dir).expect("open credentials"),
-        herald_store::accounts::SqliteAccounts::open(dir).expect("open accounts"),
-        dir,
-        config(),
-    )
-    .expect("state");
+/// Serves `state` on a socket of its own.
+async fn serve(state: AppState) -> Instance {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     Instance {
@@ -67,13 +63,102 @@ async fn instance(dir: &Path) -> Instance {
     }
 }
 
-/// Two instances on one fresh data directory.
-async fn two_instances() -> (TempDir, Instance, Instance) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = instance(dir.path()).await;
-    let b = instance(dir.path()).await;
-    (dir, a, b)
+/// An instance with stores of its own on the data directory `dir`.
+async fn sqlite_instance(dir: &Path) -> Instance {
+    let store: Arc<dyn EventStore> = SqliteStore::open(dir, Arc::new(Sse)).expect("open store");
+    let state = AppState::new(
+        store,
+        herald_store::credentials::SqliteCredentials::open(dir).expect("open credentials"),
+        herald_store::accounts::SqliteAccounts::open(dir).expect("open accounts"),
+        dir,
+        config(),
+    )
+    .expect("state");
+    serve(state).await
 }
+
+/// An instance with connections of its own to the database at `url`, its read
+/// models in `models`.
+async fn postgres_instance(url: &str, models: &Path) -> Instance {
+    let store = PgStore::open(url, Arc::new(Sse), PgConfig::default())
+        .await
+        .expect("open the PostgreSQL store");
+    let accounts = PgAccounts::open(url).await.expect("open the PostgreSQL accounts");
+    let state = AppState::new(store, accounts.clone(), accounts, models, config()).expect("state");
+    serve(state).await
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Two instances on one store, and what must outlive them (directories, the
+/// test database; dropped after the instances).
+struct Pair {
+    a: Instance,
+    b: Instance,
+    _dirs: (TempDir, TempDir),
+    _db: Option<TestDatabase>,
+}
+
+/// Two instances sharing one fresh store; `None` when the backend is not
+/// available here (PostgreSQL without a server, outside CI).
+async fn two_instances(backend: Backend) -> Option<Pair> {
+    let dirs = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    match backend {
+        Backend::Sqlite => Some(Pair {
+            a: sqlite_instance(dirs.0.path()).await,
+            b: sqlite_instance(dirs.0.path()).await,
+            _dirs: dirs,
+            _db: None,
+        }),
+        Backend::Postgres => {
+            let db = TestDatabase::create().await?;
+            Some(Pair {
+                a: postgres_instance(db.url(), dirs.0.path()).await,
+                b: postgres_instance(db.url(), dirs.1.path()).await,
+                _dirs: dirs,
+                _db: Some(db),
+            })
+        }
+    }
+}
+
+/// One `#[tokio::test]` per backend for the case `$name(a, b)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let pair = super::two_instances(super::Backend::Sqlite).await.expect("SQLite is always there");
+                    super::$name(&pair.a, &pair.b).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(pair) = super::two_instances(super::Backend::Postgres).await else {
+                        return;
+                    };
+                    super::$name(&pair.a, &pair.b).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    a_token_revoked_on_one_instance_ends_its_streams_and_requests_on_the_other,
+    logging_out_on_one_instance_ends_the_session_streams_on_the_other,
+    a_session_an_admin_ends_on_one_instance_ends_on_the_other,
+    disabling_a_person_on_one_instance_ends_all_their_streams_on_the_other,
+    a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_other,
+);
 
 /// How a request authenticates.
 #[derive(Clone, Copy)]
@@ -165,9 +250,7 @@ fn uuid_like() -> String {
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_revoked_on_one_instance_ends_its_streams_and_requests_on_the_other() {
-    let (_dir, a, b) = two_instances().await;
+async fn a_token_revoked_on_one_instance_ends_its_streams_and_requests_on_the_other(a: &Instance, b: &Instance) {
     let admin = mint(&a.state, "test", "root", Role::Admin).await.secret;
     let robot = mint(&a.state, "test", "robot", Role::Viewer).await;
     let other = mint(&a.state, "test", "other", Role::Viewer).await.secret;
@@ -193,12 +276,10 @@ async fn a_token_revoked_on_one_instance_ends_its_streams_and_requests_on_the_ot
         .until_status("/api/me", Who::Token(&robot.secret), StatusCode::UNAUTHORIZED)
         .await;
     assert_eq!(support::problem(r).await["detail"], "the token is unknown or revoked");
-    still_open(&mut untouched, &a, "another token's stream").await;
+    still_open(&mut untouched, a, "another token's stream").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logging_out_on_one_instance_ends_the_session_streams_on_the_other() {
-    let (_dir, a, b) = two_instances().await;
+async fn logging_out_on_one_instance_ends_the_session_streams_on_the_other(a: &Instance, b: &Instance) {
     let bob = person_in(&a.state, "bob", Role::Viewer).await;
     let mut other_session = Person::new("bob");
     other_session.cookie = Some(session_in(&a.state, &bob.id, Duration::ZERO).await);
@@ -218,12 +299,10 @@ async fn logging_out_on_one_instance_ends_the_session_streams_on_the_other() {
             .status(),
         StatusCode::OK
     );
-    still_open(&mut kept, &a, "the other session's stream").await;
+    still_open(&mut kept, a, "the other session's stream").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_an_admin_ends_on_one_instance_ends_on_the_other() {
-    let (_dir, a, b) = two_instances().await;
+async fn a_session_an_admin_ends_on_one_instance_ends_on_the_other(a: &Instance, b: &Instance) {
     let root = person_in(&a.state, "root", Role::Admin).await;
     let bob = person_in(&a.state, "bob", Role::Operator).await;
     let mut stream = b.live(Who::Browser(&bob)).await;
@@ -249,9 +328,7 @@ async fn a_session_an_admin_ends_on_one_instance_ends_on_the_other() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_a_person_on_one_instance_ends_all_their_streams_on_the_other() {
-    let (_dir, a, b) = two_instances().await;
+async fn disabling_a_person_on_one_instance_ends_all_their_streams_on_the_other(a: &Instance, b: &Instance) {
     let root = person_in(&a.state, "root", Role::Admin).await;
     let bob = person_in(&a.state, "bob", Role::Operator).await;
     let mut second = Person::new("bob");
@@ -276,12 +353,10 @@ async fn disabling_a_person_on_one_instance_ends_all_their_streams_on_the_other(
         b.until_status("/api/me", Who::Browser(session), StatusCode::UNAUTHORIZED)
             .await;
     }
-    still_open(&mut carols, &a, "someone else's stream").await;
+    still_open(&mut carols, a, "someone else's stream").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_other() {
-    let (_dir, a, b) = two_instances().await;
+async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_other(a: &Instance, b: &Instance) {
     let root = person_in(&a.state, "root", Role::Admin).await;
     let bob = person_in(&a.state, "bob", Role::Operator).await;
     let mut stream = b.live(Who::Browser(&bob)).await;
@@ -323,5 +398,5 @@ async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_
     assert_eq!(me["user"]["roles"], json!(["viewer"]));
     // And a stream opened again (the console does) stays open.
     let mut again = b.live(Who::Browser(&bob)).await;
-    still_open(&mut again, &a, "the stream opened with the new role").await;
+    still_open(&mut again, a, "the stream opened with the new role").await;
 }
