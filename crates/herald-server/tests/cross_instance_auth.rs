@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::auth::Role;
-use herald_core::store::EventStore;
+use herald_core::store::{
+    AppendOutcome, AppendRequest, Committed, EventStore, Filter, Head, LiveReceiver, Page, StoreError, StreamSlice,
+};
 use herald_postgres::testing::TestDatabase;
 use herald_postgres::{PgAccounts, PgConfig, PgStore};
 use herald_server::sse::Sse;
@@ -399,4 +401,107 @@ async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_
     // And a stream opened again (the console does) stays open.
     let mut again = b.live(Who::Browser(&bob)).await;
     still_open(&mut again, a, "the stream opened with the new role").await;
+}
+
+/// A store whose reads filtered by event type (the revocation follower's)
+/// fail while `failing` is set; everything else is the real store.
+struct FollowerCannotRead {
+    inner: Arc<SqliteStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventStore for FollowerCannotRead {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        self.inner.append(request).await
+    }
+    async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
+        self.inner.find_command(command_id).await
+    }
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+    async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
+        if !filter.types.is_empty() && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the test says so".into()));
+        }
+        self.inner.read_all(after, filter, limit).await
+    }
+    async fn head(&self) -> Result<Head, StoreError> {
+        self.inner.head().await
+    }
+    fn live(&self) -> LiveReceiver {
+        self.inner.live()
+    }
+}
+
+/// `GET /readyz` until it answers `status` (at most 10 s); its body.
+async fn readyz_until(instance: &Instance, status: StatusCode) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = instance
+            .client
+            .get(format!("{}/readyz", instance.base))
+            .send()
+            .await
+            .expect("GET /readyz");
+        if r.status() == status {
+            return r.json().await.expect("readyz JSON");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still answered {} (not {status}) after 10 s",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An instance whose follower cannot read the log is not ready (and says
+/// why); once it can, it is ready again and catches up: a token revoked on
+/// another instance meanwhile has its stream ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_follower_cannot_read_the_log_is_not_ready_and_catches_up_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = sqlite_instance(dir.path()).await;
+    let store = Arc::new(FollowerCannotRead {
+        inner: SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open store"),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    let state = AppState::new(
+        store.clone(),
+        herald_store::credentials::SqliteCredentials::open(dir.path()).expect("open credentials"),
+        herald_store::accounts::SqliteAccounts::open(dir.path()).expect("open accounts"),
+        dir.path(),
+        config(),
+    )
+    .expect("state");
+    let b = serve(state).await;
+    let admin = mint(&a.state, "test", "root", Role::Admin).await.secret;
+    let robot = mint(&a.state, "test", "robot", Role::Viewer).await;
+    let mut stream = b.live(Who::Token(&robot.secret)).await;
+
+    let problem = readyz_until(&b, StatusCode::SERVICE_UNAVAILABLE).await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(herald_server::revocations::NAME) && detail.contains("the test says so"),
+        "{problem}"
+    );
+    let r = a
+        .send(
+            Method::DELETE,
+            &format!("/api/tokens/{}", robot.record.id),
+            Who::Token(&admin),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    readyz_until(&b, StatusCode::OK).await;
+    let mut seen = String::new();
+    read_to_end_within(&mut stream, &mut seen, Duration::from_secs(10)).await;
+    assert!(
+        seen.contains(std::str::from_utf8(herald_server::live::REVOKED).expect("text").trim()),
+        "ended as revoked: {seen:?}"
+    );
 }
