@@ -404,15 +404,47 @@ async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_
 }
 
 /// A store whose reads filtered by event type (the revocation follower's)
-/// fail while `failing` is set; everything else is the real store.
-struct FollowerCannotRead {
+/// fail while `failing` is set, and whose appends of `refused_type` fail;
+/// everything else is the real store.
+struct Faulty {
     inner: Arc<SqliteStore>,
     failing: std::sync::atomic::AtomicBool,
+    refused_type: Option<&'static str>,
+}
+
+impl Faulty {
+    fn open(dir: &Path, failing: bool, refused_type: Option<&'static str>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner: SqliteStore::open(dir, Arc::new(Sse)).expect("open store"),
+            failing: std::sync::atomic::AtomicBool::new(failing),
+            refused_type,
+        })
+    }
+
+    /// An instance on `dir` with this store (the other stores its own).
+    async fn serve(self: &Arc<Self>, dir: &Path) -> Instance {
+        let state = AppState::new(
+            self.clone(),
+            herald_store::credentials::SqliteCredentials::open(dir).expect("open credentials"),
+            herald_store::accounts::SqliteAccounts::open(dir).expect("open accounts"),
+            dir,
+            config(),
+        )
+        .expect("state");
+        serve(state).await
+    }
 }
 
 #[async_trait::async_trait]
-impl EventStore for FollowerCannotRead {
+impl EventStore for Faulty {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        if request
+            .events
+            .iter()
+            .any(|e| Some(e.event_type.as_str()) == self.refused_type)
+        {
+            return Err(StoreError::Unavailable("the test refuses this append".into()));
+        }
         self.inner.append(request).await
     }
     async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
@@ -464,19 +496,8 @@ async fn readyz_until(instance: &Instance, status: StatusCode) -> Value {
 async fn an_instance_whose_follower_cannot_read_the_log_is_not_ready_and_catches_up_after() {
     let dir = tempfile::tempdir().expect("temp dir");
     let a = sqlite_instance(dir.path()).await;
-    let store = Arc::new(FollowerCannotRead {
-        inner: SqliteStore::open(dir.path(), Arc::new(Sse)).expect("open store"),
-        failing: std::sync::atomic::AtomicBool::new(true),
-    });
-    let state = AppState::new(
-        store.clone(),
-        herald_store::credentials::SqliteCredentials::open(dir.path()).expect("open credentials"),
-        herald_store::accounts::SqliteAccounts::open(dir.path()).expect("open accounts"),
-        dir.path(),
-        config(),
-    )
-    .expect("state");
-    let b = serve(state).await;
+    let store = Faulty::open(dir.path(), true, None);
+    let b = store.serve(dir.path()).await;
     let admin = mint(&a.state, "test", "root", Role::Admin).await.secret;
     let robot = mint(&a.state, "test", "robot", Role::Viewer).await;
     let mut stream = b.live(Who::Token(&robot.secret)).await;
@@ -504,4 +525,43 @@ async fn an_instance_whose_follower_cannot_read_the_log_is_not_ready_and_catches
         seen.contains(std::str::from_utf8(herald_server::live::REVOKED).expect("text").trim()),
         "ended as revoked: {seen:?}"
     );
+}
+
+/// A role change takes effect in the store first: when its `RolesChanged`
+/// cannot be recorded, a grant is undone (nobody gains a role without its
+/// record) and a demotion stands (like a revocation), its streams ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_grant_that_cannot_be_recorded_is_undone_and_a_demotion_stands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let instance = Faulty::open(dir.path(), false, Some("RolesChanged"))
+        .serve(dir.path())
+        .await;
+    let root = person_in(&instance.state, "root", Role::Admin).await;
+    let bob = person_in(&instance.state, "bob", Role::Viewer).await;
+    let carol = person_in(&instance.state, "carol", Role::Operator).await;
+    let mut carols = instance.live(Who::Browser(&carol)).await;
+    let put_roles = |who: &Person, roles: Value| {
+        instance
+            .request(
+                Method::PUT,
+                &format!("/api/users/{}/roles", who.id),
+                Who::Browser(&root),
+            )
+            .json(&json!({ "roles": roles }))
+            .send()
+    };
+    let roles_of = |who: &Person| {
+        let id = who.id.clone();
+        let accounts = instance.state.accounts.clone();
+        async move { accounts.find_user(&id).await.expect("find").expect("the user").roles }
+    };
+
+    let r = put_roles(&bob, json!(["admin"])).await.expect("PUT roles");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(roles_of(&bob).await, vec![Role::Viewer], "the grant is undone");
+
+    let r = put_roles(&carol, json!(["viewer"])).await.expect("PUT roles");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(roles_of(&carol).await, vec![Role::Viewer], "the demotion stands");
+    ends_within(&mut carols, "the demoted person's stream").await;
 }

@@ -224,6 +224,9 @@ pub async fn set_roles(
     };
     if user.roles != roles {
         let previous = std::mem::replace(&mut user.roles, roles);
+        // Streams opened with the old role end (the console opens them again),
+        // whether or not the record below is written.
+        end_user_streams(&state, &user.id);
         let recorded = record(
             &state,
             format!("user-{}", user.id),
@@ -243,8 +246,6 @@ pub async fn set_roles(
             }
             return Err(e);
         }
-        // Streams opened with the old role end (the console opens them again).
-        end_user_streams(&state, &user.id);
     }
     Ok(Json(json!({ "user": user_json(&user) })).into_response())
 }
