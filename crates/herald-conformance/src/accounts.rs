@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::accounts::{
-    AccountStore, FailureRecord, InviteRecord, PasskeyInfo, RegistrationRefused, SessionRecord, StoredPasskey, User,
+    AccessChangeRefused, AccountStore, FailureRecord, InviteRecord, PasskeyInfo, RegistrationRefused,
+    SETUP_INVITE_PREFIX, SessionRecord, StoredPasskey, User,
 };
 use herald_core::auth::{CredentialStore, Role, TokenRecord};
 use herald_core::envelope::{Actor, ActorKind};
@@ -118,6 +119,11 @@ macro_rules! account_conformance_tests {
             concurrent_failures_record_one_per_window,
             tokens_are_stored_found_by_hash_revoked_once_and_listed,
             two_opens_share_accounts_and_tokens,
+            the_last_enabled_admin_is_neither_demoted_nor_disabled,
+            two_admins_demoting_each_other_at_once_leave_one_admin,
+            two_admins_disabling_each_other_at_once_leave_one_enabled_admin,
+            a_setup_invite_works_only_while_no_admin_exists,
+            concurrent_first_admin_registrations_make_one_admin,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {
@@ -274,17 +280,20 @@ pub async fn every_registration_needs_an_invite_and_an_invite_works_once(h: &dyn
     let used = invites.iter().find(|i| i.id == "i1").must("i1");
     assert_eq!(used.used_by.as_deref(), Some("u2"));
 
-    assert!(
-        store
-            .set_roles("u2", &[Role::Admin, Role::Viewer, Role::Admin])
-            .await
-            .must("roles")
-    );
+    let before = store
+        .set_roles("u2", &[Role::Admin, Role::Viewer, Role::Admin])
+        .await
+        .must("io")
+        .must("roles");
+    assert_eq!(before.roles, vec![Role::Operator], "the user as they were");
     assert_eq!(
         store.find_user_by_name("bob").await.must("find").must("bob").roles,
         vec![Role::Viewer, Role::Admin]
     );
-    assert!(!store.set_roles("nobody", &[Role::Admin]).await.must("roles"));
+    assert_eq!(
+        store.set_roles("nobody", &[Role::Admin]).await.must("io").err(),
+        Some(AccessChangeRefused::NoSuchUser)
+    );
 }
 
 pub async fn a_ceremony_is_taken_once_of_its_kind_before_it_expires(h: &dyn AccountsHarness) {
@@ -371,8 +380,19 @@ pub async fn a_user_is_disabled_and_enabled_and_the_flag_persists(h: &dyn Accoun
     insert_invited(store, &user("u1", "alice"), "c1", 0).await;
     assert_eq!(store.find_user("u1").await.must("find").must("u1").disabled_at, None);
     let at = "2026-12-01T10:00:00.000Z";
-    assert!(store.set_disabled("u1", Some(at)).await.must("disable"));
-    assert!(!store.set_disabled("nobody", Some(at)).await.must("disable"));
+    let before = store.set_disabled("u1", Some(at)).await.must("io").must("disable");
+    assert!(!before.is_disabled(), "the user as they were");
+    assert_eq!(
+        store.set_disabled("nobody", Some(at)).await.must("io").err(),
+        Some(AccessChangeRefused::NoSuchUser)
+    );
+    // Disabled again: the first time stays.
+    let again = store
+        .set_disabled("u1", Some("2026-12-02T00:00:00.000Z"))
+        .await
+        .must("io")
+        .must("again");
+    assert_eq!(again.disabled_at.as_deref(), Some(at));
     // Another open of the same data sees it.
     let (store, _) = h.open().await;
     let alice = store.find_user_by_name("alice").await.must("find").must("alice");
@@ -382,7 +402,8 @@ pub async fn a_user_is_disabled_and_enabled_and_the_flag_persists(h: &dyn Accoun
         store.list_users().await.must("list")[0].disabled_at.as_deref(),
         Some(at)
     );
-    assert!(store.set_disabled("u1", None).await.must("enable"));
+    let before = store.set_disabled("u1", None).await.must("io").must("enable");
+    assert_eq!(before.disabled_at.as_deref(), Some(at));
     assert!(!store.find_user("u1").await.must("find").must("u1").is_disabled());
 }
 
@@ -559,12 +580,17 @@ pub async fn empty_stores(h: &dyn AccountsHarness) {
     assert_eq!(store.expire_unused_invites("", 0).await.must("expire"), 0);
     assert_eq!(store.take_ceremony("c", "login", 0).await.must("take"), None);
     store.clear_login_attempts("nobody").await.must("clear");
-    assert!(!store.set_roles("u1", &[Role::Admin]).await.must("roles"));
-    assert!(
-        !store
+    assert_eq!(
+        store.set_roles("u1", &[Role::Admin]).await.must("io").err(),
+        Some(AccessChangeRefused::NoSuchUser)
+    );
+    assert_eq!(
+        store
             .set_disabled("u1", Some("2026-12-01T00:00:00.000Z"))
             .await
-            .must("disable")
+            .must("io")
+            .err(),
+        Some(AccessChangeRefused::NoSuchUser)
     );
     assert!(!store.remove_passkey("u1", "c1").await.must("remove"));
     store
@@ -592,10 +618,10 @@ pub async fn a_user_is_stored_whole_and_found_by_id_and_name(h: &dyn AccountsHar
     let store = &*store;
     let mut u = user("u1", "alice.smith");
     u.display_name = "Alice Smith — Zoë 🚀".into();
-    u.roles = vec![Role::Admin, Role::Viewer, Role::Admin];
+    u.roles = vec![Role::Operator, Role::Viewer, Role::Operator];
     insert_invited(store, &u, "c1", 0).await;
     let expected = User {
-        roles: vec![Role::Viewer, Role::Admin],
+        roles: vec![Role::Viewer, Role::Operator],
         ..u.clone()
     };
     assert_eq!(store.find_user("u1").await.must("find"), Some(expected.clone()));
@@ -618,7 +644,7 @@ pub async fn a_user_is_stored_whole_and_found_by_id_and_name(h: &dyn AccountsHar
         store.passkeys_of("u1").await.must("passkeys"),
         vec![passkey("c1", "u1")]
     );
-    assert!(store.set_roles("u1", &[]).await.must("roles"));
+    store.set_roles("u1", &[]).await.must("io").must("roles");
     let alice = store.find_user("u1").await.must("find").must("alice");
     assert!(alice.roles.is_empty());
     assert_eq!(alice.role(), Role::Viewer);
@@ -1230,7 +1256,7 @@ pub async fn two_opens_share_accounts_and_tokens(h: &dyn AccountsHarness) {
     let (b, b_tokens) = h.open().await;
     insert_invited(&*a, &user("u1", "alice"), "c1", 0).await;
     assert!(b.find_user_by_name("alice").await.must("find").is_some());
-    assert!(b.set_roles("u1", &[Role::Admin]).await.must("roles"));
+    b.set_roles("u1", &[Role::Admin]).await.must("io").must("roles");
     assert_eq!(a.find_user("u1").await.must("find").must("u1").roles, vec![Role::Admin]);
     b.insert_session(&session("s1", "u1"), "sh1").await.must("session");
     assert!(a.find_session("sh1", 0).await.must("find").is_some());
@@ -1257,4 +1283,274 @@ pub async fn two_opens_share_accounts_and_tokens(h: &dyn AccountsHarness) {
             .must("revoke")
     );
     assert!(a_tokens.find_token("th1").await.must("find").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Who is an admin: decided by the store, atomically (several instances share it)
+// ---------------------------------------------------------------------------
+
+fn admin(id: &str, name: &str) -> User {
+    User {
+        roles: vec![Role::Admin],
+        ..user(id, name)
+    }
+}
+
+/// How many users are admins and not disabled, as stored.
+async fn enabled_admins(store: &dyn AccountStore) -> usize {
+    store
+        .list_users()
+        .await
+        .must("users")
+        .iter()
+        .filter(|u| u.roles.contains(&Role::Admin) && !u.is_disabled())
+        .count()
+}
+
+/// Demoting or disabling the only enabled admin is refused (a disabled admin
+/// does not count) and changes nothing; with another enabled admin it works.
+pub async fn the_last_enabled_admin_is_neither_demoted_nor_disabled(h: &dyn AccountsHarness) {
+    let (store, _) = h.open().await;
+    let store = &*store;
+    insert_invited(store, &admin("a", "alice"), "ca", 0).await;
+    insert_invited(store, &admin("b", "bob"), "cb", 0).await;
+    insert_invited(store, &user("c", "carol"), "cc", 0).await;
+    let at = "2026-12-01T00:00:00.000Z";
+    store
+        .set_disabled("b", Some(at))
+        .await
+        .must("io")
+        .must("bob, one of two");
+    assert_eq!(
+        store.set_roles("a", &[Role::Operator]).await.must("io").err(),
+        Some(AccessChangeRefused::LastAdmin),
+        "bob is disabled: alice is the last enabled admin"
+    );
+    assert_eq!(
+        store.set_disabled("a", Some(at)).await.must("io").err(),
+        Some(AccessChangeRefused::LastAdmin)
+    );
+    let alice = store.find_user("a").await.must("find").must("alice");
+    assert_eq!((alice.roles, alice.disabled_at), (vec![Role::Admin], None), "unchanged");
+    // Roles that keep admin, other people, and the disabled admin are no loss.
+    store
+        .set_roles("a", &[Role::Viewer, Role::Admin])
+        .await
+        .must("io")
+        .must("still admin");
+    store.set_disabled("c", Some(at)).await.must("io").must("carol");
+    store
+        .set_roles("b", &[Role::Viewer])
+        .await
+        .must("io")
+        .must("disabled bob");
+    // Another enabled admin: alice may go.
+    store.set_roles("c", &[Role::Admin]).await.must("io").must("promote");
+    store.set_disabled("c", None).await.must("io").must("enable carol");
+    store
+        .set_disabled("a", Some(at))
+        .await
+        .must("io")
+        .must("alice, one of two");
+    assert_eq!(enabled_admins(store).await, 1);
+    assert_eq!(
+        store.set_roles("c", &[Role::Viewer]).await.must("io").err(),
+        Some(AccessChangeRefused::LastAdmin)
+    );
+}
+
+/// Runs `a` and `b` at once (both started before either is polled to the end).
+async fn race<A, B, FA, FB>(a: A, b: B) -> (FA::Output, FB::Output)
+where
+    A: FnOnce() -> FA,
+    B: FnOnce() -> FB,
+    FA: Future + Send + 'static,
+    FB: Future + Send + 'static,
+    FA::Output: Send + 'static,
+    FB::Output: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let (fa, fb) = (a(), b());
+    let (ba, bb) = (barrier.clone(), barrier);
+    let ta = tokio::spawn(async move {
+        ba.wait().await;
+        fa.await
+    });
+    let tb = tokio::spawn(async move {
+        bb.wait().await;
+        fb.await
+    });
+    (ta.await.must("task a"), tb.await.must("task b"))
+}
+
+const ROUNDS: usize = 20;
+
+/// Two admins, the only two, demote each other at the same moment (over two
+/// opens of the store: two processes): one change wins, the other is refused
+/// as the last admin's, and one admin is left — every time.
+pub async fn two_admins_demoting_each_other_at_once_leave_one_admin(h: &dyn AccountsHarness) {
+    let (a, _) = h.open().await;
+    let (b, _) = h.open().await;
+    insert_invited(&*a, &admin("a", "alice"), "ca", 0).await;
+    insert_invited(&*a, &admin("b", "bob"), "cb", 0).await;
+    for round in 0..ROUNDS {
+        let (sa, sb) = (a.clone(), b.clone());
+        let (ra, rb) = race(
+            move || async move { sa.set_roles("b", &[Role::Viewer]).await },
+            move || async move { sb.set_roles("a", &[Role::Operator]).await },
+        )
+        .await;
+        let (ra, rb) = (ra.must("io"), rb.must("io"));
+        assert_eq!(
+            usize::from(ra.is_ok()) + usize::from(rb.is_ok()),
+            1,
+            "round {round}: one wins ({ra:?}, {rb:?})"
+        );
+        for refused in [ra.err(), rb.err()].into_iter().flatten() {
+            assert_eq!(refused, AccessChangeRefused::LastAdmin, "round {round}");
+        }
+        assert_eq!(enabled_admins(&*a).await, 1, "round {round}: one admin left");
+        for id in ["a", "b"] {
+            a.set_roles(id, &[Role::Admin]).await.must("io").must("admin again");
+        }
+    }
+}
+
+/// The same with disabling, and with one disabling while the other demotes.
+pub async fn two_admins_disabling_each_other_at_once_leave_one_enabled_admin(h: &dyn AccountsHarness) {
+    let (a, _) = h.open().await;
+    let (b, _) = h.open().await;
+    insert_invited(&*a, &admin("a", "alice"), "ca", 0).await;
+    insert_invited(&*a, &admin("b", "bob"), "cb", 0).await;
+    let at = "2026-12-01T00:00:00.000Z";
+    for round in 0..ROUNDS {
+        let (sa, sb) = (a.clone(), b.clone());
+        let demote = round % 2 == 1;
+        let (ra, rb) = race(
+            move || async move { sa.set_disabled("b", Some(at)).await },
+            move || async move {
+                if demote {
+                    sb.set_roles("a", &[Role::Viewer]).await
+                } else {
+                    sb.set_disabled("a", Some(at)).await
+                }
+            },
+        )
+        .await;
+        let (ra, rb) = (ra.must("io"), rb.must("io"));
+        assert_eq!(
+            usize::from(ra.is_ok()) + usize::from(rb.is_ok()),
+            1,
+            "round {round}: one wins ({ra:?}, {rb:?})"
+        );
+        assert_eq!(enabled_admins(&*a).await, 1, "round {round}: one enabled admin left");
+        for id in ["a", "b"] {
+            a.set_roles(id, &[Role::Admin]).await.must("io").must("admin again");
+            a.set_disabled(id, None).await.must("io").must("enabled again");
+        }
+    }
+}
+
+fn setup_invite(n: usize) -> InviteRecord {
+    InviteRecord {
+        role: Role::Admin,
+        ..invite(&format!("{SETUP_INVITE_PREFIX}{n}"), 1_000_000)
+    }
+}
+
+/// A setup invite registers only while nobody holds the admin role; an admin's registration, by any invite, makes every unused setup
+/// invite expire; a refused one keeps its invite unused.
+pub async fn a_setup_invite_works_only_while_no_admin_exists(h: &dyn AccountsHarness) {
+    let (store, _) = h.open().await;
+    let store = &*store;
+    let now = 1000;
+    store.insert_invite(&setup_invite(1), "setup-h1").await.must("invite");
+    // Someone who is not an admin changes nothing about that.
+    insert_invited(store, &user("v", "victor"), "cv", now).await;
+    assert!(store.find_invite("setup-h1", now).await.must("find").is_some());
+    // An admin invite that is no setup code, then the admin's registration.
+    store
+        .insert_invite(
+            &InviteRecord {
+                role: Role::Admin,
+                ..invite("cli-1", 1_000_000)
+            },
+            "cli-h1",
+        )
+        .await
+        .must("invite");
+    store
+        .insert_user(&admin("a", "alice"), &passkey("ca", "a"), Some("cli-h1"), now)
+        .await
+        .must("io")
+        .must("alice");
+    assert!(
+        store.find_invite("setup-h1", now).await.must("find").is_none(),
+        "an admin's registration expires the setup codes"
+    );
+    let listed = store.list_invites().await.must("invites");
+    let expired = listed.iter().find(|i| i.id == "setup-1").must("setup-1");
+    assert_eq!((expired.expires_at, expired.used_by.clone()), (now, None));
+    // A setup code issued anyway (another instance, at the same time) is refused.
+    store.insert_invite(&setup_invite(2), "setup-h2").await.must("invite");
+    let refused = store
+        .insert_user(&admin("e", "eve"), &passkey("ce", "e"), Some("setup-h2"), now)
+        .await
+        .must("io");
+    assert!(matches!(refused, Err(RegistrationRefused::SetupDone)), "{refused:?}");
+    assert!(store.find_user("e").await.must("find").is_none());
+    assert!(
+        store.find_invite("setup-h2", now).await.must("find").is_some(),
+        "the refused registration did not use it"
+    );
+}
+
+/// Registrations of the first admin with several setup invites at once (herald
+/// instances starting together each issued one): exactly one admin, the
+/// others refused, and no setup invite usable afterwards.
+pub async fn concurrent_first_admin_registrations_make_one_admin(h: &dyn AccountsHarness) {
+    let (a, _) = h.open().await;
+    let (b, _) = h.open().await;
+    let now = 1000;
+    const N: usize = 8;
+    for n in 0..N {
+        a.insert_invite(&setup_invite(n), &format!("setup-h{n}"))
+            .await
+            .must("invite");
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for n in 0..N {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("u{n}");
+            barrier.wait().await;
+            store
+                .insert_user(
+                    &admin(&id, &format!("admin{n}")),
+                    &passkey(&format!("c{n}"), &id),
+                    Some(&format!("setup-h{n}")),
+                    now,
+                )
+                .await
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.must("task").must("io") {
+            Ok(()) => won += 1,
+            Err(RegistrationRefused::SetupDone | RegistrationRefused::InviteUnusable) => {}
+            Err(other) => panic!("expected SetupDone, got {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one first admin");
+    assert_eq!(a.count_users().await.must("count"), 1);
+    assert_eq!(enabled_admins(&*a).await, 1);
+    for n in 0..N {
+        assert!(
+            b.find_invite(&format!("setup-h{n}"), now).await.must("find").is_none(),
+            "setup-{n} is used or expired"
+        );
+    }
 }

@@ -187,6 +187,78 @@ pub enum RegistrationRefused {
     InviteRequired,
     #[error("the invite code is unknown, used or expired")]
     InviteUnusable,
+    /// A setup code (an invite whose id starts with [`SETUP_INVITE_PREFIX`])
+    /// used once an admin exists.
+    #[error("herald has an admin already: setup codes no longer work; ask an admin for an invite")]
+    SetupDone,
+}
+
+/// The id prefix of setup-code invites: the first admin's, usable only while
+/// no user holds the admin role (see [`AccountStore::insert_user`]).
+pub const SETUP_INVITE_PREFIX: &str = "setup-";
+
+/// Why a change to a user's roles or access was refused (see
+/// [`AccountStore::set_roles`], [`AccountStore::set_disabled`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessChangeRefused {
+    #[error("there is no such user")]
+    NoSuchUser,
+    /// The user is the only enabled admin, and the change would leave none.
+    #[error("the user is the only enabled admin")]
+    LastAdmin,
+}
+
+/// Whether a user counts for the last-admin rule: an admin who can act (a
+/// disabled admin cannot).
+pub fn is_enabled_admin(user: &User) -> bool {
+    !user.is_disabled() && user.roles.contains(&Role::Admin)
+}
+
+/// A change [`decide_access_change`] decides.
+#[derive(Debug, Clone, Copy)]
+pub enum AccessChange<'a> {
+    /// New roles (sorted and deduplicated in the result).
+    Roles(&'a [Role]),
+    /// Disabled as of this RFC 3339 time (a disabled user keeps the first
+    /// one), or enabled (`None`).
+    Disabled(Option<&'a str>),
+}
+
+/// The rule of [`AccountStore::set_roles`] and [`AccountStore::set_disabled`],
+/// the same on every backend, applied to every user as read inside the
+/// transaction that writes the result: the user `(before, after)`, or why
+/// not. Refused when the user is an enabled admin who would no longer be one
+/// and no other enabled admin exists.
+pub fn decide_access_change(
+    users: &[User],
+    user_id: &str,
+    change: AccessChange<'_>,
+) -> Result<(User, User), AccessChangeRefused> {
+    let before = users
+        .iter()
+        .find(|u| u.id == user_id)
+        .ok_or(AccessChangeRefused::NoSuchUser)?;
+    let mut after = before.clone();
+    match change {
+        AccessChange::Roles(roles) => {
+            after.roles = roles.to_vec();
+            after.roles.sort();
+            after.roles.dedup();
+        }
+        AccessChange::Disabled(Some(at)) => {
+            if after.disabled_at.is_none() {
+                after.disabled_at = Some(at.to_owned());
+            }
+        }
+        AccessChange::Disabled(None) => after.disabled_at = None,
+    }
+    if is_enabled_admin(before) && !is_enabled_admin(&after) {
+        let others = users.iter().filter(|u| u.id != user_id && is_enabled_admin(u)).count();
+        if others == 0 {
+            return Err(AccessChangeRefused::LastAdmin);
+        }
+    }
+    Ok((before.clone(), after))
 }
 
 #[async_trait]
@@ -197,7 +269,13 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// Stores a user with their first passkey, atomically consuming the invite
     /// whose code hashes to `invite_hash` (without one: refused, every
-    /// registration needs an invite).
+    /// registration needs an invite). In the same transaction, serialized
+    /// with every other registration and with [`Self::set_roles`] /
+    /// [`Self::set_disabled`] (also across processes sharing the store): a
+    /// setup invite ([`SETUP_INVITE_PREFIX`]) is refused
+    /// ([`RegistrationRefused::SetupDone`]) once any user holds the admin
+    /// role, and storing a user with the admin role makes every unused setup
+    /// invite expire at `now`.
     async fn insert_user(
         &self,
         user: &User,
@@ -205,11 +283,20 @@ pub trait AccountStore: Send + Sync + 'static {
         invite_hash: Option<&str>,
         now: Millis,
     ) -> Result<Result<(), RegistrationRefused>, StoreError>;
-    /// Replaces a user's roles; false when there is no such user.
-    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, StoreError>;
-    /// Disables a user as of `at` (RFC 3339), or enables them (`None`); false
-    /// when there is no such user.
-    async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError>;
+    /// Replaces a user's roles, unless that would leave no enabled admin
+    /// ([`decide_access_change`]), deciding and changing in one transaction
+    /// serialized with every other such decision (two admins demoting each
+    /// other at once leave one admin). Returns the user as they were before.
+    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<Result<User, AccessChangeRefused>, StoreError>;
+    /// Disables a user as of `at` (RFC 3339), or enables them (`None`), unless
+    /// that would leave no enabled admin (as [`Self::set_roles`]). A user
+    /// disabled already keeps their first `disabled_at`. Returns the user as
+    /// they were before.
+    async fn set_disabled(
+        &self,
+        user_id: &str,
+        at: Option<&str>,
+    ) -> Result<Result<User, AccessChangeRefused>, StoreError>;
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError>;
     async fn find_passkey(&self, credential_id: &str) -> Result<Option<StoredPasskey>, StoreError>;
@@ -307,5 +394,57 @@ mod tests {
         assert_eq!(u.role(), Role::Admin);
         u.roles.clear();
         assert_eq!(u.role(), Role::Viewer);
+    }
+
+    fn person(id: &str, role: Role, disabled: bool) -> User {
+        User {
+            id: id.into(),
+            username: id.into(),
+            display_name: id.into(),
+            roles: vec![role],
+            created_at: String::new(),
+            disabled_at: disabled.then(|| "2026-12-01T00:00:00.000Z".into()),
+        }
+    }
+
+    #[test]
+    fn the_last_enabled_admin_is_neither_demoted_nor_disabled() {
+        let users = [
+            person("a", Role::Admin, false),
+            person("b", Role::Admin, true),
+            person("c", Role::Viewer, false),
+        ];
+        for change in [
+            AccessChange::Roles(&[Role::Operator]),
+            AccessChange::Disabled(Some("t")),
+        ] {
+            assert_eq!(
+                decide_access_change(&users, "a", change).err(),
+                Some(AccessChangeRefused::LastAdmin),
+                "{change:?}: a disabled admin does not count"
+            );
+        }
+        // Keeping admin among other roles, or enabling, is no loss.
+        let (_, after) = decide_access_change(
+            &users,
+            "a",
+            AccessChange::Roles(&[Role::Viewer, Role::Admin, Role::Admin]),
+        )
+        .expect("still admin");
+        assert_eq!(after.roles, vec![Role::Viewer, Role::Admin]);
+        let (before, after) = decide_access_change(&users, "b", AccessChange::Disabled(None)).expect("enable");
+        assert!(before.is_disabled() && !after.is_disabled());
+        // A disabled admin may lose the role; a viewer may be disabled.
+        assert!(decide_access_change(&users, "b", AccessChange::Roles(&[Role::Viewer])).is_ok());
+        assert!(decide_access_change(&users, "c", AccessChange::Disabled(Some("t"))).is_ok());
+        assert_eq!(
+            decide_access_change(&users, "nobody", AccessChange::Disabled(None)).err(),
+            Some(AccessChangeRefused::NoSuchUser)
+        );
+        // With a second enabled admin, either may go; disabling twice keeps the first time.
+        let two = [person("a", Role::Admin, false), person("d", Role::Admin, false)];
+        assert!(decide_access_change(&two, "a", AccessChange::Roles(&[Role::Viewer])).is_ok());
+        let (_, after) = decide_access_change(&users, "b", AccessChange::Disabled(Some("later"))).expect("again");
+        assert_eq!(after.disabled_at.as_deref(), Some("2026-12-01T00:00:00.000Z"));
     }
 }

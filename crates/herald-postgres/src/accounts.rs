@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use herald_core::accounts::{
-    AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo, RegistrationRefused, SessionRecord,
-    StoredPasskey, User,
+    AccessChange, AccessChangeRefused, AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo,
+    RegistrationRefused, SETUP_INVITE_PREFIX, SessionRecord, StoredPasskey, User, decide_access_change,
 };
 use herald_core::auth::{CredentialStore, Role, TokenRecord};
 use herald_core::envelope::Actor;
@@ -28,6 +28,49 @@ use crate::store::{pg, pool_error, with_causes};
 /// The `login_attempts` key of failures that named no account (no username
 /// starts with `*`).
 const NO_ACCOUNT: &str = "*";
+
+/// The advisory lock every decision about who is an admin takes, for its
+/// transaction ("herald-admins"): registrations (the setup-code rule, and an
+/// admin's registration expiring the setup codes), role changes and
+/// disabling (the last-admin rule).
+///
+/// Why a lock and not `SELECT … FOR UPDATE` on the admins' rows: the
+/// first-admin race is about rows that do not exist yet (two registrations
+/// with two setup codes each see no admin; row locks lock nothing there, and
+/// under READ COMMITTED both would insert an admin), and the last-admin race
+/// is about a count over rows two transactions change differently (each
+/// demotes the other: locking only the target row lets both see the other
+/// still an admin). One transaction-scoped lock serializes exactly these
+/// decisions across every instance on the database, is released by the
+/// commit or rollback (no lock can outlive a dropped connection's
+/// transaction), and, taken before anything is read, lets each decision's
+/// statements (READ COMMITTED: a snapshot per statement) see what the one
+/// before it committed. These decisions are rare (people, not requests).
+const ADMIN_DECISIONS_LOCK: i64 = 0x6865_7261_6c64_6164;
+
+/// Every user, oldest first, as `tx` sees them.
+async fn all_users(tx: &tokio_postgres::Transaction<'_>, what: &str) -> Result<Vec<User>, StoreError> {
+    let rows = tx
+        .query(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"),
+            &[],
+        )
+        .await
+        .map_err(|e| pg(what, e))?;
+    rows.iter().map(to_user).collect()
+}
+
+/// Takes [`ADMIN_DECISIONS_LOCK`] for the rest of `tx`.
+async fn lock_admin_decisions(tx: &tokio_postgres::Transaction<'_>, what: &str) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMIN_DECISIONS_LOCK])
+        .await
+        .map(drop)
+        .map_err(|e| pg(what, e))
+}
+
+/// Makes the unused invites whose id starts with `$1` expire at `$2`.
+const EXPIRE_UNUSED_INVITES: &str =
+    "UPDATE invites SET expires_at = $2 WHERE starts_with(id, $1) AND used_by IS NULL AND expires_at > $2";
 
 /// The default number of pooled connections.
 pub const ACCOUNTS_POOL_SIZE: usize = 4;
@@ -194,6 +237,34 @@ impl PgAccounts {
         row.as_ref().map(to_user).transpose()
     }
 
+    /// [`decide_access_change`] on the users as stored, and the result
+    /// written, in one transaction under [`ADMIN_DECISIONS_LOCK`].
+    async fn change_access(
+        &self,
+        what: &str,
+        user_id: &str,
+        change: AccessChange<'_>,
+    ) -> Result<Result<User, AccessChangeRefused>, StoreError> {
+        let mut client = self.client().await?;
+        // Dropped without a commit, the transaction rolls back (and the lock goes).
+        let tx = client.transaction().await.map_err(|e| pg(what, e))?;
+        lock_admin_decisions(&tx, what).await?;
+        let (before, after) = match decide_access_change(&all_users(&tx, what).await?, user_id, change) {
+            Ok(found) => found,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if after != before {
+            tx.execute(
+                "UPDATE users SET roles = $2, disabled_at = $3 WHERE id = $1",
+                &[&user_id, &roles_json(&after.roles)?, &after.disabled_at],
+            )
+            .await
+            .map_err(|e| pg(what, e))?;
+        }
+        tx.commit().await.map_err(|e| pg(what, e))?;
+        Ok(Ok(before))
+    }
+
     /// The sessions a `DELETE … RETURNING` of `SESSION_COLUMNS` removed.
     async fn delete_sessions(
         &self,
@@ -269,6 +340,7 @@ impl AccountStore for PgAccounts {
         let mut client = self.client().await?;
         // Dropped without a commit, the transaction rolls back.
         let tx = client.transaction().await.map_err(|e| pg(WHAT, e))?;
+        lock_admin_decisions(&tx, WHAT).await?;
         let taken = tx
             .query_opt("SELECT 1 FROM users WHERE username = $1", &[&user.username])
             .await
@@ -281,14 +353,24 @@ impl AccountStore for PgAccounts {
         };
         // Racing registrations wait for this row; the losers find it used.
         let used = tx
-            .execute(
-                "UPDATE invites SET used_by = $2 WHERE code_hash = $1 AND used_by IS NULL AND expires_at > $3",
+            .query_opt(
+                "UPDATE invites SET used_by = $2 WHERE code_hash = $1 AND used_by IS NULL AND expires_at > $3 \
+                 RETURNING id",
                 &[&hash, &user.id, &now],
             )
             .await
             .map_err(|e| pg(WHAT, e))?;
-        if used != 1 {
+        let Some(invite) = used else {
             return Ok(Err(RegistrationRefused::InviteUnusable));
+        };
+        let invite: &str = col(&invite, 0, WHAT)?;
+        if invite.starts_with(SETUP_INVITE_PREFIX)
+            && all_users(&tx, WHAT)
+                .await?
+                .iter()
+                .any(|u| u.roles.contains(&Role::Admin))
+        {
+            return Ok(Err(RegistrationRefused::SetupDone));
         }
         let inserted = tx
             .execute(
@@ -315,29 +397,28 @@ impl AccountStore for PgAccounts {
         )
         .await
         .map_err(|e| pg(WHAT, e))?;
+        if user.roles.contains(&Role::Admin) {
+            // herald has an admin now: the setup codes still open are void.
+            tx.execute(EXPIRE_UNUSED_INVITES, &[&SETUP_INVITE_PREFIX, &now])
+                .await
+                .map_err(|e| pg(WHAT, e))?;
+        }
         tx.commit().await.map_err(|e| pg(WHAT, e))?;
         Ok(Ok(()))
     }
 
-    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, StoreError> {
-        let roles = roles_json(roles)?;
-        self.execute(
-            "set_roles",
-            "UPDATE users SET roles = $2 WHERE id = $1",
-            &[&user_id, &roles],
-        )
-        .await
-        .map(one_row)
+    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<Result<User, AccessChangeRefused>, StoreError> {
+        self.change_access("set_roles", user_id, AccessChange::Roles(roles))
+            .await
     }
 
-    async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError> {
-        self.execute(
-            "set_disabled",
-            "UPDATE users SET disabled_at = $2 WHERE id = $1",
-            &[&user_id, &at],
-        )
-        .await
-        .map(one_row)
+    async fn set_disabled(
+        &self,
+        user_id: &str,
+        at: Option<&str>,
+    ) -> Result<Result<User, AccessChangeRefused>, StoreError> {
+        self.change_access("set_disabled", user_id, AccessChange::Disabled(at))
+            .await
     }
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError> {
@@ -518,12 +599,8 @@ impl AccountStore for PgAccounts {
     }
 
     async fn expire_unused_invites(&self, id_prefix: &str, now: Millis) -> Result<u64, StoreError> {
-        self.execute(
-            "expire_unused_invites",
-            "UPDATE invites SET expires_at = $2 WHERE starts_with(id, $1) AND used_by IS NULL AND expires_at > $2",
-            &[&id_prefix, &now],
-        )
-        .await
+        self.execute("expire_unused_invites", EXPIRE_UNUSED_INVITES, &[&id_prefix, &now])
+            .await
     }
 
     async fn count_login_attempt(

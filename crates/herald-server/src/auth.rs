@@ -90,6 +90,12 @@ pub fn token_credential(token_id: &str) -> String {
     format!("token:{token_id}")
 }
 
+/// The name live-stream and rate limits count a person's use under (across
+/// all their sessions).
+pub fn user_credential(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
 pub use crate::secrets::{TokenCache, hash_secret};
 
 async fn find_token(state: &AppState, hash: &str) -> Result<Option<TokenRecord>, ApiError> {
@@ -128,7 +134,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         return Ok(Principal {
             actor: user.actor(),
             role: user.role(),
-            credential_id: format!("user:{}", user.id),
+            credential_id: user_credential(&user.id),
             ends_with: sessions::session_credential(&session.id),
             session: Some(session),
         });
@@ -267,7 +273,8 @@ pub async fn create_token(
 }
 
 /// Revokes a token: takes effect first — the row, the token cache, and every
-/// live stream it opened end — then is recorded. `Ok(false)` when there is no
+/// live stream it opened end — then is recorded (every other instance forgets
+/// it and ends its streams when it reads `TokenRevoked`: `revocations.rs`). `Ok(false)` when there is no
 /// such live token. An error after the row changed (recording `TokenRevoked`
 /// failed) leaves the token revoked: [`RevokeError::NotRecorded`].
 pub async fn revoke_token(state: &AppState, by: &Actor, id: &str) -> Result<bool, RevokeError> {

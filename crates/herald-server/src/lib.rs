@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod passkeys;
 pub mod principal;
 pub mod resources;
+pub mod revocations;
 pub mod routes;
 pub mod secrets;
 pub mod serve;
@@ -235,12 +236,18 @@ async fn method_not_allowed(req: Request<axum::body::Body>) -> Response {
 }
 
 /// Serves herald on `listener` until `shutdown` resolves, then ends every live
-/// stream, stops the projector and waits for open requests to finish.
+/// stream, stops the projector and waits for open requests to finish. Runs the
+/// read models' tasks, the revocation follower (`revocations.rs`) and the
+/// session purge alongside.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Access taken away on any instance sharing the store ends here too
+    // (followed from the head now: before anything is served).
+    let from = revocations::start_position(&state).await;
+    tokio::spawn(revocations::run(state.clone(), from));
     let projector = tokio::spawn(consumers::run(state.clone()));
     tokio::spawn(sessions::purge_loop(state.clone()));
     if let Ok(addr) = listener.local_addr() {

@@ -194,7 +194,7 @@ struct Finish {
 /// setup code `herald serve` prints while no admin exists (or one from
 /// `herald invite create --role admin`): whoever reaches herald first over the
 /// network must not become its admin.
-async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Result<Role, ApiError> {
+async fn registration_invite(state: &AppState, invite_hash: Option<&str>) -> Result<InviteRecord, ApiError> {
     let Some(hash) = invite_hash else {
         return Err(ApiError::BadRequest(
             "invite: registering needs an invite code from an admin; the first admin uses the setup code \
@@ -208,7 +208,6 @@ async fn registration_role(state: &AppState, invite_hash: Option<&str>) -> Resul
         .accounts
         .find_invite(hash, now_millis())
         .await?
-        .map(|i| i.role)
         .ok_or_else(|| ApiError::Forbidden("the invite code is unknown, already used or expired".into()))
 }
 
@@ -225,7 +224,7 @@ pub async fn setup_status(State(state): State<AppState>) -> Result<Response, Api
 }
 
 /// The id prefix of setup-code invites.
-const SETUP_INVITE: &str = "setup-";
+const SETUP_INVITE: &str = herald_core::accounts::SETUP_INVITE_PREFIX;
 
 /// While no admin exists: a fresh one-time setup code (an admin invite; the
 /// codes printed by earlier starts stop working), for `herald serve` to print.
@@ -261,7 +260,7 @@ pub async fn register_start(
     let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
     check_display_name(&display_name).map_err(ApiError::BadRequest)?;
     let invite_hash = body.invite.as_deref().map(|c| hash_secret(c.trim()));
-    registration_role(&state, invite_hash.as_deref()).await?;
+    registration_invite(&state, invite_hash.as_deref()).await?;
     if state.accounts.find_user_by_name(&body.username).await?.is_some() {
         return Err(username_taken(&body.username));
     }
@@ -329,8 +328,10 @@ pub async fn register_finish(
         .finish_passkey_registration(&credential, &saved.state)
         .map_err(|e| ApiError::BadRequest(format!("credential: the passkey could not be verified ({e})")))?;
 
-    let _turn = state.registration.lock().await;
-    let role = registration_role(&state, saved.invite_hash.as_deref()).await?;
+    // Checked here to refuse early; decided by the store, atomically with the
+    // insert (the invite unused, the name free, a setup code only while no
+    // admin exists: every instance sharing the store takes its turn there).
+    let invite = registration_invite(&state, saved.invite_hash.as_deref()).await?;
     if state.accounts.find_user_by_name(&saved.username).await?.is_some() {
         return Err(username_taken(&saved.username));
     }
@@ -339,7 +340,7 @@ pub async fn register_finish(
         id: saved.user_id.simple().to_string(),
         username: saved.username,
         display_name: saved.display_name,
-        roles: vec![role],
+        roles: vec![invite.role],
         created_at: now_rfc3339(),
         disabled_at: None,
     };
@@ -350,10 +351,6 @@ pub async fn register_finish(
         created_at: user.created_at.clone(),
     };
     let (session, secret) = new_session(&user.id, now, millis(state.config.session_max), &headers);
-    let invite_id = match &saved.invite_hash {
-        Some(hash) => state.accounts.find_invite(hash, now).await?.map(|i| i.id),
-        None => None,
-    };
     // The log first: nobody exists without the record of how they came to.
     record(
         &state,
@@ -365,26 +362,35 @@ pub async fn register_finish(
             "username": user.username,
             "display_name": user.display_name,
             "roles": user.roles,
-            "invite_id": invite_id,
+            "invite_id": invite.id,
             "credential_id": stored.credential_id,
             "session_id": session.id,
         }),
         &user.actor(),
     )
     .await?;
-    match state
+    // An admin's registration also makes the open setup codes expire (shown
+    // as expired, not as open invites), in the same transaction.
+    if let Err(refused) = state
         .accounts
         .insert_user(&user, &stored, saved.invite_hash.as_deref(), now)
         .await?
     {
-        Ok(()) => {}
-        Err(RegistrationRefused::UsernameTaken(name)) => return Err(username_taken(&name)),
-        Err(e) => return Err(ApiError::Forbidden(e.to_string())),
-    }
-    if role == Role::Admin {
-        // herald has an admin now: the setup codes still open are void (and
-        // shown as expired, not as open invites).
-        state.accounts.expire_unused_invites(SETUP_INVITE, now).await?;
+        // Lost a race since the checks above (another registration, perhaps on
+        // another instance): the log says this one did not happen after all.
+        record(
+            &state,
+            format!("user-{}", user.id),
+            ExpectedVersion::Any,
+            "RegistrationRefused",
+            json!({ "user_id": user.id, "username": user.username, "reason": refused.to_string() }),
+            &user.actor(),
+        )
+        .await?;
+        return Err(match refused {
+            RegistrationRefused::UsernameTaken(name) => username_taken(&name),
+            e => ApiError::Forbidden(e.to_string()),
+        });
     }
     state.accounts.insert_session(&session, &hash_secret(&secret)).await?;
     let mut response = (StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response();

@@ -118,14 +118,11 @@ pub struct AppStateInner {
     /// The passkey relying party; `None` when the public origin is an IP
     /// address (passkeys need a host name; tokens still work).
     pub webauthn: Option<Arc<Webauthn>>,
-    /// Registrations take turns (the first-user rule and invites are checked,
-    /// recorded, then stored).
-    pub registration: Arc<tokio::sync::Mutex<()>>,
     /// What the domains registered (commands, projections, routes, streams).
     pub registry: Arc<Registry>,
     /// The domains' read models.
     pub models: crate::domain::Models,
-    /// Which read models' tasks are failing (for `/readyz`).
+    /// Which read models' tasks (and the revocation follower) are failing (for `/readyz`).
     pub consumer_health: Arc<crate::health::Health>,
     pub config: Arc<ServerConfig>,
     pub live: Arc<LiveRegistry>,
@@ -212,7 +209,6 @@ impl AppState {
             models,
             consumer_health: Arc::default(),
             webauthn: relying_party(&config.public_origin)?.map(Arc::new),
-            registration: Arc::default(),
             store,
             credentials,
             accounts,
@@ -298,6 +294,7 @@ impl LiveRegistry {
             .credentials
             .entry(credential.to_owned())
             .or_insert_with(|| Credential {
+                limit_key: limit_key.to_owned(),
                 streams: 0,
                 generation: self.generation.fetch_add(1, Ordering::Relaxed),
                 ended: self.shutdown.child_token(),
@@ -327,12 +324,32 @@ impl LiveRegistry {
         }
     }
 
+    /// Ends every open stream counted against `limit_key` (a user: all their
+    /// sessions' streams — disabled, or their roles changed). Returns how many
+    /// were open.
+    pub fn end_limit_key(&self, limit_key: &str) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = 0;
+        open.credentials.retain(|_, entry| {
+            if entry.limit_key != limit_key {
+                return true;
+            }
+            entry.ended.cancel();
+            ended += entry.streams;
+            false
+        });
+        ended
+    }
+
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Relaxed)
     }
 }
 
 struct Credential {
+    /// What its streams count against (one key per credential: its token, or
+    /// its session's user).
+    limit_key: String,
     streams: usize,
     /// Tells this entry from a later one for the same credential.
     generation: u64,
@@ -607,5 +624,26 @@ mod tests {
         // The other ends at its session's expiry.
         assert_eq!(s1.ended().await, EndReason::Expired);
         assert!(tokio::time::Instant::now() >= deadline);
+    }
+
+    #[tokio::test]
+    async fn ending_a_user_ends_the_streams_of_all_their_sessions_only() {
+        let registry = Arc::new(LiveRegistry::new());
+        let s1 = registry.acquire("user:u", "session:1", 8, None).unwrap();
+        let s1b = registry.acquire("user:u", "session:1", 8, None).unwrap();
+        let s2 = registry.acquire("user:u", "session:2", 8, None).unwrap();
+        let other = registry.acquire("user:v", "session:3", 8, None).unwrap();
+        let token = registry.acquire("token:u", "token:u", 8, None).unwrap();
+        assert_eq!(registry.end_limit_key("user:u"), 3);
+        for s in [&s1, &s1b, &s2] {
+            assert_eq!(s.ended().await, EndReason::Revoked);
+        }
+        assert!(!other.ended.is_cancelled() && !token.ended.is_cancelled());
+        assert_eq!(registry.end_limit_key("user:u"), 0, "once");
+        // The ended streams still give their slots back when they close.
+        drop((s1, s1b, s2));
+        let open = registry.open.lock().unwrap();
+        assert!(!open.counts.contains_key("user:u"));
+        assert_eq!(open.counts.get("user:v"), Some(&1));
     }
 }

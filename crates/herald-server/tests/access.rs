@@ -12,10 +12,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use herald_core::accounts::User;
 use herald_core::auth::Role;
 use herald_server::ServerConfig;
-use herald_server::auth::hash_secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -49,74 +47,17 @@ impl Server {
     /// A session made directly in the store for `user_id`, last seen
     /// `idle_for` ago; returns the cookie.
     async fn session_for(&self, user_id: &str, idle_for: Duration) -> String {
-        let now = herald_server::sessions::now_millis();
-        let (mut session, secret) =
-            herald_server::sessions::new_session(user_id, now, 24 * 3600 * 1000, &Default::default());
-        session.last_seen_at = now - i64::try_from(idle_for.as_millis()).expect("ms");
-        self.state
-            .accounts
-            .insert_session(&session, &hash_secret(&secret))
-            .await
-            .expect("insert session");
-        format!("herald_session={secret}")
+        session_in(&self.state, user_id, idle_for).await
     }
 
-    /// A user made directly in the store (through an invite, as herald does).
+    /// A user made directly in the store (see `support::person_in`).
     async fn user(&self, username: &str, role: Role) -> Person {
-        let accounts = &self.state.accounts;
-        let id = uuid_like(username);
-        let now = herald_server::sessions::now_millis();
-        let code_hash = hash_secret(&format!("code-{username}"));
-        accounts
-            .insert_invite(
-                &herald_core::accounts::InviteRecord {
-                    id: format!("inv-{username}"),
-                    role,
-                    created_at: "2026-12-01T00:00:00.000Z".into(),
-                    created_by: herald_core::Actor::system("test"),
-                    expires_at: now + 60_000,
-                    used_by: None,
-                },
-                &code_hash,
-            )
-            .await
-            .expect("invite");
-        let user = User {
-            id: id.clone(),
-            username: username.into(),
-            display_name: username.into(),
-            roles: vec![role],
-            created_at: "2026-12-01T00:00:00.000Z".into(),
-            disabled_at: None,
-        };
-        let passkey = herald_core::accounts::StoredPasskey {
-            credential_id: format!("cred-{username}"),
-            user_id: id.clone(),
-            passkey: "{}".into(),
-            created_at: "2026-12-01T00:00:00.000Z".into(),
-        };
-        accounts
-            .insert_user(&user, &passkey, Some(&code_hash), now)
-            .await
-            .expect("io")
-            .expect("inserted");
-        let mut person = Person::new(username);
-        person.id = id.clone();
-        person.cookie = Some(self.session_for(&id, Duration::ZERO).await);
-        person
+        person_in(&self.state, username, role).await
     }
 
     async fn token(&self, name: &str, role: Role) -> String {
         mint(&self.state, "test", name, role).await.secret
     }
-}
-
-fn uuid_like(name: &str) -> String {
-    format!("{:0>32}", hex_of(name))
-}
-
-fn hex_of(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::accounts::{
-    AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo, RegistrationRefused, SessionRecord,
-    StoredPasskey, User,
+    AccessChange, AccessChangeRefused, AccountStore, FailureRecord, InviteRecord, LoginWindow, Millis, PasskeyInfo,
+    RegistrationRefused, SETUP_INVITE_PREFIX, SessionRecord, StoredPasskey, User, decide_access_change,
 };
 use herald_core::auth::Role;
 use herald_core::store::StoreError;
@@ -160,6 +160,44 @@ fn user_where(conn: &Connection, clause: &str, key: &str) -> Result<Option<User>
         .transpose()
 }
 
+/// Every user, oldest first.
+fn all_users(conn: &Connection) -> Result<Vec<User>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"))
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], row_user)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(to_user).collect()
+}
+
+/// [`decide_access_change`] on the users as stored, and the result written,
+/// in one `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time per
+/// file, so every such decision (and every registration) of every process
+/// sharing herald.db takes its turn, and each reads what the one before wrote.
+fn change_access(
+    conn: &Connection,
+    user_id: &str,
+    change: AccessChange<'_>,
+) -> Result<Result<User, AccessChangeRefused>, StoreError> {
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(backend)?;
+    let (before, after) = match decide_access_change(&all_users(&tx)?, user_id, change) {
+        Ok(found) => found,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if after != before {
+        tx.execute(
+            "UPDATE users SET roles = ?2, disabled_at = ?3 WHERE id = ?1",
+            params![user_id, roles_json(&after.roles)?, after.disabled_at],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(Ok(before))
+}
+
 const PASSKEY_COLUMNS: &str = "credential_id, user_id, passkey, created_at";
 
 fn row_passkey(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPasskey> {
@@ -211,6 +249,10 @@ fn roles_json(roles: &[Role]) -> Result<String, StoreError> {
     serde_json::to_string(&roles).map_err(backend)
 }
 
+/// Makes the unused invites whose id starts with `?1` expire at `?2`.
+const EXPIRE_UNUSED_INVITES: &str = "UPDATE invites SET expires_at = ?2 \
+     WHERE substr(id, 1, length(?1)) = ?1 AND used_by IS NULL AND expires_at > ?2";
+
 #[async_trait]
 impl AccountStore for SqliteAccounts {
     async fn count_users(&self) -> Result<u64, StoreError> {
@@ -234,18 +276,7 @@ impl AccountStore for SqliteAccounts {
     }
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], row_user)
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            rows.into_iter().map(to_user).collect()
-        })
-        .await
+        self.with(all_users).await
     }
 
     async fn insert_user(
@@ -259,59 +290,81 @@ impl AccountStore for SqliteAccounts {
         self.with(move |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(backend)?;
             let taken: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)", [&user.username], |r| r.get(0))
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)",
+                    [&user.username],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             if taken {
                 return Ok(Err(RegistrationRefused::UsernameTaken(user.username)));
             }
-            match &invite_hash {
-                None => return Ok(Err(RegistrationRefused::InviteRequired)),
-                Some(hash) => {
-                    let used = tx
-                        .execute(
-                            "UPDATE invites SET used_by = ?2 WHERE code_hash = ?1 AND used_by IS NULL AND expires_at > ?3",
-                            params![hash, user.id, now],
-                        )
-                        .map_err(backend)?;
-                    if used != 1 {
-                        return Ok(Err(RegistrationRefused::InviteUnusable));
-                    }
-                }
+            let Some(hash) = &invite_hash else {
+                return Ok(Err(RegistrationRefused::InviteRequired));
+            };
+            let invite: Option<String> = tx
+                .query_row(
+                    "UPDATE invites SET used_by = ?2 WHERE code_hash = ?1 AND used_by IS NULL AND expires_at > ?3 \
+                     RETURNING id",
+                    params![hash, user.id, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some(invite) = invite else {
+                return Ok(Err(RegistrationRefused::InviteUnusable));
+            };
+            // Dropped without a commit, the transaction rolls back (the invite stays unused).
+            let setup = invite.starts_with(SETUP_INVITE_PREFIX);
+            if setup && all_users(&tx)?.iter().any(|u| u.roles.contains(&Role::Admin)) {
+                return Ok(Err(RegistrationRefused::SetupDone));
             }
             tx.execute(
                 "INSERT INTO users (id, username, display_name, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![user.id, user.username, user.display_name, roles_json(&user.roles)?, user.created_at],
+                params![
+                    user.id,
+                    user.username,
+                    user.display_name,
+                    roles_json(&user.roles)?,
+                    user.created_at
+                ],
             )
             .map_err(backend)?;
             tx.execute(
                 "INSERT INTO passkeys (credential_id, user_id, passkey, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![passkey.credential_id, passkey.user_id, passkey.passkey, passkey.created_at],
+                params![
+                    passkey.credential_id,
+                    passkey.user_id,
+                    passkey.passkey,
+                    passkey.created_at
+                ],
             )
             .map_err(backend)?;
+            if user.roles.contains(&Role::Admin) {
+                // herald has an admin now: the setup codes still open are void.
+                tx.execute(EXPIRE_UNUSED_INVITES, params![SETUP_INVITE_PREFIX, now])
+                    .map_err(backend)?;
+            }
             tx.commit().map_err(backend)?;
             Ok(Ok(()))
         })
         .await
     }
 
-    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, StoreError> {
-        let (user_id, roles) = (user_id.to_owned(), roles_json(roles)?);
-        self.with(move |conn| {
-            conn.execute("UPDATE users SET roles = ?2 WHERE id = ?1", params![user_id, roles])
-                .map(|n| n == 1)
-                .map_err(backend)
-        })
-        .await
+    async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<Result<User, AccessChangeRefused>, StoreError> {
+        let (user_id, roles) = (user_id.to_owned(), roles.to_vec());
+        self.with(move |conn| change_access(conn, &user_id, AccessChange::Roles(&roles)))
+            .await
     }
 
-    async fn set_disabled(&self, user_id: &str, at: Option<&str>) -> Result<bool, StoreError> {
+    async fn set_disabled(
+        &self,
+        user_id: &str,
+        at: Option<&str>,
+    ) -> Result<Result<User, AccessChangeRefused>, StoreError> {
         let (user_id, at) = (user_id.to_owned(), at.map(str::to_owned));
-        self.with(move |conn| {
-            conn.execute("UPDATE users SET disabled_at = ?2 WHERE id = ?1", params![user_id, at])
-                .map(|n| n == 1)
-                .map_err(backend)
-        })
-        .await
+        self.with(move |conn| change_access(conn, &user_id, AccessChange::Disabled(at.as_deref())))
+            .await
     }
 
     async fn passkeys_of(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError> {
@@ -569,13 +622,9 @@ impl AccountStore for SqliteAccounts {
     async fn expire_unused_invites(&self, id_prefix: &str, now: Millis) -> Result<u64, StoreError> {
         let id_prefix = id_prefix.to_owned();
         self.with(move |conn| {
-            conn.execute(
-                "UPDATE invites SET expires_at = ?2 \
-                 WHERE substr(id, 1, length(?1)) = ?1 AND used_by IS NULL AND expires_at > ?2",
-                params![id_prefix, now],
-            )
-            .map(|n| n as u64)
-            .map_err(backend)
+            conn.execute(EXPIRE_UNUSED_INVITES, params![id_prefix, now])
+                .map(|n| n as u64)
+                .map_err(backend)
         })
         .await
     }

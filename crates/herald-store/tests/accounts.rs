@@ -27,19 +27,18 @@ async fn an_older_database_gets_the_disabled_at_column_on_open() {
         conn.execute_batch(
             "CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL, \
              roles TEXT NOT NULL, created_at TEXT NOT NULL) STRICT; \
-             INSERT INTO users VALUES ('u1', 'alice', 'Alice', '[\"admin\"]', '2026-01-01T00:00:00.000Z');",
+             INSERT INTO users VALUES ('u1', 'alice', 'Alice', '[\"viewer\"]', '2026-01-01T00:00:00.000Z');",
         )
         .expect("old schema");
     }
     let store = SqliteAccounts::open(dir.path()).expect("open migrates");
     let alice = store.find_user("u1").await.expect("find").expect("alice");
     assert_eq!(alice.disabled_at, None);
-    assert!(
-        store
-            .set_disabled("u1", Some("2026-12-01T00:00:00.000Z"))
-            .await
-            .expect("disable")
-    );
+    store
+        .set_disabled("u1", Some("2026-12-01T00:00:00.000Z"))
+        .await
+        .expect("disable")
+        .expect("not the last admin");
     drop(store);
     // Opening again (column present) is fine too.
     let store = SqliteAccounts::open(dir.path()).expect("reopen");

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_core::accounts::AccessChangeRefused;
 use herald_core::auth::Role;
 use herald_core::store::ExpectedVersion;
 use serde::Deserialize;
@@ -14,7 +15,8 @@ use serde_json::json;
 use crate::auth::{Admin, Viewer, now_rfc3339, require_step_up};
 use crate::error::ApiError;
 use crate::passkeys::{create_invite, end_session, record, user_json};
-use crate::sessions::{millis_rfc3339, now_millis, session_credential};
+use crate::revocations::Ending;
+use crate::sessions::{millis_rfc3339, now_millis};
 use crate::state::AppState;
 use crate::wire::{PathParam, read_json_body};
 
@@ -47,17 +49,6 @@ pub async fn list_users(State(state): State<AppState>, Admin(_): Admin) -> Resul
     Ok(Json(json!({ "users": users })).into_response())
 }
 
-/// How many users are admins and not disabled.
-async fn enabled_admins(state: &AppState) -> Result<usize, ApiError> {
-    Ok(state
-        .accounts
-        .list_users()
-        .await?
-        .iter()
-        .filter(|u| u.role() == Role::Admin && !u.is_disabled())
-        .count())
-}
-
 async fn user_or_404(state: &AppState, id: &str) -> Result<herald_core::accounts::User, ApiError> {
     state
         .accounts
@@ -66,45 +57,63 @@ async fn user_or_404(state: &AppState, id: &str) -> Result<herald_core::accounts
         .ok_or_else(|| ApiError::NotFound(format!("there is no user {id}")))
 }
 
+/// The 404 or 422 of a refused [`AccountStore`](herald_core::accounts::AccountStore)
+/// access change (the last-admin rule is the database's, decided in the
+/// change's own transaction: two admins demoting each other at once leave one).
+fn refused(e: AccessChangeRefused, id: &str, last_admin: impl FnOnce() -> String) -> ApiError {
+    match e {
+        AccessChangeRefused::NoSuchUser => ApiError::NotFound(format!("there is no user {id}")),
+        AccessChangeRefused::LastAdmin => ApiError::Unprocessable {
+            title: "last admin",
+            detail: last_admin(),
+        },
+    }
+}
+
+/// Ends, in this process, the streams of every session of `user_id` (their
+/// roles changed, or they were disabled); every other instance does the same
+/// when it reads the event (`revocations.rs`).
+fn end_user_streams(state: &AppState, user_id: &str) {
+    crate::revocations::apply(state, &Ending::User(user_id.to_owned()));
+}
+
 /// Takes a person's access away: they cannot log in, their sessions are
 /// deleted and their live streams end at once. Like a token revocation it
-/// takes effect first and is recorded right after (`UserDisabled`), so it
-/// holds even if recording fails. Disabling an already disabled user changes
-/// nothing.
+/// takes effect first (the database refuses it for the last enabled admin)
+/// and is recorded right after (`UserDisabled`), so it holds even if
+/// recording fails. Disabling an already disabled user changes nothing.
 pub async fn disable_user(
     State(state): State<AppState>,
     Admin(admin): Admin,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     require_step_up(&state, &admin, "disabling a person")?;
-    let _turn = state.registration.lock().await;
-    let mut user = user_or_404(&state, &id).await?;
-    if user.id == admin.actor.id {
+    if id == admin.actor.id {
         return Err(ApiError::Unprocessable {
             title: "cannot disable yourself",
             detail: "an admin cannot disable their own account; ask another admin".into(),
         });
     }
-    let newly = !user.is_disabled();
-    if newly {
-        if user.role() == Role::Admin && enabled_admins(&state).await? <= 1 {
-            return Err(ApiError::Unprocessable {
-                title: "last admin",
-                detail: format!(
-                    "{} is the only enabled admin; make someone else admin first",
-                    user.username
-                ),
-            });
+    let at = now_rfc3339();
+    let mut user = match state.accounts.set_disabled(&id, Some(&at)).await? {
+        Ok(before) => before,
+        Err(e) => {
+            let name = state
+                .accounts
+                .find_user(&id)
+                .await?
+                .map_or_else(|| id.clone(), |u| u.username);
+            return Err(refused(e, &id, || {
+                format!("{name} is the only enabled admin; make someone else admin first")
+            }));
         }
-        let at = now_rfc3339();
-        state.accounts.set_disabled(&user.id, Some(&at)).await?;
-        user.disabled_at = Some(at);
-    }
+    };
+    let newly = !user.is_disabled();
     // Also when already disabled: a session another process let in is ended.
-    for session in state.accounts.delete_sessions_of(&user.id).await? {
-        state.live.end_credential(&session_credential(&session.id));
-    }
+    state.accounts.delete_sessions_of(&user.id).await?;
+    end_user_streams(&state, &user.id);
     if newly {
+        user.disabled_at = Some(at);
         record(
             &state,
             format!("user-{}", user.id),
@@ -126,7 +135,6 @@ pub async fn enable_user(
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     require_step_up(&state, &admin, "enabling a person")?;
-    let _turn = state.registration.lock().await;
     let mut user = user_or_404(&state, &id).await?;
     if user.is_disabled() {
         record(
@@ -138,7 +146,10 @@ pub async fn enable_user(
             &admin.actor,
         )
         .await?;
-        state.accounts.set_disabled(&user.id, None).await?;
+        // Enabling never leaves fewer admins: refused only for a user gone since.
+        if let Err(e) = state.accounts.set_disabled(&user.id, None).await? {
+            return Err(refused(e, &id, String::new));
+        }
         user.disabled_at = None;
     }
     Ok(Json(json!({ "user": user_json(&user) })).into_response())
@@ -195,34 +206,47 @@ pub async fn set_roles(
             "roles: give at least one of viewer, operator, admin".into(),
         ));
     }
-    let _turn = state.registration.lock().await;
-    let user = state
-        .accounts
-        .find_user(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("there is no user {id}")))?;
-    let loses_admin = user.role() == Role::Admin && !roles.contains(&Role::Admin) && !user.is_disabled();
-    if loses_admin {
-        // A disabled admin cannot act: only enabled admins count.
-        if enabled_admins(&state).await? <= 1 {
-            return Err(ApiError::Unprocessable {
-                title: "last admin",
-                detail: format!("{} is the only admin; make someone else admin first", user.username),
-            });
+    // Decided and changed in one transaction (the last-admin rule), then
+    // recorded; a grant whose record fails is undone (nobody gains access
+    // without its record), a loss stands, like a revocation.
+    let mut user = match state.accounts.set_roles(&id, &roles).await? {
+        Ok(before) => before,
+        Err(e) => {
+            let name = state
+                .accounts
+                .find_user(&id)
+                .await?
+                .map_or_else(|| id.clone(), |u| u.username);
+            return Err(refused(e, &id, || {
+                format!("{name} is the only admin; make someone else admin first")
+            }));
+        }
+    };
+    if user.roles != roles {
+        let previous = std::mem::replace(&mut user.roles, roles);
+        // Streams opened with the old role end (the console opens them again),
+        // whether or not the record below is written.
+        end_user_streams(&state, &user.id);
+        let recorded = record(
+            &state,
+            format!("user-{}", user.id),
+            ExpectedVersion::Any,
+            "RolesChanged",
+            json!({ "user_id": user.id, "username": user.username, "roles": user.roles, "previous": previous }),
+            &admin.actor,
+        )
+        .await;
+        if let Err(e) = recorded {
+            if user.role() > previous.iter().copied().max().unwrap_or(Role::Viewer) {
+                let undone = state.accounts.set_roles(&user.id, &previous).await;
+                if !matches!(undone, Ok(Ok(_))) {
+                    let outcome = undone.map(|r| r.map(drop));
+                    tracing::error!(user_id = %user.id, ?outcome, "a role grant was not recorded and cannot be undone");
+                }
+            }
+            return Err(e);
         }
     }
-    record(
-        &state,
-        format!("user-{}", user.id),
-        ExpectedVersion::Any,
-        "RolesChanged",
-        json!({ "user_id": user.id, "username": user.username, "roles": roles, "previous": user.roles }),
-        &admin.actor,
-    )
-    .await?;
-    state.accounts.set_roles(&user.id, &roles).await?;
-    let mut user = user;
-    user.roles = roles;
     Ok(Json(json!({ "user": user_json(&user) })).into_response())
 }
 

@@ -41,8 +41,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .map_err(|e| ApiError::Unavailable(format!("the event store is not reachable: {e}")))?;
     let failing = state.consumer_health.failing();
     if let Some((name, cause)) = failing.first() {
+        let what = if *name == crate::revocations::NAME {
+            format!("the {name}")
+        } else {
+            format!("the {name} read model")
+        };
         return Err(ApiError::Unavailable(format!(
-            "the {name} read model cannot keep up with the log: {cause} (retried every second)"
+            "{what} cannot keep up with the log: {cause} (retried every second)"
         )));
     }
     let mut projections = serde_json::Map::new();

@@ -59,6 +59,71 @@ impl Drop for Running {
     }
 }
 
+/// A session made directly in `state`'s account store for `user_id`, last
+/// seen `idle_for` ago (verified at its creation: fresh for a step-up);
+/// returns the cookie.
+pub async fn session_in(state: &AppState, user_id: &str, idle_for: Duration) -> String {
+    let now = herald_server::sessions::now_millis();
+    let (mut session, secret) =
+        herald_server::sessions::new_session(user_id, now, 24 * 3600 * 1000, &Default::default());
+    session.last_seen_at = now - i64::try_from(idle_for.as_millis()).expect("ms");
+    state
+        .accounts
+        .insert_session(&session, &herald_server::auth::hash_secret(&secret))
+        .await
+        .expect("insert session");
+    format!("herald_session={secret}")
+}
+
+/// A user made directly in `state`'s account store (through an invite, as
+/// herald does), with a fresh session (their cookie); no passkey ceremony.
+pub async fn person_in(state: &AppState, username: &str, role: Role) -> Person {
+    let accounts = &state.accounts;
+    let id = format!(
+        "{:0>32}",
+        username.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let now = herald_server::sessions::now_millis();
+    let code_hash = herald_server::auth::hash_secret(&format!("code-{username}"));
+    accounts
+        .insert_invite(
+            &herald_core::accounts::InviteRecord {
+                id: format!("inv-{username}"),
+                role,
+                created_at: "2026-12-01T00:00:00.000Z".into(),
+                created_by: Actor::system("test"),
+                expires_at: now + 60_000,
+                used_by: None,
+            },
+            &code_hash,
+        )
+        .await
+        .expect("invite");
+    let user = herald_core::accounts::User {
+        id: id.clone(),
+        username: username.into(),
+        display_name: username.into(),
+        roles: vec![role],
+        created_at: "2026-12-01T00:00:00.000Z".into(),
+        disabled_at: None,
+    };
+    let passkey = herald_core::accounts::StoredPasskey {
+        credential_id: format!("cred-{username}"),
+        user_id: id.clone(),
+        passkey: "{}".into(),
+        created_at: "2026-12-01T00:00:00.000Z".into(),
+    };
+    accounts
+        .insert_user(&user, &passkey, Some(&code_hash), now)
+        .await
+        .expect("io")
+        .expect("inserted");
+    let mut person = Person::new(username);
+    person.id = id.clone();
+    person.cookie = Some(session_in(state, &id, Duration::ZERO).await);
+    person
+}
+
 /// A token minted in process, by the system actor `by`.
 pub async fn mint(state: &AppState, by: &str, name: &str, role: Role) -> MintedToken {
     herald_server::auth::create_token(&*state.store, &*state.credentials, &Actor::system(by), name, role)
@@ -156,10 +221,15 @@ pub async fn problem(r: reqwest::Response) -> Value {
 
 /// Reads until the stream ends; panics if it stays open past the bound.
 pub async fn read_to_end(stream: &mut reqwest::Response, seen: &mut String) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    read_to_end_within(stream, seen, WAIT).await;
+}
+
+/// Reads until the stream ends; panics if it stays open longer than `bound`.
+pub async fn read_to_end_within(stream: &mut reqwest::Response, seen: &mut String, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
         match tokio::time::timeout_at(deadline, stream.chunk()).await {
-            Err(_) => panic!("the stream was still open after {WAIT:?}"),
+            Err(_) => panic!("the stream was still open after {bound:?}"),
             Ok(Ok(Some(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
             Ok(Ok(None)) | Ok(Err(_)) => return,
         }

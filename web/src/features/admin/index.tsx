@@ -48,6 +48,7 @@ export const admin: Feature = {
       'TokenCreated',
       'TokenRevoked',
       'UserRegistered',
+      'RegistrationRefused',
       'LoginSucceeded',
       'LoginFailed',
       'LoggedOut',

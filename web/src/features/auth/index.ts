@@ -19,5 +19,8 @@ export const auth: Feature = {
     LoginSucceeded: ({ data: d }) => (d.step_up ? 'confirmed with a passkey' : 'signed in with a passkey'),
     LoginFailed: ({ data: d }) => `failed to sign in${text(d.username) ? ` as ${d.username}` : ''}${text(d.reason) ? `: ${d.reason}` : ''}`,
     LoggedOut: () => 'signed out',
+    // A registration that lost a race after it was recorded: that user was never stored.
+    RegistrationRefused: ({ data: d }) =>
+      `could not register${text(d.username) ? ` as ${d.username}` : ''}${text(d.reason) ? `: ${d.reason}` : ''}`,
   },
 }
