@@ -189,7 +189,8 @@ async fn a_database_a_newer_herald_migrated_is_refused_before_anything_is_applie
         .await
         .expect_err("a newer schema is refused");
     assert!(
-        err.to_string().contains("the database has migration 99, newer than this herald knows"),
+        err.to_string()
+            .contains("the database has migration 99, newer than this herald knows"),
         "{err}"
     );
     // The check runs under the lock before any migration: nothing was created.

@@ -58,7 +58,10 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
     store.inject_writer_panics(1);
     match store.append(request("thing-b")).await {
         Err(StoreError::Unavailable(detail)) => {
-            assert!(detail.contains("panicked") && detail.contains("was not committed"), "{detail}")
+            assert!(
+                detail.contains("panicked") && detail.contains("was not committed"),
+                "{detail}"
+            )
         }
         other => panic!("the panicking batch's append must fail as unavailable, got {other:?}"),
     }
@@ -73,7 +76,11 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
         .await
         .expect("the sequencer is not left locked")
         .expect("append after the panic");
-    assert_eq!(next.committed().first_position(), 2, "nothing of the failed batch was written");
+    assert_eq!(
+        next.committed().first_position(),
+        2,
+        "nothing of the failed batch was written"
+    );
     assert_eq!(store.write_health(), WriteHealth::Ok);
     // Another store on the database is not blocked either.
     let other = h.open_with(PgConfig::default()).await;

@@ -262,7 +262,7 @@ impl Backend {
                 )
                 .await
                 .with_context(context)?;
-                Ok(Opened::Postgres(database, store))
+                Ok(Opened::Postgres(Box::new(database), store))
             }
         }
     }
@@ -271,7 +271,7 @@ impl Backend {
 /// What [`Backend::open`] opened.
 enum Opened {
     Sqlite(PathBuf, Arc<SqliteStore>),
-    Postgres(herald_postgres::Database, Arc<herald_postgres::PgStore>),
+    Postgres(Box<herald_postgres::Database>, Arc<herald_postgres::PgStore>),
 }
 
 impl Opened {
@@ -450,7 +450,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 /// `verify`'s progress on stderr: every 100,000 events, and at the end.
 fn verify_progress(checked: u64, head: u64) {
-    if checked % 100_000 == 0 || checked == head {
+    if checked.is_multiple_of(100_000) || checked == head {
         let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
     }
 }
