@@ -85,6 +85,7 @@ pub struct CheckedEnvelope {
     pub stream: String,
     pub version: u64,
     pub event_type: String,
+    pub command_id: String,
     pub recorded_at: String,
     pub hash: String,
 }
@@ -229,9 +230,9 @@ impl ChainVerifier {
         if self.bad.is_some() {
             return false;
         }
-        match self.check_row(row, false) {
-            Ok(checked) => {
-                self.advance(checked.hash);
+        match self.check_row(row, false, |fields| fields.hash.into_owned()) {
+            Ok(hash) => {
+                self.advance(hash);
                 true
             }
             Err((position, problem)) => {
@@ -259,7 +260,16 @@ impl ChainVerifier {
             category: None,
             hash: None,
         };
-        match self.check_row(row, true) {
+        let checked = self.check_row(row, true, |fields| CheckedEnvelope {
+            position: fields.position,
+            stream: fields.stream.into_owned(),
+            version: fields.version,
+            event_type: fields.event_type.into_owned(),
+            command_id: fields.command_id.into_owned(),
+            recorded_at: fields.recorded_at.into_owned(),
+            hash: fields.hash.into_owned(),
+        });
+        match checked {
             Ok(checked) => {
                 self.advance(checked.hash.clone());
                 Ok(checked)
@@ -286,10 +296,16 @@ impl ChainVerifier {
         self.next_position += 1;
     }
 
+    /// Checks `row`; `Ok` with what `found` takes from its envelope's fields.
     /// `from_text`: the row is an envelope alone, expected at `row.position`
     /// (its own position is checked before its hash, so that a line out of
     /// order is reported as such).
-    fn check_row(&self, row: StoredRow<'_>, from_text: bool) -> Result<CheckedEnvelope, (u64, String)> {
+    fn check_row<T>(
+        &self,
+        row: StoredRow<'_>,
+        from_text: bool,
+        found: impl FnOnce(Fields<'_>) -> T,
+    ) -> Result<T, (u64, String)> {
         let position = row.position;
         if position != self.next_position {
             return Err((
@@ -374,14 +390,7 @@ impl ChainVerifier {
                 fields.hash, expect.hash
             )));
         }
-        Ok(CheckedEnvelope {
-            position,
-            stream: fields.stream.into_owned(),
-            version: fields.version,
-            event_type: fields.event_type.into_owned(),
-            recorded_at: fields.recorded_at.into_owned(),
-            hash: fields.hash.into_owned(),
-        })
+        Ok(found(fields))
     }
 
     /// The report, once every row up to the head was passed to

@@ -65,11 +65,29 @@ pub struct ImportSummary {
     pub commands: u64,
 }
 
+/// Checked events, in position order, and each one's `command_id` (for the
+/// idempotency records a backend derives).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<SealedEvent>,
+    pub command_ids: Vec<String>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
 /// What [`read_in_background`] sends: batches of checked events, then the
 /// end of the input with the last event read.
 #[derive(Debug)]
 pub enum ImportItem {
-    Rows(Vec<SealedEvent>),
+    Rows(Batch),
     End {
         head: Head,
         /// See [`ImportReader::latest_recorded_at`].
@@ -160,14 +178,15 @@ impl<R: BufRead> ImportReader<R> {
         &self.latest_recorded_at
     }
 
-    /// The next checked event, or `None` at the end of the input.
-    pub fn next_row(&mut self) -> Result<Option<SealedEvent>, ImportError> {
+    /// The next checked event and its `command_id`, or `None` at the end of
+    /// the input.
+    pub fn next_row(&mut self) -> Result<Option<(SealedEvent, String)>, ImportError> {
         if self.done {
             return Ok(None);
         }
         self.buf.clear();
         let line = self.line + 1;
-        let position = self.verifier.last().position + 1;
+        let position = self.verifier.checked() + 1;
         let refused = |problem: String| ImportError::Refused {
             line,
             position,
@@ -213,26 +232,30 @@ impl<R: BufRead> ImportReader<R> {
         if checked.recorded_at > self.latest_recorded_at {
             self.latest_recorded_at = checked.recorded_at;
         }
-        Ok(Some(SealedEvent {
-            position: checked.position,
-            stream: checked.stream,
-            version: checked.version,
-            event_type: checked.event_type,
-            json: text.to_owned(),
-            hash: checked.hash,
-        }))
+        Ok(Some((
+            SealedEvent {
+                position: checked.position,
+                stream: checked.stream,
+                version: checked.version,
+                event_type: checked.event_type,
+                json: text.to_owned(),
+                hash: checked.hash,
+            },
+            checked.command_id,
+        )))
     }
 
     /// The next batch: up to [`BATCH_ROWS`] events or about [`BATCH_BYTES`]
     /// of envelopes; empty at the end of the input.
-    pub fn next_batch(&mut self) -> Result<Vec<SealedEvent>, ImportError> {
-        let mut batch = Vec::new();
+    pub fn next_batch(&mut self) -> Result<Batch, ImportError> {
+        let mut batch = Batch::default();
         let mut bytes = 0;
         while batch.len() < BATCH_ROWS && bytes < BATCH_BYTES {
             match self.next_row()? {
-                Some(row) => {
-                    bytes += row.json.len();
-                    batch.push(row);
+                Some((event, command_id)) => {
+                    bytes += event.json.len();
+                    batch.events.push(event);
+                    batch.command_ids.push(command_id);
                 }
                 None => break,
             }
@@ -281,7 +304,8 @@ mod tests {
             if batch.is_empty() {
                 return Ok((rows, reader.head()));
             }
-            rows.extend(batch);
+            assert_eq!(batch.command_ids.len(), batch.events.len());
+            rows.extend(batch.events);
         }
     }
 

@@ -17,15 +17,18 @@ use crate::store::{Database, NOTIFY_CHANNEL, first_connection, insert_events, pg
 /// consecutive positions and versions), with the fingerprint unknown
 /// ([`IMPORTED_FINGERPRINT`]). A `command_id` several appends share was no
 /// idempotency key (the store never appends twice for one).
+///
+/// The command ids come from the import's own table (filled with each batch
+/// from the envelopes the reader parsed): PostgreSQL's JSON operators refuse
+/// an envelope with `\u0000` anywhere in it, which the log may hold.
 const DERIVE_COMMANDS: &str = "
 INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
-SELECT command_id, $1, min(stream), max(version), min(position), max(position)
-FROM (SELECT envelope::json ->> 'command_id' AS command_id, stream, version, position FROM events) e
-WHERE command_id IS NOT NULL
-GROUP BY command_id
-HAVING count(DISTINCT stream) = 1
-   AND max(position) - min(position) + 1 = count(*)
-   AND max(version) - min(version) = max(position) - min(position)";
+SELECT i.command_id, $1, min(e.stream), max(e.version), min(e.position), max(e.position)
+FROM herald_import_commands i JOIN events e ON e.position = i.position
+GROUP BY i.command_id
+HAVING count(DISTINCT e.stream) = 1
+   AND max(e.position) - min(e.position) + 1 = count(*)
+   AND max(e.version) - min(e.version) = max(e.position) - min(e.position)";
 
 /// Imports the batches `read_in_background` sends into the log of
 /// `database`, which must be empty. `progress` is called after each batch
@@ -66,10 +69,18 @@ pub async fn import(
         )));
     }
 
+    tx.batch_execute(
+        "CREATE TEMPORARY TABLE herald_import_commands (position bigint NOT NULL, command_id text NOT NULL)
+         ON COMMIT DROP",
+    )
+    .await
+    .map_err(|e| pg("import: a table for the command ids", e))?;
+
     let mut written = 0u64;
     let (head, latest_recorded_at) = loop {
         match batches.recv().await {
-            Some(Ok(ImportItem::Rows(rows))) => {
+            Some(Ok(ImportItem::Rows(batch))) => {
+                let rows = &batch.events;
                 // PostgreSQL text cannot hold U+0000 (the envelope escapes it;
                 // the type column would not).
                 if let Some(row) = rows.iter().find(|r| r.event_type.contains('\0')) {
@@ -79,9 +90,23 @@ pub async fn import(
                         problem: "the event type contains a NUL character, which PostgreSQL cannot store".into(),
                     });
                 }
-                insert_events(&tx, &rows)
+                insert_events(&tx, rows)
                     .await
                     .map_err(|e| pg(&format!("import: inserting positions {}..", written + 1), e))?;
+                // A command id with U+0000 cannot be a record's key: it gets none.
+                let (positions, ids): (Vec<i64>, Vec<&str>) = rows
+                    .iter()
+                    .zip(&batch.command_ids)
+                    .filter(|(_, id)| !id.contains('\0'))
+                    .map(|(row, id)| (sql_int(row.position), id.as_str()))
+                    .unzip();
+                tx.execute(
+                    "INSERT INTO herald_import_commands (position, command_id)
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[])",
+                    &[&positions, &ids],
+                )
+                .await
+                .map_err(|e| pg("import: recording the command ids", e))?;
                 written += rows.len() as u64;
                 progress(written);
             }

@@ -74,8 +74,9 @@ pub fn import(
             .map_err(backend)?;
         loop {
             match batches.blocking_recv() {
-                Some(Ok(ImportItem::Rows(rows))) => {
-                    for row in &rows {
+                Some(Ok(ImportItem::Rows(batch))) => {
+                    let rows = &batch.events;
+                    for row in rows {
                         insert
                             .execute(params![
                                 sql_int(row.position),
