@@ -7,7 +7,9 @@
 //! no backend.
 
 pub mod accounts;
+pub mod checkpoints;
 pub mod event_store;
 
 pub use accounts::{AccountsHarness, AccountsTempDirHarness};
+pub use checkpoints::CheckpointsHarness;
 pub use event_store::{Harness, TempDirHarness};

@@ -17,6 +17,7 @@
 mod accounts;
 mod import;
 mod migrations;
+mod readmodel;
 mod store;
 pub mod testing;
 mod verify;
@@ -24,5 +25,6 @@ mod verify;
 pub use accounts::{ACCOUNTS_POOL_SIZE, PgAccounts};
 pub use import::import;
 pub use migrations::{MIGRATIONS, Migration};
+pub use readmodel::{LEAD_RETRY, MODEL_POOL_SIZE, PgModel, PgModels};
 pub use store::{Database, LISTENER_NAME, NOTIFY_CHANNEL, PgConfig, PgStore, describe_config, with_causes};
 pub use verify::{Verified, verify_read_only};

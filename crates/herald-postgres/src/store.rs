@@ -175,7 +175,7 @@ pub(crate) fn stored_u64(row: &Row, idx: usize, what: &str) -> Result<u64, Store
 /// A pool of at most `size` connections (named `herald` unless the
 /// configuration names them) and the database's description for messages
 /// (no password). Connects nothing yet.
-pub(crate) fn pool(pg_config: tokio_postgres::Config, size: usize) -> Result<(Pool, String), StoreError> {
+pub(crate) fn build_pool(pg_config: tokio_postgres::Config, size: usize) -> Result<(Pool, String), StoreError> {
     let target = describe_config(&pg_config);
     let mut pool_config = pg_config;
     if pool_config.get_application_name().is_none() {
@@ -224,7 +224,7 @@ impl Database {
     /// configuration names them), after applying the migrations the database
     /// lacks on its first connection.
     pub async fn connect(pg_config: tokio_postgres::Config, size: usize) -> Result<Database, StoreError> {
-        let (pool, target) = pool(pg_config.clone(), size)?;
+        let (pool, target) = build_pool(pg_config.clone(), size)?;
         let mut client = first_connection(&pool, &target).await?;
         crate::migrations::migrate(&mut client).await?;
         drop(client);

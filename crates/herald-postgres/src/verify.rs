@@ -10,7 +10,7 @@ use herald_core::store::StoreError;
 use tokio_postgres::IsolationLevel;
 
 use crate::migrations::MIGRATIONS;
-use crate::store::{first_connection, pg, pool, read_head, sql_int, stored_u64};
+use crate::store::{build_pool, first_connection, pg, read_head, sql_int, stored_u64};
 
 /// The triggers that keep `events` append-only (migration 1); `verify` checks them.
 pub(crate) const APPEND_ONLY_TRIGGERS: [&str; 2] = ["events_append_only", "events_no_truncate"];
@@ -55,7 +55,7 @@ pub async fn verify_read_only(
     expect: Option<Expect>,
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Verified, StoreError> {
-    let (pool, target) = pool(pg_config, 1)?;
+    let (pool, target) = build_pool(pg_config, 1)?;
     let mut client = first_connection(&pool, &target).await?;
     const WHAT: &str = "reading the schema";
     let row = client

@@ -13,6 +13,11 @@
 //! pre-encoded with the position they reflect, and moves its mark. Its own
 //! applies are published by the same path, so nothing is published twice.
 //!
+//! On a store several instances share (PostgreSQL) only the instance that
+//! leads a model applies the log to it (`Consumer::lead`: an advisory lock per
+//! model); the others observe it — read how far it is, note stretches of the
+//! log with nothing of the model's — and publish its changes all the same.
+//!
 //! A task that panics is restarted after a second (and counted); its model's
 //! checkpoint is where it goes on from.
 
@@ -99,8 +104,22 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
         // (unless the last batch seen held nothing of this model's and it was
         // caught up before it).
         let mut failed = false;
+        // On a store several instances share, one applies (leads) at a time;
+        // the others follow the model it writes and publish its changes.
+        let leading = match consumer.lead().await {
+            Ok(leading) => leading,
+            Err(e) => {
+                tracing::warn!(projection = name, error = %e, "cannot tell whether this instance leads the read model");
+                false
+            }
+        };
         while !std::mem::take(&mut caught_up) {
-            match consumer.process_next(&state.store, PAGE).await {
+            let step = if leading {
+                consumer.process_next(&state.store, PAGE).await
+            } else {
+                consumer.observe(&state.store, PAGE).await
+            };
+            match step {
                 Ok(step) => {
                     state.consumer_health.set(name, None);
                     state.live.head.fetch_max(step.head, Ordering::Relaxed);
@@ -108,7 +127,7 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
                     position.set(step.checkpoint as f64);
                     lag.set(step.head.saturating_sub(step.checkpoint) as f64);
                     publisher.publish_or_skip(&state, &*consumer, step.checkpoint).await;
-                    if step.caught_up() {
+                    if step.caught_up() || !leading {
                         break;
                     }
                 }

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, Uri};
 use herald_core::aggregate::Aggregate;
 use herald_core::command::Commands;
 use herald_core::store::StoreError;
-use herald_store::projection::{Consumer, ReadModel, RowProjection};
+use herald_store::projection::{Consumer, Model, ReadModel, RowProjection};
 
 use crate::error::ApiError;
 use crate::principal::Principal;
@@ -65,13 +65,27 @@ struct ProjectionSpec {
     name: &'static str,
     type_id: TypeId,
     open: fn(&Path) -> Result<ModelHandles, StoreError>,
+    open_postgres: OpenPostgres,
 }
+
+/// How a registered read model is opened on PostgreSQL.
+type OpenPostgres =
+    for<'a> fn(&'a herald_postgres::PgModels) -> futures_util::future::BoxFuture<'a, Result<ModelHandles, StoreError>>;
 
 /// An opened read model: typed (for its domain's handlers) and as a consumer
 /// (for the runner).
 struct ModelHandles {
     typed: Arc<dyn Any + Send + Sync>,
     consumer: Arc<dyn Consumer>,
+}
+
+impl ModelHandles {
+    fn of<P: RowProjection>(model: Model<P>) -> ModelHandles {
+        ModelHandles {
+            consumer: model.consumer(),
+            typed: Arc::new(model),
+        }
+    }
 }
 
 /// What the domains registered (`S`: the state handlers receive; the
@@ -111,13 +125,10 @@ impl<S> Registry<S> {
         );
         self.projections.push(ProjectionSpec {
             name: P::NAME,
-            type_id: TypeId::of::<ReadModel<P>>(),
-            open: |dir| {
-                let model = ReadModel::<P>::open(dir)?;
-                Ok(ModelHandles {
-                    typed: model.clone(),
-                    consumer: model,
-                })
+            type_id: TypeId::of::<P>(),
+            open: |dir| Ok(ModelHandles::of(Model::<P>::new(ReadModel::<P>::open(dir)?))),
+            open_postgres: |models| {
+                Box::pin(async move { Ok(ModelHandles::of(Model::<P>::new(Arc::new(models.open::<P>().await?)))) })
             },
         });
         self
@@ -156,9 +167,16 @@ impl<S> Registry<S> {
     pub fn open_models(&self, dir: &Path) -> Result<Models, StoreError> {
         let mut models = Models::default();
         for spec in &self.projections {
-            let opened = (spec.open)(dir)?;
-            models.typed.insert(spec.type_id, opened.typed);
-            models.consumers.push(opened.consumer);
+            models.add(spec.type_id, (spec.open)(dir)?);
+        }
+        Ok(models)
+    }
+
+    /// Opens every registered read model on PostgreSQL (each in its schema).
+    pub async fn open_models_postgres(&self, at: &herald_postgres::PgModels) -> Result<Models, StoreError> {
+        let mut models = Models::default();
+        for spec in &self.projections {
+            models.add(spec.type_id, (spec.open_postgres)(at).await?);
         }
         Ok(models)
     }
@@ -172,12 +190,17 @@ pub struct Models {
 }
 
 impl Models {
+    fn add(&mut self, type_id: TypeId, opened: ModelHandles) {
+        self.typed.insert(type_id, opened.typed);
+        self.consumers.push(opened.consumer);
+    }
+
     /// The read model of `P`, when it is registered.
-    pub fn get<P: RowProjection>(&self) -> Option<Arc<ReadModel<P>>> {
+    pub fn get<P: RowProjection>(&self) -> Option<Model<P>> {
         self.typed
-            .get(&TypeId::of::<ReadModel<P>>())
+            .get(&TypeId::of::<P>())
+            .and_then(|m| m.downcast_ref::<Model<P>>())
             .cloned()
-            .and_then(|m| m.downcast::<ReadModel<P>>().ok())
     }
 
     /// Every read model, as the runner sees them.

@@ -68,6 +68,25 @@ impl AppState {
         )
     }
 
+    /// PostgreSQL: the log, accounts, sessions, tokens and every read model
+    /// (each in its own schema) in the database `pg` names, shared with any
+    /// other herald instance on it; the event store frames each event as an
+    /// SSE message ([`sse::Sse`]).
+    pub async fn open_postgres(
+        pg: tokio_postgres::Config,
+        store_config: herald_postgres::PgConfig,
+        config: ServerConfig,
+    ) -> Result<AppState, ConfigError> {
+        let store = herald_postgres::PgStore::open_config(pg.clone(), Arc::new(sse::Sse), store_config).await?;
+        let accounts =
+            herald_postgres::PgAccounts::open_config(pg.clone(), herald_postgres::ACCOUNTS_POOL_SIZE).await?;
+        let registry = domains::registry();
+        let models = registry
+            .open_models_postgres(&herald_postgres::PgModels::new(pg))
+            .await?;
+        AppState::with_models(store, accounts.clone(), accounts, models, registry, config)
+    }
+
     /// State around stores opened by the caller; every domain's read models
     /// are opened in `models_dir` (the data directory). The event store must
     /// have been opened with [`sse::Sse`]: live streams send its frames as they are.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use herald_core::accounts::AccountStore;
 use herald_core::auth::CredentialStore;
 use herald_core::store::{EventStore, StoreError};
-use herald_store::projection::{ReadModel, RowProjection};
+use herald_store::projection::{Model, RowProjection};
 use tokio_util::sync::CancellationToken;
 use webauthn_rs::prelude::{Webauthn, WebauthnBuilder};
 
@@ -194,6 +194,19 @@ impl AppState {
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
         let models = registry.open_models(models_dir)?;
+        AppState::with_models(store, credentials, accounts, models, registry, config)
+    }
+
+    /// State around stores and read models opened by the caller (`models`
+    /// opened from `registry`).
+    pub fn with_models(
+        store: Arc<dyn EventStore>,
+        credentials: Arc<dyn CredentialStore>,
+        accounts: Arc<dyn AccountStore>,
+        models: crate::domain::Models,
+        registry: Registry,
+        config: ServerConfig,
+    ) -> Result<AppState, ConfigError> {
         Ok(AppState(Arc::new(AppStateInner {
             registry: Arc::new(registry),
             models,
@@ -471,7 +484,7 @@ pub use crate::domain::LiveFuture;
 impl AppState {
     /// The read model of `P`. A handler of an unregistered projection is a
     /// programming error: 500, not a panic.
-    pub fn model<P: RowProjection>(&self) -> Result<Arc<ReadModel<P>>, ApiError> {
+    pub fn model<P: RowProjection>(&self) -> Result<Model<P>, ApiError> {
         self.models
             .get::<P>()
             .ok_or_else(|| ApiError::Internal(format!("the read model {} is not registered", P::NAME)))
@@ -481,7 +494,7 @@ impl AppState {
 /// The read model of `P` once it has reached `min_position` (a read of one's
 /// own write), waiting at most [`herald_store::projection::MAX_WAIT`]; after
 /// that the caller answers with what it has (its `position` says how far it is).
-pub async fn model_at<P: RowProjection>(state: &AppState, min_position: u64) -> Result<Arc<ReadModel<P>>, ApiError> {
+pub async fn model_at<P: RowProjection>(state: &AppState, min_position: u64) -> Result<Model<P>, ApiError> {
     let model = state.model::<P>()?;
     if min_position > 0 {
         model.wait_for(min_position, herald_store::projection::MAX_WAIT).await?;

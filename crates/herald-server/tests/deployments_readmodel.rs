@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herald_core::aggregate::to_new_event;
 use herald_core::envelope::{Actor, ActorKind, Envelope};
-use herald_core::store::{AppendRequest, Committed, EventStore, ExpectedVersion, Filter, NewEvent, StoreError};
+use herald_core::store::{AppendRequest, Committed, EventStore, ExpectedVersion, Filter, NewEvent};
 use herald_server::domains::deployments::aggregate::{DeploymentEvent, DeploymentStatus};
 use herald_server::domains::deployments::projection::{self as deployments, Deployments};
 use herald_server::domains::deployments::view::DeploymentView;
@@ -110,10 +110,6 @@ fn envelope_of(committed: &Committed, index: usize) -> Envelope {
     committed.events[index].envelope().expect("envelope parses")
 }
 
-fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 fn open_model(dir: &Path) -> Arc<Model> {
     ReadModel::open(dir).expect("open read model")
 }
@@ -147,20 +143,16 @@ async fn dump(model: &Model) -> String {
     model
         .read(|conn, checkpoint| {
             let mut out = format!("checkpoint {checkpoint}\n");
-            let mut stmt = conn
-                .prepare("SELECT id, status, started_position, updated_position, view FROM deployments ORDER BY id")
-                .map_err(db)?;
-            let mut rows = stmt.query([]).map_err(db)?;
-            while let Some(r) = rows.next().map_err(db)? {
-                let (id, status, started, updated, view): (String, String, i64, i64, String) = (
-                    r.get(0).map_err(db)?,
-                    r.get(1).map_err(db)?,
-                    r.get(2).map_err(db)?,
-                    r.get(3).map_err(db)?,
-                    r.get(4).map_err(db)?,
-                );
-                out.push_str(&format!("{id}\t{status}\t{started}\t{updated}\t{view}\n"));
-            }
+            conn.query(
+                "SELECT id, status, started_position, updated_position, view FROM deployments ORDER BY id",
+                &[],
+                &mut |r| {
+                    let (id, status, started, updated, view) =
+                        (r.text(0)?, r.text(1)?, r.int(2)?, r.int(3)?, r.text(4)?);
+                    out.push_str(&format!("{id}\t{status}\t{started}\t{updated}\t{view}\n"));
+                    Ok(())
+                },
+            )?;
             Ok(out)
         })
         .await

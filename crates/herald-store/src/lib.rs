@@ -7,4 +7,5 @@ pub mod import;
 pub mod projection;
 pub mod rebuild;
 pub mod scan;
+pub mod sql;
 pub mod sqlite;

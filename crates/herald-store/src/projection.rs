@@ -7,9 +7,11 @@
 //! between two positions (rendered once, for every subscriber). Everything else
 //! is here, the same for every projection:
 //!
-//! - its own SQLite file `<data>/readmodels/<NAME>.db` (so projections never
-//!   contend with the event writer, nor with each other), recreated empty at
-//!   checkpoint 0 when [`RowProjection::VERSION`] changes;
+//! - its storage ([`Storage`]): its own SQLite file `<data>/readmodels/<NAME>.db`
+//!   ([`SqliteModel`]: projections never contend with the event writer, nor
+//!   with each other), or its own PostgreSQL schema (herald-postgres), recreated
+//!   empty at checkpoint 0 when [`RowProjection::VERSION`] changes; the
+//!   projection's statements are the same on both ([`Db`]);
 //! - the checkpoint, written in the same transaction as the rows; an apply only
 //!   happens when the checkpoint is still the one the caller read, so another
 //!   process (a rebuild while `herald serve` runs) cannot make it apply events
@@ -17,8 +19,9 @@
 //! - [`ReadModel::process_next`]: read a page of the log after the checkpoint,
 //!   fold, write, move the checkpoint;
 //! - [`ReadModel::changed`]: what changed after a position, for resource streams;
-//! - [`ReadModel::rebuild`]: reset and replay the whole log fast (a scan of the
-//!   log's file, folds on threads sharded by row key, one writer).
+//! - [`Consumer::rebuild`]: reset and replay the whole log (on SQLite fast: a
+//!   scan of the log's file, folds on threads sharded by row key, one writer);
+//! - [`Model`]: the model typed for its domain's handlers, whatever its storage.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -26,13 +29,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::any::Any;
+
 use async_trait::async_trait;
 use herald_core::envelope::RecordedEvent;
 use herald_core::event_ref::EventRef;
 use herald_core::store::{EventStore, Filter, StoreError};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::scan::Scanner;
+pub use crate::sql::{Db, Param, SqlRow};
 use crate::sqlite::{ReaderPool, SqliteStore, backend, open_connection};
 
 /// A resource whose state changed, rendered once for every subscriber.
@@ -65,18 +71,24 @@ pub struct Changed {
 }
 
 /// A domain's read model as keyed rows. Every function is synchronous and runs
-/// on a blocking thread, inside a transaction the runner opened.
+/// on a blocking thread, inside a transaction the runner opened, on whichever
+/// database holds the model ([`Db`]: its statements are written once, in the
+/// SQL both backends take).
 pub trait RowProjection: Send + Sync + 'static {
-    /// Its name: the file `readmodels/<NAME>.db`, the metric label, the name
-    /// `herald projections rebuild NAME` takes.
+    /// Its name: the file `readmodels/<NAME>.db` (the schema `rm_<NAME>` on
+    /// PostgreSQL), the metric label, the name `herald projections rebuild
+    /// NAME` takes. Lowercase letters, digits and `_`.
     const NAME: &'static str;
     /// The stream categories it reads (the log is read filtered by them).
     const CATEGORIES: &'static [&'static str];
-    /// The format of its tables: a file with another version is recreated
-    /// empty and replayed from the log.
+    /// The format of its tables: a model stored with another version is
+    /// recreated empty and replayed from the log.
     const VERSION: i64;
-    /// `CREATE TABLE IF NOT EXISTS …` (and indexes) of its tables.
+    /// `CREATE TABLE IF NOT EXISTS …` (and indexes) of its tables, in SQLite.
     const SCHEMA: &'static str;
+    /// The same tables in PostgreSQL (`BIGINT` for SQLite's `INTEGER`, no
+    /// `STRICT`), created in the model's own schema.
+    const POSTGRES_SCHEMA: &'static str;
     /// Its tables, emptied by a reset and dropped by a format change.
     const TABLES: &'static [&'static str];
 
@@ -96,7 +108,7 @@ pub trait RowProjection: Send + Sync + 'static {
     fn fold(row: &mut Option<Self::Row>, event: &EventRef<'_>) -> bool;
 
     /// The stored row of `key`, if any.
-    fn load(conn: &Connection, key: &str) -> Result<Option<Self::Row>, StoreError>;
+    fn load(db: &dyn Db, key: &str) -> Result<Option<Self::Row>, StoreError>;
 
     /// What to write for a changed row; afterwards `row` takes what was written
     /// as its new baseline (for diffs).
@@ -105,16 +117,16 @@ pub trait RowProjection: Send + Sync + 'static {
     /// Writes one prepared row (inside the runner's transaction). Writes of
     /// different keys in one transaction come in no particular order: what
     /// they share (a count) must be updated commutatively.
-    fn write(conn: &Connection, key: &str, write: &Self::Write) -> Result<(), StoreError>;
+    fn write(db: &dyn Db, key: &str, write: &Self::Write) -> Result<(), StoreError>;
 
     /// Writes the prepared rows of one transaction (distinct keys, in no
     /// particular order); by default [`write`](Self::write) for each. A
     /// projection whose rows share rows of their own (a count) may merge
     /// their shares here, one write per shared row: the outcome must be the
     /// one of writing them one by one, whatever rows come together.
-    fn write_all(conn: &Connection, rows: &[(Box<str>, Self::Write)]) -> Result<(), StoreError> {
+    fn write_all(db: &dyn Db, rows: &[(Box<str>, Self::Write)]) -> Result<(), StoreError> {
         for (key, write) in rows {
-            Self::write(conn, key, write)?;
+            Self::write(db, key, write)?;
         }
         Ok(())
     }
@@ -122,7 +134,7 @@ pub trait RowProjection: Send + Sync + 'static {
     /// The resources changed by events in `(after, until]`, rendered, at most
     /// about `limit` of them (read in the runner's read transaction, `until`
     /// being the checkpoint it read).
-    fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError>;
+    fn changed(db: &dyn Db, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError>;
 }
 
 /// The directory of the read models inside the data directory.
@@ -143,15 +155,18 @@ const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS checkpoint (
 ) STRICT;
 INSERT OR IGNORE INTO checkpoint (id, position) VALUES (1, 0);";
 
-/// The last log position the model in `conn` reflects (0 = none).
-pub fn read_checkpoint(conn: &Connection) -> Result<u64, StoreError> {
-    let position: Option<i64> = conn
-        .prepare_cached("SELECT position FROM checkpoint WHERE id = 1")
-        .map_err(backend)?
-        .query_row([], |r| r.get(0))
-        .optional()
-        .map_err(backend)?;
-    Ok(position.map_or(0, |p| p as u64))
+/// The statement that reads a model's checkpoint (both backends).
+pub const READ_CHECKPOINT: &str = "SELECT position FROM checkpoint WHERE id = 1";
+
+/// The last log position the model in `db` reflects (0 = none).
+pub fn read_checkpoint(db: &dyn Db) -> Result<u64, StoreError> {
+    Ok(db.query_opt(READ_CHECKPOINT, &[], |r| r.position(0))?.unwrap_or(0))
+}
+
+/// Sets the model's checkpoint (inside the transaction that wrote its rows).
+pub fn write_checkpoint(db: &dyn Db, position: u64) -> Result<(), StoreError> {
+    db.execute("UPDATE checkpoint SET position = ?1 WHERE id = 1", &[position.into()])?;
+    Ok(())
 }
 
 /// Rows per statement of [`insert_rows`].
@@ -160,45 +175,40 @@ const ROWS_PER_STATEMENT: usize = 64;
 /// Writes `rows` with statements of many rows each (a page's rows cost a
 /// fraction of one statement each): `head`, then `(?, …)` of `columns`
 /// parameters per row, then `tail` (an `ON CONFLICT` clause, say). `bind`
-/// binds one row's parameters, the first at index `first` (1-based).
-pub fn insert_rows<T>(
-    conn: &Connection,
+/// pushes one row's `columns` parameters.
+pub fn insert_rows<'a, T>(
+    db: &dyn Db,
     head: &str,
     columns: usize,
     tail: &str,
-    rows: &[T],
-    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+    rows: &'a [T],
+    bind: impl Fn(&'a T, &mut Vec<Param<'a>>),
 ) -> Result<(), StoreError> {
     let sql = |n: usize| {
         let row = format!("({})", vec!["?"; columns].join(", "));
         format!("{head} {} {tail}", vec![row; n].join(", "))
     };
+    let mut params = Vec::with_capacity(columns * ROWS_PER_STATEMENT.min(rows.len()));
     let mut chunks = rows.chunks_exact(ROWS_PER_STATEMENT);
     if chunks.len() > 0 {
-        let mut stmt = conn.prepare_cached(&sql(ROWS_PER_STATEMENT)).map_err(backend)?;
+        let many = sql(ROWS_PER_STATEMENT);
         for chunk in &mut chunks {
-            for (i, row) in chunk.iter().enumerate() {
-                bind(&mut stmt, 1 + i * columns, row).map_err(backend)?;
+            params.clear();
+            for row in chunk {
+                bind(row, &mut params);
             }
-            stmt.raw_execute().map_err(backend)?;
+            db.execute(&many, &params)?;
         }
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut stmt = conn.prepare_cached(&sql(1)).map_err(backend)?;
+        let one = sql(1);
         for row in rest {
-            bind(&mut stmt, 1, row).map_err(backend)?;
-            stmt.raw_execute().map_err(backend)?;
+            params.clear();
+            bind(row, &mut params);
+            db.execute(&one, &params)?;
         }
     }
-    Ok(())
-}
-
-pub(crate) fn write_checkpoint(conn: &Connection, position: u64) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE checkpoint SET position = ?1 WHERE id = 1")
-        .map_err(backend)?
-        .execute(params![position as i64])
-        .map_err(backend)?;
     Ok(())
 }
 
@@ -270,8 +280,16 @@ pub trait Consumer: Send + Sync + 'static {
     fn note_unrelated(&self, after: u64, to: u64) -> bool;
     /// The last log position the model reflects.
     async fn checkpoint(&self) -> Result<u64, StoreError>;
+    /// Whether this process should apply the log to the model now (a backend
+    /// several instances share lets one at a time: see [`Storage::lead`]).
+    /// Every process reads it, and publishes its changes, either way.
+    async fn lead(&self) -> Result<bool, StoreError>;
     /// Reads up to `page` events after the checkpoint and applies them.
     async fn process_next(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError>;
+    /// [`process_next`](Self::process_next) for a process that does not lead
+    /// the model: reads the page, notes a stretch with nothing of the
+    /// model's (so reads know how far it reflects the log), applies nothing.
+    async fn observe(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError>;
     /// The resources changed after `after`, about `limit` at most, rendered.
     async fn changed(&self, after: u64, limit: usize) -> Result<ChangedPage, StoreError>;
     /// Resets the model and replays the whole log; `progress(checkpoint, head)`
@@ -283,12 +301,73 @@ pub trait Consumer: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 }
 
-/// The read model of `P` in `<data>/readmodels/<NAME>.db`.
-pub struct ReadModel<P: RowProjection> {
-    path: PathBuf,
-    /// The only writing connection of this process.
-    writer: Arc<Mutex<Connection>>,
-    readers: ReaderPool,
+/// A one-shot read of a model: `f(db, checkpoint)` inside one read
+/// transaction, the checkpoint read in it.
+pub type ReadFn<T> = Box<dyn FnOnce(&dyn Db, u64) -> Result<T, StoreError> + Send>;
+
+/// A write of a model, inside one write transaction.
+pub type WriteFn = Box<dyn FnOnce(&dyn Db) -> Result<(), StoreError> + Send>;
+
+/// Where a read model's tables and checkpoint are kept: the embedded store's
+/// file ([`SqliteModel`]) or a PostgreSQL schema (herald-postgres). The
+/// runner's logic ([`ReadModel`]) is the same on both.
+#[async_trait]
+pub trait Storage: Send + Sync + Sized + 'static {
+    /// Where it is, for messages (no credentials).
+    fn describe(&self) -> String;
+
+    /// The checkpoint as stored.
+    async fn stored_checkpoint(&self) -> Result<u64, StoreError>;
+
+    /// Runs `f` in one read transaction, with the stored checkpoint read in it.
+    async fn read<T: Send + 'static>(&self, f: ReadFn<T>) -> Result<T, StoreError>;
+
+    /// In one write transaction: when the stored checkpoint is `expected`
+    /// (any, for `None`), runs `f`, sets the checkpoint to `new` and commits;
+    /// otherwise changes nothing and returns `false`. Concurrent calls (this
+    /// process or another) are serialized: two never both see `expected`.
+    async fn write_from(&self, expected: Option<u64>, new: u64, f: WriteFn) -> Result<bool, StoreError>;
+
+    /// Empties the tables of `P` and sets the checkpoint to 0, in one
+    /// transaction.
+    async fn reset<P: RowProjection>(&self) -> Result<(), StoreError> {
+        let deleted = self
+            .write_from(
+                None,
+                0,
+                Box::new(|db| {
+                    for table in P::TABLES {
+                        db.execute(&format!("DELETE FROM \"{table}\""), &[])?;
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        debug_assert!(deleted, "a reset expects any checkpoint");
+        Ok(())
+    }
+
+    /// Whether this process leads the model (applies the log to it). A store
+    /// one process owns says yes; a shared one lets one process at a time.
+    async fn lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// [`Consumer::rebuild`] of `model` (stored here) with pages of `page` events.
+    async fn rebuild<P: RowProjection>(
+        model: &ReadModel<P, Self>,
+        source: Arc<dyn RebuildSource>,
+        page: usize,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64, StoreError> {
+        crate::rebuild::rebuild_by_pages::<P, Self>(model, &source.event_store(), page, progress).await
+    }
+}
+
+/// The read model of `P`, kept in `S` (by default the embedded store's
+/// `<data>/readmodels/<NAME>.db`).
+pub struct ReadModel<P: RowProjection, S: Storage = SqliteModel> {
+    storage: S,
     filter: Filter,
     /// Pages of the log with no event of this model's categories are not
     /// written (a commit per wake-up, per model, for nothing) but remembered
@@ -324,19 +403,27 @@ impl Skipped {
 /// most this much of the log, and other processes see the model move).
 const SKIP_WRITE: u64 = 10_000;
 
-impl<P: RowProjection> std::fmt::Debug for ReadModel<P> {
+impl<P: RowProjection, S: Storage> std::fmt::Debug for ReadModel<P, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadModel")
             .field("name", &P::NAME)
-            .field("path", &self.path)
+            .field("storage", &self.storage.describe())
             .finish()
     }
 }
 
-impl<P: RowProjection> ReadModel<P> {
-    /// Opens (creating if needed) the model in the data directory `dir`; a file
-    /// of another [`RowProjection::VERSION`] is emptied to checkpoint 0.
-    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+/// The embedded store's file of one read model.
+pub struct SqliteModel {
+    path: PathBuf,
+    /// The only writing connection of this process.
+    writer: Arc<Mutex<Connection>>,
+    readers: ReaderPool,
+}
+
+impl SqliteModel {
+    /// Opens (creating if needed) the file of `P` in the data directory `dir`;
+    /// a file of another [`RowProjection::VERSION`] is emptied to checkpoint 0.
+    pub fn open<P: RowProjection>(dir: &Path) -> Result<SqliteModel, StoreError> {
         let models = dir.join(READMODELS_DIR);
         std::fs::create_dir_all(&models)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", models.display())))?;
@@ -371,32 +458,108 @@ impl<P: RowProjection> ReadModel<P> {
         // durable ones: after a power cut it may be a few commits behind and
         // catches up from the log, which is durable.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
-        Ok(Arc::new(ReadModel {
+        Ok(SqliteModel {
             readers: ReaderPool::new(path.clone(), IDLE_READERS, true),
             path,
             writer: Arc::new(Mutex::new(conn)),
-            filter: Filter {
-                categories: P::CATEGORIES.iter().map(|c| (*c).to_owned()).collect(),
-                ..Filter::default()
-            },
-            skipped: Mutex::default(),
-            _projection: PhantomData,
-        }))
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The last log position the model reflects (0 = none).
-    pub async fn checkpoint(&self) -> Result<u64, StoreError> {
-        let stored = self.stored_checkpoint().await?;
-        Ok(self.effective(stored))
+    pub(crate) fn writer(&self) -> Arc<Mutex<Connection>> {
+        self.writer.clone()
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteModel {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
     }
 
-    /// The checkpoint as stored in the file.
     async fn stored_checkpoint(&self) -> Result<u64, StoreError> {
-        self.readers.run(read_checkpoint).await
+        self.readers.run(|conn| read_checkpoint(conn)).await
+    }
+
+    async fn read<T: Send + 'static>(&self, f: ReadFn<T>) -> Result<T, StoreError> {
+        self.readers
+            .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(backend)?;
+                let checkpoint = read_checkpoint(&*tx)?;
+                let out = f(&*tx, checkpoint)?;
+                tx.commit().map_err(backend)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn write_from(&self, expected: Option<u64>, new: u64, f: WriteFn) -> Result<bool, StoreError> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            // IMMEDIATE: the write lock is taken before the checkpoint is read.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            if expected.is_some_and(|expected| read_checkpoint(&*tx).ok() != Some(expected)) {
+                return Ok(false); // dropping `tx` rolls back (nothing was written)
+            }
+            f(&*tx)?;
+            write_checkpoint(&*tx, new)?;
+            tx.commit().map_err(backend)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read model write task failed: {e}")))?
+    }
+
+    async fn rebuild<P: RowProjection>(
+        model: &ReadModel<P, Self>,
+        source: Arc<dyn RebuildSource>,
+        page: usize,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64, StoreError> {
+        crate::rebuild::rebuild::<P>(model, source, page, progress).await
+    }
+}
+
+impl<P: RowProjection> ReadModel<P, SqliteModel> {
+    /// Opens (creating if needed) the model in the data directory `dir`; a file
+    /// of another [`RowProjection::VERSION`] is emptied to checkpoint 0.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        Ok(Arc::new(ReadModel::new(SqliteModel::open::<P>(dir)?)))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.storage.path()
+    }
+}
+
+impl<P: RowProjection, S: Storage> ReadModel<P, S> {
+    /// The model of `P` kept in `storage` (opened for `P`).
+    pub fn new(storage: S) -> Self {
+        ReadModel {
+            storage,
+            filter: Filter {
+                categories: P::CATEGORIES.iter().map(|c| (*c).to_owned()).collect(),
+                ..Filter::default()
+            },
+            skipped: Mutex::default(),
+            _projection: PhantomData,
+        }
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The last log position the model reflects (0 = none).
+    pub async fn checkpoint(&self) -> Result<u64, StoreError> {
+        let stored = self.storage.stored_checkpoint().await?;
+        Ok(self.effective(stored))
     }
 
     /// What this process last knew: the stored checkpoint `base`, and how far
@@ -428,17 +591,11 @@ impl<P: RowProjection> ReadModel<P> {
     /// read in that transaction (what the answer reflects).
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection, u64) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Db, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let skipped = *self.skipped.lock().unwrap_or_else(|p| p.into_inner());
-        self.readers
-            .run(move |conn| {
-                let tx = conn.unchecked_transaction().map_err(backend)?;
-                let checkpoint = read_checkpoint(&tx)?;
-                let out = f(&tx, skipped.effective(checkpoint))?;
-                tx.commit().map_err(backend)?;
-                Ok(out)
-            })
+        self.storage
+            .read(Box::new(move |db, checkpoint| f(db, skipped.effective(checkpoint))))
             .await
     }
 
@@ -460,11 +617,11 @@ impl<P: RowProjection> ReadModel<P> {
     /// Deletes every row and sets the checkpoint to 0, in one transaction.
     pub async fn reset(&self) -> Result<(), StoreError> {
         self.forget_skipped();
-        self.write(reset_tables::<P>).await
+        self.storage.reset::<P>().await
     }
 
-    /// Forgets what [`Self::note_unrelated`] noted (before the rebuild's
-    /// writer thread resets the tables itself, with [`reset_tables`]).
+    /// Forgets what [`Self::note_unrelated`] noted (before a rebuild resets
+    /// the tables itself).
     pub(crate) fn forget_skipped(&self) {
         self.remember(0, 0);
     }
@@ -473,25 +630,23 @@ impl<P: RowProjection> ReadModel<P> {
     /// checkpoint from `expected` to `new` in the same transaction. `false`
     /// (and nothing changed) when the stored checkpoint is not `expected`.
     pub async fn apply(&self, expected: u64, new: u64, events: Vec<Arc<RecordedEvent>>) -> Result<bool, StoreError> {
-        self.write(move |conn| apply::<P>(conn, expected, new, &events)).await
-    }
-
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read model write task failed: {e}")))?
+        self.storage
+            .write_from(
+                Some(expected),
+                new,
+                Box::new(move |db| fold_and_write::<P>(db, &events)),
+            )
+            .await
     }
 
     pub(crate) async fn step(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
+        self.step_or_observe(store, page, true).await
+    }
+
+    /// A step, applying the page when `apply` (see [`Consumer::observe`]).
+    async fn step_or_observe(&self, store: &Arc<dyn EventStore>, page: usize, apply: bool) -> Result<Step, StoreError> {
         const ATTEMPTS: usize = 3;
-        let mut stored = self.stored_checkpoint().await?;
+        let mut stored = self.storage.stored_checkpoint().await?;
         let mut checkpoint = self.effective(stored);
         let mut head = checkpoint;
         for _ in 0..ATTEMPTS {
@@ -519,6 +674,13 @@ impl<P: RowProjection> ReadModel<P> {
                     head,
                 });
             }
+            if !apply {
+                return Ok(Step {
+                    read: 0,
+                    checkpoint,
+                    head,
+                });
+            }
             // The page was read from the effective checkpoint; between the
             // stored one and it there is nothing of this model's.
             if self.apply(stored, next, found.events).await? {
@@ -534,7 +696,7 @@ impl<P: RowProjection> ReadModel<P> {
                 expected = stored,
                 "read model checkpoint moved by someone else; reading again"
             );
-            stored = self.stored_checkpoint().await?;
+            stored = self.storage.stored_checkpoint().await?;
             checkpoint = self.effective(stored);
         }
         Ok(Step {
@@ -542,6 +704,20 @@ impl<P: RowProjection> ReadModel<P> {
             checkpoint,
             head,
         })
+    }
+
+    /// [`Consumer::rebuild`] with pages of `page` events (tests use small ones).
+    pub async fn rebuild_with_page(
+        &self,
+        source: Arc<dyn RebuildSource>,
+        page: usize,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64, StoreError> {
+        S::rebuild::<P>(self, source, page, progress).await
+    }
+
+    pub(crate) fn filter(&self) -> &Filter {
+        &self.filter
     }
 }
 
@@ -559,13 +735,6 @@ impl<R> Default for Slot<R> {
             changed: false,
         }
     }
-}
-
-fn load_slot<P: RowProjection>(conn: &Connection, key: &str) -> Result<Slot<P::Row>, StoreError> {
-    Ok(Slot {
-        row: P::load(conn, key)?,
-        changed: false,
-    })
 }
 
 /// Folds one stored envelope into `slot`; a text that is no envelope is skipped with a warning.
@@ -589,22 +758,14 @@ pub(crate) fn reset_tables<P: RowProjection>(conn: &mut Connection) -> Result<()
     for table in P::TABLES {
         tx.execute(&format!("DELETE FROM \"{table}\""), []).map_err(backend)?;
     }
-    write_checkpoint(&tx, 0)?;
+    write_checkpoint(&*tx, 0)?;
     tx.commit().map_err(backend)
 }
 
-fn apply<P: RowProjection>(
-    conn: &mut Connection,
-    expected: u64,
-    new: u64,
-    events: &[Arc<RecordedEvent>],
-) -> Result<bool, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    if read_checkpoint(&tx)? != expected {
-        return Ok(false); // dropping `tx` rolls back (nothing was written)
-    }
+/// Folds `events` (of any categories: others are skipped) into their rows,
+/// each loaded once, and writes the changed ones (inside the caller's
+/// transaction; the checkpoint is the caller's).
+pub fn fold_and_write<P: RowProjection>(db: &dyn Db, events: &[Arc<RecordedEvent>]) -> Result<(), StoreError> {
     let mut slots: HashMap<Box<str>, Slot<P::Row>> = HashMap::new();
     let mut order: Vec<Box<str>> = Vec::new();
     for event in events {
@@ -612,7 +773,10 @@ fn apply<P: RowProjection>(
             continue;
         };
         if !slots.contains_key(key) {
-            let slot = load_slot::<P>(&tx, key)?;
+            let slot = Slot {
+                row: P::load(db, key)?,
+                changed: false,
+            };
             slots.insert(key.into(), slot);
             order.push(key.into());
         }
@@ -637,14 +801,11 @@ fn apply<P: RowProjection>(
             writes.push((key, write));
         }
     }
-    P::write_all(&tx, &writes)?;
-    write_checkpoint(&tx, new)?;
-    tx.commit().map_err(backend)?;
-    Ok(true)
+    P::write_all(db, &writes)
 }
 
 #[async_trait]
-impl<P: RowProjection> Consumer for ReadModel<P> {
+impl<P: RowProjection, S: Storage> Consumer for ReadModel<P, S> {
     fn name(&self) -> &'static str {
         P::NAME
     }
@@ -661,13 +822,21 @@ impl<P: RowProjection> Consumer for ReadModel<P> {
         ReadModel::checkpoint(self).await
     }
 
+    async fn lead(&self) -> Result<bool, StoreError> {
+        self.storage.lead().await
+    }
+
     async fn process_next(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
         self.step(store, page).await
     }
 
+    async fn observe(&self, store: &Arc<dyn EventStore>, page: usize) -> Result<Step, StoreError> {
+        self.step_or_observe(store, page, false).await
+    }
+
     async fn changed(&self, after: u64, limit: usize) -> Result<ChangedPage, StoreError> {
         let limit = limit.max(1);
-        self.read(move |conn, checkpoint| {
+        self.read(move |db, checkpoint| {
             if checkpoint <= after {
                 return Ok(ChangedPage {
                     resources: Vec::new(),
@@ -675,7 +844,7 @@ impl<P: RowProjection> Consumer for ReadModel<P> {
                     checkpoint,
                 });
             }
-            let changed = P::changed(conn, after, checkpoint, limit)?;
+            let changed = P::changed(db, after, checkpoint, limit)?;
             Ok(ChangedPage {
                 resources: changed.resources,
                 position: changed.position.clamp(after, checkpoint),
@@ -690,26 +859,91 @@ impl<P: RowProjection> Consumer for ReadModel<P> {
         source: Arc<dyn RebuildSource>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64, StoreError> {
-        crate::rebuild::rebuild::<P>(self, source, REBUILD_PAGE, progress).await
+        S::rebuild::<P>(self, source, REBUILD_PAGE, progress).await
     }
 }
 
-impl<P: RowProjection> ReadModel<P> {
-    /// [`Consumer::rebuild`] with pages of `page` events (tests use small ones).
-    pub async fn rebuild_with_page(
+/// A read model as its domain's handlers see it, whichever its storage.
+#[async_trait]
+pub trait ModelReads: Consumer {
+    /// [`ReadModel::read`], its answer boxed.
+    async fn read_any(&self, f: ReadFn<Box<dyn Any + Send>>) -> Result<Box<dyn Any + Send>, StoreError>;
+    /// [`ReadModel::wait_for`].
+    async fn wait_for(&self, min_position: u64, limit: Duration) -> Result<u64, StoreError>;
+    /// As a [`Consumer`].
+    fn as_consumer(self: Arc<Self>) -> Arc<dyn Consumer>;
+}
+
+#[async_trait]
+impl<P: RowProjection, S: Storage> ModelReads for ReadModel<P, S> {
+    async fn read_any(&self, f: ReadFn<Box<dyn Any + Send>>) -> Result<Box<dyn Any + Send>, StoreError> {
+        self.read(f).await
+    }
+
+    async fn wait_for(&self, min_position: u64, limit: Duration) -> Result<u64, StoreError> {
+        ReadModel::wait_for(self, min_position, limit).await
+    }
+
+    fn as_consumer(self: Arc<Self>) -> Arc<dyn Consumer> {
+        self
+    }
+}
+
+/// The read model of `P`, typed for its handlers, whichever its storage.
+pub struct Model<P: RowProjection> {
+    inner: Arc<dyn ModelReads>,
+    _projection: PhantomData<fn() -> P>,
+}
+
+impl<P: RowProjection> Clone for Model<P> {
+    fn clone(&self) -> Self {
+        Model {
+            inner: self.inner.clone(),
+            _projection: PhantomData,
+        }
+    }
+}
+
+impl<P: RowProjection> Model<P> {
+    pub fn new<S: Storage>(model: Arc<ReadModel<P, S>>) -> Self {
+        Model {
+            inner: model,
+            _projection: PhantomData,
+        }
+    }
+
+    /// Runs `f` in one read transaction of the model, with the checkpoint
+    /// it reflects.
+    pub async fn read<T: Send + 'static>(
         &self,
-        source: Arc<dyn RebuildSource>,
-        page: usize,
-        progress: &mut (dyn FnMut(u64, u64) + Send),
-    ) -> Result<u64, StoreError> {
-        crate::rebuild::rebuild::<P>(self, source, page, progress).await
+        f: impl FnOnce(&dyn Db, u64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let out = self
+            .inner
+            .read_any(Box::new(move |db, checkpoint| {
+                f(db, checkpoint).map(|t| Box::new(t) as Box<dyn Any + Send>)
+            }))
+            .await?;
+        out.downcast::<T>()
+            .map(|t| *t)
+            .map_err(|_| StoreError::Backend(format!("read model {}: a read returned another type", P::NAME)))
     }
 
-    pub(crate) fn writer(&self) -> Arc<Mutex<Connection>> {
-        self.writer.clone()
+    /// Waits until the model has reached `min_position`, at most `limit`.
+    pub async fn wait_for(&self, min_position: u64, limit: Duration) -> Result<u64, StoreError> {
+        self.inner.wait_for(min_position, limit).await
     }
 
-    pub(crate) fn filter(&self) -> &Filter {
-        &self.filter
+    /// As the runner sees it.
+    pub fn consumer(&self) -> Arc<dyn Consumer> {
+        self.inner.clone().as_consumer()
+    }
+}
+
+impl<P: RowProjection> std::ops::Deref for Model<P> {
+    type Target = dyn ModelReads;
+
+    fn deref(&self) -> &dyn ModelReads {
+        &*self.inner
     }
 }

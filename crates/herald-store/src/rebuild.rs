@@ -17,40 +17,63 @@ use herald_core::store::{EventStore, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::projection::{
-    ReadModel, RebuildSource, RowProjection, Slot, fold_json, read_checkpoint, reset_tables, write_checkpoint,
+    ReadModel, RebuildSource, RowProjection, Slot, SqliteModel, Storage, fold_json, read_checkpoint, reset_tables,
+    write_checkpoint,
 };
 use crate::scan::Scanner;
 use crate::sqlite::{backend, open_connection};
 
 pub(crate) async fn rebuild<P: RowProjection>(
-    model: &ReadModel<P>,
+    model: &ReadModel<P, SqliteModel>,
     source: Arc<dyn RebuildSource>,
     page: usize,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<u64, StoreError> {
-    let scanner = source.scanner().transpose()?;
+    let Some(scanner) = source.scanner().transpose()? else {
+        return rebuild_by_pages::<P, SqliteModel>(model, &source.event_store(), page, progress).await;
+    };
     let store = source.event_store();
     let page = page.max(1);
     let started = std::time::Instant::now();
-    let (mut applied, moved) = match scanner {
-        // (It resets the model while it scans the first page.)
-        Some(scanner) => replay::<P>(scanner, model, page, progress).await?,
-        None => {
-            model.reset().await?;
-            replay_pages(&store, model, page, progress).await?
-        }
-    };
+    // (It resets the model while it scans the first page.)
+    let (applied, moved) = replay::<P>(scanner, model, page, progress).await?;
     tracing::debug!(
         projection = P::NAME,
         ms = started.elapsed().as_millis() as u64,
         "rebuild: replayed"
     );
+    catch_up(model, &store, page, applied, moved, progress).await
+}
+
+/// A rebuild of a model in any storage, from any store: reset, then the log
+/// read a page per transaction through [`EventStore::read_all`].
+pub async fn rebuild_by_pages<P: RowProjection, S: Storage>(
+    model: &ReadModel<P, S>,
+    store: &Arc<dyn EventStore>,
+    page: usize,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<u64, StoreError> {
+    let page = page.max(1);
+    model.reset().await?;
+    let (applied, moved) = replay_pages(store, model, page, progress).await?;
+    catch_up(model, store, page, applied, moved, progress).await
+}
+
+/// After a replay: when another process moved the checkpoint, or the log
+/// grew, goes on a step at a time until caught up.
+async fn catch_up<P: RowProjection, S: Storage>(
+    model: &ReadModel<P, S>,
+    store: &Arc<dyn EventStore>,
+    page: usize,
+    mut applied: u64,
+    moved: bool,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<u64, StoreError> {
     if !moved && model.checkpoint().await? >= store.head().await?.position {
         return Ok(applied);
     }
-    // Another process moved the checkpoint, or the log grew: go on a step at a time.
     loop {
-        let step = model.step(&store, page).await?;
+        let step = model.step(store, page).await?;
         applied += step.read as u64;
         if step.read > 0 || moved {
             progress(step.checkpoint, step.head);
@@ -64,9 +87,9 @@ pub(crate) async fn rebuild<P: RowProjection>(
 /// Replays through [`EventStore::read_all`], the next page read while the
 /// previous one is applied. Returns the events applied and whether another
 /// process moved the checkpoint (which stops it).
-async fn replay_pages<P: RowProjection>(
+async fn replay_pages<P: RowProjection, S: Storage>(
     store: &Arc<dyn EventStore>,
-    model: &ReadModel<P>,
+    model: &ReadModel<P, S>,
     page: usize,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<(u64, bool), StoreError> {
@@ -166,7 +189,7 @@ fn shard_of(key: &str) -> usize {
 
 async fn replay<P: RowProjection>(
     scanner: Scanner,
-    model: &ReadModel<P>,
+    model: &ReadModel<P, SqliteModel>,
     page: usize,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<(u64, bool), StoreError> {
@@ -196,7 +219,7 @@ async fn replay<P: RowProjection>(
         }));
     }
     drop(spent_tx);
-    let writer = model.writer();
+    let writer = model.storage().writer();
     let write = tokio::task::spawn_blocking(move || {
         let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
         reset_tables::<P>(&mut conn)?;
@@ -331,7 +354,7 @@ fn fold_stage<P: RowProjection>(
                                 None => reader.insert(open_connection(model_path, true)?),
                             };
                             Slot {
-                                row: P::load(conn, key)?,
+                                row: P::load(&*conn, key)?,
                                 changed: false,
                             }
                         }
@@ -403,11 +426,11 @@ fn write_stage<P: RowProjection>(
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        if read_checkpoint(&tx)? != checkpoint {
+        if read_checkpoint(&*tx)? != checkpoint {
             return Ok((applied, true)); // dropping `tx` rolls back
         }
-        P::write_all(&tx, &flush.rows)?;
-        write_checkpoint(&tx, flush.end)?;
+        P::write_all(&*tx, &flush.rows)?;
+        write_checkpoint(&*tx, flush.end)?;
         tx.commit().map_err(backend)?;
         applied += flush.events;
         checkpoint = flush.end;

@@ -39,9 +39,8 @@ struct StoreArgs {
     /// Directory of the embedded store (used unless --database-url is given).
     #[arg(long, global = true, env = "HERALD_DATA", default_value = "./data")]
     data: PathBuf,
-    /// PostgreSQL URL (postgres://…) instead of the embedded store: for token create, invite
-    /// create, verify, export and import (serve, projections rebuild and bench do not support it
-    /// yet).
+    /// PostgreSQL URL (postgres://…) instead of the embedded store: the log, accounts and read
+    /// models, shared by every herald instance on it (bench does not take it).
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 }
@@ -227,7 +226,7 @@ impl Backend {
         match self {
             Backend::Sqlite(dir) => Ok(dir),
             Backend::Postgres(_) => bail!(
-                "`herald {command}` does not support PostgreSQL (--database-url) yet; use --data for the embedded store"
+                "`herald {command}` does not support PostgreSQL (--database-url); use --data for the embedded store"
             ),
         }
     }
@@ -325,7 +324,7 @@ fn cli_actor() -> Actor {
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let backend = Backend::of(&cli.store);
     match cli.command {
-        Command::Serve(args) => serve(backend.sqlite_only("serve")?, args).await,
+        Command::Serve(args) => serve(&backend, args).await,
         Command::Token(TokenCommand::Create { name, role }) => {
             let opened = backend.open().await?;
             let (store, credentials) = (opened.store(), opened.credentials()?);
@@ -442,9 +441,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             backend.sqlite_only("bench")?;
             herald_bench::run(*args).await
         }
-        Command::Projections(ProjectionsCommand::Rebuild { names }) => {
-            rebuild(backend.sqlite_only("projections rebuild")?, names).await
-        }
+        Command::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&backend, names).await,
     }
 }
 
@@ -508,7 +505,7 @@ async fn import(backend: &Backend, file: &std::path::Path) -> Result<ExitCode> {
 
 /// `herald projections rebuild [NAME…]`: a progress bar on a terminal, a line
 /// a second otherwise.
-async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> {
+async fn rebuild(backend: &Backend, names: Vec<String>) -> Result<ExitCode> {
     use std::io::IsTerminal;
     let registry = herald_server::domains::registry();
     let known = registry.projection_names();
@@ -520,10 +517,24 @@ async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> 
     if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
         bail!("there is no read model {unknown:?}; known: {}", known.join(", "));
     }
-    let store = open_store(dir)?;
-    let models = registry
-        .open_models(dir)
-        .with_context(|| format!("cannot open the read models in {}", dir.display()))?;
+    let (source, models): (Arc<dyn RebuildSource>, _) = match backend {
+        Backend::Sqlite(dir) => {
+            let store = open_store(dir)?;
+            let models = registry
+                .open_models(dir)
+                .with_context(|| format!("cannot open the read models in {}", dir.display()))?;
+            (store, models)
+        }
+        Backend::Postgres(url) => {
+            let store = backend.event_store().await?;
+            let (config, target) = pg_config(url)?;
+            let models = registry
+                .open_models_postgres(&herald_postgres::PgModels::new(config))
+                .await
+                .with_context(|| format!("cannot open the read models on PostgreSQL at {target}"))?;
+            (Arc::new(herald_store::projection::AnyStore(store)), models)
+        }
+    };
     let terminal = std::io::stderr().is_terminal();
     for name in &names {
         let Some(consumer) = models.consumer(name) else {
@@ -565,8 +576,7 @@ async fn rebuild(dir: &std::path::Path, names: Vec<String>) -> Result<ExitCode> 
                 }
             }
         };
-        let source: Arc<dyn RebuildSource> = store.clone();
-        let applied = consumer.rebuild(source, &mut progress).await?;
+        let applied = consumer.rebuild(source.clone(), &mut progress).await?;
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
@@ -585,7 +595,7 @@ fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {
         .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
-async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
+async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
     let config = ServerConfig {
         public_origin: args.public_origin.trim_end_matches('/').to_owned(),
         stream_limit: args.stream_limit,
@@ -604,18 +614,35 @@ async fn serve(dir: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         trusted_proxies: args.trusted_proxy,
         ..ServerConfig::default()
     };
-    let state = AppState::open_sqlite(dir, config).map_err(|e| match e {
-        herald_server::state::ConfigError::Store(e) => {
-            anyhow::anyhow!("cannot open the store in {}: {e}", dir.display())
+    let (state, data) = match backend {
+        Backend::Sqlite(dir) => {
+            let state = AppState::open_sqlite(dir, config).map_err(|e| match e {
+                herald_server::state::ConfigError::Store(e) => {
+                    anyhow::anyhow!("cannot open the store in {}: {e}", dir.display())
+                }
+                other => anyhow::anyhow!(other),
+            })?;
+            (state, dir.display().to_string())
         }
-        other => anyhow::anyhow!(other),
-    })?;
+        Backend::Postgres(url) => {
+            let (pg, target) = pg_config(url)?;
+            let state = AppState::open_postgres(pg, herald_postgres::PgConfig::default(), config)
+                .await
+                .map_err(|e| match e {
+                    herald_server::state::ConfigError::Store(e) => {
+                        anyhow::anyhow!("cannot open the store on PostgreSQL at {target}: {e}")
+                    }
+                    other => anyhow::anyhow!(other),
+                })?;
+            (state, format!("postgresql {target}"))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(
         listen = %args.listen,
-        data = %dir.display(),
+        data = %data,
         "herald is serving on http://{}",
         listener.local_addr()?
     );

@@ -5,8 +5,7 @@
 
 use herald_core::event_ref::EventRef;
 use herald_core::store::StoreError;
-use herald_store::projection::{Changed, ChangedResource, RowProjection};
-use rusqlite::{Connection, OptionalExtension, params};
+use herald_store::projection::{Changed, ChangedResource, Db, RowProjection};
 
 use super::aggregate::DeploymentStatus;
 use super::view::{CATEGORY, DeploymentView, deployment_id};
@@ -62,6 +61,17 @@ impl RowProjection for Deployments {
         CREATE INDEX IF NOT EXISTS deployments_status ON deployments (status, started_position);
         CREATE INDEX IF NOT EXISTS deployments_started ON deployments (started_position);
         CREATE INDEX IF NOT EXISTS deployments_updated ON deployments (updated_position);";
+    const POSTGRES_SCHEMA: &'static str = "
+        CREATE TABLE IF NOT EXISTS deployments (
+            id               TEXT PRIMARY KEY,
+            status           TEXT NOT NULL,
+            started_position BIGINT NOT NULL,
+            view             TEXT NOT NULL,
+            updated_position BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS deployments_status ON deployments (status, started_position);
+        CREATE INDEX IF NOT EXISTS deployments_started ON deployments (started_position);
+        CREATE INDEX IF NOT EXISTS deployments_updated ON deployments (updated_position);";
     const TABLES: &'static [&'static str] = &["deployments"];
 
     type Row = Row;
@@ -85,21 +95,18 @@ impl RowProjection for Deployments {
         changed
     }
 
-    fn load(conn: &Connection, key: &str) -> Result<Option<Row>, StoreError> {
-        let row: Option<(i64, i64, String)> = conn
-            .prepare_cached("SELECT started_position, updated_position, view FROM deployments WHERE id = ?1")
-            .map_err(backend)?
-            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .map_err(backend)?;
-        row.map(|(started, updated, json)| {
-            Ok(Row {
-                view: parse_view(key, &json)?,
-                started_position: started as u64,
-                updated_position: updated as u64,
-            })
-        })
-        .transpose()
+    fn load(db: &dyn Db, key: &str) -> Result<Option<Row>, StoreError> {
+        db.query_opt(
+            "SELECT started_position, updated_position, view FROM deployments WHERE id = ?1",
+            &[key.into()],
+            |r| {
+                Ok(Row {
+                    view: parse_view(key, &r.text(2)?)?,
+                    started_position: r.position(0)?,
+                    updated_position: r.position(1)?,
+                })
+            },
+        )
     }
 
     fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
@@ -111,39 +118,32 @@ impl RowProjection for Deployments {
         })
     }
 
-    fn write(conn: &Connection, key: &str, w: &Write) -> Result<(), StoreError> {
-        conn.prepare_cached(UPSERT)
-            .map_err(backend)?
-            .execute(params![
-                key,
-                w.status,
-                w.started_position as i64,
-                w.view,
-                w.updated_position as i64
-            ])
-            .map_err(backend)?;
+    fn write(db: &dyn Db, key: &str, w: &Write) -> Result<(), StoreError> {
+        db.execute(
+            UPSERT,
+            &[
+                key.into(),
+                w.status.into(),
+                w.started_position.into(),
+                (&w.view).into(),
+                w.updated_position.into(),
+            ],
+        )?;
         Ok(())
     }
 
-    fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
-        let rows: Vec<(String, i64, String, String)> = conn
-            .prepare_cached(
-                "SELECT id, updated_position, status, view FROM deployments
-                 WHERE updated_position > ?1 AND updated_position <= ?2
-                 ORDER BY updated_position LIMIT ?3",
-            )
-            .map_err(backend)?
-            .query_map(
-                params![after as i64, until as i64, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .map_err(backend)?
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
+    fn changed(db: &dyn Db, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
+        let rows = db.query_vec(
+            "SELECT id, updated_position, status, view FROM deployments
+             WHERE updated_position > ?1 AND updated_position <= ?2
+             ORDER BY updated_position LIMIT ?3",
+            &[after.into(), until.into(), limit.into()],
+            |r| Ok((r.text(0)?, r.position(1)?, r.text(2)?, r.text(3)?)),
+        )?;
         // Positions are unique per row (an event changes one deployment): a
         // full page covers everything up to its last row.
         let position = match rows.last() {
-            Some((_, last, _, _)) if rows.len() >= limit => *last as u64,
+            Some((_, last, _, _)) if rows.len() >= limit => *last,
             _ => until,
         };
         Ok(Changed {
@@ -152,7 +152,7 @@ impl RowProjection for Deployments {
                 .map(|(id, updated, status, view)| ChangedResource {
                     kind: KIND,
                     key: id,
-                    changed_at: updated as u64,
+                    changed_at: updated,
                     event: KIND,
                     json: view,
                     class: DeploymentStatus::parse(&status).map(DeploymentStatus::as_str),
@@ -165,30 +165,26 @@ impl RowProjection for Deployments {
 
 /// The stored views, most recently started first (with `status`, when given),
 /// at most `limit`, as JSON text; read in the caller's transaction.
-pub fn list(conn: &Connection, status: Option<DeploymentStatus>, limit: usize) -> Result<Vec<String>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+pub fn list(db: &dyn Db, status: Option<DeploymentStatus>, limit: usize) -> Result<Vec<String>, StoreError> {
     match status {
-        Some(status) => conn
-            .prepare_cached("SELECT view FROM deployments WHERE status = ?1 ORDER BY started_position DESC LIMIT ?2")
-            .map_err(backend)?
-            .query_map(params![status.as_str(), limit], |r| r.get(0))
-            .map_err(backend)?
-            .collect::<Result<_, _>>(),
-        None => conn
-            .prepare_cached("SELECT view FROM deployments ORDER BY started_position DESC LIMIT ?1")
-            .map_err(backend)?
-            .query_map([limit], |r| r.get(0))
-            .map_err(backend)?
-            .collect::<Result<_, _>>(),
+        Some(status) => db.query_vec(
+            "SELECT view FROM deployments WHERE status = ?1 ORDER BY started_position DESC LIMIT ?2",
+            &[status.as_str().into(), limit.into()],
+            |r| r.text(0),
+        ),
+        None => db.query_vec(
+            "SELECT view FROM deployments ORDER BY started_position DESC LIMIT ?1",
+            &[limit.into()],
+            |r| r.text(0),
+        ),
     }
-    .map_err(backend)
 }
 
 /// One stored view as JSON text, and the position of its last change.
-pub fn get(conn: &Connection, id: &str) -> Result<Option<(String, u64)>, StoreError> {
-    conn.prepare_cached("SELECT view, updated_position FROM deployments WHERE id = ?1")
-        .map_err(backend)?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-        .optional()
-        .map_err(backend)
+pub fn get(db: &dyn Db, id: &str) -> Result<Option<(String, u64)>, StoreError> {
+    db.query_opt(
+        "SELECT view, updated_position FROM deployments WHERE id = ?1",
+        &[id.into()],
+        |r| Ok((r.text(0)?, r.position(1)?)),
+    )
 }

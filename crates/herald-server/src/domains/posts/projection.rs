@@ -15,8 +15,7 @@ use std::fmt::Write as _;
 
 use herald_core::event_ref::EventRef;
 use herald_core::store::StoreError;
-use herald_store::projection::{Changed, ChangedResource, RowProjection, insert_rows};
-use rusqlite::{Connection, OptionalExtension, params};
+use herald_store::projection::{Changed, ChangedResource, Db, Param, RowProjection, SqlRow, insert_rows};
 
 use super::aggregate::CATEGORY;
 use super::view::{PostView, post_id};
@@ -107,10 +106,11 @@ const DROP_TAG: &str = "DELETE FROM post_tags WHERE tag = ?1 AND created_positio
 /// A post's share of a feed, commutative with every other post's.
 const TOUCH_FEED: &str = "INSERT INTO feeds (tag, post_count, updated_at, updated_position) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (tag) DO UPDATE SET
-         post_count = post_count + excluded.post_count,
-         updated_at = CASE WHEN excluded.updated_position > updated_position
-                           THEN excluded.updated_at ELSE updated_at END,
-         updated_position = max(updated_position, excluded.updated_position)";
+         post_count = feeds.post_count + excluded.post_count,
+         updated_at = CASE WHEN excluded.updated_position > feeds.updated_position
+                           THEN excluded.updated_at ELSE feeds.updated_at END,
+         updated_position = CASE WHEN excluded.updated_position > feeds.updated_position
+                                 THEN excluded.updated_position ELSE feeds.updated_position END";
 
 impl RowProjection for Feeds {
     const NAME: &'static str = "feeds";
@@ -137,6 +137,28 @@ impl RowProjection for Feeds {
             updated_at       TEXT NOT NULL,
             updated_position INTEGER NOT NULL
         ) STRICT, WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS feeds_updated ON feeds (updated_position);";
+    // Tags in byte order, as SQLite compares them (`feeds`' order).
+    const POSTGRES_SCHEMA: &'static str = "
+        CREATE TABLE IF NOT EXISTS posts (
+            created_position BIGINT PRIMARY KEY,
+            id               TEXT NOT NULL UNIQUE,
+            view             TEXT NOT NULL,
+            updated_position BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS posts_updated ON posts (updated_position);
+        CREATE TABLE IF NOT EXISTS post_tags (
+            tag              TEXT COLLATE \"C\" NOT NULL,
+            created_position BIGINT NOT NULL,
+            post_id          TEXT NOT NULL,
+            PRIMARY KEY (tag, created_position)
+        );
+        CREATE TABLE IF NOT EXISTS feeds (
+            tag              TEXT COLLATE \"C\" PRIMARY KEY,
+            post_count       BIGINT NOT NULL,
+            updated_at       TEXT NOT NULL,
+            updated_position BIGINT NOT NULL
+        );
         CREATE INDEX IF NOT EXISTS feeds_updated ON feeds (updated_position);";
     const TABLES: &'static [&'static str] = &["posts", "post_tags", "feeds"];
 
@@ -183,24 +205,21 @@ impl RowProjection for Feeds {
         true
     }
 
-    fn load(conn: &Connection, key: &str) -> Result<Option<Row>, StoreError> {
-        let row: Option<(i64, i64, String)> = conn
-            .prepare_cached("SELECT created_position, updated_position, view FROM posts WHERE id = ?1")
-            .map_err(backend)?
-            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .map_err(backend)?;
-        row.map(|(created, updated, json)| {
-            let view = parse_view(key, &json)?;
-            Ok(Row {
-                written: view.tags.clone(),
-                view,
-                created_position: created as u64,
-                updated_position: updated as u64,
-                removed: Vec::new(),
-            })
-        })
-        .transpose()
+    fn load(db: &dyn Db, key: &str) -> Result<Option<Row>, StoreError> {
+        db.query_opt(
+            "SELECT created_position, updated_position, view FROM posts WHERE id = ?1",
+            &[key.into()],
+            |r| {
+                let view = parse_view(key, &r.text(2)?)?;
+                Ok(Row {
+                    written: view.tags.clone(),
+                    view,
+                    created_position: r.position(0)?,
+                    updated_position: r.position(1)?,
+                    removed: Vec::new(),
+                })
+            },
+        )
     }
 
     fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
@@ -239,49 +258,36 @@ impl RowProjection for Feeds {
         })
     }
 
-    fn write(conn: &Connection, key: &str, w: &Write) -> Result<(), StoreError> {
-        write_rows(conn, std::iter::once((key, w)))
+    fn write(db: &dyn Db, key: &str, w: &Write) -> Result<(), StoreError> {
+        write_rows(db, std::iter::once((key, w)))
     }
 
-    fn write_all(conn: &Connection, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
-        write_rows(conn, rows.iter().map(|(key, w)| (&**key, w)))
+    fn write_all(db: &dyn Db, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
+        write_rows(db, rows.iter().map(|(key, w)| (&**key, w)))
     }
 
-    fn changed(conn: &Connection, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
-        let posts: Vec<(String, i64, String)> = conn
-            .prepare_cached(
-                "SELECT id, updated_position, view FROM posts
-                 WHERE updated_position > ?1 AND updated_position <= ?2
-                 ORDER BY updated_position LIMIT ?3",
-            )
-            .map_err(backend)?
-            .query_map(
-                params![after as i64, until as i64, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(backend)?
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
+    fn changed(db: &dyn Db, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
+        let posts = db.query_vec(
+            "SELECT id, updated_position, view FROM posts
+             WHERE updated_position > ?1 AND updated_position <= ?2
+             ORDER BY updated_position LIMIT ?3",
+            &[after.into(), until.into(), limit.into()],
+            |r| Ok((r.text(0)?, r.position(1)?, r.text(2)?)),
+        )?;
         // An event changes one post: positions are unique per post, and a
         // full page covers everything up to its last row, feeds included
         // (every feed change is a post's).
         let mut position = match posts.last() {
-            Some((_, last, _)) if posts.len() >= limit => *last as u64,
+            Some((_, last, _)) if posts.len() >= limit => *last,
             _ => until,
         };
-        let mut feeds: Vec<(String, FeedRow)> = conn
-            .prepare_cached(
-                "SELECT tag, post_count, updated_at, updated_position FROM feeds
-                 WHERE updated_position > ?1 AND updated_position <= ?2
-                 ORDER BY updated_position, tag",
-            )
-            .map_err(backend)?
-            .query_map(params![after as i64, position as i64], |r| {
-                Ok((r.get(0)?, FeedRow::from_sql(r, 1)?))
-            })
-            .map_err(backend)?
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
+        let mut feeds = db.query_vec(
+            "SELECT tag, post_count, updated_at, updated_position FROM feeds
+             WHERE updated_position > ?1 AND updated_position <= ?2
+             ORDER BY updated_position, tag",
+            &[after.into(), position.into()],
+            |r| Ok((r.text(0)?, FeedRow::from_sql(r, 1)?)),
+        )?;
         // Each feed carries its newest posts: a page holds about `limit` of
         // them too, ending after the last change of the limit-th one (the
         // feeds one event touched all come together).
@@ -294,11 +300,11 @@ impl RowProjection for Feeds {
         }
         let mut resources: Vec<ChangedResource> = posts
             .into_iter()
-            .filter(|(_, updated, _)| *updated as u64 <= position)
+            .filter(|(_, updated, _)| *updated <= position)
             .map(|(id, updated, view)| ChangedResource {
                 kind: POST,
                 key: id,
-                changed_at: updated as u64,
+                changed_at: updated,
                 event: POST,
                 json: with_position(&view, position),
                 class: None,
@@ -311,7 +317,7 @@ impl RowProjection for Feeds {
                     key: tag.clone(),
                     changed_at: feed.updated_position,
                     event: FEED,
-                    json: feed_json(conn, tag, feed, FEED_POSTS, position)?,
+                    json: feed_json(db, tag, feed, FEED_POSTS, position)?,
                     class: None,
                 });
             }
@@ -320,7 +326,7 @@ impl RowProjection for Feeds {
                 key: String::new(),
                 changed_at: last,
                 event: FEEDS,
-                json: feeds_json(conn, position)?.0,
+                json: feeds_json(db, position)?.0,
                 class: None,
             });
         }
@@ -352,24 +358,22 @@ fn share<'a>(shares: &mut HashMap<&'a str, Share<'a>>, tag: &'a str, delta: i64,
 }
 
 /// Writes posts' rows, then each feed they touch once, their shares merged.
-fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
-    let mut drop = conn.prepare_cached(DROP_TAG).map_err(backend)?;
+fn write_rows<'a>(db: &dyn Db, rows: impl Iterator<Item = (&'a str, &'a Write)>) -> Result<(), StoreError> {
     let mut shares: HashMap<&'a str, Share<'a>> = HashMap::new();
     let mut posts: Vec<(&'a str, &'a Write)> = Vec::new();
     // (tag, created_position, post id), in the order of `post_tags`' key.
-    let mut added: Vec<(&'a str, i64, &'a str)> = Vec::new();
+    let mut added: Vec<(&'a str, u64, &'a str)> = Vec::new();
     for (key, w) in rows {
         posts.push((key, w));
-        let created = w.created_position as i64;
         for tag in &w.dropped {
-            drop.execute(params![tag, created]).map_err(backend)?;
+            db.execute(DROP_TAG, &[tag.into(), w.created_position.into()])?;
             if !w.lost.iter().any(|l| &l.tag == tag) {
                 share(&mut shares, tag, -1, w.updated_position, &w.updated_at);
             }
         }
         for (tag, new) in &w.tags {
             if *new {
-                added.push((tag, created, key));
+                added.push((tag, w.created_position, key));
             }
             share(&mut shares, tag, i64::from(*new), w.updated_position, &w.updated_at);
         }
@@ -377,32 +381,28 @@ fn write_rows<'a>(conn: &Connection, rows: impl Iterator<Item = (&'a str, &'a Wr
             share(&mut shares, &l.tag, l.delta, l.position, &l.recorded_at);
         }
     }
-    insert_rows(conn, UPSERT_POSTS, 4, UPSERT_POSTS_TAIL, &posts, |stmt, i, (key, w)| {
-        stmt.raw_bind_parameter(i, w.created_position as i64)?;
-        stmt.raw_bind_parameter(i + 1, *key)?;
-        stmt.raw_bind_parameter(i + 2, &w.view)?;
-        stmt.raw_bind_parameter(i + 3, w.updated_position as i64)
+    insert_rows(db, UPSERT_POSTS, 4, UPSERT_POSTS_TAIL, &posts, |(key, w), params| {
+        params.extend([
+            Param::from(w.created_position),
+            Param::from(*key),
+            Param::from(&w.view),
+            Param::from(w.updated_position),
+        ])
     })?;
     added.sort_unstable();
-    insert_rows(
-        conn,
-        ADD_TAGS,
-        3,
-        ADD_TAGS_TAIL,
-        &added,
-        |stmt, i, (tag, created, key)| {
-            stmt.raw_bind_parameter(i, *tag)?;
-            stmt.raw_bind_parameter(i + 1, *created)?;
-            stmt.raw_bind_parameter(i + 2, *key)
-        },
-    )?;
-    if !shares.is_empty() {
-        let mut touch = conn.prepare_cached(TOUCH_FEED).map_err(backend)?;
-        for (tag, share) in shares {
-            touch
-                .execute(params![tag, share.delta, share.recorded_at, share.position as i64])
-                .map_err(backend)?;
-        }
+    insert_rows(db, ADD_TAGS, 3, ADD_TAGS_TAIL, &added, |(tag, created, key), params| {
+        params.extend([Param::from(*tag), Param::from(*created), Param::from(*key)])
+    })?;
+    for (tag, share) in shares {
+        db.execute(
+            TOUCH_FEED,
+            &[
+                tag.into(),
+                share.delta.into(),
+                share.recorded_at.into(),
+                share.position.into(),
+            ],
+        )?;
     }
     Ok(())
 }
@@ -428,11 +428,11 @@ pub struct FeedRow {
 }
 
 impl FeedRow {
-    fn from_sql(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<FeedRow> {
+    fn from_sql(r: &dyn SqlRow, first: usize) -> Result<FeedRow, StoreError> {
         Ok(FeedRow {
-            post_count: r.get(first)?,
-            updated_at: r.get(first + 1)?,
-            updated_position: r.get::<_, i64>(first + 2)? as u64,
+            post_count: r.int(first)?,
+            updated_at: r.text(first + 1)?,
+            updated_position: r.position(first + 2)?,
         })
     }
 }
@@ -444,47 +444,38 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 /// One stored post view as JSON text, and the position of its last change.
-pub fn post(conn: &Connection, id: &str) -> Result<Option<(String, u64)>, StoreError> {
-    conn.prepare_cached("SELECT view, updated_position FROM posts WHERE id = ?1")
-        .map_err(backend)?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-        .optional()
-        .map_err(backend)
+pub fn post(db: &dyn Db, id: &str) -> Result<Option<(String, u64)>, StoreError> {
+    db.query_opt(
+        "SELECT view, updated_position FROM posts WHERE id = ?1",
+        &[id.into()],
+        |r| Ok((r.text(0)?, r.position(1)?)),
+    )
 }
 
 /// The row of the feed `tag` (a count of 0 included), if any post ever had it.
-pub fn feed(conn: &Connection, tag: &str) -> Result<Option<FeedRow>, StoreError> {
-    conn.prepare_cached("SELECT post_count, updated_at, updated_position FROM feeds WHERE tag = ?1")
-        .map_err(backend)?
-        .query_row(params![tag], |r| FeedRow::from_sql(r, 0))
-        .optional()
-        .map_err(backend)
+pub fn feed(db: &dyn Db, tag: &str) -> Result<Option<FeedRow>, StoreError> {
+    db.query_opt(
+        "SELECT post_count, updated_at, updated_position FROM feeds WHERE tag = ?1",
+        &[tag.into()],
+        |r| FeedRow::from_sql(r, 0),
+    )
 }
 
 /// The views of the newest `limit` posts tagged `tag`, newest first.
-pub fn feed_posts(conn: &Connection, tag: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-    conn.prepare_cached(
+pub fn feed_posts(db: &dyn Db, tag: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    db.query_vec(
         "SELECT p.view FROM post_tags t JOIN posts p ON p.created_position = t.created_position
          WHERE t.tag = ?1 ORDER BY t.created_position DESC LIMIT ?2",
+        &[tag.into(), limit.into()],
+        |r| r.text(0),
     )
-    .map_err(backend)?
-    .query_map(params![tag, i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get(0))
-    .map_err(backend)?
-    .collect::<Result<_, _>>()
-    .map_err(backend)
 }
 
 /// `GET /api/feeds/{tag}`'s body: `{tag, post_count, updated_at, posts, position}`
 /// with the newest `limit` posts (none when the count is 0), the stored views spliced in.
-pub fn feed_json(
-    conn: &Connection,
-    tag: &str,
-    feed: &FeedRow,
-    limit: usize,
-    position: u64,
-) -> Result<String, StoreError> {
+pub fn feed_json(db: &dyn Db, tag: &str, feed: &FeedRow, limit: usize, position: u64) -> Result<String, StoreError> {
     let posts = if feed.post_count > 0 {
-        feed_posts(conn, tag, limit)?
+        feed_posts(db, tag, limit)?
     } else {
         Vec::new()
     };
@@ -506,34 +497,32 @@ pub fn feed_json(
 
 /// `GET /api/feeds`'s body — the feeds with posts, most recently updated
 /// first — and the position of the latest change to any feed (0: none).
-pub fn feeds_json(conn: &Connection, position: u64) -> Result<(String, u64), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT tag, post_count, updated_at, updated_position FROM feeds
-             ORDER BY updated_position DESC, tag",
-        )
-        .map_err(backend)?;
-    let mut rows = stmt.query([]).map_err(backend)?;
+pub fn feeds_json(db: &dyn Db, position: u64) -> Result<(String, u64), StoreError> {
     let mut out = String::from("{\"feeds\":[");
     let mut latest = 0;
     let mut first = true;
-    while let Some(r) = rows.next().map_err(backend)? {
-        let tag: String = r.get(0).map_err(backend)?;
-        let feed = FeedRow::from_sql(r, 1).map_err(backend)?;
-        latest = latest.max(feed.updated_position);
-        if feed.post_count <= 0 {
-            continue;
-        }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str("{\"tag\":");
-        json_string(&mut out, &tag);
-        let _ = write!(out, ",\"post_count\":{},\"updated_at\":", feed.post_count);
-        json_string(&mut out, &feed.updated_at);
-        out.push('}');
-    }
+    db.query(
+        "SELECT tag, post_count, updated_at, updated_position FROM feeds
+         ORDER BY updated_position DESC, tag",
+        &[],
+        &mut |r| {
+            let feed = FeedRow::from_sql(r, 1)?;
+            latest = latest.max(feed.updated_position);
+            if feed.post_count <= 0 {
+                return Ok(());
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str("{\"tag\":");
+            json_string(&mut out, &r.text(0)?);
+            let _ = write!(out, ",\"post_count\":{},\"updated_at\":", feed.post_count);
+            json_string(&mut out, &feed.updated_at);
+            out.push('}');
+            Ok(())
+        },
+    )?;
     let _ = write!(out, "],\"position\":{position}}}");
     Ok((out, latest))
 }
