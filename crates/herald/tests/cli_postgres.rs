@@ -672,6 +672,14 @@ async fn a_tampered_reordered_or_truncated_export_is_refused_and_nothing_is_impo
             "{file}: {err}"
         );
         assert_eq!(count_rows(&target).await, (0, 0, 0), "{file}");
+        // The embedded store refuses it the same way, and holds nothing after.
+        let data = tmp.path().join("embedded");
+        let out = herald_on(&data, None, &["import", file]);
+        assert!(!out.status.success(), "{file}: {}", stdout(&out));
+        assert!(stderr(&out).contains(expected), "{file}: {}", stderr(&out));
+        let out = herald_on(&data, None, &["export"]);
+        assert_ok(&out, "export of the embedded store");
+        assert_eq!(stdout(&out), "", "{file}");
     }
 
     // The target was left empty: the intact file imports.
