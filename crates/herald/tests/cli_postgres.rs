@@ -621,6 +621,24 @@ async fn an_embedded_export_imports_into_postgres_byte_for_byte_and_the_log_goes
     assert_eq!(stdout(&out), six);
     let out = herald_on(&target, None, &["verify"]);
     assert_ok(&out, "verify the embedded store");
+    // A retry there is recognised too (by the embedded writer, and by the lookup).
+    let embedded = herald_store::sqlite::SqliteStore::open(&target, Arc::new(herald_server::sse::Sse)).expect("open");
+    for (retry, first_position) in [(&requests[2], 3), (&requests[0], 1)] {
+        let outcome = registry
+            .commands()
+            .handle(
+                &*embedded,
+                &StreamLocks::default(),
+                &Actor::system("test"),
+                retry.clone(),
+            )
+            .await
+            .expect("the retry on the embedded store");
+        assert!(matches!(outcome, AppendOutcome::Duplicate(_)), "{}", retry.command_type);
+        assert_eq!(outcome.committed().first_position(), first_position);
+    }
+    assert_eq!(embedded.head().await.expect("head").position, 6);
+    drop(embedded);
     let out = herald_on(&target, None, &["import", file.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(
