@@ -77,6 +77,19 @@ pub struct StoredRow<'a> {
     pub hash: Option<&'a str>,
 }
 
+/// What a checked envelope says about its row: the columns a backend keeps
+/// beside it, and its `recorded_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEnvelope {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_type: String,
+    pub command_id: String,
+    pub recorded_at: String,
+    pub hash: String,
+}
+
 /// The envelope's fields, borrowed from the parsed JSON (`data` is skipped:
 /// the canonical comparison covers it).
 #[derive(Deserialize)]
@@ -217,11 +230,9 @@ impl ChainVerifier {
         if self.bad.is_some() {
             return false;
         }
-        match self.check_row(row) {
+        match self.check_row(row, false, |fields| fields.hash.into_owned()) {
             Ok(hash) => {
-                self.prev = hash;
-                self.checked += 1;
-                self.next_position += 1;
+                self.advance(hash);
                 true
             }
             Err((position, problem)) => {
@@ -231,7 +242,70 @@ impl ChainVerifier {
         }
     }
 
-    fn check_row(&self, row: StoredRow<'_>) -> Result<String, (u64, String)> {
+    /// Checks the next envelope of a log that is text only (an export, line by
+    /// line: no row, so no position but the one expected next) with the same
+    /// rules as [`check`](Self::check), and returns what it says. `Err` names
+    /// the position expected and the problem; once one was found, every later
+    /// call returns it again.
+    pub fn check_envelope(&mut self, envelope: &str) -> Result<CheckedEnvelope, (u64, String)> {
+        if let Some(bad) = &self.bad {
+            return Err(bad.clone());
+        }
+        let row = StoredRow {
+            position: self.next_position,
+            envelope,
+            stream: None,
+            version: None,
+            event_type: None,
+            category: None,
+            hash: None,
+        };
+        let checked = self.check_row(row, true, |fields| CheckedEnvelope {
+            position: fields.position,
+            stream: fields.stream.into_owned(),
+            version: fields.version,
+            event_type: fields.event_type.into_owned(),
+            command_id: fields.command_id.into_owned(),
+            recorded_at: fields.recorded_at.into_owned(),
+            hash: fields.hash.into_owned(),
+        });
+        match checked {
+            Ok(checked) => {
+                self.advance(checked.hash.clone());
+                Ok(checked)
+            }
+            Err(bad) => {
+                self.bad = Some(bad.clone());
+                Err(bad)
+            }
+        }
+    }
+
+    /// The position and hash of the last row checked (position 0 and
+    /// [`GENESIS_HASH`] before the first).
+    pub fn last(&self) -> Head {
+        Head {
+            position: self.next_position - 1,
+            hash: self.prev.clone(),
+        }
+    }
+
+    fn advance(&mut self, hash: String) {
+        self.prev = hash;
+        self.checked += 1;
+        self.next_position += 1;
+    }
+
+    /// Checks `row`; `Ok` with what `found` takes from its envelope's fields.
+    /// `from_text`: the row is an envelope alone, expected at `row.position`
+    /// (its own position is checked before its hash, so that a line out of
+    /// order is reported as such).
+    fn check_row<T>(
+        &self,
+        row: StoredRow<'_>,
+        from_text: bool,
+        found: impl FnOnce(Fields<'_>) -> T,
+    ) -> Result<T, (u64, String)> {
         let position = row.position;
         if position != self.next_position {
             return Err((
@@ -255,6 +329,13 @@ impl ChainVerifier {
         }
         let fields = Fields::deserialize(&value)
             .map_err(|e| bad(format!("the stored envelope does not have the envelope's fields: {e}")))?;
+        let misplaced = fields.position != position;
+        if from_text && misplaced {
+            return Err(bad(format!(
+                "the envelope is position {} but position {position} comes next: events are missing or out of order",
+                fields.position
+            )));
+        }
         let recomputed = chain_hash(&self.prev, &without_hash);
         if recomputed != fields.hash {
             return Err(bad(format!(
@@ -262,7 +343,7 @@ impl ChainVerifier {
                 fields.hash
             )));
         }
-        if fields.position != position {
+        if misplaced {
             return Err(bad(format!(
                 "the envelope says position {} but its row is at position {position}",
                 fields.position
@@ -309,7 +390,7 @@ impl ChainVerifier {
                 fields.hash, expect.hash
             )));
         }
-        Ok(fields.hash.into_owned())
+        Ok(found(fields))
     }
 
     /// The report, once every row up to the head was passed to

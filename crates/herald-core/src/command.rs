@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::aggregate::{Aggregate, InvalidCommand, Rejection, from_stored, to_new_event};
 use crate::envelope::{Actor, canonical};
 use crate::names::{AggregateId, StreamName};
-use crate::store::{AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, StoreError};
+use crate::store::{
+    AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, StoreError, fingerprints_match,
+};
 
 /// A command as it arrives, after the transport has checked its shape.
 #[derive(Debug, Clone)]
@@ -388,7 +390,7 @@ async fn earlier_result(
         return Ok(None);
     };
     match store.find_command(command_id).await? {
-        Some((seen, committed)) if seen == fingerprint => Ok(Some(committed)),
+        Some((seen, committed)) if fingerprints_match(&seen, fingerprint) => Ok(Some(committed)),
         Some(_) => Err(CommandError::CommandIdReused(command_id.clone())),
         None => Ok(None),
     }

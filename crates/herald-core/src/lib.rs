@@ -12,9 +12,11 @@ pub mod command;
 pub mod envelope;
 pub mod event_ref;
 pub mod framing;
+pub mod import;
 pub mod names;
 pub mod store;
 pub mod subscription;
+pub mod supervise;
 
 pub use envelope::{Actor, ActorKind, Envelope, RecordedEvent};
 pub use framing::{Framing, JsonLines};

@@ -376,6 +376,15 @@ impl AppendRequest {
     }
 }
 
+/// Whether a retry whose fingerprint is `given` is the command an
+/// idempotency record with fingerprint `stored` remembers: the same
+/// fingerprint, or a record an import derived from the log, whose
+/// fingerprint is unknown ([`crate::import::IMPORTED_FINGERPRINT`]: any retry
+/// with its `command_id` is taken as the same command).
+pub fn fingerprints_match(stored: &str, given: &str) -> bool {
+    stored == given || stored == crate::import::IMPORTED_FINGERPRINT
+}
+
 /// The `recorded_at` of a new batch: now (UTC, milliseconds, RFC 3339), or
 /// `last` if the clock went back — `recorded_at` never decreases along the log.
 pub fn next_recorded_at(last: &str) -> String {

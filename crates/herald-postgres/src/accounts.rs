@@ -23,7 +23,7 @@ use herald_core::store::StoreError;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use crate::store::{pg, pool_error, with_causes};
+use crate::store::{Database, pg, pool_error};
 
 /// The `login_attempts` key of failures that named no account (no username
 /// starts with `*`).
@@ -206,11 +206,7 @@ impl PgAccounts {
     /// [`ACCOUNTS_POOL_SIZE`] connections and applies the migrations the
     /// database lacks (the event log's too: one schema per database).
     pub async fn open(url: &str) -> Result<Arc<PgAccounts>, StoreError> {
-        // tokio-postgres' parse errors do not repeat the string (which may hold a password).
-        let pg_config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", with_causes(&e))))?;
-        Self::open_config(pg_config, ACCOUNTS_POOL_SIZE).await
+        Self::open_config(crate::store::parse_url(url)?, ACCOUNTS_POOL_SIZE).await
     }
 
     /// [`open`](Self::open) with a parsed configuration and a pool size.
@@ -218,9 +214,17 @@ impl PgAccounts {
         pg_config: tokio_postgres::Config,
         pool_size: usize,
     ) -> Result<Arc<PgAccounts>, StoreError> {
-        let (pool, client, target) = crate::store::connect(pg_config, pool_size).await?;
-        drop(client);
-        Ok(Arc::new(PgAccounts { pool, target }))
+        let database = Database::connect(pg_config, pool_size).await?;
+        Ok(Self::with_database(&database))
+    }
+
+    /// The accounts on `database`'s pool (shared with the event store of a
+    /// command that needs both: one pool, one migration run).
+    pub fn with_database(database: &Database) -> Arc<PgAccounts> {
+        Arc::new(PgAccounts {
+            pool: database.pool.clone(),
+            target: database.target.clone(),
+        })
     }
 
     async fn client(&self) -> Result<Object, StoreError> {

@@ -1,6 +1,7 @@
-//! The schema, as versioned migrations: each is applied once, in its own
-//! transaction, under a transaction-scoped advisory lock, so that instances
-//! starting together do not race; `herald_migrations` records which are in.
+//! The schema, as versioned migrations: those a database lacks are applied
+//! together, in one transaction, under a transaction-scoped advisory lock, so
+//! that instances starting together do not race and a failed one leaves
+//! nothing half-applied; `herald_migrations` records which are in.
 
 use herald_core::store::StoreError;
 use tokio_postgres::Client;
@@ -147,40 +148,56 @@ fn backend(what: &str, e: tokio_postgres::Error) -> StoreError {
     crate::store::pg(what, e)
 }
 
-/// Applies every migration the database does not have yet. Refuses a
-/// database that a newer herald migrated further, or whose recorded
-/// migration names differ from these.
+/// Applies every migration the database does not have yet, all in one
+/// transaction under one advisory lock (instances starting together take
+/// turns; a failure leaves the schema as it was). Refuses, under the lock and
+/// before changing anything, a database that a newer herald migrated further,
+/// or whose recorded migration names differ from these.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    for m in MIGRATIONS {
-        let tx = client.transaction().await.map_err(|e| backend("migration: begin", e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(|e| backend("migration: advisory lock", e))?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS herald_migrations (
-                version    bigint      PRIMARY KEY,
-                name       text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
+    let tx = client.transaction().await.map_err(|e| backend("migration: begin", e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| backend("migration: herald_migrations", e))?;
-        let applied = tx
-            .query_opt("SELECT name FROM herald_migrations WHERE version = $1", &[&m.version])
-            .await
+        .map_err(|e| backend("migration: advisory lock", e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS herald_migrations (
+            version    bigint      PRIMARY KEY,
+            name       text        NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(|e| backend("migration: herald_migrations", e))?;
+    let mut applied = std::collections::BTreeMap::new();
+    for row in tx
+        .query("SELECT version, name FROM herald_migrations", &[])
+        .await
+        .map_err(|e| backend("migration: read herald_migrations", e))?
+    {
+        let version: i64 = row
+            .try_get(0)
             .map_err(|e| backend("migration: read herald_migrations", e))?;
-        match applied {
-            Some(row) => {
-                let name: String = row
-                    .try_get(0)
-                    .map_err(|e| backend("migration: read herald_migrations", e))?;
-                if name != m.name {
-                    return Err(StoreError::Corrupt(format!(
-                        "migration {} is recorded as {name:?}, but this herald knows it as {:?}",
-                        m.version, m.name
-                    )));
-                }
+        let name: String = row
+            .try_get(1)
+            .map_err(|e| backend("migration: read herald_migrations", e))?;
+        applied.insert(version, name);
+    }
+    let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+    if let Some((&newest, _)) = applied.last_key_value()
+        && newest > latest
+    {
+        return Err(StoreError::Backend(format!(
+            "the database has migration {newest}, newer than this herald knows ({latest}): upgrade herald"
+        )));
+    }
+    for m in MIGRATIONS {
+        match applied.get(&m.version) {
+            Some(name) if name != m.name => {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} is recorded as {name:?}, but this herald knows it as {:?}",
+                    m.version, m.name
+                )));
             }
+            Some(_) => {}
             None => {
                 tx.batch_execute(m.sql)
                     .await
@@ -191,23 +208,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
                 )
                 .await
                 .map_err(|e| backend("migration: record", e))?;
-                tracing::info!(version = m.version, name = m.name, "applied a PostgreSQL migration");
+                tracing::info!(version = m.version, name = m.name, "applying a PostgreSQL migration");
             }
         }
-        tx.commit().await.map_err(|e| backend("migration: commit", e))?;
     }
-    let latest = MIGRATIONS.last().map_or(0, |m| m.version);
-    let newest: Option<i64> = client
-        .query_one("SELECT max(version) FROM herald_migrations", &[])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(|e| backend("migration: read herald_migrations", e))?;
-    if let Some(newest) = newest
-        && newest > latest
-    {
-        return Err(StoreError::Backend(format!(
-            "the database has migration {newest}, newer than this herald knows ({latest}): upgrade herald"
-        )));
-    }
+    tx.commit().await.map_err(|e| backend("migration: commit", e))?;
     Ok(())
 }

@@ -21,23 +21,24 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
-use herald_core::audit::{ChainVerifier, Expect, StoredRow, VerifyReport};
+use herald_core::audit::{Expect, VerifyReport};
 use herald_core::envelope::{GENESIS_HASH, RecordedEvent, category_of};
 use herald_core::framing::Framing;
 use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, DownOnDrop, EventStore, Filter, Head, LiveReceiver, Page,
-    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, next_recorded_at,
+    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, fingerprints_match, next_recorded_at,
 };
+use herald_core::supervise::{PanicLimit, WriterFatal, panic_message};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The channel every commit notifies, with its last position as the payload.
@@ -64,6 +65,11 @@ pub struct PgConfig {
     pub listen: bool,
     /// Most rows the follower reads per query.
     pub page: usize,
+    /// The writer gives up (calls `on_writer_fatal`) after this many panics
+    /// with no commit in between, or this many within a minute.
+    pub writer_panic_limit: u32,
+    /// What happens when the writer gives up. Default: exit the process (70).
+    pub on_writer_fatal: WriterFatal,
 }
 
 impl Default for PgConfig {
@@ -76,6 +82,8 @@ impl Default for PgConfig {
             poll: Duration::from_millis(250),
             listen: true,
             page: 1000,
+            writer_panic_limit: 3,
+            on_writer_fatal: WriterFatal::default(),
         }
     }
 }
@@ -91,6 +99,8 @@ struct Job {
 #[derive(Default)]
 struct Shared {
     health: Arc<WriterHealth>,
+    /// Test hook: the next this-many batches panic before they commit.
+    inject_panics: AtomicU32,
 }
 
 pub struct PgStore {
@@ -153,34 +163,18 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 /// Bounds past `i64::MAX` saturate rather than wrap.
-fn sql_int(n: impl TryInto<i64>) -> i64 {
+pub(crate) fn sql_int(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
-fn stored_u64(row: &Row, idx: usize, what: &str) -> Result<u64, StoreError> {
+pub(crate) fn stored_u64(row: &Row, idx: usize, what: &str) -> Result<u64, StoreError> {
     let n: i64 = row.try_get(idx).map_err(|e| pg(what, e))?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what}: negative value {n}")))
 }
 
 /// A pool of at most `size` connections (named `herald` unless the
-/// configuration names them), one of its connections with every migration
-/// applied, and the database's description for messages (no password).
-pub(crate) async fn connect(
-    pg_config: tokio_postgres::Config,
-    size: usize,
-) -> Result<(Pool, Object, String), StoreError> {
-    let (pool, target) = build_pool(pg_config, size)?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e))))?;
-    crate::migrations::migrate(&mut client).await?;
-    Ok((pool, client, target))
-}
-
-/// A pool of at most `size` connections (named `herald` unless the
-/// configuration names them; none opened yet), and the database's
-/// description for messages (no password).
+/// configuration names them) and the database's description for messages
+/// (no password). Connects nothing yet.
 pub(crate) fn build_pool(pg_config: tokio_postgres::Config, size: usize) -> Result<(Pool, String), StoreError> {
     let target = describe_config(&pg_config);
     let mut pool_config = pg_config;
@@ -199,6 +193,63 @@ pub(crate) fn build_pool(pg_config: tokio_postgres::Config, size: usize) -> Resu
         .build()
         .map_err(|e| StoreError::Backend(format!("PostgreSQL pool for {target}: {e}")))?;
     Ok((pool, target))
+}
+
+/// A pooled connection, or an error naming the database.
+pub(crate) async fn first_connection(pool: &Pool, target: &str) -> Result<Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {}", with_causes(&e))))
+}
+
+/// One connection pool on a database with every migration applied, for the
+/// event store ([`PgStore::with_database`]) and the accounts
+/// ([`PgAccounts::with_database`](crate::PgAccounts::with_database)) to share:
+/// one pool, one migration run.
+#[derive(Clone)]
+pub struct Database {
+    pub(crate) pool: Pool,
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) target: String,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("target", &self.target).finish()
+    }
+}
+
+impl Database {
+    /// A pool of at most `size` connections (named `herald` unless the
+    /// configuration names them), after applying the migrations the database
+    /// lacks on its first connection.
+    pub async fn connect(pg_config: tokio_postgres::Config, size: usize) -> Result<Database, StoreError> {
+        let (pool, target) = build_pool(pg_config.clone(), size)?;
+        let mut client = first_connection(&pool, &target).await?;
+        crate::migrations::migrate(&mut client).await?;
+        drop(client);
+        Ok(Database {
+            pool,
+            config: pg_config,
+            target,
+        })
+    }
+
+    /// [`connect`](Self::connect) to a libpq URL or key=value string.
+    pub async fn open(url: &str, size: usize) -> Result<Database, StoreError> {
+        Self::connect(parse_url(url)?, size).await
+    }
+
+    /// `host:port/db` (never the password), for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// `url` parsed; the error does not repeat it (it may hold a password).
+pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse()
+        .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", with_causes(&e))))
 }
 
 fn sealed_row(row: &Row) -> Result<SealedEvent, StoreError> {
@@ -225,9 +276,6 @@ fn event_of(framing: &dyn Framing, row: &Row) -> Result<Arc<RecordedEvent>, Stor
     )))
 }
 
-/// The triggers that keep `events` append-only (migration 1); `verify` checks them.
-const APPEND_ONLY_TRIGGERS: [&str; 2] = ["events_append_only", "events_no_truncate"];
-
 const EVENT_COLUMNS: &str = "position, stream, version, type, envelope, hash";
 
 impl PgStore {
@@ -235,11 +283,7 @@ impl PgStore {
     /// migrations the database lacks, and starts the writer, the follower and
     /// (unless [`PgConfig::listen`] is off) the listener.
     pub async fn open(url: &str, framing: Arc<dyn Framing>, config: PgConfig) -> Result<Arc<PgStore>, StoreError> {
-        // tokio-postgres' parse errors do not repeat the string (which may hold a password).
-        let pg_config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", with_causes(&e))))?;
-        Self::open_config(pg_config, framing, config).await
+        Self::open_config(parse_url(url)?, framing, config).await
     }
 
     /// [`open`](Self::open) with a parsed configuration.
@@ -248,7 +292,21 @@ impl PgStore {
         framing: Arc<dyn Framing>,
         config: PgConfig,
     ) -> Result<Arc<PgStore>, StoreError> {
-        let (pool, client, target) = connect(pg_config.clone(), config.pool_size.max(2)).await?;
+        let database = Database::connect(pg_config, config.pool_size.max(2)).await?;
+        Self::with_database(&database, framing, config).await
+    }
+
+    /// The store on `database`'s pool (shared with whatever else uses it, so
+    /// [`PgConfig::pool_size`] is not used; the writer takes one of its
+    /// connections per batch, reads and the follower the others).
+    pub async fn with_database(
+        database: &Database,
+        framing: Arc<dyn Framing>,
+        config: PgConfig,
+    ) -> Result<Arc<PgStore>, StoreError> {
+        let pool = database.pool.clone();
+        let target = database.target.clone();
+        let client = first_connection(&pool, &target).await?;
         let published = read_head(&client).await?.position;
         drop(client);
 
@@ -265,6 +323,7 @@ impl PgStore {
             framing: framing.clone(),
             page: config.page.max(1),
         }));
+        let on_fatal = config.on_writer_fatal.clone();
         let writer = Writer {
             pool: pool.clone(),
             framing: framing.clone(),
@@ -273,11 +332,22 @@ impl PgStore {
             max_batch: config.max_batch.max(1),
             shared: shared.clone(),
             committed_unanswered: false,
+            panics: PanicLimit::new(config.writer_panic_limit),
+            on_fatal: config.on_writer_fatal,
         };
-        tokio::spawn(writer.run());
+        tokio::spawn(async move {
+            // Batches are supervised inside `run`; this catches a panic in
+            // the supervision itself, which leaves nobody to write.
+            if let Err(payload) = std::panic::AssertUnwindSafe(writer.run()).catch_unwind().await {
+                (on_fatal.0)(&format!(
+                    "the writer loop panicked outside a batch: {}",
+                    panic_message(&*payload)
+                ));
+            }
+        });
         tokio::spawn(follow(pool.clone(), publisher, wake.clone(), config.poll, stop.clone()));
         if config.listen {
-            let mut listen_config = pg_config;
+            let mut listen_config = database.config.clone();
             if listen_config.get_application_name().is_none() {
                 listen_config.application_name(LISTENER_NAME);
             }
@@ -293,6 +363,13 @@ impl PgStore {
             target,
             _stop: stop.drop_guard(),
         }))
+    }
+
+    /// Test hook: the writer's next `n` batches panic before they commit (as
+    /// a failed write inside the writer would). Not reachable over HTTP.
+    #[doc(hidden)]
+    pub fn inject_writer_panics(&self, n: u32) {
+        self.shared.inject_panics.store(n, Ordering::SeqCst);
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -324,7 +401,7 @@ fn refuse_nul(request: &AppendRequest) -> Result<(), StoreError> {
     }
 }
 
-async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
+pub(crate) async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
     let row = client
         .query_one("SELECT position, hash FROM sequencer", &[])
         .await
@@ -465,66 +542,8 @@ impl EventStore for PgStore {
     /// Every column of every row, in one repeatable-read snapshot, and the
     /// append-only triggers.
     async fn verify(&self, expect: Option<Expect>) -> Result<VerifyReport, StoreError> {
-        const WHAT: &str = "verify";
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| pg(WHAT, e))?;
-        let head = read_head(&tx).await?;
-        let until = sql_int(head.position);
-        let mut verifier = ChainVerifier::new(head, expect);
-        let stmt = tx
-            .prepare(
-                "SELECT position, stream, version, type, category, hash, envelope FROM events
-                 WHERE position > $1 AND position <= $2 ORDER BY position LIMIT 1000",
-            )
-            .await
-            .map_err(|e| pg(WHAT, e))?;
-        let mut after = 0i64;
-        'pages: while after < until {
-            let rows = tx.query(&stmt, &[&after, &until]).await.map_err(|e| pg(WHAT, e))?;
-            let Some(last) = rows.last() else { break };
-            after = last.try_get(0).map_err(|e| pg(WHAT, e))?;
-            for row in &rows {
-                let position = stored_u64(row, 0, WHAT)?;
-                let version = stored_u64(row, 2, WHAT)?;
-                let checked = verifier.check(StoredRow {
-                    position,
-                    envelope: row.try_get(6).map_err(|e| pg(WHAT, e))?,
-                    stream: Some(row.try_get(1).map_err(|e| pg(WHAT, e))?),
-                    version: Some(version),
-                    event_type: Some(row.try_get(3).map_err(|e| pg(WHAT, e))?),
-                    category: Some(row.try_get(4).map_err(|e| pg(WHAT, e))?),
-                    hash: Some(row.try_get(5).map_err(|e| pg(WHAT, e))?),
-                });
-                if !checked {
-                    break 'pages;
-                }
-            }
-        }
-        let enabled: Vec<String> = tx
-            .query(
-                "SELECT tgname::text FROM pg_trigger
-                 WHERE tgrelid = 'events'::regclass AND NOT tgisinternal AND tgenabled <> 'D'",
-                &[],
-            )
-            .await
-            .map_err(|e| pg(WHAT, e))?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| pg(WHAT, e))?;
-        let findings: Vec<String> = APPEND_ONLY_TRIGGERS
-            .iter()
-            .filter(|name| !enabled.iter().any(|t| t == *name))
-            .map(|name| format!("the append-only trigger {name} on events is missing or disabled"))
-            .collect();
-        tx.commit().await.map_err(|e| pg(WHAT, e))?;
-        Ok(verifier.finish(&findings))
+        crate::verify::verify_log(&mut client, expect, |_, _| {}).await
     }
 
     fn write_health(&self) -> WriteHealth {
@@ -794,6 +813,8 @@ struct Writer {
     shared: Arc<Shared>,
     /// Set between a commit and the end of its answers.
     committed_unanswered: bool,
+    panics: PanicLimit,
+    on_fatal: WriterFatal,
 }
 
 impl Writer {
@@ -811,36 +832,64 @@ impl Writer {
             let result = std::panic::AssertUnwindSafe(self.commit(&mut batch))
                 .catch_unwind()
                 .await;
-            if let Err(payload) = result {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned());
-                let cause = format!("the event store writer panicked: {message}");
-                self.shared.health.set_failing(&cause);
-                let fate = if std::mem::take(&mut self.committed_unanswered) {
-                    "the append may have been committed; retry it with the same command_id to get its result"
-                } else {
-                    "the append was not committed; retry it"
-                };
-                tracing::error!(panic = %message, appends = batch.len(), "the event store writer panicked while writing a batch");
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
+            match result {
+                Ok(true) => self.panics.committed(),
+                Ok(false) => {}
+                Err(payload) => {
+                    if !self.survive_panic(&mut batch, &panic_message(&*payload)) {
+                        return;
+                    }
                 }
             }
         }
         tracing::debug!("event store writer stopped");
     }
 
-    /// Commits every job of `batch` in one transaction, publishes, answers each.
-    async fn commit(&mut self, batch: &mut Vec<Job>) {
+    /// After a panic: fails the callers of the batch in flight (their
+    /// transaction was dropped unfinished, which rolls it back and releases
+    /// the sequencer; the next batch reads the head again) and decides whether
+    /// to go on. Returns false when the writer gives up: the fatal hook has
+    /// been called and every queued caller failed.
+    fn survive_panic(&mut self, batch: &mut Vec<Job>, message: &str) -> bool {
+        let cause = format!("the event store writer panicked: {message}");
+        self.shared.health.set_failing(&cause);
+        let committed = std::mem::take(&mut self.committed_unanswered);
+        let fate = if committed {
+            "the append may have been committed; retry it with the same command_id to get its result"
+        } else {
+            "the append was not committed; retry it"
+        };
+        tracing::error!(panic = %message, appends = batch.len(), committed, "the event store writer panicked while writing a batch");
+        for job in batch.drain(..) {
+            let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
+        }
+        let Some(why) = self.panics.panicked(std::time::Instant::now(), message) else {
+            return true;
+        };
+        self.shared
+            .health
+            .set_down(&format!("the event store writer stopped after {why}"));
+        (self.on_fatal.0)(&why);
+        // The hook returned (a test): nothing more is written; every caller
+        // still queued, and every later one, gets an error.
+        self.jobs.close();
+        while let Ok(job) = self.jobs.try_recv() {
+            let _ = job.reply.send(Err(StoreError::Unavailable(
+                "the event store writer has stopped".into(),
+            )));
+        }
+        false
+    }
+
+    /// Commits every job of `batch` in one transaction, publishes, answers
+    /// each. Returns whether the transaction committed.
+    async fn commit(&mut self, batch: &mut Vec<Job>) -> bool {
         let mut client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
                 let e = pool_error(e);
                 self.fail(batch, &e, e.to_string());
-                return;
+                return false;
             }
         };
         match self.write(&mut client, batch).await {
@@ -852,16 +901,19 @@ impl Writer {
                     let _ = job.reply.send(answer);
                 }
                 self.committed_unanswered = false;
+                true
             }
             Err(WriteError::Failed(e)) => {
                 let why = e.to_string();
                 self.fail(batch, &e, why);
+                false
             }
             Err(WriteError::Unknown(e)) => {
                 let why = format!(
                     "{e}; the append may have been committed: retry it with the same command_id to get its result"
                 );
                 self.fail(batch, &StoreError::Unavailable(why.clone()), why);
+                false
             }
         }
     }
@@ -982,7 +1034,7 @@ impl Writer {
             let r = &job.request;
             if let Some(fingerprint) = &r.idempotency_fingerprint {
                 if let Some(seen) = known.get(&r.command_id) {
-                    if seen == fingerprint {
+                    if fingerprints_match(seen, fingerprint) {
                         let found = find_command(&tx, &*self.framing, &r.command_id)
                             .await
                             .map_err(WriteError::Failed)?;
@@ -1047,20 +1099,7 @@ impl Writer {
         }
 
         if !rows.is_empty() {
-            let positions: Vec<i64> = rows.iter().map(|r| sql_int(r.position)).collect();
-            let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-            let versions: Vec<i64> = rows.iter().map(|r| sql_int(r.version)).collect();
-            let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-            let categories: Vec<&str> = rows.iter().map(|r| category_of(&r.stream)).collect();
-            let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
-            let envelopes: Vec<&str> = rows.iter().map(|r| r.json.as_str()).collect();
-            tx.execute(
-                "INSERT INTO events (position, stream, version, type, category, hash, envelope)
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])",
-                &[&positions, &streams, &versions, &types, &categories, &hashes, &envelopes],
-            )
-            .await
-            .map_err(failed("inserting events"))?;
+            insert_events(&tx, &rows).await.map_err(failed("inserting events"))?;
             if !commands.is_empty() {
                 let ids: Vec<&str> = commands.iter().map(|c| c.0).collect();
                 let fingerprints: Vec<&str> = commands.iter().map(|c| c.1).collect();
@@ -1089,9 +1128,42 @@ impl Writer {
             .await
             .map_err(failed("notifying"))?;
         }
+        if take_one(&self.shared.inject_panics) {
+            panic!("injected writer panic (test hook)");
+        }
         tx.commit().await.map_err(|e| WriteError::Unknown(pg("commit", e)))?;
         Ok((rows, outcomes))
     }
+}
+
+/// Takes one from a test hook's count: one relaxed load when it is 0.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter.load(Ordering::Relaxed) > 0
+        && counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+}
+
+/// Inserts `rows` in one statement (arrays through UNNEST): the writer's
+/// batches and an import's.
+pub(crate) async fn insert_events(
+    client: &impl deadpool_postgres::GenericClient,
+    rows: &[SealedEvent],
+) -> Result<u64, tokio_postgres::Error> {
+    let positions: Vec<i64> = rows.iter().map(|r| sql_int(r.position)).collect();
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+    let versions: Vec<i64> = rows.iter().map(|r| sql_int(r.version)).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let categories: Vec<&str> = rows.iter().map(|r| category_of(&r.stream)).collect();
+    let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
+    let envelopes: Vec<&str> = rows.iter().map(|r| r.json.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO events (position, stream, version, type, category, hash, envelope)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])",
+            &[&positions, &streams, &versions, &types, &categories, &hashes, &envelopes],
+        )
+        .await
 }
 
 /// Each job's answer once its batch committed and was framed.

@@ -169,3 +169,58 @@ async fn a_database_of_the_event_log_alone_gets_the_accounts_on_open() {
     // Opening again applies nothing twice.
     drop(h.accounts().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_a_newer_herald_migrated_is_refused_before_anything_is_applied() {
+    let Some(h) = PgAccountsHarness::new().await else {
+        return;
+    };
+    let (admin, connection) = tokio_postgres::connect(h.db.url(), NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "CREATE TABLE herald_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO herald_migrations (version, name) VALUES (99, 'from the future');",
+        )
+        .await
+        .expect("a newer herald's record");
+    let err = PgStore::open(h.db.url(), Arc::new(herald_core::JsonLines), PgConfig::default())
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(
+        err.to_string()
+            .contains("the database has migration 99, newer than this herald knows"),
+        "{err}"
+    );
+    // The check runs under the lock before any migration: nothing was created.
+    let row = admin
+        .query_one(
+            "SELECT to_regclass('events') IS NULL AND to_regclass('users') IS NULL, \
+             (SELECT count(*) FROM herald_migrations)",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert!(row.get::<_, bool>(0), "migrations were applied to a newer database");
+    assert_eq!(row.get::<_, i64>(1), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_store_and_the_accounts_can_share_one_pool() {
+    let Some(h) = PgAccountsHarness::new().await else {
+        return;
+    };
+    let database = herald_postgres::Database::open(h.db.url(), 2).await.expect("connect");
+    let store = PgStore::with_database(&database, Arc::new(herald_core::JsonLines), PgConfig::default())
+        .await
+        .expect("the store on the shared pool");
+    let accounts = PgAccounts::with_database(&database);
+    accounts.put_ceremony("c", "login", "state", 100).await.expect("put");
+    let minted = herald_core::store::EventStore::head(&*store).await.expect("head");
+    assert_eq!(minted.position, 0);
+    assert_eq!(
+        accounts.take_ceremony("c", "login", 0).await.expect("take").as_deref(),
+        Some("state")
+    );
+}

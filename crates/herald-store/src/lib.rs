@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod credentials;
+pub mod import;
 pub mod projection;
 pub mod rebuild;
 pub mod scan;

@@ -25,8 +25,6 @@
 //!   exit the process, for a supervisor to restart it). See
 //!   docs/adr/0006-writer-supervision.md.
 
-use std::collections::VecDeque;
-use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -39,8 +37,9 @@ use herald_core::envelope::{GENESIS_HASH, RecordedEvent};
 use herald_core::framing::Framing;
 use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, DownOnDrop, EventStore, Filter, Head, LiveReceiver, Page,
-    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, next_recorded_at,
+    SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, fingerprints_match, next_recorded_at,
 };
+use herald_core::supervise::{PanicLimit, panic_message};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
@@ -67,32 +66,8 @@ pub struct SqliteConfig {
 }
 
 /// Called once, on the writer thread, when the writer keeps panicking and
-/// stops; the argument says why. The default logs and exits the process with
-/// status 70 so a supervisor (systemd, Kubernetes) restarts herald; tests pass
-/// a hook that records the call instead.
-#[derive(Clone)]
-pub struct WriterFatal(pub Arc<dyn Fn(&str) + Send + Sync>);
-
-impl Default for WriterFatal {
-    fn default() -> Self {
-        WriterFatal(Arc::new(|why: &str| {
-            tracing::error!(%why, "the event store writer keeps failing; exiting so that a supervisor restarts herald");
-            // stderr may be closed: a failed write must not panic here either.
-            let _ = writeln!(
-                std::io::stderr(),
-                "herald: the event store writer keeps failing ({why}); exiting with status 70 so that a supervisor \
-                 restarts herald"
-            );
-            std::process::exit(70);
-        }))
-    }
-}
-
-impl std::fmt::Debug for WriterFatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriterFatal(..)")
-    }
-}
+/// stops (shared with the PostgreSQL store's writer).
+pub use herald_core::supervise::WriterFatal;
 
 impl Default for SqliteConfig {
     fn default() -> Self {
@@ -168,7 +143,7 @@ pub(crate) const APPEND_ONLY_TRIGGERS: [(&str, &str); 2] = [
     ),
 ];
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream   TEXT NOT NULL,
@@ -654,27 +629,6 @@ struct Writer {
     committed_unanswered: bool,
 }
 
-/// The text of a panic's payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
-
-/// Panics the writer has survived lately.
-struct Panics {
-    /// With no commit since.
-    in_a_row: u32,
-    /// When, for the last minute (allocated only once something panicked).
-    recent: VecDeque<Instant>,
-}
-
-const PANIC_WINDOW: Duration = Duration::from_secs(60);
-
 impl Writer {
     fn run(mut self) {
         let _down = DownOnDrop(self.shared.health.clone());
@@ -689,10 +643,7 @@ impl Writer {
             }
         };
         let mut batch = Vec::with_capacity(self.max_batch);
-        let mut panics = Panics {
-            in_a_row: 0,
-            recent: VecDeque::new(),
-        };
+        let mut panics = PanicLimit::new(self.panic_limit);
         loop {
             match runtime.block_on(async { tokio::time::timeout(self.poll, self.jobs.recv()).await }) {
                 Ok(Some(job)) => batch.push(job),
@@ -722,7 +673,7 @@ impl Writer {
                 }
             }
             match catch_unwind(AssertUnwindSafe(|| self.commit(&mut batch))) {
-                Ok(true) => panics.in_a_row = 0,
+                Ok(true) => panics.committed(),
                 Ok(false) => {}
                 Err(payload) => {
                     let message = panic_message(&*payload);
@@ -745,7 +696,7 @@ impl Writer {
     ///
     /// Returns false when the writer gives up: the fatal hook has been called
     /// and every queued caller failed.
-    fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut Panics, message: &str) -> bool {
+    fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut PanicLimit, message: &str) -> bool {
         let cause = format!("the event store writer panicked: {message}");
         self.shared.health.set_failing(&cause);
         let committed = std::mem::take(&mut self.committed_unanswered);
@@ -765,23 +716,8 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.conn.flush_prepared_statement_cache();
-        let now = Instant::now();
-        panics.in_a_row += 1;
-        panics.recent.push_back(now);
-        while panics
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > PANIC_WINDOW)
-        {
-            panics.recent.pop_front();
-        }
-        if panics.in_a_row < self.panic_limit && (panics.recent.len() as u32) < self.panic_limit {
+        let Some(why) = panics.panicked(Instant::now(), message) else {
             return true;
-        }
-        let why = if panics.in_a_row >= self.panic_limit {
-            format!("{} panics in a row, the last: {message}", panics.in_a_row)
-        } else {
-            format!("{} panics within a minute, the last: {message}", panics.recent.len())
         };
         self.shared
             .health
@@ -961,7 +897,7 @@ fn apply(
     if let Some(fingerprint) = &request.idempotency_fingerprint
         && let Some((seen, committed)) = find_command(tx, framing, &request.command_id).map_err(Refusal::Refused)?
     {
-        return if &seen == fingerprint {
+        return if fingerprints_match(&seen, fingerprint) {
             Ok(Applied::Duplicate(committed))
         } else {
             Err(Refusal::Refused(StoreError::CommandIdReused {

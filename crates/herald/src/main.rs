@@ -68,6 +68,13 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Load what `herald export` wrote into an empty store (--data, or --database-url), checking
+    /// every line's position, canonical text and hash chain; all or nothing.
+    Import {
+        /// The NDJSON file; `-` (the default) reads stdin.
+        #[arg(value_name = "FILE|-", default_value = "-")]
+        file: PathBuf,
+    },
     /// Read models.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -227,39 +234,64 @@ impl Backend {
     /// The event store as `herald serve` opens it (each event framed as an
     /// SSE message), for the commands that work on it directly.
     async fn event_store(&self) -> Result<Arc<dyn EventStore>> {
+        Ok(self.open().await?.store())
+    }
+
+    /// The event store, and what the accounts and tokens open on it: on
+    /// PostgreSQL one pool, migrated once, for all of them.
+    async fn open(&self) -> Result<Opened> {
         match self {
-            Backend::Sqlite(dir) => Ok(open_store(dir)?),
+            Backend::Sqlite(dir) => Ok(Opened::Sqlite(dir.clone(), open_store(dir)?)),
             Backend::Postgres(url) => {
                 let (config, target) = pg_config(url)?;
-                let store = herald_postgres::PgStore::open_config(
-                    config,
+                let context = || format!("cannot open the event store on PostgreSQL at {target}");
+                // One command at a time: the writer's connection, one for the
+                // accounts, one for reads.
+                let database = herald_postgres::Database::connect(config, 3)
+                    .await
+                    .with_context(context)?;
+                let store = herald_postgres::PgStore::with_database(
+                    &database,
                     Arc::new(herald_server::sse::Sse),
                     herald_postgres::PgConfig {
-                        // One command at a time: a small pool, and no other
-                        // process's commits to follow.
-                        pool_size: 2,
+                        // No other process's commits to follow.
                         listen: false,
                         ..herald_postgres::PgConfig::default()
                     },
                 )
                 .await
-                .with_context(|| format!("cannot open the event store on PostgreSQL at {target}"))?;
-                Ok(store)
+                .with_context(context)?;
+                Ok(Opened::Postgres(Box::new(database), store))
             }
         }
     }
+}
 
-    async fn credentials(&self) -> Result<Arc<dyn CredentialStore>> {
+/// What [`Backend::open`] opened.
+enum Opened {
+    Sqlite(PathBuf, Arc<SqliteStore>),
+    Postgres(Box<herald_postgres::Database>, Arc<herald_postgres::PgStore>),
+}
+
+impl Opened {
+    fn store(&self) -> Arc<dyn EventStore> {
         match self {
-            Backend::Sqlite(dir) => Ok(SqliteCredentials::open(dir)?),
-            Backend::Postgres(url) => Ok(pg_accounts(url).await?),
+            Opened::Sqlite(_, store) => store.clone(),
+            Opened::Postgres(_, store) => store.clone(),
         }
     }
 
-    async fn accounts(&self) -> Result<Arc<dyn AccountStore>> {
+    fn credentials(&self) -> Result<Arc<dyn CredentialStore>> {
         match self {
-            Backend::Sqlite(dir) => Ok(SqliteAccounts::open(dir)?),
-            Backend::Postgres(url) => Ok(pg_accounts(url).await?),
+            Opened::Sqlite(dir, _) => Ok(SqliteCredentials::open(dir)?),
+            Opened::Postgres(database, _) => Ok(herald_postgres::PgAccounts::with_database(database)),
+        }
+    }
+
+    fn accounts(&self) -> Result<Arc<dyn AccountStore>> {
+        match self {
+            Opened::Sqlite(dir, _) => Ok(SqliteAccounts::open(dir)?),
+            Opened::Postgres(database, _) => Ok(herald_postgres::PgAccounts::with_database(database)),
         }
     }
 }
@@ -281,45 +313,6 @@ fn pg_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
     Ok((config, target))
 }
 
-/// Fails unless the database holds a herald event log: `verify` checks a log,
-/// it does not create one (opening the store would apply the migrations).
-async fn require_pg_log(url: &str) -> Result<()> {
-    let (config, target) = pg_config(url)?;
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to PostgreSQL at {target}: {}",
-            herald_postgres::with_causes(&e)
-        )
-    })?;
-    let driver = tokio::spawn(connection);
-    let found = client
-        .query_one(
-            "SELECT to_regclass('herald_migrations') IS NOT NULL AND to_regclass('events') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the schema of {target}: {}",
-                herald_postgres::with_causes(&e)
-            )
-        })
-        .and_then(|row| row.try_get::<_, bool>(0).context("reading the schema"));
-    drop(client);
-    let _ = driver.await;
-    if !found? {
-        bail!("there is no herald event log in the PostgreSQL database {target}");
-    }
-    Ok(())
-}
-
-async fn pg_accounts(url: &str) -> Result<Arc<herald_postgres::PgAccounts>> {
-    let (config, target) = pg_config(url)?;
-    herald_postgres::PgAccounts::open_config(config, 1)
-        .await
-        .with_context(|| format!("cannot open the accounts on PostgreSQL at {target}"))
-}
-
 fn cli_actor() -> Actor {
     Actor {
         kind: herald_core::ActorKind::System,
@@ -333,8 +326,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(&backend, args).await,
         Command::Token(TokenCommand::Create { name, role }) => {
-            let store = backend.event_store().await?;
-            let credentials = backend.credentials().await?;
+            let opened = backend.open().await?;
+            let (store, credentials) = (opened.store(), opened.credentials()?);
             let minted = herald_server::auth::create_token(&*store, &*credentials, &cli_actor(), &name, role)
                 .await
                 .context("could not create the token")?;
@@ -346,8 +339,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invite(InviteCommand::Create { role, public_origin }) => {
-            let store = backend.event_store().await?;
-            let accounts = backend.accounts().await?;
+            let opened = backend.open().await?;
+            let (store, accounts) = (opened.store(), opened.accounts()?);
             let minted = herald_server::passkeys::create_invite_in(&*store, &*accounts, &cli_actor(), role)
                 .await
                 .map_err(|e| anyhow::anyhow!("could not create the invite: {e}"))?;
@@ -373,21 +366,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     let scanner = herald_store::scan::Scanner::open_read_only(dir)
                         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
                     let anchor = expect.clone();
-                    tokio::task::spawn_blocking(move || {
-                        scanner.verify(anchor, |checked, head| {
-                            if checked % 100_000 == 0 || checked == head {
-                                let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
-                            }
-                        })
-                    })
-                    .await
-                    .context("the verification task failed")??
+                    tokio::task::spawn_blocking(move || scanner.verify(anchor, verify_progress))
+                        .await
+                        .context("the verification task failed")??
                 }
-                // One read-only, repeatable-read transaction; migrations never
-                // re-enable or recreate a trigger that was disabled or dropped.
+                // One connection, one read-only, repeatable-read transaction,
+                // no migration (which could recreate a dropped trigger).
                 Backend::Postgres(url) => {
-                    require_pg_log(url).await?;
-                    backend.event_store().await?.verify(expect.clone()).await?
+                    let (config, _) = pg_config(url)?;
+                    let verified = herald_postgres::verify_read_only(config, expect.clone(), verify_progress).await?;
+                    if let Some(note) = verified.schema_note() {
+                        let _ = writeln!(std::io::stderr(), "note: {note}");
+                    }
+                    verified.report
                 }
             };
             let mut out = std::io::stdout().lock();
@@ -444,6 +435,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             eprintln!("exported {count} events");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import { file } => import(&backend, &file).await,
         Command::Bench(args) => {
             // It serves a store of its own; the flag would be silently ignored.
             backend.sqlite_only("bench")?;
@@ -451,6 +443,64 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&backend, names).await,
     }
+}
+
+/// `verify`'s progress on stderr: every 100,000 events, and at the end.
+fn verify_progress(checked: u64, head: u64) {
+    if checked.is_multiple_of(100_000) || checked == head {
+        let _ = writeln!(std::io::stderr(), "checked {checked} of {head} events");
+    }
+}
+
+/// How often `import` reports its progress.
+const IMPORT_PROGRESS: Duration = Duration::from_secs(3);
+
+/// `herald import [FILE|-]`: the file's lines are read and checked on a
+/// thread of their own while the backend writes the batches before them.
+async fn import(backend: &Backend, file: &std::path::Path) -> Result<ExitCode> {
+    let input: Box<dyn std::io::BufRead + Send> = if file == std::path::Path::new("-") {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+    } else {
+        let opened = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, opened))
+    };
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let progress = move |written: u64| {
+        if last_report.elapsed() >= IMPORT_PROGRESS {
+            let rate = written as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let _ = writeln!(std::io::stderr(), "imported {written} events ({rate:.0} events/s)");
+            last_report = std::time::Instant::now();
+        }
+    };
+    let batches = herald_core::import::read_in_background(input)?;
+    let summary = match backend {
+        Backend::Sqlite(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || herald_store::import::import(&dir, batches, progress))
+                .await
+                .context("the import task failed")?
+        }
+        Backend::Postgres(url) => {
+            let (config, target) = pg_config(url)?;
+            let database = herald_postgres::Database::connect(config, 1)
+                .await
+                .with_context(|| format!("cannot open the event store on PostgreSQL at {target}"))?;
+            herald_postgres::import(&database, batches, progress).await
+        }
+    }?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "imported {} events in {seconds:.1} s ({:.0} events/s) and {} idempotency records",
+        summary.events,
+        summary.events as f64 / seconds.max(1e-9),
+        summary.commands
+    );
+    println!(
+        "ok: {} events, head position {} hash {}",
+        summary.events, summary.head.position, summary.head.hash
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `herald projections rebuild [NAME…]`: a progress bar on a terminal, a line

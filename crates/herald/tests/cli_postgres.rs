@@ -1,16 +1,21 @@
 //! The real `herald` binary with `--database-url` (API.md §8): `token create`,
-//! `invite create`, `export` and `verify` work on PostgreSQL through the same
-//! code as on the embedded store, and so do `serve` and `projections
-//! rebuild` (the read models in the database too); `bench` refuses it. Each test has a fresh database ([`TestDatabase`]); without a
+//! `invite create`, `export`, `import` and `verify` work on PostgreSQL through
+//! the same code as on the embedded store, and so do `serve` and `projections
+//! rebuild` (the read models in the database too); `bench` refuses it.
+//! `import` is also tested here on the embedded store (a log moved between the
+//! two backends, both ways). Each test has a fresh database ([`TestDatabase`]); without a
 //! PostgreSQL server a test prints "skipped" and passes, unless `CI=true`.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use herald_core::accounts::AccountStore as _;
 use herald_core::auth::{CredentialStore as _, Role};
+use herald_core::command::{CommandRequest, StreamLocks};
 use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, Filter, NewEvent};
+use herald_core::names::AggregateId;
+use herald_core::store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Filter, NewEvent};
 use herald_postgres::testing::TestDatabase;
 use herald_postgres::{PgAccounts, PgConfig, PgStore};
 
@@ -28,6 +33,11 @@ const PASSWORD: &str = "pw-Do-Not-Print-7f3a";
 /// Runs `herald` with `args` to completion (no `--data`: the embedded store
 /// must not be touched, so it points at a directory that does not exist).
 fn herald(env_url: Option<&str>, args: &[&str]) -> Output {
+    herald_on(Path::new("/nonexistent/herald-cli-postgres-test"), env_url, args)
+}
+
+/// Runs `herald --data DATA` with `args` to completion.
+fn herald_on(data: &Path, env_url: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     for var in HERALD_ENV {
         cmd.env_remove(var);
@@ -37,7 +47,7 @@ fn herald(env_url: Option<&str>, args: &[&str]) -> Output {
     }
     cmd.env("RUST_LOG", "debug")
         .arg("--data")
-        .arg("/nonexistent/herald-cli-postgres-test")
+        .arg(data)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -397,4 +407,360 @@ async fn the_password_is_never_printed() {
         assert!(!stderr(&out).contains(PASSWORD), "{args:?}: {}", stderr(&out));
         assert!(!stdout(&out).contains(PASSWORD), "{args:?}: {}", stdout(&out));
     }
+}
+
+// ---------------------------------------------------------------------------
+// import
+// ---------------------------------------------------------------------------
+
+fn request(command_type: &str, id: &str, command_id: Option<&str>, data: serde_json::Value) -> CommandRequest {
+    CommandRequest {
+        command_type: command_type.into(),
+        aggregate_id: AggregateId::parse(id).expect("an aggregate id"),
+        expected_version: None,
+        command_id: command_id.map(str::to_owned),
+        correlation_id: None,
+        data,
+        presence_verified: true,
+    }
+}
+
+/// Commands of both domains (one with an idempotency key), and an account
+/// event, through the server's command path on the embedded store in `dir`.
+async fn fill_embedded_store(dir: &Path) -> Vec<CommandRequest> {
+    let store = herald_store::sqlite::SqliteStore::open(dir, Arc::new(herald_server::sse::Sse)).expect("open");
+    let registry = herald_server::domains::registry();
+    let locks = StreamLocks::default();
+    let actor = Actor::system("test");
+    let requests = vec![
+        request(
+            "StartDeployment",
+            "web-1",
+            Some("start-web-1"),
+            serde_json::json!({"service": "web", "version": "1.4.2"}),
+        ),
+        request(
+            "CreatePost",
+            "notes",
+            None,
+            serde_json::json!({"title": "Notes", "content": "é \"q\" 😀", "tags": ["ops"]}),
+        ),
+        request(
+            "ReportDeploymentProgress",
+            "web-1",
+            Some("progress-40"),
+            serde_json::json!({"percent": 40}),
+        ),
+        request(
+            "UpdatePost",
+            "notes",
+            Some("retitle"),
+            serde_json::json!({"title": "Release notes"}),
+        ),
+    ];
+    for r in &requests {
+        registry
+            .commands()
+            .handle(&*store, &locks, &actor, r.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", r.command_type));
+    }
+    // U+0000 in the data: stored escaped, which PostgreSQL's JSON operators refuse.
+    let mut odd = note("token-x", 0);
+    odd.events[0].data = serde_json::json!({ "text": "nul \u{0} here" });
+    store.append(odd).await.expect("append");
+    requests
+}
+
+fn write_export(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the export");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+async fn count_rows(db: &TestDatabase) -> (i64, i64, i64) {
+    let client = admin_client(db).await;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM commands), (SELECT position FROM sequencer)",
+            &[],
+        )
+        .await
+        .expect("count");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_export_imports_into_postgres_byte_for_byte_and_the_log_goes_on() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = tmp.path().join("source");
+    let requests = fill_embedded_store(&source).await;
+    let file = tmp.path().join("events.ndjson");
+    let out = herald_on(&source, None, &["export", "--output", file.to_str().expect("utf-8")]);
+    assert_ok(&out, "export from the embedded store");
+    let exported = std::fs::read_to_string(&file).expect("read the export");
+    assert_eq!(exported.lines().count(), 5, "{exported}");
+
+    let out = with_url(db.url(), &["import", file.to_str().expect("utf-8")]);
+    assert_ok(&out, "import into PostgreSQL");
+    let head: serde_json::Value = serde_json::from_str(exported.lines().last().expect("a line")).expect("json");
+    assert_eq!(
+        stdout(&out).trim(),
+        format!(
+            "ok: 5 events, head position 5 hash {}",
+            head["hash"].as_str().expect("hash")
+        )
+    );
+    // One idempotency record per append (each command_id was used once).
+    assert!(
+        stderr(&out).contains("imported 5 events") && stderr(&out).contains("and 5 idempotency records"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Byte for byte; verify passes.
+    let out = with_url(db.url(), &["export"]);
+    assert_ok(&out, "export from PostgreSQL");
+    assert_eq!(stdout(&out), exported);
+    let out = with_url(db.url(), &["verify"]);
+    assert_ok(&out, "verify after import");
+    assert!(
+        stdout(&out).starts_with("ok: 5 events, head position 5"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A retried command is recognised: its first result, nothing appended.
+    let store = open_store(&db).await;
+    let registry = herald_server::domains::registry();
+    let locks = StreamLocks::default();
+    // (StartDeployment and UpdatePost are refused on the stored state, so the
+    // record is looked up; ReportDeploymentProgress decides to append again,
+    // and the writer finds the record.)
+    for (retry, first_position) in [(&requests[0], 1), (&requests[2], 3), (&requests[3], 4)] {
+        match registry
+            .commands()
+            .handle(&*store, &locks, &Actor::system("test"), retry.clone())
+            .await
+            .expect("the retry")
+        {
+            AppendOutcome::Duplicate(committed) => {
+                assert_eq!(committed.first_position(), first_position, "{}", retry.command_type)
+            }
+            AppendOutcome::Appended(c) => panic!("{} appended again at {}", retry.command_type, c.first_position()),
+        }
+    }
+    // The next append continues the positions and the chain.
+    let next = registry
+        .commands()
+        .handle(
+            &*store,
+            &locks,
+            &Actor::system("test"),
+            request(
+                "ReportDeploymentProgress",
+                "web-1",
+                Some("more"),
+                serde_json::json!({"percent": 90}),
+            ),
+        )
+        .await
+        .expect("a new command");
+    assert!(matches!(next, AppendOutcome::Appended(_)));
+    assert_eq!(next.committed().first_position(), 6);
+    assert_eq!(next.committed().version, 3);
+    drop(store);
+    let out = with_url(db.url(), &["verify"]);
+    assert_ok(&out, "verify after an append on the imported log");
+    assert!(
+        stdout(&out).starts_with("ok: 6 events, head position 6"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A target that is not empty is refused, and left as it was.
+    let out = with_url(db.url(), &["import", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("already holds a log (head position 6): import only into an empty store"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count_rows(&db).await.0, 6);
+
+    // And back into an embedded store, from stdin: the same bytes; its
+    // verify (which checks the derived idempotency records too) passes.
+    let out = with_url(db.url(), &["export"]);
+    assert_ok(&out, "export again");
+    let six = stdout(&out);
+    let target = tmp.path().join("target");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_remove("HERALD_DATABASE_URL")
+        .arg("--data")
+        .arg(&target)
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald import");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(six.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("herald import");
+    assert_ok(&out, "import into the embedded store");
+    let out = herald_on(&target, None, &["export"]);
+    assert_ok(&out, "export from the embedded store");
+    assert_eq!(stdout(&out), six);
+    let out = herald_on(&target, None, &["verify"]);
+    assert_ok(&out, "verify the embedded store");
+    // A retry there is recognised too (by the embedded writer, and by the lookup).
+    let embedded = herald_store::sqlite::SqliteStore::open(&target, Arc::new(herald_server::sse::Sse)).expect("open");
+    for (retry, first_position) in [(&requests[2], 3), (&requests[0], 1)] {
+        let outcome = registry
+            .commands()
+            .handle(
+                &*embedded,
+                &StreamLocks::default(),
+                &Actor::system("test"),
+                retry.clone(),
+            )
+            .await
+            .expect("the retry on the embedded store");
+        assert!(matches!(outcome, AppendOutcome::Duplicate(_)), "{}", retry.command_type);
+        assert_eq!(outcome.committed().first_position(), first_position);
+    }
+    assert_eq!(embedded.head().await.expect("head").position, 6);
+    drop(embedded);
+    let out = herald_on(&target, None, &["import", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds a log (head position 6)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_reordered_or_truncated_export_is_refused_and_nothing_is_imported() {
+    let (Some(source), Some(target)) = (TestDatabase::create().await, TestDatabase::create().await) else {
+        return;
+    };
+    let store = open_store(&source).await;
+    for i in 0..5 {
+        store.append(note("post-a", i)).await.expect("append");
+    }
+    drop(store);
+    let out = with_url(source.url(), &["export"]);
+    assert_ok(&out, "export");
+    let good = stdout(&out);
+    let lines: Vec<&str> = good.lines().collect();
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    let tampered = write_export(tmp.path(), "tampered", &good.replace("note 2", "note 7"));
+    let reordered = write_export(
+        tmp.path(),
+        "reordered",
+        &format!("{}\n{}\n{}\n{}\n{}\n", lines[0], lines[1], lines[3], lines[2], lines[4]),
+    );
+    let truncated = write_export(tmp.path(), "truncated", &good[..good.len() - 20]);
+    for (file, expected) in [
+        (&tampered, "line 3 (position 3): the envelope's hash is"),
+        (
+            &reordered,
+            "line 3 (position 3): the envelope is position 4 but position 3 comes next",
+        ),
+        (
+            &truncated,
+            "line 5 (position 5): the last line does not end with a line break: the file is truncated",
+        ),
+    ] {
+        let out = with_url(target.url(), &["import", file]);
+        assert!(!out.status.success(), "{file}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(expected) && err.contains("nothing was imported"),
+            "{file}: {err}"
+        );
+        assert_eq!(count_rows(&target).await, (0, 0, 0), "{file}");
+        // The embedded store refuses it the same way, and holds nothing after.
+        let data = tmp.path().join("embedded");
+        let out = herald_on(&data, None, &["import", file]);
+        assert!(!out.status.success(), "{file}: {}", stdout(&out));
+        assert!(stderr(&out).contains(expected), "{file}: {}", stderr(&out));
+        let out = herald_on(&data, None, &["export"]);
+        assert_ok(&out, "export of the embedded store");
+        assert_eq!(stdout(&out), "", "{file}");
+    }
+
+    // The target was left empty: the intact file imports.
+    let good_file = write_export(tmp.path(), "good", &good);
+    let out = with_url(target.url(), &["import", &good_file]);
+    assert_ok(&out, "import the intact file");
+    assert_eq!(count_rows(&target).await, (5, 5, 5));
+    let out = with_url(target.url(), &["export"]);
+    assert_eq!(stdout(&out), good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_does_not_migrate_and_names_the_schema_version() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    // What a herald that knew only migration 1 left.
+    let m1 = &herald_postgres::MIGRATIONS[0];
+    let client = admin_client(&db).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE herald_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); {} \
+             INSERT INTO herald_migrations (version, name) VALUES (1, '{}');",
+            m1.sql, m1.name
+        ))
+        .await
+        .expect("migration 1 alone");
+    let out = with_url(db.url(), &["verify"]);
+    assert_ok(&out, "verify an older schema");
+    assert!(stdout(&out).starts_with("ok: 0 events"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the database's schema is at migration 1, older than this herald's"),
+        "{}",
+        stderr(&out)
+    );
+    let versions: Vec<i64> = client
+        .query("SELECT version FROM herald_migrations ORDER BY version", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1], "verify migrated the database");
+    let row = client
+        .query_one("SELECT to_regclass('users') IS NULL", &[])
+        .await
+        .expect("query");
+    assert!(row.get::<_, bool>(0), "verify created the accounts' tables");
+
+    // A newer one is refused, naming both versions.
+    client
+        .batch_execute("INSERT INTO herald_migrations (version, name) VALUES (99, 'from the future')")
+        .await
+        .expect("a newer migration");
+    let out = with_url(db.url(), &["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "has schema migration 99, newer than this herald knows ({})",
+            herald_postgres::MIGRATIONS.len()
+        )),
+        "{}",
+        stderr(&out)
+    );
 }
