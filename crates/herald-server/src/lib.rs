@@ -78,9 +78,11 @@ impl AppState {
         store_config: herald_postgres::PgConfig,
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
-        let store = herald_postgres::PgStore::open_config(pg.clone(), Arc::new(sse::Sse), store_config).await?;
-        let accounts =
-            herald_postgres::PgAccounts::open_config(pg.clone(), herald_postgres::ACCOUNTS_POOL_SIZE).await?;
+        // One pool, migrated once, for the log and the accounts.
+        let size = store_config.pool_size + herald_postgres::ACCOUNTS_POOL_SIZE;
+        let database = herald_postgres::Database::connect(pg.clone(), size).await?;
+        let store = herald_postgres::PgStore::with_database(&database, Arc::new(sse::Sse), store_config).await?;
+        let accounts = herald_postgres::PgAccounts::with_database(&database);
         let registry = domains::registry();
         let models = registry
             .open_models_postgres(&herald_postgres::PgModels::new(pg))
