@@ -323,21 +323,23 @@ fn commands_of_step(i: usize) -> Vec<(String, Value)> {
 }
 
 /// Sends `body` to `addr` until it is acknowledged (200), retrying with the
-/// same `command_id` after a lost connection or a 502/503/429: how a client
-/// makes a command exactly-once across instances. Returns how many answers
-/// were not 200 before it.
-fn send_until_acknowledged(addr: SocketAddr, token: &str, body: &Value) -> usize {
+/// same `command_id` after a lost connection or a 502/503/504/429: how a
+/// client makes a command exactly-once across instances. Returns the answers
+/// before the 200.
+fn send_until_acknowledged(addr: SocketAddr, token: &str, body: &Value) -> Vec<String> {
     let deadline = Instant::now() + EVENTUALLY;
-    let mut retries = 0;
+    let mut retried = Vec::new();
     loop {
         match http(addr, "POST", "/api/commands", Some(token), &[], Some(&body.to_string())) {
-            Ok(r) if r.status == 200 => return retries,
-            Ok(r) if matches!(r.status, 429 | 502 | 503 | 504) => {}
+            Ok(r) if r.status == 200 => return retried,
+            Ok(r) if matches!(r.status, 429 | 502 | 503 | 504) => retried.push(format!("{} {}", r.status, r.body)),
             Ok(r) => panic!("{body}: {} {}", r.status, r.body),
-            Err(_) => {}
+            Err(e) => retried.push(e.to_string()),
         }
-        retries += 1;
-        assert!(Instant::now() < deadline, "{body} was not acknowledged in time");
+        assert!(
+            Instant::now() < deadline,
+            "{body} was not acknowledged in time: {retried:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -431,13 +433,13 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
             )
         })
         .collect();
+    for (sub, _) in &direct {
+        poll_until(&format!("{} is open", sub.name), || sub.connections() == 1);
+    }
     // A resource stream through nginx on each instance.
     let resources: Vec<(Subscriber, usize)> = (0..3)
         .map(|i| open_through_nginx(&format!("deployments-{i}"), "/api/deployments/live"))
         .collect();
-    for (sub, _) in direct.iter().chain(&resources) {
-        poll_until(&format!("{} is open", sub.name), || sub.connections() == 1);
-    }
     // The instance to kill: the one serving the first resource stream.
     let victim = resources[0].1;
     assert!(
@@ -446,6 +448,20 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
     );
     let survivor = addrs[(victim + 1) % 3];
     let events: Vec<&Subscriber> = through_nginx.iter().chain(&direct).map(|(s, _)| s).collect();
+
+    // nginx passes the largest body herald takes (64 KiB) and refuses a
+    // bigger one itself, with herald's problem.
+    let padded = |len: usize| {
+        let body = json!({ "type": "NoSuchCommand", "aggregate_id": "x", "data": { "pad": "" } }).to_string();
+        body.replace("\"pad\":\"\"", &format!("\"pad\":\"{}\"", "a".repeat(len - body.len())))
+    };
+    let at_limit = http(proxy, "POST", "/api/commands", Some(&token), &[], Some(&padded(65536))).expect("POST");
+    assert_eq!(at_limit.status, 400, "herald itself answers 64 KiB: {}", at_limit.body);
+    assert!(at_limit.body.contains("NoSuchCommand"), "{}", at_limit.body);
+    let over = http(proxy, "POST", "/api/commands", Some(&token), &[], Some(&padded(65537))).expect("POST");
+    assert_eq!(over.status, 413, "{}", over.body);
+    assert_eq!(over.header("content-type"), Some("application/problem+json"));
+    assert_eq!(over.json()["type"], "/problems/payload-too-large", "{}", over.body);
 
     // a. One command sent to one instance directly reaches every subscriber.
     let other = addrs[(victim + 2) % 3];
@@ -483,21 +499,21 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
     let sender = {
         let (token, sent) = (token.clone(), sent_during.clone());
         std::thread::spawn(move || {
-            let mut retries = 0;
+            let mut retried = Vec::new();
             for s in during_from..during_from + during_steps {
                 for (_, body) in commands_of_step(s) {
-                    retries += send_until_acknowledged(proxy, &token, &body);
+                    retried.extend(send_until_acknowledged(proxy, &token, &body));
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
             }
-            retries
+            retried
         })
     };
     poll_until("a third of the commands through nginx are acknowledged", || {
         sent_during.load(Ordering::Relaxed) >= during_steps / 3
     });
     instances[victim].take().expect("the victim").kill();
-    let retries = sender.join().expect("the sender");
+    let retried = sender.join().expect("the sender");
     step = during_from + during_steps;
     for _ in 0..6 {
         for (_, body) in commands_of_step(step) {
@@ -505,7 +521,7 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
         }
         step += 1;
     }
-    println!("commands through nginx answered other than 200 and retried: {retries}");
+    println!("answers through nginx before a 200 (each retried with its command_id): {retried:?}");
 
     // The log, from a survivor: every command exactly once.
     let (log, head) = all_events(survivor, &token);
