@@ -332,18 +332,32 @@ fn commands_of_step(i: usize) -> Vec<(String, Value)> {
     out
 }
 
+/// The ERROR lines of the instances' logs, for a failure's message.
+fn errors_in(logs: &[PathBuf]) -> String {
+    let mut out = String::from("errors the instances logged:\n");
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            if line.contains("ERROR") {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// Sends `body` to `addr` until it is acknowledged (200), retrying with the
 /// same `command_id` after a lost connection or a 502/503/504/429: how a
 /// client makes a command exactly-once across instances. Returns the answers
 /// before the 200.
-fn send_until_acknowledged(addr: SocketAddr, token: &str, body: &Value) -> Vec<String> {
+fn send_until_acknowledged(addr: SocketAddr, token: &str, body: &Value, logs: &[PathBuf]) -> Vec<String> {
     let deadline = Instant::now() + EVENTUALLY;
     let mut retried = Vec::new();
     loop {
         match http(addr, "POST", "/api/commands", Some(token), &[], Some(&body.to_string())) {
             Ok(r) if r.status == 200 => return retried,
             Ok(r) if matches!(r.status, 429 | 502 | 503 | 504) => retried.push(format!("{} {}", r.status, r.body)),
-            Ok(r) => panic!("{body}: {} {}", r.status, r.body),
+            Ok(r) => panic!("{body}: {} {}\n{}", r.status, r.body, errors_in(logs)),
             Err(e) => retried.push(e.to_string()),
         }
         assert!(
@@ -386,6 +400,7 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
         .map(|_| Some(start_instance(db.url(), &origin, tmp.path())))
         .collect();
     let addrs: Vec<SocketAddr> = instances.iter().flatten().map(|s| s.addr).collect();
+    let logs: Vec<PathBuf> = instances.iter().flatten().map(|s| s.log.clone()).collect();
     let nginx_dir = tmp.path().join("nginx");
     let nginx = Nginx::start(&nginx_bin, &nginx_dir, nginx_port, &addrs);
     let proxy = nginx.addr;
@@ -477,7 +492,7 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
         Some(&commands_of_step(0)[0].1.to_string()),
     )
     .expect("POST");
-    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.status, 200, "{}\n{}", first.body, errors_in(&logs));
     let first_position = first.json()["position"].as_u64().expect("position");
     let deadline = Instant::now() + EVENTUALLY;
     for sub in &events {
@@ -492,7 +507,7 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
     let mut step = 1;
     for i in 0..6 {
         for (_, body) in commands_of_step(step) {
-            send_until_acknowledged(addrs[i % 3], &token, &body);
+            send_until_acknowledged(addrs[i % 3], &token, &body, &logs);
         }
         step += 1;
     }
@@ -500,12 +515,12 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
     let during_steps = 24;
     let sent_during = Arc::new(AtomicUsize::new(0));
     let sender = {
-        let (token, sent) = (token.clone(), sent_during.clone());
+        let (token, sent, logs) = (token.clone(), sent_during.clone(), logs.clone());
         std::thread::spawn(move || {
             let mut retried = Vec::new();
             for s in during_from..during_from + during_steps {
                 for (_, body) in commands_of_step(s) {
-                    retried.extend(send_until_acknowledged(proxy, &token, &body));
+                    retried.extend(send_until_acknowledged(proxy, &token, &body, &logs));
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -520,7 +535,7 @@ fn three_instances_behind_nginx_serve_every_subscriber_every_event_once_across_a
     step = during_from + during_steps;
     for _ in 0..6 {
         for (_, body) in commands_of_step(step) {
-            send_until_acknowledged(survivor, &token, &body);
+            send_until_acknowledged(survivor, &token, &body, &logs);
         }
         step += 1;
     }
