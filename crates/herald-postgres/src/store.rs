@@ -159,7 +159,8 @@ pub(crate) fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
 }
 
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("no PostgreSQL connection: {}", with_causes(&e)))
+    // The database is unreachable or full: the caller may retry (503), not a bug (500).
+    StoreError::Unavailable(format!("no PostgreSQL connection: {}", with_causes(&e)))
 }
 
 /// Bounds past `i64::MAX` saturate rather than wrap.
