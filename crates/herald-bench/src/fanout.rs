@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Kind;
 use crate::http::{self, Conn, Dechunker, Framing};
-use crate::targets::{assigned, spread};
 use crate::sse;
 use crate::stats::{AtomicHistogram, Histogram, Summary};
+use crate::targets::{assigned, spread};
 
 /// Lanes of the delivery bookkeeping: each client thread counts and records
 /// into its own (a counter every thread writes on every delivery costs the

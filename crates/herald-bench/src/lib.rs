@@ -387,42 +387,41 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 }
             }
         }
-        if let Some(h) = &herald {
-            if wants("commands") {
-                for &c in &args.clients {
-                    eprintln!(
-                        "commands: {c} concurrent clients{} for {:.0} s",
-                        over_targets(h.targets.len()),
-                        duration.as_secs_f64()
-                    );
-                    let r = scenarios::commands(
-                        &h.targets,
-                        &h.token,
-                        &format!("{run}c{c}"),
-                        c,
-                        duration,
-                        usize::MAX,
-                        pad,
-                    )
-                    .await?;
-                    eprintln!(
-                        "  {} clients: {:.0} commands/s ({} ok, {} errors), latency {}",
-                        r.clients, r.per_s, r.ok, r.errors, r.latency
-                    );
-                    if r.per_target.len() > 1 {
-                        for t in &r.per_target {
-                            eprintln!("    {}: {} clients, {} ok, {} errors", t.addr, t.clients, t.ok, t.errors);
-                        }
+        if let Some(h) = &herald
+            && wants("commands")
+        {
+            for &c in &args.clients {
+                eprintln!(
+                    "commands: {c} concurrent clients{} for {:.0} s",
+                    over_targets(h.targets.len()),
+                    duration.as_secs_f64()
+                );
+                let r = scenarios::commands(
+                    &h.targets,
+                    &h.token,
+                    &format!("{run}c{c}"),
+                    c,
+                    duration,
+                    usize::MAX,
+                    pad,
+                )
+                .await?;
+                eprintln!(
+                    "  {} clients: {:.0} commands/s ({} ok, {} errors), latency {}",
+                    r.clients, r.per_s, r.ok, r.errors, r.latency
+                );
+                if r.per_target.len() > 1 {
+                    for t in &r.per_target {
+                        eprintln!("    {}: {} clients, {} ok, {} errors", t.addr, t.clients, t.ok, t.errors);
                     }
-                    if let Some(e) = &r.first_error {
-                        eprintln!("  first error: {e}");
-                    }
-                    report.commands.push(r);
                 }
+                if let Some(e) = &r.first_error {
+                    eprintln!("  first error: {e}");
+                }
+                report.commands.push(r);
             }
         }
         if let Some((url, exe)) = &pgbench {
-            eprintln!("pgbench: {} clients for {:.0} s each", args.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "), duration.as_secs_f64().ceil());
             let reference = pgbench::Reference::open(url, exe, &run).await?;
             eprintln!(
                 "pgbench ({}) on {} (PostgreSQL {}): fsync={}, synchronous_commit={}; table {}",
@@ -460,44 +459,44 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             outcome?;
             closed?;
         }
-        if let Some(h) = &herald {
-            if wants("catchup") {
-                let first = h.first();
-                let head = scenarios::head(first, &h.token).await?;
-                if head < args.catchup_events + 1 {
-                    let missing = (args.catchup_events + 1 - head) as usize;
-                    eprintln!("catch-up: appending {missing} events first (64 clients)");
-                    let r = scenarios::commands(
-                        &[first],
-                        &h.token,
-                        &format!("{run}f"),
-                        64,
-                        Duration::from_secs(600),
-                        missing,
-                        pad,
-                    )
-                    .await?;
-                    if r.errors > 0 {
-                        bail!("filling the log failed: {:?}", r.first_error);
-                    }
+        if let Some(h) = &herald
+            && wants("catchup")
+        {
+            let first = h.first();
+            let head = scenarios::head(first, &h.token).await?;
+            if head < args.catchup_events + 1 {
+                let missing = (args.catchup_events + 1 - head) as usize;
+                eprintln!("catch-up: appending {missing} events first (64 clients)");
+                let r = scenarios::commands(
+                    &[first],
+                    &h.token,
+                    &format!("{run}f"),
+                    64,
+                    Duration::from_secs(600),
+                    missing,
+                    pad,
+                )
+                .await?;
+                if r.errors > 0 {
+                    bail!("filling the log failed: {:?}", r.first_error);
                 }
-                eprintln!(
-                    "catch-up: one subscriber resuming {} events behind",
-                    args.catchup_events
-                );
-                let r = scenarios::catchup(first, &h.token, args.catchup_events).await?;
-                eprintln!(
-                    "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",
-                    r.received,
-                    r.seconds,
-                    r.events_per_s,
-                    r.first_event_ms,
-                    r.gaps,
-                    r.duplicates,
-                    r.bytes as f64 / 1e6
-                );
-                report.catchup = Some(r);
             }
+            eprintln!(
+                "catch-up: one subscriber resuming {} events behind",
+                args.catchup_events
+            );
+            let r = scenarios::catchup(first, &h.token, args.catchup_events).await?;
+            eprintln!(
+                "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",
+                r.received,
+                r.seconds,
+                r.events_per_s,
+                r.first_event_ms,
+                r.gaps,
+                r.duplicates,
+                r.bytes as f64 / 1e6
+            );
+            report.catchup = Some(r);
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -540,7 +539,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
 
 /// " over N targets" when there are several.
 fn over_targets(n: usize) -> String {
-    if n > 1 { format!(" over {n} targets") } else { String::new() }
+    if n > 1 {
+        format!(" over {n} targets")
+    } else {
+        String::new()
+    }
 }
 
 fn print_summary(report: &Report) {
@@ -581,10 +584,7 @@ fn print_commands_summary(report: &Report) {
             );
         }
         if let Some(p) = pg {
-            eprintln!(
-                "  pgbench INSERT {} B, {n} clients: {:.0}/s",
-                p.row_bytes, p.output.tps
-            );
+            eprintln!("  pgbench INSERT {} B, {n} clients: {:.0}/s", p.row_bytes, p.output.tps);
         }
         if let (Some(h), Some(p)) = (herald, pg) {
             eprintln!(
@@ -621,7 +621,12 @@ fn print_fanout_summary(report: &Report) {
         let each: Vec<String> = r
             .per_target
             .iter()
-            .map(|t| format!("{} {} ({} connected, missing {})", t.addr, t.subscribers, t.connected, t.missing))
+            .map(|t| {
+                format!(
+                    "{} {} ({} connected, missing {})",
+                    t.addr, t.subscribers, t.connected, t.missing
+                )
+            })
             .collect();
         eprintln!(
             "  {} × {} over {} targets: {}",

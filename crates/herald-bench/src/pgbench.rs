@@ -177,17 +177,17 @@ impl Reference {
         let fsync = show(&client, "fsync").await?;
         let synchronous_commit = show(&client, "synchronous_commit").await?;
         let table = format!("herald_bench_{run}");
+        let mut script = tempfile::Builder::new()
+            .prefix("herald-bench-pgbench-")
+            .suffix(".sql")
+            .tempfile()?;
+        std::io::Write::write_all(&mut script, insert_statement(&table).as_bytes())?;
         client
             .batch_execute(&format!(
                 "CREATE TABLE {table} (id bigserial PRIMARY KEY, payload text NOT NULL)"
             ))
             .await
             .map_err(|e| anyhow::anyhow!("{server}: CREATE TABLE {table}: {}", with_causes(&e)))?;
-        let mut script = tempfile::Builder::new()
-            .prefix("herald-bench-pgbench-")
-            .suffix(".sql")
-            .tempfile()?;
-        std::io::Write::write_all(&mut script, insert_statement(&table).as_bytes())?;
         Ok(Reference {
             config,
             client,
@@ -273,10 +273,7 @@ impl Reference {
 
 /// The script: one INSERT of a [`ROW_BYTES`]-byte literal.
 fn insert_statement(table: &str) -> String {
-    format!(
-        "INSERT INTO {table} (payload) VALUES ('{}');\n",
-        "x".repeat(ROW_BYTES)
-    )
+    format!("INSERT INTO {table} (payload) VALUES ('{}');\n", "x".repeat(ROW_BYTES))
 }
 
 /// libpq's environment for `config`'s first host (the password too: not on
@@ -394,10 +391,7 @@ tps = 1500.25 (excluding connections establishing)
     #[test]
     fn the_script_inserts_a_500_byte_value() {
         let sql = insert_statement("herald_bench_x");
-        let value = sql
-            .split('\'')
-            .nth(1)
-            .expect("a quoted literal");
+        let value = sql.split('\'').nth(1).expect("a quoted literal");
         assert_eq!(value.len(), ROW_BYTES);
         assert!(sql.starts_with("INSERT INTO herald_bench_x (payload) VALUES ('"));
     }
@@ -417,9 +411,7 @@ tps = 1500.25 (excluding connections establishing)
 
     #[test]
     fn the_password_goes_to_the_environment_only() {
-        let config: tokio_postgres::Config = "postgres://bench:s3cret@127.0.0.1:5433/herald"
-            .parse()
-            .expect("url");
+        let config: tokio_postgres::Config = "postgres://bench:s3cret@127.0.0.1:5433/herald".parse().expect("url");
         let mut cmd = tokio::process::Command::new("pgbench");
         connection_env(&mut cmd, &config);
         let envs: Vec<(String, Option<String>)> = cmd

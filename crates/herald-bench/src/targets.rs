@@ -478,3 +478,69 @@ pub fn subscribe_request(kind: crate::Kind, addr: SocketAddr, token: Option<&str
         crate::Kind::Ceiling => http::get(&host, "/sub", None, "Accept: text/event-stream\r\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_a_list_of_targets() {
+        let addrs = parse_targets(&list(
+            "http://127.0.0.1:18081, http://localhost:18082/,http://127.0.0.1:18083",
+        ))
+        .expect("three targets");
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:18081".parse::<SocketAddr>().expect("addr"),
+                "127.0.0.1:18082".parse().expect("addr"),
+                "127.0.0.1:18083".parse().expect("addr"),
+            ]
+        );
+        // One is a list of one.
+        assert_eq!(parse_targets(&list("http://127.0.0.1:8080")).expect("one").len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_target_lists() {
+        let err = |s: &str| format!("{:#}", parse_targets(&list(s)).expect_err(s));
+        assert!(err("http://127.0.0.1:1,,http://127.0.0.1:2").contains("an empty entry"));
+        assert!(err("").contains("an empty entry"));
+        assert!(err("http://127.0.0.1:1,http://localhost:1").contains("listed twice"));
+        assert!(err("http://127.0.0.1:1,https://127.0.0.1:2").contains("only http://"));
+        assert!(err("http://127.0.0.1:1,http://10.0.0.1:2").contains("loopback"));
+        assert!(err("http://127.0.0.1").contains("expected http://127.0.0.1:PORT"));
+        assert!(
+            format!("{:#}", parse_targets(&[]).expect_err("none")).contains("no URL"),
+            "an empty list"
+        );
+    }
+
+    #[test]
+    fn round_robin_spreads_clients_evenly() {
+        assert_eq!(
+            (0..7).map(|i| assigned(i, 3)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 0, 1, 2, 0]
+        );
+        assert_eq!(spread(7, 3), vec![3, 2, 2]);
+        assert_eq!(spread(45_000, 3), vec![15_000; 3]);
+        assert_eq!(spread(2, 3), vec![1, 1, 0]);
+        assert_eq!(spread(64, 1), vec![64]);
+        for (clients, targets) in [(0, 2), (1, 1), (63, 2), (64, 3), (1000, 7)] {
+            let counts = spread(clients, targets);
+            assert_eq!(counts.len(), targets);
+            assert_eq!(counts.iter().sum::<usize>(), clients);
+            let (lo, hi) = (counts.iter().min(), counts.iter().max());
+            assert!(
+                hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+                "{clients} over {targets}: {counts:?}"
+            );
+        }
+        // No target is never a division by zero: everything on one.
+        assert_eq!(assigned(5, 0), 0);
+    }
+}
