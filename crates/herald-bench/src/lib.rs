@@ -424,7 +424,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         if let Some((url, exe)) = &pgbench {
             let reference = pgbench::Reference::open(url, exe, &run).await?;
             eprintln!(
-                "pgbench ({}) on {} (PostgreSQL {}): fsync={}, synchronous_commit={}; table {}",
+                "{} on {} (server {}): fsync={}, synchronous_commit={}; table {}",
                 reference.pgbench_version,
                 reference.server,
                 reference.server_version,
