@@ -156,6 +156,8 @@ pub struct Report {
     pub commands: Vec<CommandsResult>,
     pub pgbench: Vec<PgbenchResult>,
     pub pgbench_skipped: Option<String>,
+    /// pgbench runs that failed (client count: why); the other figures stand.
+    pub pgbench_errors: Vec<String>,
     pub catchup: Option<CatchupResult>,
     pub rebuild: Option<RebuildResult>,
 }
@@ -432,7 +434,6 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 reference.synchronous_commit,
                 reference.table
             );
-            let mut outcome = Ok(());
             for &c in &args.clients {
                 match reference.run(c, duration).await {
                     Ok(r) => {
@@ -449,15 +450,14 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                         report.pgbench.push(r);
                     }
                     Err(e) => {
-                        outcome = Err(e);
-                        break;
+                        // Said, and the bench fails at the end, but the figures
+                        // of the other runs are still printed.
+                        eprintln!("  pgbench, {c} clients: failed: {e:#}");
+                        report.pgbench_errors.push(format!("{c} clients: {e:#}"));
                     }
                 }
             }
-            // Dropped even when a run failed.
-            let closed = reference.close().await;
-            outcome?;
-            closed?;
+            reference.close().await?;
         }
         if let Some(h) = &herald
             && wants("catchup")
@@ -533,6 +533,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !report.pgbench_errors.is_empty() {
+        eprintln!("pgbench failed: {}", report.pgbench_errors.join("; "));
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,6 +137,10 @@ pub struct Reference {
     pub server_version: String,
     pub fsync: String,
     pub synchronous_commit: String,
+    /// Connections the server admits to a role without superuser rights
+    /// (`max_connections` − `superuser_reserved_connections`) and to a superuser.
+    max_connections: i64,
+    reserved_connections: i64,
 }
 
 async fn show(client: &tokio_postgres::Client, setting: &str) -> Result<String> {
@@ -176,6 +180,15 @@ impl Reference {
         let server_version = show(&client, "server_version").await?;
         let fsync = show(&client, "fsync").await?;
         let synchronous_commit = show(&client, "synchronous_commit").await?;
+        let setting = |name: &'static str, text: String| -> Result<i64> {
+            text.parse()
+                .with_context(|| format!("{server}: SHOW {name} is {text:?}, not a number"))
+        };
+        let max_connections = setting("max_connections", show(&client, "max_connections").await?)?;
+        let reserved_connections = setting(
+            "superuser_reserved_connections",
+            show(&client, "superuser_reserved_connections").await?,
+        )?;
         let table = format!("herald_bench_{run}");
         let mut script = tempfile::Builder::new()
             .prefix("herald-bench-pgbench-")
@@ -200,7 +213,45 @@ impl Reference {
             server_version,
             fsync,
             synchronous_commit,
+            max_connections,
+            reserved_connections,
         })
+    }
+
+    /// Refuses a run whose clients cannot all connect (pgbench would fail
+    /// part-way with "too many clients"): the connections open now (herald's
+    /// instances hold some), this one, and `clients` more must fit.
+    async fn check_connections(&self, clients: usize) -> Result<()> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: counting connections: {}", self.server, with_causes(&e)))?;
+        let in_use: i64 = row
+            .try_get(0)
+            .map_err(|e| anyhow::anyhow!("{}: counting connections: {}", self.server, with_causes(&e)))?;
+        let superuser: Option<bool> = row
+            .try_get(1)
+            .map_err(|e| anyhow::anyhow!("{}: counting connections: {}", self.server, with_causes(&e)))?;
+        let allowed = if superuser.unwrap_or(false) {
+            self.max_connections
+        } else {
+            self.max_connections - self.reserved_connections
+        };
+        if in_use + clients as i64 > allowed {
+            bail!(
+                "pgbench with {clients} clients needs {clients} connections to {}: it admits {allowed} \
+                 (max_connections {}) and {in_use} are open (herald's instances and this bench among them); \
+                 fewer --clients, fewer instances during the run, or a higher max_connections",
+                self.server,
+                self.max_connections
+            );
+        }
+        Ok(())
     }
 
     async fn rows(&self) -> Result<i64> {
@@ -218,6 +269,7 @@ impl Reference {
         let clients = clients.max(1);
         let threads = clients.min(2);
         let seconds = duration.as_secs_f64().ceil().max(1.0) as u64;
+        self.check_connections(clients).await?;
         let before = self.rows().await?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(["-n", "-c", &clients.to_string(), "-j", &threads.to_string()])

@@ -50,6 +50,12 @@ async fn pgbench_inserts_500_byte_rows_into_a_table_it_drops() {
         "{rows} rows for {} transactions",
         r.output.transactions
     );
+    // More clients than the server admits: refused before pgbench starts.
+    let err = reference
+        .run(100_000, Duration::from_millis(500))
+        .await
+        .expect_err("100,000 connections");
+    assert!(format!("{err:#}").contains("needs 100000 connections"), "{err:#}");
     reference.close().await.expect("drop");
 
     let (client, connection) = tokio_postgres::connect(db.url(), NoTls).await.expect("connect");
