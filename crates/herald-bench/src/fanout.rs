@@ -1,9 +1,14 @@
-//! The fan-out scenario: N SSE subscribers on one target, then
+//! The fan-out scenario: N SSE subscribers, spread round-robin over the
+//! targets (one, or several instances of one herald), then
 //! 1. a latency phase: commands (or messages) at a fixed rate; every delivery's
 //!    latency is receive time − send time of the command it carries;
 //! 2. a throughput phase: publishers send as fast as a window allows (at most
 //!    `window` messages not yet delivered to every subscriber), which is the
 //!    highest rate every subscriber sustains without a backlog growing.
+//!
+//! With several targets the publishers are spread over them too: a message
+//! sent to one must reach the subscribers of every other, and each subscriber
+//! must still get every message once.
 //!
 //! Each subscriber is one task on a raw TCP connection with an incremental
 //! HTTP-chunked and SSE decoder; a delivery costs a few atomics.
@@ -23,6 +28,7 @@ use crate::Kind;
 use crate::http::{self, Conn, Dechunker, Framing};
 use crate::sse;
 use crate::stats::{AtomicHistogram, Histogram, Summary};
+use crate::targets::{assigned, spread};
 
 /// Lanes of the delivery bookkeeping: each client thread counts and records
 /// into its own (a counter every thread writes on every delivery costs the
@@ -51,7 +57,8 @@ const SOURCES: u8 = 8;
 #[derive(Clone, Debug)]
 pub struct FanConfig {
     pub kind: Kind,
-    pub addr: SocketAddr,
+    /// Where subscribers and publishers connect, round-robin (at least one).
+    pub addrs: Vec<SocketAddr>,
     pub token: Option<String>,
     /// Nchan's channel id.
     pub channel: String,
@@ -73,7 +80,11 @@ pub struct FanConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct FanResult {
     pub target: String,
+    /// The addresses subscribers and publishers were spread over.
+    pub targets: Vec<String>,
     pub subscribers: usize,
+    /// Per address: its subscribers and what they received.
+    pub per_target: Vec<FanTarget>,
     pub connected: usize,
     pub connect_failures: usize,
     pub first_connect_error: Option<String>,
@@ -81,8 +92,11 @@ pub struct FanResult {
     pub connect_all_s: f64,
     /// One subscriber: TCP connect to response head.
     pub connect: Summary,
+    /// Summed over the server's processes.
     pub rss_before_kib: Option<u64>,
     pub rss_idle_kib: Option<u64>,
+    /// Each process's own.
+    pub processes: Vec<ProcessMemory>,
     /// (idle − before) / connected.
     pub rss_per_subscriber_bytes: Option<f64>,
     pub latency_rate: f64,
@@ -102,6 +116,28 @@ pub struct FanResult {
     pub disconnects: u64,
     /// Mean length of a delivered `data:` field.
     pub data_bytes: f64,
+}
+
+/// One address of a fan-out run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanTarget {
+    pub addr: String,
+    /// Subscribers assigned to it.
+    pub subscribers: usize,
+    pub connected: usize,
+    /// Publishing connections it got (latency phase + throughput phase).
+    pub publishers: usize,
+    /// Deliveries its subscribers counted (each message once per subscriber).
+    pub delivered: u64,
+    /// Its connected subscribers × messages sent, minus `delivered`.
+    pub missing: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessMemory {
+    pub pid: u32,
+    pub before_kib: Option<u64>,
+    pub idle_kib: Option<u64>,
 }
 
 struct Shared {
@@ -158,6 +194,7 @@ impl Shared {
 
 #[derive(Debug, Default)]
 struct SubStats {
+    connected: bool,
     delivered: u64,
     duplicates: u64,
     data_bytes: u64,
@@ -258,7 +295,10 @@ async fn subscriber(
         sh: sh.clone(),
         parser: sse::Parser::new(),
         last_id: None,
-        stats: SubStats::default(),
+        stats: SubStats {
+            connected: true,
+            ..SubStats::default()
+        },
     };
     let mut dechunk = (head.framing == Framing::Chunked).then(Dechunker::default);
     let mut feed = |bytes: &[u8], state: &mut SubState| match dechunk.as_mut() {
@@ -339,9 +379,9 @@ struct PubStats {
     first_error: Option<String>,
 }
 
-/// What one publish request looks like for message `idx`.
-pub fn publish_request(cfg: &FanConfig, idx: usize) -> Vec<u8> {
-    let host = cfg.addr.to_string();
+/// What one publish request to `addr` looks like for message `idx`.
+pub fn publish_request(cfg: &FanConfig, addr: SocketAddr, idx: usize) -> Vec<u8> {
+    let host = addr.to_string();
     let run = &cfg.run;
     match cfg.kind {
         Kind::Herald => {
@@ -388,9 +428,16 @@ pub fn reference_payload(run: &str, idx: usize, size: usize) -> String {
     format!("{head}{}{tail}", "p".repeat(pad))
 }
 
-async fn publisher(sh: Arc<Shared>, cfg: Arc<FanConfig>, mode: Mode, phase: u8, end: tokio::time::Instant) -> PubStats {
+async fn publisher(
+    sh: Arc<Shared>,
+    cfg: Arc<FanConfig>,
+    addr: SocketAddr,
+    mode: Mode,
+    phase: u8,
+    end: tokio::time::Instant,
+) -> PubStats {
     let mut stats = PubStats::default();
-    let mut conn = match http::connect(cfg.addr, None).await {
+    let mut conn = match http::connect(addr, None).await {
         Ok(s) => Conn::new(s),
         Err(e) => {
             stats.errors += 1;
@@ -423,7 +470,7 @@ async fn publisher(sh: Arc<Shared>, cfg: Arc<FanConfig>, mode: Mode, phase: u8, 
         if idx >= sh.sent.len() || tokio::time::Instant::now() >= end {
             break;
         }
-        let request = publish_request(&cfg, idx);
+        let request = publish_request(&cfg, addr, idx);
         sh.phase[idx].store(phase, Ordering::Relaxed);
         sh.sent[idx].store(sh.now_ns(), Ordering::Release);
         sh.published.fetch_max(idx + 1, Ordering::AcqRel);
@@ -439,7 +486,7 @@ async fn publisher(sh: Arc<Shared>, cfg: Arc<FanConfig>, mode: Mode, phase: u8, 
             Err(e) => {
                 stats.errors += 1;
                 stats.first_error.get_or_insert_with(|| format!("{e:#}"));
-                match http::connect(cfg.addr, None).await {
+                match http::connect(addr, None).await {
                     Ok(s) => conn = Conn::new(s),
                     Err(_) => break,
                 }
@@ -449,9 +496,13 @@ async fn publisher(sh: Arc<Shared>, cfg: Arc<FanConfig>, mode: Mode, phase: u8, 
     stats
 }
 
-/// Runs the fan-out against one target at one subscriber count.
+/// Runs the fan-out against the targets of `cfg` at one subscriber count.
 pub async fn run(cfg: FanConfig) -> Result<FanResult> {
+    if cfg.addrs.is_empty() {
+        bail!("the fan-out needs at least one target");
+    }
     let n = cfg.subscribers;
+    let targets = cfg.addrs.len();
     let cap = cfg.max_messages;
     let sh = Arc::new(Shared {
         run: cfg.run.as_bytes().to_vec(),
@@ -478,28 +529,36 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         failed: AtomicUsize::new(0),
         cancel: CancellationToken::new(),
     });
-    let rss = |pids: &[u32]| -> Option<u64> {
-        let v: Vec<u64> = pids.iter().filter_map(|p| crate::targets::rss_kib(*p)).collect();
-        (!v.is_empty()).then(|| v.iter().sum())
+    let rss = |pids: &[u32]| -> Vec<Option<u64>> { pids.iter().map(|p| crate::targets::rss_kib(*p)).collect() };
+    let sum = |v: &[Option<u64>]| -> Option<u64> {
+        let known: Vec<u64> = v.iter().flatten().copied().collect();
+        (!known.is_empty()).then(|| known.iter().sum())
     };
     let rss_before = rss(&cfg.pids);
 
-    // Connect.
-    let request = Arc::new(crate::targets::subscribe_request(
-        cfg.kind,
-        cfg.addr,
-        cfg.token.as_deref(),
-        &cfg.channel,
-    ));
+    // Connect, round-robin over the targets (each request names its own Host).
+    let requests: Vec<Arc<Vec<u8>>> = cfg
+        .addrs
+        .iter()
+        .map(|&addr| {
+            Arc::new(crate::targets::subscribe_request(
+                cfg.kind,
+                addr,
+                cfg.token.as_deref(),
+                &cfg.channel,
+            ))
+        })
+        .collect();
     let connecting = Arc::new(Semaphore::new(CONNECTING));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
+        let t = assigned(i, targets);
         tasks.push(tokio::spawn(subscriber(
             sh.clone(),
             i,
-            cfg.addr,
-            request.clone(),
+            cfg.addrs[t],
+            requests[t].clone(),
             connecting.clone(),
         )));
     }
@@ -536,12 +595,14 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
     let end = t0 + cfg.duration;
     // Open loop: enough connections that a slow answer never delays the next send.
-    let publishers = ((cfg.rate / 2.0).ceil() as usize).clamp(1, 64);
+    let publishers = ((cfg.rate / 2.0).ceil() as usize).clamp(1, 64).max(targets);
+    let mut publishers_per_target = spread(publishers, targets);
     let mut pubs = Vec::new();
-    for _ in 0..publishers {
+    for p in 0..publishers {
         pubs.push(tokio::spawn(publisher(
             sh.clone(),
             cfg.clone(),
+            cfg.addrs[assigned(p, targets)],
             Mode::Paced {
                 first: 0,
                 t0,
@@ -563,9 +624,21 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     sh.window_from.store(first, Ordering::Relaxed);
     sh.window.add_permits(cfg.window);
     let end = tokio::time::Instant::now() + cfg.duration;
+    // Every target publishes: at least one publisher each.
+    let publishers = cfg.publishers.max(1).max(targets);
+    for (total, more) in publishers_per_target.iter_mut().zip(spread(publishers, targets)) {
+        *total += more;
+    }
     let mut pubs = Vec::new();
-    for _ in 0..cfg.publishers.max(1) {
-        pubs.push(tokio::spawn(publisher(sh.clone(), cfg.clone(), Mode::Windowed, 1, end)));
+    for p in 0..publishers {
+        pubs.push(tokio::spawn(publisher(
+            sh.clone(),
+            cfg.clone(),
+            cfg.addrs[assigned(p, targets)],
+            Mode::Windowed,
+            1,
+            end,
+        )));
     }
     for p in pubs {
         absorb(p.await?, &mut pub_stats);
@@ -582,8 +655,25 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     let mut delivered = 0;
     let mut data_bytes = 0;
     let mut first_connect_error = None;
-    for t in tasks {
+    let mut per_target: Vec<FanTarget> = cfg
+        .addrs
+        .iter()
+        .zip(spread(n, targets))
+        .zip(&publishers_per_target)
+        .map(|((addr, subscribers), &publishers)| FanTarget {
+            addr: addr.to_string(),
+            subscribers,
+            connected: 0,
+            publishers,
+            delivered: 0,
+            missing: 0,
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
         let s = t.await?;
+        let target = &mut per_target[assigned(i, targets)];
+        target.connected += usize::from(s.connected);
+        target.delivered += s.delivered;
         duplicates += s.duplicates;
         disconnects += u64::from(s.disconnected);
         delivered += s.delivered;
@@ -611,13 +701,29 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     let last = sh.last_recv(1);
     let elapsed_s = last.saturating_sub(first_sent) as f64 / 1e9;
     let per_s = |x: f64| if elapsed_s > 0.0 { x / elapsed_s } else { 0.0 };
+    for t in &mut per_target {
+        t.missing = (t.connected as u64 * published as u64).saturating_sub(t.delivered);
+    }
+    let processes: Vec<ProcessMemory> = cfg
+        .pids
+        .iter()
+        .zip(rss_before.iter().zip(&rss_idle))
+        .map(|(&pid, (&before_kib, &idle_kib))| ProcessMemory {
+            pid,
+            before_kib,
+            idle_kib,
+        })
+        .collect();
+    let (rss_before, rss_idle) = (sum(&rss_before), sum(&rss_idle));
     let rss_per = match (rss_before, rss_idle) {
         (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) * 1024.0 / connected as f64),
         _ => None,
     };
     Ok(FanResult {
         target: cfg.kind.name().to_owned(),
+        targets: cfg.addrs.iter().map(|a| a.to_string()).collect(),
         subscribers: n,
+        per_target,
         connected,
         connect_failures: n - connected,
         first_connect_error,
@@ -626,6 +732,7 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         rss_before_kib: rss_before,
         rss_idle_kib: rss_idle,
         rss_per_subscriber_bytes: rss_per,
+        processes,
         latency_rate: cfg.rate,
         latency_published,
         latency_missing: missing(0..latency_published),
@@ -671,6 +778,25 @@ impl FanResult {
                 self.rss_idle_kib.unwrap_or(0),
                 per
             );
+        }
+        if self.processes.len() > 1 {
+            for p in &self.processes {
+                let kib = |v: Option<u64>| v.map_or("-".to_owned(), |k| k.to_string());
+                eprintln!(
+                    "      pid {}: RSS {} → {} KiB idle",
+                    p.pid,
+                    kib(p.before_kib),
+                    kib(p.idle_kib)
+                );
+            }
+        }
+        if self.per_target.len() > 1 {
+            for t in &self.per_target {
+                eprintln!(
+                    "    {}: {} subscribers ({} connected), {} publishers, {} delivered, missing {}",
+                    t.addr, t.subscribers, t.connected, t.publishers, t.delivered, t.missing
+                );
+            }
         }
         eprintln!(
             "    latency at {}/s: {} ; missing {} of {} messages × subscribers",

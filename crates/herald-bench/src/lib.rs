@@ -5,10 +5,17 @@
 //! `POST /api/commands` — and matches every delivered event to the command that
 //! caused it by the envelope's `command_id`. The fan-out runs the same way
 //! against two references: Nchan (nginx, run as a child) and an in-process
-//! tokio broadcaster, the ceiling for this machine.
+//! tokio broadcaster, the ceiling for this machine. The commands figure has
+//! PostgreSQL's own beside it: `pgbench` inserting a 500-byte row per
+//! transaction (`--pgbench-url`).
+//!
+//! `--target` may list several instances of one herald (on one PostgreSQL
+//! database): the commands' clients, the fan-out's subscribers and its
+//! publishers are spread over them round-robin.
 
 pub mod fanout;
 pub mod http;
+pub mod pgbench;
 pub mod plot;
 pub mod scenarios;
 pub mod sse;
@@ -24,6 +31,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::fanout::{FanConfig, FanResult};
+use crate::pgbench::PgbenchResult;
 use crate::scenarios::{CatchupResult, CommandsResult, RebuildResult};
 use crate::targets::{Ceiling, Herald, Nchan};
 
@@ -56,19 +64,31 @@ impl Kind {
 /// `herald bench` options.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// A running herald (loopback only), e.g. http://127.0.0.1:8080; needs --token.
-    #[arg(long, env = "HERALD_BENCH_TARGET", conflicts_with = "spawn")]
-    pub target: Option<String>,
+    /// A running herald (loopback only), e.g. http://127.0.0.1:8080, or several
+    /// instances of one (comma-separated; commands' clients, subscribers and
+    /// publishers are spread over them round-robin; catch-up uses the first).
+    /// Each must answer to `Host: 127.0.0.1:PORT`: its --listen address, or
+    /// --allowed-host 127.0.0.1. Needs --token.
+    #[arg(long, env = "HERALD_BENCH_TARGET", conflicts_with = "spawn", value_delimiter = ',')]
+    pub target: Vec<String>,
     /// Start a `herald serve` child on a temporary --data and a free port (the default).
     #[arg(long)]
     pub spawn: bool,
-    /// An operator token for --target (its --stream-limit must admit every subscriber).
+    /// An operator token for --target (valid on every instance; its --stream-limit must
+    /// admit every subscriber of one instance).
     #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// The --target server's process id, to read its memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// fanout, commands, catchup, rebuild or all (comma-separated).
+    /// The --target servers' process ids (comma-separated), to read their memory
+    /// (summed, and per process).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// A PostgreSQL URL for the pgbench scenario (the server herald's instances
+    /// use): pgbench inserts 500-byte rows into a scratch table there, with
+    /// --clients and --duration. Shown as host:port/db only.
+    #[arg(long, env = "HERALD_BENCH_PGBENCH_URL", hide_env_values = true)]
+    pub pgbench_url: Option<String>,
+    /// fanout, commands, pgbench, catchup, rebuild or all (comma-separated; all
+    /// includes pgbench when --pgbench-url is given).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenario: Vec<String>,
     /// Subscriber counts for the fan-out.
@@ -131,7 +151,13 @@ pub struct Report {
     pub open_files_limit: u64,
     pub fanout: Vec<FanResult>,
     pub fanout_skipped: Vec<String>,
+    /// The herald instances the commands and fan-out ran against.
+    pub targets: Vec<String>,
     pub commands: Vec<CommandsResult>,
+    pub pgbench: Vec<PgbenchResult>,
+    pub pgbench_skipped: Option<String>,
+    /// pgbench runs that failed (client count: why); the other figures stand.
+    pub pgbench_errors: Vec<String>,
     pub catchup: Option<CatchupResult>,
     pub rebuild: Option<RebuildResult>,
 }
@@ -199,9 +225,12 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let scenarios: Vec<String> = args.scenario.iter().map(|s| s.trim().to_owned()).collect();
     let wants = |s: &str| scenarios.iter().any(|x| x == s || x == "all");
     for s in &scenarios {
-        if !["all", "fanout", "commands", "catchup", "rebuild"].contains(&s.as_str()) {
-            bail!("--scenario {s:?}: expected fanout, commands, catchup, rebuild or all");
+        if !["all", "fanout", "commands", "pgbench", "catchup", "rebuild"].contains(&s.as_str()) {
+            bail!("--scenario {s:?}: expected fanout, commands, pgbench, catchup, rebuild or all");
         }
+    }
+    if scenarios.iter().any(|s| s == "pgbench") && args.pgbench_url.is_none() {
+        bail!("--scenario pgbench needs --pgbench-url postgres://USER@HOST:PORT/DB (the server to insert into)");
     }
     let kinds: Vec<Kind> = args
         .reference
@@ -228,6 +257,26 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         report.machine.kernel,
         open_files
     );
+    // Found before anything runs: a missing binary is said at the start.
+    let pgbench = if !wants("pgbench") {
+        None
+    } else if let Some(url) = &args.pgbench_url {
+        match pgbench::find_pgbench() {
+            Some(exe) => Some((url.clone(), exe)),
+            None => {
+                report.pgbench_skipped = Some(
+                    "no pgbench on PATH or under /usr/lib/postgresql/*/bin (apt-get install postgresql-client)".into(),
+                );
+                None
+            }
+        }
+    } else {
+        report.pgbench_skipped = Some("no --pgbench-url".into());
+        None
+    };
+    if let Some(why) = &report.pgbench_skipped {
+        eprintln!("pgbench: skipped: {why}");
+    }
     let max_subs = args.subscribers.iter().copied().max().unwrap_or(0);
     if wants("fanout") && max_subs as u64 + 64 > open_files {
         eprintln!("warning: {max_subs} subscribers need more open files than the limit {open_files}");
@@ -236,23 +285,36 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let needs_herald = wants("commands") || wants("catchup") || (wants("fanout") && kinds.contains(&Kind::Herald));
     let mut herald = if !needs_herald {
         None
-    } else if let Some(target) = &args.target {
-        let addr = targets::parse_target(target)?;
+    } else if !args.target.is_empty() {
+        let addrs = targets::parse_targets(&args.target)?;
         let token = args
             .token
             .clone()
             .context("--target needs --token (an operator token)")?;
-        Some(Herald::running(addr, token, args.server_pid))
+        let h = Herald::running(addrs, token, args.server_pid.clone())?;
+        if h.targets.len() > 1 {
+            // Each one answers (Host, token) before minutes are spent on the others.
+            for &addr in &h.targets {
+                scenarios::head(addr, &h.token)
+                    .await
+                    .with_context(|| format!("target http://{addr}"))?;
+            }
+        }
+        Some(h)
     } else {
         let h = Herald::spawn(&exe).await?;
         eprintln!(
             "spawned herald serve (pid {}) on {} with data in {}",
-            h.pid.unwrap_or(0),
-            h.addr,
+            h.pids.first().copied().unwrap_or(0),
+            h.first(),
             h.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
         );
         Some(h)
     };
+    if let Some(h) = &herald {
+        report.targets = h.targets.iter().map(|a| format!("http://{a}")).collect();
+        eprintln!("herald targets: {}", report.targets.join(", "));
+    }
 
     // The `service` length that makes herald's envelopes `payload` bytes.
     // herald's smallest envelope may already be longer: then the references
@@ -260,7 +322,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut pad = 1;
     let mut payload = args.payload;
     if let Some(h) = &herald {
-        let base = scenarios::probe_envelope(h.addr, &h.token, &format!("{run}p00000"), 1).await?;
+        let base = scenarios::probe_envelope(h.first(), &h.token, &format!("{run}p00000"), 1).await?;
         pad = (args.payload + 1).saturating_sub(base).max(1);
         payload = base + pad - 1;
         eprintln!(
@@ -276,7 +338,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                     eprintln!("fan-out: {} with {n} subscribers", kind.name());
                     let mut cfg = FanConfig {
                         kind,
-                        addr: "127.0.0.1:1".parse()?,
+                        addrs: Vec::new(),
                         token: None,
                         channel: format!("{run}n{n}"),
                         subscribers: n,
@@ -293,9 +355,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                     let result = match kind {
                         Kind::Herald => {
                             let Some(h) = &herald else { continue };
-                            cfg.addr = h.addr;
+                            cfg.addrs = h.targets.clone();
                             cfg.token = Some(h.token.clone());
-                            cfg.pids = h.pid.into_iter().collect();
+                            cfg.pids = h.pids.clone();
                             fanout::run(cfg).await?
                         }
                         Kind::Nchan => {
@@ -305,7 +367,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                                 continue;
                             }
                             let nchan = Nchan::start(cpus).await?;
-                            cfg.addr = nchan.addr;
+                            cfg.addrs = vec![nchan.addr];
                             cfg.pids = nchan.pids();
                             let r = fanout::run(cfg).await;
                             nchan.stop().await;
@@ -313,7 +375,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                         }
                         Kind::Ceiling => {
                             let ceiling = Ceiling::start(&exe).await?;
-                            cfg.addr = ceiling.addr;
+                            cfg.addrs = vec![ceiling.addr];
                             cfg.pids = ceiling.pid.into_iter().collect();
                             let r = fanout::run(cfg).await;
                             ceiling.stop().await;
@@ -327,58 +389,114 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 }
             }
         }
-        if let Some(h) = &herald {
-            if wants("commands") {
-                for &c in &args.clients {
-                    eprintln!("commands: {c} concurrent clients for {:.0} s", duration.as_secs_f64());
-                    let r = scenarios::commands(h.addr, &h.token, &format!("{run}c{c}"), c, duration, usize::MAX, pad)
-                        .await?;
-                    eprintln!(
-                        "  {} clients: {:.0} commands/s ({} ok, {} errors), latency {}",
-                        r.clients, r.per_s, r.ok, r.errors, r.latency
-                    );
-                    if let Some(e) = &r.first_error {
-                        eprintln!("  first error: {e}");
-                    }
-                    report.commands.push(r);
-                }
-            }
-            if wants("catchup") {
-                let head = scenarios::head(h.addr, &h.token).await?;
-                if head < args.catchup_events + 1 {
-                    let missing = (args.catchup_events + 1 - head) as usize;
-                    eprintln!("catch-up: appending {missing} events first (64 clients)");
-                    let r = scenarios::commands(
-                        h.addr,
-                        &h.token,
-                        &format!("{run}f"),
-                        64,
-                        Duration::from_secs(600),
-                        missing,
-                        pad,
-                    )
-                    .await?;
-                    if r.errors > 0 {
-                        bail!("filling the log failed: {:?}", r.first_error);
+        if let Some(h) = &herald
+            && wants("commands")
+        {
+            for &c in &args.clients {
+                eprintln!(
+                    "commands: {c} concurrent clients{} for {:.0} s",
+                    over_targets(h.targets.len()),
+                    duration.as_secs_f64()
+                );
+                let r = scenarios::commands(
+                    &h.targets,
+                    &h.token,
+                    &format!("{run}c{c}"),
+                    c,
+                    duration,
+                    usize::MAX,
+                    pad,
+                )
+                .await?;
+                eprintln!(
+                    "  {} clients: {:.0} commands/s ({} ok, {} errors), latency {}",
+                    r.clients, r.per_s, r.ok, r.errors, r.latency
+                );
+                if r.per_target.len() > 1 {
+                    for t in &r.per_target {
+                        eprintln!("    {}: {} clients, {} ok, {} errors", t.addr, t.clients, t.ok, t.errors);
                     }
                 }
-                eprintln!(
-                    "catch-up: one subscriber resuming {} events behind",
-                    args.catchup_events
-                );
-                let r = scenarios::catchup(h.addr, &h.token, args.catchup_events).await?;
-                eprintln!(
-                    "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",
-                    r.received,
-                    r.seconds,
-                    r.events_per_s,
-                    r.first_event_ms,
-                    r.gaps,
-                    r.duplicates,
-                    r.bytes as f64 / 1e6
-                );
-                report.catchup = Some(r);
+                if let Some(e) = &r.first_error {
+                    eprintln!("  first error: {e}");
+                }
+                report.commands.push(r);
             }
+        }
+        if let Some((url, exe)) = &pgbench {
+            let reference = pgbench::Reference::open(url, exe, &run).await?;
+            eprintln!(
+                "{} on {} (server {}): fsync={}, synchronous_commit={}; table {}",
+                reference.pgbench_version,
+                reference.server,
+                reference.server_version,
+                reference.fsync,
+                reference.synchronous_commit,
+                reference.table
+            );
+            for &c in &args.clients {
+                match reference.run(c, duration).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "  pgbench INSERT {} B, {} clients: {:.0}/s ({} transactions, {} failed, {} rows, latency avg {})",
+                            r.row_bytes,
+                            r.clients,
+                            r.output.tps,
+                            r.output.transactions,
+                            r.output.failed,
+                            r.rows_inserted,
+                            r.output.latency_avg_ms.map_or("-".into(), |ms| format!("{ms:.3} ms"))
+                        );
+                        report.pgbench.push(r);
+                    }
+                    Err(e) => {
+                        // Said, and the bench fails at the end, but the figures
+                        // of the other runs are still printed.
+                        eprintln!("  pgbench, {c} clients: failed: {e:#}");
+                        report.pgbench_errors.push(format!("{c} clients: {e:#}"));
+                    }
+                }
+            }
+            reference.close().await?;
+        }
+        if let Some(h) = &herald
+            && wants("catchup")
+        {
+            let first = h.first();
+            let head = scenarios::head(first, &h.token).await?;
+            if head < args.catchup_events + 1 {
+                let missing = (args.catchup_events + 1 - head) as usize;
+                eprintln!("catch-up: appending {missing} events first (64 clients)");
+                let r = scenarios::commands(
+                    &[first],
+                    &h.token,
+                    &format!("{run}f"),
+                    64,
+                    Duration::from_secs(600),
+                    missing,
+                    pad,
+                )
+                .await?;
+                if r.errors > 0 {
+                    bail!("filling the log failed: {:?}", r.first_error);
+                }
+            }
+            eprintln!(
+                "catch-up: one subscriber resuming {} events behind",
+                args.catchup_events
+            );
+            let r = scenarios::catchup(first, &h.token, args.catchup_events).await?;
+            eprintln!(
+                "  received {} events in {:.3} s ({:.0}/s; first after {:.1} ms; {} gaps, {} duplicates, {:.1} MB)",
+                r.received,
+                r.seconds,
+                r.events_per_s,
+                r.first_event_ms,
+                r.gaps,
+                r.duplicates,
+                r.bytes as f64 / 1e6
+            );
+            report.catchup = Some(r);
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -416,10 +534,72 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    if !report.pgbench_errors.is_empty() {
+        eprintln!("pgbench failed: {}", report.pgbench_errors.join("; "));
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
+/// " over N targets" when there are several.
+fn over_targets(n: usize) -> String {
+    if n > 1 {
+        format!(" over {n} targets")
+    } else {
+        String::new()
+    }
+}
+
 fn print_summary(report: &Report) {
+    print_commands_summary(report);
+    print_fanout_summary(report);
+}
+
+/// herald's durable commands/s beside pgbench's INSERTs, per client count.
+fn print_commands_summary(report: &Report) {
+    if report.commands.is_empty() && report.pgbench.is_empty() {
+        return;
+    }
+    eprintln!("\ncommands summary (durable commands/s; pgbench: one INSERT of a 500 B row per transaction)");
+    if let Some(p) = report.pgbench.first() {
+        eprintln!(
+            "  PostgreSQL {} on {}: fsync={}, synchronous_commit={}",
+            p.server_version, p.server, p.fsync, p.synchronous_commit
+        );
+    }
+    let mut counts: Vec<usize> = report
+        .commands
+        .iter()
+        .map(|r| r.clients)
+        .chain(report.pgbench.iter().map(|p| p.clients))
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for n in counts {
+        let herald = report.commands.iter().find(|r| r.clients == n);
+        let pg = report.pgbench.iter().find(|p| p.clients == n);
+        if let Some(h) = herald {
+            eprintln!(
+                "  herald, {n} clients{}: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                over_targets(h.targets.len()),
+                h.per_s,
+                h.latency.p50_ms,
+                h.latency.p99_ms
+            );
+        }
+        if let Some(p) = pg {
+            eprintln!("  pgbench INSERT {} B, {n} clients: {:.0}/s", p.row_bytes, p.output.tps);
+        }
+        if let (Some(h), Some(p)) = (herald, pg) {
+            eprintln!(
+                "  {n} clients: herald / pgbench = {:.2}×",
+                h.per_s / p.output.tps.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+}
+
+fn print_fanout_summary(report: &Report) {
     if report.fanout.is_empty() {
         return;
     }
@@ -439,6 +619,25 @@ fn print_summary(report: &Report) {
             r.latency.max_ms,
             r.rss_per_subscriber_bytes.map_or("-".into(), |b| format!("{b:.0}")),
             r.latency_missing + r.throughput_missing
+        );
+    }
+    for r in report.fanout.iter().filter(|r| r.per_target.len() > 1) {
+        let each: Vec<String> = r
+            .per_target
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} ({} connected, missing {})",
+                    t.addr, t.subscribers, t.connected, t.missing
+                )
+            })
+            .collect();
+        eprintln!(
+            "  {} × {} over {} targets: {}",
+            r.target,
+            r.subscribers,
+            r.per_target.len(),
+            each.join("; ")
         );
     }
     let find = |t: &str, n: usize| report.fanout.iter().find(|r| r.target == t && r.subscribers == n);

@@ -19,10 +19,14 @@ use crate::fanout::herald_command;
 use crate::http::{self, Conn, Dechunker, Framing};
 use crate::sse;
 use crate::stats::{Histogram, Summary};
+use crate::targets::{assigned, spread};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandsResult {
     pub clients: usize,
+    /// The addresses the clients were spread over, round-robin.
+    pub targets: Vec<String>,
+    pub per_target: Vec<CommandsTarget>,
     pub ok: u64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -31,10 +35,20 @@ pub struct CommandsResult {
     pub latency: Summary,
 }
 
-/// `clients` keep-alive connections, each sending StartDeployment commands one
-/// after another for `duration` (or until `limit` commands in all).
+/// One address of a commands run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandsTarget {
+    pub addr: String,
+    pub clients: usize,
+    pub ok: u64,
+    pub errors: u64,
+}
+
+/// `clients` keep-alive connections, spread round-robin over `addrs`, each
+/// sending StartDeployment commands one after another for `duration` (or
+/// until `limit` commands in all).
 pub async fn commands(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     token: &str,
     run: &str,
     clients: usize,
@@ -42,11 +56,15 @@ pub async fn commands(
     limit: usize,
     pad: usize,
 ) -> Result<CommandsResult> {
+    if addrs.is_empty() {
+        bail!("the commands scenario needs at least one target");
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let end = started + duration;
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
+        let addr = addrs[assigned(client, addrs.len())];
         let next = next.clone();
         let token = token.to_owned();
         let run = run.to_owned();
@@ -90,8 +108,21 @@ pub async fn commands(
     let mut hist = Histogram::default();
     let mut errors = 0;
     let mut first_error = None;
-    for t in tasks {
+    let mut per_target: Vec<CommandsTarget> = addrs
+        .iter()
+        .zip(spread(clients, addrs.len()))
+        .map(|(addr, clients)| CommandsTarget {
+            addr: addr.to_string(),
+            clients,
+            ok: 0,
+            errors: 0,
+        })
+        .collect();
+    for (client, t) in tasks.into_iter().enumerate() {
         let (h, e, f) = t.await??;
+        let target = &mut per_target[assigned(client, addrs.len())];
+        target.ok += h.count();
+        target.errors += e;
         hist.merge(&h);
         errors += e;
         if first_error.is_none() {
@@ -101,6 +132,8 @@ pub async fn commands(
     let seconds = started.elapsed().as_secs_f64();
     Ok(CommandsResult {
         clients,
+        targets: addrs.iter().map(|a| a.to_string()).collect(),
+        per_target,
         ok: hist.count(),
         errors,
         first_error,

@@ -84,27 +84,75 @@ pub fn parse_target(url: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Parses `--target`'s list (already split at commas): each entry as
+/// [`parse_target`], none empty, no address twice (one instance listed twice
+/// would be counted as two).
+pub fn parse_targets(urls: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let url = url.trim();
+        if url.is_empty() {
+            bail!("--target: an empty entry in the list (expected http://127.0.0.1:PORT,http://127.0.0.1:PORT2,…)");
+        }
+        let addr = parse_target(url)?;
+        if out.contains(&addr) {
+            bail!("--target {url:?}: {addr} is listed twice");
+        }
+        out.push(addr);
+    }
+    if out.is_empty() {
+        bail!("--target: no URL given");
+    }
+    Ok(out)
+}
+
+/// The target (of `targets`, at least one) the `i`-th client of a scenario
+/// uses: round-robin, so that counts differ by at most one.
+pub fn assigned(i: usize, targets: usize) -> usize {
+    i % targets.max(1)
+}
+
+/// How many of `clients` each of `targets` gets under [`assigned`].
+pub fn spread(clients: usize, targets: usize) -> Vec<usize> {
+    let mut counts = vec![0; targets.max(1)];
+    for i in 0..clients {
+        counts[assigned(i, targets)] += 1;
+    }
+    counts
+}
+
 // ---------------------------------------------------------------- herald
 
 pub struct Herald {
-    pub addr: SocketAddr,
+    /// Every instance, at least one; instances of one PostgreSQL database
+    /// when there are several. The catch-up scenario uses the first.
+    pub targets: Vec<SocketAddr>,
     pub token: String,
-    pub pid: Option<u32>,
+    /// The servers' processes, to read their memory (any number).
+    pub pids: Vec<u32>,
     child: Option<tokio::process::Child>,
     pub data_dir: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Herald {
-    pub fn running(addr: SocketAddr, token: String, pid: Option<u32>) -> Herald {
-        Herald {
-            addr,
+    pub fn running(targets: Vec<SocketAddr>, token: String, pids: Vec<u32>) -> Result<Herald> {
+        if targets.is_empty() {
+            bail!("no herald target");
+        }
+        Ok(Herald {
+            targets,
             token,
-            pid,
+            pids,
             child: None,
             data_dir: None,
             _dir: None,
-        }
+        })
+    }
+
+    /// The first target (the one the catch-up scenario and the probe use).
+    pub fn first(&self) -> SocketAddr {
+        self.targets[0]
     }
 
     /// Starts `herald serve` (this executable) on a temporary data directory and a
@@ -153,9 +201,9 @@ impl Herald {
             .await
             .with_context(|| format!("herald serve did not start; see {}", data.join("serve.log").display()))?;
         Ok(Herald {
-            addr,
+            targets: vec![addr],
             token,
-            pid,
+            pids: pid.into_iter().collect(),
             child: Some(child),
             data_dir: Some(data),
             _dir: Some(dir),
@@ -332,15 +380,7 @@ impl Ceiling {
 
 /// Serves the ceiling on `addr` until stdin closes.
 pub async fn serve_ceiling(addr: SocketAddr) -> Result<()> {
-    let (tx, _) = broadcast::channel(1024);
-    let state = CeilingState {
-        tx,
-        seq: Arc::new(std::sync::Mutex::new(0)),
-    };
-    let app = axum::Router::new()
-        .route("/sub", axum::routing::get(ceiling_sub))
-        .route("/pub", axum::routing::post(ceiling_pub))
-        .with_state(state);
+    let app = ceiling_app(CeilingState::new());
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -361,11 +401,37 @@ pub async fn serve_ceiling(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// The ceiling's routes (`GET /sub`, `POST /pub`). Routers made from clones of
+/// one state serve one broadcast: a message published on one is sent to the
+/// subscribers of all (the tests use that for several targets).
+pub fn ceiling_app(state: CeilingState) -> axum::Router {
+    axum::Router::new()
+        .route("/sub", axum::routing::get(ceiling_sub))
+        .route("/pub", axum::routing::post(ceiling_pub))
+        .with_state(state)
+}
+
 #[derive(Clone)]
-struct CeilingState {
+pub struct CeilingState {
     tx: broadcast::Sender<Bytes>,
     /// The last id; held while sending so that ids go out in order.
     seq: Arc<std::sync::Mutex<u64>>,
+}
+
+impl CeilingState {
+    pub fn new() -> CeilingState {
+        let (tx, _) = broadcast::channel(1024);
+        CeilingState {
+            tx,
+            seq: Arc::new(std::sync::Mutex::new(0)),
+        }
+    }
+}
+
+impl Default for CeilingState {
+    fn default() -> Self {
+        CeilingState::new()
+    }
 }
 
 async fn ceiling_sub(axum::extract::State(s): axum::extract::State<CeilingState>) -> Response {
@@ -410,5 +476,71 @@ pub fn subscribe_request(kind: crate::Kind, addr: SocketAddr, token: Option<&str
             "Accept: text/event-stream\r\n",
         ),
         crate::Kind::Ceiling => http::get(&host, "/sub", None, "Accept: text/event-stream\r\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_a_list_of_targets() {
+        let addrs = parse_targets(&list(
+            "http://127.0.0.1:18081, http://localhost:18082/,http://127.0.0.1:18083",
+        ))
+        .expect("three targets");
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:18081".parse::<SocketAddr>().expect("addr"),
+                "127.0.0.1:18082".parse().expect("addr"),
+                "127.0.0.1:18083".parse().expect("addr"),
+            ]
+        );
+        // One is a list of one.
+        assert_eq!(parse_targets(&list("http://127.0.0.1:8080")).expect("one").len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_target_lists() {
+        let err = |s: &str| format!("{:#}", parse_targets(&list(s)).expect_err(s));
+        assert!(err("http://127.0.0.1:1,,http://127.0.0.1:2").contains("an empty entry"));
+        assert!(err("").contains("an empty entry"));
+        assert!(err("http://127.0.0.1:1,http://localhost:1").contains("listed twice"));
+        assert!(err("http://127.0.0.1:1,https://127.0.0.1:2").contains("only http://"));
+        assert!(err("http://127.0.0.1:1,http://10.0.0.1:2").contains("loopback"));
+        assert!(err("http://127.0.0.1").contains("expected http://127.0.0.1:PORT"));
+        assert!(
+            format!("{:#}", parse_targets(&[]).expect_err("none")).contains("no URL"),
+            "an empty list"
+        );
+    }
+
+    #[test]
+    fn round_robin_spreads_clients_evenly() {
+        assert_eq!(
+            (0..7).map(|i| assigned(i, 3)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 0, 1, 2, 0]
+        );
+        assert_eq!(spread(7, 3), vec![3, 2, 2]);
+        assert_eq!(spread(45_000, 3), vec![15_000; 3]);
+        assert_eq!(spread(2, 3), vec![1, 1, 0]);
+        assert_eq!(spread(64, 1), vec![64]);
+        for (clients, targets) in [(0, 2), (1, 1), (63, 2), (64, 3), (1000, 7)] {
+            let counts = spread(clients, targets);
+            assert_eq!(counts.len(), targets);
+            assert_eq!(counts.iter().sum::<usize>(), clients);
+            let (lo, hi) = (counts.iter().min(), counts.iter().max());
+            assert!(
+                hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+                "{clients} over {targets}: {counts:?}"
+            );
+        }
+        // No target is never a division by zero: everything on one.
+        assert_eq!(assigned(5, 0), 0);
     }
 }
