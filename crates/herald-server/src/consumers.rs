@@ -44,22 +44,32 @@ pub const POLL: Duration = Duration::from_millis(500);
 
 /// Runs every registered read model's task until shutdown.
 pub async fn run(state: AppState) {
+    let (started, _) = tokio::sync::mpsc::channel(1);
+    run_telling(state, started).await
+}
+
+/// [`run`], sending one `()` on `started` for each model once its task has
+/// read the checkpoint it publishes from (a resource stream opened after
+/// that misses no change).
+pub async fn run_telling(state: AppState, started: tokio::sync::mpsc::Sender<()>) {
     let tasks: Vec<_> = state
         .models
         .consumers()
         .iter()
-        .map(|consumer| tokio::spawn(supervise(state.clone(), consumer.clone())))
+        .map(|consumer| tokio::spawn(supervise(state.clone(), consumer.clone(), started.clone())))
         .collect();
+    drop(started);
     for task in tasks {
         let _ = task.await;
     }
 }
 
 /// Runs one model's task, restarting it when it panics.
-async fn supervise(state: AppState, consumer: Arc<dyn Consumer>) {
+async fn supervise(state: AppState, consumer: Arc<dyn Consumer>, started: tokio::sync::mpsc::Sender<()>) {
     let shutdown = state.live.shutdown.clone();
+    let mut started = Some(started);
     loop {
-        let task = tokio::spawn(run_one(state.clone(), consumer.clone()));
+        let task = tokio::spawn(run_one(state.clone(), consumer.clone(), started.take()));
         match task.await {
             Ok(()) => return,
             Err(e) => {
@@ -77,7 +87,7 @@ async fn supervise(state: AppState, consumer: Arc<dyn Consumer>) {
     }
 }
 
-async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
+async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<tokio::sync::mpsc::Sender<()>>) {
     let name = consumer.name();
     let mut live = state.store.live();
     let shutdown = state.live.shutdown.clone();
@@ -87,7 +97,12 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>) {
     // this process was open then (each starts with the state it reads).
     let mut publisher = loop {
         match Publisher::start(&*consumer).await {
-            Ok(publisher) => break publisher,
+            Ok(publisher) => {
+                if let Some(started) = &started {
+                    let _ = started.try_send(());
+                }
+                break publisher;
+            }
             Err(e) => {
                 tracing::error!(projection = name, error = %e, "reading the checkpoint failed; retrying in 1 s");
                 tokio::select! {

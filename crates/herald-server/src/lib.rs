@@ -250,7 +250,20 @@ pub async fn run(
     // (followed from the head now: before anything is served).
     let from = revocations::start_position(&state).await;
     tokio::spawn(revocations::run(state.clone(), from));
-    let projector = tokio::spawn(consumers::run(state.clone()));
+    // Serve once every read model's task knows where it publishes from (a
+    // resource stream opened earlier could miss a change), or after 5 s (a
+    // database that does not answer yet: /readyz says so).
+    let models = state.models.consumers().len();
+    let (started, mut told) = tokio::sync::mpsc::channel(models.max(1));
+    let projector = tokio::spawn(consumers::run_telling(state.clone(), started));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for _ in 0..models {
+            if told.recv().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
     tokio::spawn(sessions::purge_loop(state.clone()));
     if let Ok(addr) = listener.local_addr() {
         state.hosts.add_listen_addr(addr);

@@ -76,11 +76,19 @@ struct Node {
 async fn serve(state: AppState) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    Node {
+    let node = Node {
         base: format!("http://{addr}"),
         state: state.clone(),
         _running: Running::spawn(state, listener),
+    };
+    // `run` serves once every read model's task knows where it publishes from:
+    // a change after this reaches what a test subscribed to.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client().get(format!("{}/healthz", node.base)).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the node never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    node
 }
 
 async fn mint(state: &AppState) -> String {
