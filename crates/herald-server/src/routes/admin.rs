@@ -60,13 +60,22 @@ async fn user_or_404(state: &AppState, id: &str) -> Result<herald_core::accounts
 /// The 404 or 422 of a refused [`AccountStore`](herald_core::accounts::AccountStore)
 /// access change (the last-admin rule is the database's, decided in the
 /// change's own transaction: two admins demoting each other at once leave one).
-fn refused(e: AccessChangeRefused, id: &str, last_admin: impl FnOnce() -> String) -> ApiError {
+/// The answer to a refused access change; for the last-admin rule it names
+/// the person ("{name} is the only {what}; make someone else admin first").
+async fn refused(state: &AppState, e: AccessChangeRefused, id: &str, what: &str) -> ApiError {
     match e {
         AccessChangeRefused::NoSuchUser => ApiError::NotFound(format!("there is no user {id}")),
-        AccessChangeRefused::LastAdmin => ApiError::Unprocessable {
-            title: "last admin",
-            detail: last_admin(),
-        },
+        AccessChangeRefused::LastAdmin => {
+            let name = match state.accounts.find_user(id).await {
+                Ok(Some(user)) => user.username,
+                Ok(None) => id.to_owned(),
+                Err(e) => return e.into(),
+            };
+            ApiError::Unprocessable {
+                title: "last admin",
+                detail: format!("{name} is the only {what}; make someone else admin first"),
+            }
+        }
     }
 }
 
@@ -97,16 +106,7 @@ pub async fn disable_user(
     let at = now_rfc3339();
     let mut user = match state.accounts.set_disabled(&id, Some(&at)).await? {
         Ok(before) => before,
-        Err(e) => {
-            let name = state
-                .accounts
-                .find_user(&id)
-                .await?
-                .map_or_else(|| id.clone(), |u| u.username);
-            return Err(refused(e, &id, || {
-                format!("{name} is the only enabled admin; make someone else admin first")
-            }));
-        }
+        Err(e) => return Err(refused(&state, e, &id, "enabled admin").await),
     };
     let newly = !user.is_disabled();
     // Also when already disabled: a session another process let in is ended.
@@ -148,7 +148,7 @@ pub async fn enable_user(
         .await?;
         // Enabling never leaves fewer admins: refused only for a user gone since.
         if let Err(e) = state.accounts.set_disabled(&user.id, None).await? {
-            return Err(refused(e, &id, String::new));
+            return Err(refused(&state, e, &id, "enabled admin").await);
         }
         user.disabled_at = None;
     }
@@ -211,16 +211,7 @@ pub async fn set_roles(
     // without its record), a loss stands, like a revocation.
     let mut user = match state.accounts.set_roles(&id, &roles).await? {
         Ok(before) => before,
-        Err(e) => {
-            let name = state
-                .accounts
-                .find_user(&id)
-                .await?
-                .map_or_else(|| id.clone(), |u| u.username);
-            return Err(refused(e, &id, || {
-                format!("{name} is the only admin; make someone else admin first")
-            }));
-        }
+        Err(e) => return Err(refused(&state, e, &id, "admin").await),
     };
     if user.roles != roles {
         let previous = std::mem::replace(&mut user.roles, roles);
