@@ -98,6 +98,40 @@ impl PanicLimit {
     }
 }
 
+/// What each caller of a batch the writer panicked in is told: the panic, and
+/// whether its append may have been committed (then a retry with the same
+/// `command_id` returns its result).
+pub fn panicked_batch_error(message: &str, committed: bool) -> crate::store::StoreError {
+    let fate = if committed {
+        "the append may have been committed; retry it with the same command_id to get its result"
+    } else {
+        "the append was not committed; retry it"
+    };
+    crate::store::StoreError::Unavailable(format!("the event store writer panicked: {message}; {fate}"))
+}
+
+/// A writer past its panic limit gives up: it is marked down, the fatal hook
+/// is called (it exits the process), and when the hook returns (a test)
+/// nothing more is written — the queue is closed and every job still in it,
+/// and every later one, fails through `fail`.
+pub fn give_up<J>(
+    health: &crate::store::WriterHealth,
+    on_fatal: &WriterFatal,
+    why: &str,
+    jobs: &mut tokio::sync::mpsc::Receiver<J>,
+    fail: impl Fn(J, crate::store::StoreError),
+) {
+    health.set_down(&format!("the event store writer stopped after {why}"));
+    (on_fatal.0)(why);
+    jobs.close();
+    while let Ok(job) = jobs.try_recv() {
+        fail(
+            job,
+            crate::store::StoreError::Unavailable("the event store writer has stopped".into()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

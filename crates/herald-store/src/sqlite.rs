@@ -39,7 +39,7 @@ use herald_core::store::{
     AppendOutcome, AppendRequest, Committed, CommittedBatch, DownOnDrop, EventStore, Filter, Head, LiveReceiver, Page,
     SealedEvent, StoreError, StreamSlice, WriteHealth, WriterHealth, fingerprints_match, next_recorded_at,
 };
-use herald_core::supervise::{PanicLimit, panic_message};
+use herald_core::supervise::{PanicLimit, give_up, panic_message, panicked_batch_error};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
@@ -699,16 +699,11 @@ impl Writer {
     fn survive_panic(&mut self, batch: &mut Vec<Job>, panics: &mut PanicLimit, message: &str) -> bool {
         let cause = format!("the event store writer panicked: {message}");
         self.shared.health.set_failing(&cause);
+        // Committed: rare, the panic came between the commit and the answers.
         let committed = std::mem::take(&mut self.committed_unanswered);
-        let fate = if committed {
-            // Rare: the panic came between the commit and the answers.
-            "the append may have been committed; retry it with the same command_id to get its result"
-        } else {
-            "the append was not committed; retry it"
-        };
         tracing::error!(panic = %message, appends = batch.len(), committed, "the event store writer panicked while writing a batch");
         for job in batch.drain(..) {
-            let _ = job.reply.send(Err(StoreError::Unavailable(format!("{cause}; {fate}"))));
+            let _ = job.reply.send(Err(panicked_batch_error(message, committed)));
         }
         if !self.conn.is_autocommit() {
             // Dropping the transaction while unwinding rolls back; this is in
@@ -719,18 +714,9 @@ impl Writer {
         let Some(why) = panics.panicked(Instant::now(), message) else {
             return true;
         };
-        self.shared
-            .health
-            .set_down(&format!("the event store writer stopped after {why}"));
-        (self.on_fatal.0)(&why);
-        // The hook returned (a test): nothing more is written; every caller
-        // still queued, and every later one, gets an error.
-        self.jobs.close();
-        while let Ok(job) = self.jobs.try_recv() {
-            let _ = job.reply.send(Err(StoreError::Unavailable(
-                "the event store writer has stopped".into(),
-            )));
-        }
+        give_up(&self.shared.health, &self.on_fatal, &why, &mut self.jobs, |job, e| {
+            let _ = job.reply.send(Err(e));
+        });
         false
     }
 
