@@ -129,6 +129,14 @@ pub async fn import(
         )
         .await
         .map_err(|e| pg("import: moving the sequencer", e))?;
+        // This transaction commits synchronously: the horizon moves with it.
+        tx.execute(
+            "INSERT INTO durable (writer, position) VALUES ('import', $1)
+             ON CONFLICT (writer) DO UPDATE SET position = GREATEST(durable.position, excluded.position)",
+            &[&sql_int(head.position)],
+        )
+        .await
+        .map_err(|e| pg("import: moving the durable horizon", e))?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&NOTIFY_CHANNEL, &head.position.to_string()],

@@ -142,6 +142,23 @@ CREATE TABLE api_tokens (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "durable horizon",
+        sql: r#"
+-- How far the log is known to be durable. A commit batch commits with
+-- synchronous_commit off (its sequencer lock is released without waiting for
+-- the WAL flush), then its writer upserts its own row here to the sequencer's
+-- position in a transaction that commits synchronously: that flush covers
+-- every commit before it. Readers read only up to max(position): never an
+-- event a crash of the server could take back.
+CREATE TABLE durable (
+    writer   text   PRIMARY KEY,
+    position bigint NOT NULL
+);
+INSERT INTO durable (writer, position) SELECT 'migration', position FROM sequencer;
+"#,
+    },
 ];
 
 fn backend(what: &str, e: tokio_postgres::Error) -> StoreError {

@@ -101,6 +101,9 @@ struct Shared {
     health: Arc<WriterHealth>,
     /// Test hook: the next this-many batches panic before they commit.
     inject_panics: AtomicU32,
+    /// Test hook: the next this-many batches commit and then fail before
+    /// their flush (as a writer killed between the two would).
+    lose_flushes: AtomicU32,
 }
 
 pub struct PgStore {
@@ -182,6 +185,15 @@ pub(crate) fn build_pool(pg_config: tokio_postgres::Config, size: usize) -> Resu
     if pool_config.get_application_name().is_none() {
         pool_config.application_name("herald");
     }
+    // Statements are prepared once per connection and run for its whole
+    // life, while the tables grow from empty: a generic plan chosen when a
+    // table was small (a sequential scan) would stay. Each execution is
+    // planned with its parameters and the table as it is now instead.
+    let options = match pool_config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c plan_cache_mode=force_custom_plan"),
+        _ => "-c plan_cache_mode=force_custom_plan".to_owned(),
+    };
+    pool_config.options(&options);
     let manager = Manager::from_config(
         pool_config,
         NoTls,
@@ -266,12 +278,17 @@ fn sealed_row(row: &Row) -> Result<SealedEvent, StoreError> {
 }
 
 fn event_of(framing: &dyn Framing, row: &Row) -> Result<Arc<RecordedEvent>, StoreError> {
+    event_at(framing, row, 0)
+}
+
+/// The event whose [`EVENT_COLUMNS`] start at column `at` of `row`.
+fn event_at(framing: &dyn Framing, row: &Row, at: usize) -> Result<Arc<RecordedEvent>, StoreError> {
     const WHAT: &str = "reading an event row";
-    let position = stored_u64(row, 0, WHAT)?;
-    let stream: &str = row.try_get(1).map_err(|e| pg(WHAT, e))?;
-    let version = stored_u64(row, 2, WHAT)?;
-    let event_type: &str = row.try_get(3).map_err(|e| pg(WHAT, e))?;
-    let json: &str = row.try_get(4).map_err(|e| pg(WHAT, e))?;
+    let position = stored_u64(row, at, WHAT)?;
+    let stream: &str = row.try_get(at + 1).map_err(|e| pg(WHAT, e))?;
+    let version = stored_u64(row, at + 2, WHAT)?;
+    let event_type: &str = row.try_get(at + 3).map_err(|e| pg(WHAT, e))?;
+    let json: &str = row.try_get(at + 4).map_err(|e| pg(WHAT, e))?;
     Ok(Arc::new(RecordedEvent::from_parts(
         framing, position, stream, version, event_type, json,
     )))
@@ -308,6 +325,12 @@ impl PgStore {
         let pool = database.pool.clone();
         let target = database.target.clone();
         let client = first_connection(&pool, &target).await?;
+        // One row per writer that ever ran: those behind the horizon say
+        // nothing (a live writer's upsert puts its row back).
+        client
+            .execute(&format!("DELETE FROM durable WHERE position < {HORIZON}"), &[])
+            .await
+            .map_err(|e| pg("tidying the durable horizon", e))?;
         let published = read_head(&client).await?.position;
         drop(client);
 
@@ -325,14 +348,17 @@ impl PgStore {
             page: config.page.max(1),
         }));
         let on_fatal = config.on_writer_fatal.clone();
+        let writer_id = uuid::Uuid::now_v7().to_string();
         let writer = Writer {
             pool: pool.clone(),
+            conn: None,
             framing: framing.clone(),
             jobs: jobs_rx,
             publisher: publisher.clone(),
             max_batch: config.max_batch.max(1),
             shared: shared.clone(),
             committed_unanswered: false,
+            writer_id: writer_id.clone(),
             panics: PanicLimit::new(config.writer_panic_limit),
             on_fatal: config.on_writer_fatal,
         };
@@ -346,7 +372,14 @@ impl PgStore {
                 ));
             }
         });
-        tokio::spawn(follow(pool.clone(), publisher, wake.clone(), config.poll, stop.clone()));
+        tokio::spawn(follow(
+            pool.clone(),
+            publisher,
+            wake.clone(),
+            config.poll,
+            writer_id,
+            stop.clone(),
+        ));
         if config.listen {
             let mut listen_config = database.config.clone();
             if listen_config.get_application_name().is_none() {
@@ -371,6 +404,14 @@ impl PgStore {
     #[doc(hidden)]
     pub fn inject_writer_panics(&self, n: u32) {
         self.shared.inject_panics.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the writer's next `n` batches commit, then fail as if the
+    /// process died before making them durable (their callers are told the
+    /// append may have been committed). Not reachable over HTTP.
+    #[doc(hidden)]
+    pub fn lose_writer_flushes(&self, n: u32) {
+        self.shared.lose_flushes.store(n, Ordering::SeqCst);
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -402,21 +443,93 @@ fn refuse_nul(request: &AppendRequest) -> Result<(), StoreError> {
     }
 }
 
+/// The durable horizon (migration 3) as an SQL expression: every position up
+/// to it is committed *and* flushed; readers read no further.
+pub(crate) const HORIZON: &str = "(SELECT max(position) FROM durable)";
+
+/// The readers' head: the last durable position and its hash.
 pub(crate) async fn read_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT h.position, e.hash FROM (SELECT {HORIZON} AS position) h
+             LEFT JOIN events e ON e.position = h.position"
+        ))
+        .await
+        .map_err(|e| pg("reading the head", e))?;
+    let row = client
+        .query_one(&stmt, &[])
+        .await
+        .map_err(|e| pg("reading the head", e))?;
+    let position: Option<i64> = row.try_get(0).map_err(|e| pg("reading the head", e))?;
+    let position = match position {
+        Some(_) => stored_u64(&row, 0, "reading the head")?,
+        None => return Err(StoreError::Corrupt("the durable horizon has no row".into())),
+    };
+    let hash: Option<String> = row.try_get(1).map_err(|e| pg("reading the head", e))?;
+    head_of(position, hash)
+}
+
+/// The head as the sequencer has it: every committed position, durable or
+/// not yet (verify, which reads one snapshot of whatever is committed).
+pub(crate) async fn read_sequencer_head(client: &impl deadpool_postgres::GenericClient) -> Result<Head, StoreError> {
     let row = client
         .query_one("SELECT position, hash FROM sequencer", &[])
         .await
         .map_err(|e| pg("reading the head", e))?;
     let position = stored_u64(&row, 0, "reading the head")?;
     let hash: String = row.try_get(1).map_err(|e| pg("reading the head", e))?;
-    Ok(if position == 0 {
-        Head {
+    head_of(position, Some(hash))
+}
+
+fn head_of(position: u64, hash: Option<String>) -> Result<Head, StoreError> {
+    match (position, hash) {
+        (0, _) => Ok(Head {
             position,
             hash: GENESIS_HASH.to_owned(),
-        }
-    } else {
-        Head { position, hash }
-    })
+        }),
+        (_, Some(hash)) => Ok(Head { position, hash }),
+        (_, None) => Err(StoreError::Corrupt(format!(
+            "the durable horizon is at position {position}, which the log does not hold"
+        ))),
+    }
+}
+
+/// Moves this writer's row of the durable horizon to the sequencer's
+/// position, in a transaction that commits with the session's
+/// `synchronous_commit` (on by default): its WAL flush covers every commit
+/// before it, so once it returns, every position up to the one it returns is
+/// durable. (The upsert always writes, so the commit always flushes.) Then
+/// notifies every instance, in a statement of its own sent in the same
+/// pipeline (the server runs it once the upsert has committed): a NOTIFY
+/// holds PostgreSQL's one notification-queue lock until its transaction ends,
+/// and inside the upsert's transaction that would serialize every instance's
+/// flushes. Returns the new horizon of this writer.
+pub(crate) async fn make_durable(client: &deadpool_postgres::ClientWrapper, writer: &str) -> Result<u64, StoreError> {
+    const WHAT: &str = "making the batch durable";
+    let notify_sql = format!("SELECT pg_notify($1, {HORIZON}::text)");
+    let (upsert, notify) = tokio::try_join!(
+        client.prepare_cached(
+            "INSERT INTO durable (writer, position) SELECT $1, position FROM sequencer
+             ON CONFLICT (writer) DO UPDATE SET position = GREATEST(durable.position, excluded.position)
+             RETURNING position",
+        ),
+        client.prepare_cached(&notify_sql),
+    )
+    .map_err(|e| pg(WHAT, e))?;
+    let writer_arg: [&(dyn ToSql + Sync); 1] = [&writer];
+    let durable = async {
+        let row = client.query_one(&upsert, &writer_arg).await.map_err(|e| pg(WHAT, e))?;
+        stored_u64(&row, 0, WHAT)
+    };
+    // Its payload, the horizon, lets a listener skip what it published already.
+    let told = client.query_one(&notify, &[&NOTIFY_CHANNEL]);
+    let (durable, told) = tokio::join!(durable, told);
+    let durable = durable?;
+    if let Err(e) = told {
+        // Nothing depends on it: the other instances' followers poll.
+        tracing::debug!(error = %with_causes(&e), "notifying the other instances failed");
+    }
+    Ok(durable)
 }
 
 #[async_trait]
@@ -437,22 +550,26 @@ impl EventStore for PgStore {
 
     async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
         let client = self.client().await?;
-        find_command(&client, &*self.framing, command_id).await
+        find_command(&client, &*self.framing, command_id, Horizon::Durable).await
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
         let client = self.client().await?;
         // One statement, one snapshot: the stream's version and its rows agree.
         let stmt = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT v.current, e.position, e.stream, e.version, e.type, e.envelope
-                 FROM (SELECT COALESCE(MAX(version), 0) AS current FROM events WHERE stream = $1) v
+                 FROM (SELECT {HORIZON} AS horizon) h
+                 CROSS JOIN LATERAL (
+                     SELECT COALESCE(MAX(version), 0) AS current FROM events
+                     WHERE stream = $1 AND position <= h.horizon
+                 ) v
                  LEFT JOIN LATERAL (
                      SELECT position, stream, version, type, envelope FROM events
-                     WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3
+                     WHERE stream = $1 AND version >= $2 AND position <= h.horizon ORDER BY version LIMIT $3
                  ) e ON true
-                 ORDER BY e.version",
-            )
+                 ORDER BY e.version"
+            ))
             .await
             .map_err(|e| pg("read_stream", e))?;
         let rows = client
@@ -486,7 +603,57 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
         let client = self.client().await?;
-        let head = read_head(&client).await?.position;
+        let after_i = sql_int(after);
+        let limit_i = sql_int(limit.max(1));
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&after_i, &limit_i];
+        let columns = [
+            ("stream", &filter.streams),
+            ("category", &filter.categories),
+            ("type", &filter.types),
+        ];
+        let mut others = String::new();
+        let mut driving = None;
+        for (column, values) in columns {
+            if values.is_empty() {
+                continue;
+            }
+            args.push(values);
+            if driving.is_none() {
+                driving = Some((column, args.len()));
+            } else {
+                others.push_str(&format!(" AND {column} = ANY(${})", args.len()));
+            }
+        }
+        let page = match driving {
+            None => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= h.head ORDER BY position LIMIT $2"
+            ),
+            // `column = ANY(array)` cannot walk the (column, position) index in
+            // position order: PostgreSQL would read every match up to the head
+            // and sort them. One ordered, limited index walk per value instead,
+            // merged: work bounded by the page, not by how far behind the reader is.
+            Some((column, n)) => format!(
+                "SELECT p.* FROM (SELECT DISTINCT unnest(${n}::text[]) AS value) f, LATERAL (
+                     SELECT {EVENT_COLUMNS} FROM events
+                     WHERE {column} = f.value AND position > $1 AND position <= h.head{others}
+                     ORDER BY position LIMIT $2
+                 ) p
+                 ORDER BY p.position LIMIT $2"
+            ),
+        };
+        // One statement, one snapshot: the head (the durable horizon) and the
+        // page below it.
+        let sql = format!(
+            "SELECT h.head, e.* FROM (SELECT {HORIZON} AS head) h
+             LEFT JOIN LATERAL ({page}) e ON true
+             ORDER BY e.position"
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| pg("read_all", e))?;
+        let rows = client.query(&stmt, &args).await.map_err(|e| pg("read_all", e))?;
+        let head = match rows.first() {
+            Some(row) => stored_u64(row, 0, "read_all")?,
+            None => return Err(StoreError::Corrupt("the durable horizon has no row".into())),
+        };
         if limit == 0 || after >= head {
             // Nothing to examine: a reader that is ahead (or asked for nothing) stays put.
             return Ok(Page {
@@ -495,30 +662,13 @@ impl EventStore for PgStore {
                 head,
             });
         }
-        let after_i = sql_int(after);
-        let head_i = sql_int(head);
-        let limit_i = sql_int(limit);
-        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2");
-        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&after_i, &head_i];
-        for (column, values) in [
-            ("stream", &filter.streams),
-            ("category", &filter.categories),
-            ("type", &filter.types),
-        ] {
-            if values.is_empty() {
-                continue;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let position: Option<i64> = row.try_get(1).map_err(|e| pg("read_all", e))?;
+            if position.is_some() {
+                events.push(event_at(&*self.framing, row, 1)?);
             }
-            args.push(values);
-            sql.push_str(&format!(" AND {column} = ANY(${})", args.len()));
         }
-        args.push(&limit_i);
-        sql.push_str(&format!(" ORDER BY position LIMIT ${}", args.len()));
-        let stmt = client.prepare_cached(&sql).await.map_err(|e| pg("read_all", e))?;
-        let rows = client.query(&stmt, &args).await.map_err(|e| pg("read_all", e))?;
-        let events = rows
-            .iter()
-            .map(|r| event_of(&*self.framing, r))
-            .collect::<Result<Vec<_>, _>>()?;
         let next_after = if events.len() == limit {
             events.last().map_or(head, |e| e.position())
         } else {
@@ -552,21 +702,35 @@ impl EventStore for PgStore {
     }
 }
 
+/// How far a read may see.
+#[derive(Clone, Copy)]
+enum Horizon {
+    /// Only what is durable (every reader but the writer).
+    Durable,
+    /// Whatever is committed (the writer, under the sequencer lock: it
+    /// answers only after its own batch, and so everything before it, is durable).
+    Committed,
+}
+
 /// The idempotency record of `command_id` and the events it wrote. Works on a
 /// pooled client or inside the writer's transaction.
 async fn find_command(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &tokio_postgres::Client,
     framing: &dyn Framing,
     command_id: &str,
+    horizon: Horizon,
 ) -> Result<Option<(String, Committed)>, StoreError> {
     const WHAT: &str = "find_command";
-    let row = client
-        .query_opt(
-            "SELECT fingerprint, stream, version, first_position, last_position FROM commands WHERE command_id = $1",
-            &[&command_id],
-        )
-        .await
-        .map_err(|e| pg(WHAT, e))?;
+    let sql = match horizon {
+        Horizon::Durable => format!(
+            "SELECT fingerprint, stream, version, first_position, last_position FROM commands
+             WHERE command_id = $1 AND last_position <= {HORIZON}"
+        ),
+        Horizon::Committed => "SELECT fingerprint, stream, version, first_position, last_position FROM commands
+             WHERE command_id = $1"
+            .to_owned(),
+    };
+    let row = client.query_opt(&sql, &[&command_id]).await.map_err(|e| pg(WHAT, e))?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -623,15 +787,15 @@ impl Publisher {
 
     /// Publishes every committed row after `published`, up to `until`, read
     /// from the table by position in pages.
-    async fn catch_up(&mut self, client: &Object, until: u64) -> Result<(), StoreError> {
+    async fn catch_up(&mut self, client: &deadpool_postgres::ClientWrapper, until: u64) -> Result<(), StoreError> {
         const WHAT: &str = "reading new events";
         while self.published < until {
-            // Bounded by the sequencer in the same statement (one snapshot):
-            // everything up to it is committed, so the page has no gap.
+            // Bounded by the durable horizon in the same statement (one
+            // snapshot): everything up to it is committed, so the page has no gap.
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events
-                     WHERE position > $1 AND position <= LEAST($2, (SELECT position FROM sequencer))
+                     WHERE position > $1 AND position <= LEAST($2, {HORIZON})
                      ORDER BY position LIMIT $3"
                 ))
                 .await
@@ -666,20 +830,26 @@ impl Publisher {
     }
 }
 
-/// Wakes on a notification or every `poll`, and publishes what others committed.
+/// Wakes on a notification or every `poll`, and publishes what others
+/// committed. At each poll it also checks the durable horizon: a batch whose
+/// writer died between its commit and its flush (`make_durable`) would keep
+/// readers below it until the next batch; seen stuck on two polls in a row,
+/// the follower makes it durable itself.
 async fn follow(
     pool: Pool,
     publisher: Arc<tokio::sync::Mutex<Publisher>>,
     wake: Arc<Notify>,
     poll: Duration,
+    writer_id: String,
     stop: CancellationToken,
 ) {
+    let mut stuck: Option<(u64, u64)> = None;
     loop {
-        tokio::select! {
+        let polled = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
-        }
+            _ = wake.notified() => false,
+            _ = tokio::time::sleep(poll) => true,
+        };
         let client = match pool.get().await {
             Ok(c) => c,
             Err(e) => {
@@ -700,7 +870,41 @@ async fn follow(
             Ok(Err(e)) => tracing::warn!(error = %e, "the live follower could not read new events"),
             Err(_) => tracing::error!("the live follower panicked while reading new events; it goes on"),
         }
+        if polled {
+            stuck = match unflushed(&client).await {
+                Ok(Some(seen)) if stuck == Some(seen) => {
+                    tracing::info!(
+                        committed = seen.0,
+                        durable = seen.1,
+                        "commits past the durable horizon were left unflushed (a writer stopped); flushing them"
+                    );
+                    if let Err(e) = make_durable(&client, &writer_id).await {
+                        tracing::warn!(error = %e, "could not move the durable horizon");
+                    }
+                    wake.notify_one();
+                    None
+                }
+                Ok(seen) => seen,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the durable horizon");
+                    None
+                }
+            };
+        }
     }
+}
+
+/// `(committed, durable)` when the sequencer is past the durable horizon.
+async fn unflushed(client: &Object) -> Result<Option<(u64, u64)>, StoreError> {
+    const WHAT: &str = "reading the durable horizon";
+    let stmt = client
+        .prepare_cached(&format!("SELECT (SELECT position FROM sequencer), {HORIZON}"))
+        .await
+        .map_err(|e| pg(WHAT, e))?;
+    let row = client.query_one(&stmt, &[]).await.map_err(|e| pg(WHAT, e))?;
+    let committed = stored_u64(&row, 0, WHAT)?;
+    let durable = stored_u64(&row, 1, WHAT)?;
+    Ok((committed > durable).then_some((committed, durable)))
 }
 
 /// Holds a LISTEN connection and wakes the follower on every notification;
@@ -807,6 +1011,8 @@ enum WriteError {
 
 struct Writer {
     pool: Pool,
+    /// The writer's own connection, out of the pool (closed after an error).
+    conn: Option<deadpool_postgres::ClientWrapper>,
     framing: Arc<dyn Framing>,
     jobs: mpsc::Receiver<Job>,
     publisher: Arc<tokio::sync::Mutex<Publisher>>,
@@ -814,6 +1020,8 @@ struct Writer {
     shared: Arc<Shared>,
     /// Set between a commit and the end of its answers.
     committed_unanswered: bool,
+    /// This writer's row of the durable horizon.
+    writer_id: String,
     panics: PanicLimit,
     on_fatal: WriterFatal,
 }
@@ -852,6 +1060,9 @@ impl Writer {
     /// to go on. Returns false when the writer gives up: the fatal hook has
     /// been called and every queued caller failed.
     fn survive_panic(&mut self, batch: &mut Vec<Job>, message: &str) -> bool {
+        // Its transaction may still be open (holding the sequencer): closing
+        // the connection rolls it back.
+        self.conn = None;
         let cause = format!("the event store writer panicked: {message}");
         self.shared.health.set_failing(&cause);
         // Committed: rare, the panic came between the commit and the answers.
@@ -872,19 +1083,26 @@ impl Writer {
     /// Commits every job of `batch` in one transaction, publishes, answers
     /// each. Returns whether the transaction committed.
     async fn commit(&mut self, batch: &mut Vec<Job>) -> bool {
-        let mut client = match self.pool.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                let e = pool_error(e);
-                self.fail(batch, &e, e.to_string());
-                return false;
+        if self.conn.is_none() {
+            match self.pool.get().await {
+                // Out of the pool for good (its slot freed): a connection in an
+                // unknown state after an error or a panic is closed, never reused.
+                Ok(c) => self.conn = Some(Object::take(c)),
+                Err(e) => {
+                    let e = pool_error(e);
+                    self.fail(batch, &e, e.to_string());
+                    return false;
+                }
             }
+        }
+        let Some(client) = self.conn.as_ref() else {
+            return false; // set just above
         };
-        match self.write(&mut client, batch).await {
+        match self.write(client, batch).await {
             Ok((rows, outcomes)) => {
                 self.committed_unanswered = true;
                 self.shared.health.set_ok();
-                let events = self.publish(&client, &rows).await;
+                let events = self.publish(&rows).await;
                 for (job, answer) in batch.drain(..).zip(answers(outcomes, &events)) {
                     let _ = job.reply.send(answer);
                 }
@@ -892,11 +1110,14 @@ impl Writer {
                 true
             }
             Err(WriteError::Failed(e)) => {
+                // Closing the connection rolls back whatever it left open.
+                self.conn = None;
                 let why = e.to_string();
                 self.fail(batch, &e, why);
                 false
             }
             Err(WriteError::Unknown(e)) => {
+                self.conn = None;
                 let why = format!(
                     "{e}; the append may have been committed: retry it with the same command_id to get its result"
                 );
@@ -922,7 +1143,7 @@ impl Writer {
 
     /// Frames this batch's rows and publishes them, after whatever others
     /// committed before them; returns the events to answer with.
-    async fn publish(&self, client: &Object, rows: &[SealedEvent]) -> Vec<Arc<RecordedEvent>> {
+    async fn publish(&self, rows: &[SealedEvent]) -> Vec<Arc<RecordedEvent>> {
         if rows.is_empty() {
             return Vec::new();
         }
@@ -932,7 +1153,10 @@ impl Writer {
         let last = rows[rows.len() - 1].position;
         let mut publisher = self.publisher.lock().await;
         if publisher.published + 1 < first
-            && let Err(e) = publisher.catch_up(client, first - 1).await
+            && let Err(e) = match self.conn.as_ref() {
+                Some(client) => publisher.catch_up(client, first - 1).await,
+                None => Err(StoreError::Unavailable("no connection".into())),
+            }
         {
             // The follower publishes them (and these rows) from the table.
             tracing::warn!(error = %e, "reading events committed by others before this batch failed");
@@ -953,19 +1177,47 @@ impl Writer {
     }
 
     /// One transaction under the sequencer lock.
+    ///
+    /// Two round trips under the lock, each a pipeline of statements sent
+    /// together (tokio-postgres pipelines the requests of futures polled
+    /// together; the server runs them in order): begin, lock, read the head,
+    /// the stream versions and the idempotency records; then insert, move the
+    /// sequencer, commit. The commit does not wait for the WAL flush, so the
+    /// next batch (any instance) need not wait for it either; the flush comes
+    /// after, outside the lock (`make_durable`), and nobody reads or is
+    /// answered before it. The caller closes `client` after an error, which
+    /// rolls back whatever was left open.
     async fn write(
         &self,
-        client: &mut Object,
+        client: &deadpool_postgres::ClientWrapper,
         batch: &[Job],
     ) -> Result<(Vec<SealedEvent>, Vec<Result<Applied, StoreError>>), WriteError> {
         let failed = |what: &'static str| move |e: tokio_postgres::Error| WriteError::Failed(pg(what, e));
-        let tx = client.transaction().await.map_err(failed("begin"))?;
+        let mut streams: Vec<&str> = batch.iter().map(|j| j.request.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter(|j| j.request.idempotency_fingerprint.is_some())
+            .map(|j| j.request.command_id.as_str())
+            .collect();
+        let (lock, versions_of, known_of) = tokio::try_join!(
+            client.prepare_cached("SELECT position, hash, recorded_at FROM sequencer FOR UPDATE"),
+            client.prepare_cached("SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream"),
+            client.prepare_cached("SELECT command_id, fingerprint FROM commands WHERE command_id = ANY($1)"),
+        )
+        .map_err(failed("preparing the batch's statements"))?;
         // The serialized step: until this commits, every other batch, in any
-        // process, waits here.
-        let seq = tx
-            .query_one("SELECT position, hash, recorded_at FROM sequencer FOR UPDATE", &[])
-            .await
-            .map_err(failed("locking the sequencer"))?;
+        // process, waits on the lock.
+        let (streams_arg, ids_arg): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&streams], [&ids]);
+        let (begun, seq, stream_versions, known_commands) = tokio::join!(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off"),
+            client.query_one(&lock, &[]),
+            client.query(&versions_of, &streams_arg),
+            client.query(&known_of, &ids_arg),
+        );
+        begun.map_err(failed("begin"))?;
+        let seq = seq.map_err(failed("locking the sequencer"))?;
         let mut head = Head {
             position: stored_u64(&seq, 0, "the sequencer").map_err(WriteError::Failed)?,
             hash: seq.try_get(1).map_err(failed("the sequencer"))?,
@@ -973,43 +1225,19 @@ impl Writer {
         let last_recorded_at: String = seq.try_get(2).map_err(failed("the sequencer"))?;
         let recorded_at = next_recorded_at(&last_recorded_at);
 
-        let mut streams: Vec<&str> = batch.iter().map(|j| j.request.stream.as_str()).collect();
-        streams.sort_unstable();
-        streams.dedup();
         let mut versions: HashMap<String, u64> = HashMap::with_capacity(streams.len());
-        for row in tx
-            .query(
-                "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
-                &[&streams],
-            )
-            .await
-            .map_err(failed("reading stream versions"))?
-        {
+        for row in stream_versions.map_err(failed("reading stream versions"))? {
             let stream: String = row.try_get(0).map_err(failed("reading stream versions"))?;
             let version = stored_u64(&row, 1, "reading stream versions").map_err(WriteError::Failed)?;
             versions.insert(stream, version);
         }
 
-        let ids: Vec<&str> = batch
-            .iter()
-            .filter(|j| j.request.idempotency_fingerprint.is_some())
-            .map(|j| j.request.command_id.as_str())
-            .collect();
         let mut known: HashMap<String, String> = HashMap::new();
-        if !ids.is_empty() {
-            for row in tx
-                .query(
-                    "SELECT command_id, fingerprint FROM commands WHERE command_id = ANY($1)",
-                    &[&ids],
-                )
-                .await
-                .map_err(failed("reading idempotency records"))?
-            {
-                known.insert(
-                    row.try_get(0).map_err(failed("reading idempotency records"))?,
-                    row.try_get(1).map_err(failed("reading idempotency records"))?,
-                );
-            }
+        for row in known_commands.map_err(failed("reading idempotency records"))? {
+            known.insert(
+                row.try_get(0).map_err(failed("reading idempotency records"))?,
+                row.try_get(1).map_err(failed("reading idempotency records"))?,
+            );
         }
 
         let mut rows: Vec<SealedEvent> = Vec::new();
@@ -1023,7 +1251,7 @@ impl Writer {
             if let Some(fingerprint) = &r.idempotency_fingerprint {
                 if let Some(seen) = known.get(&r.command_id) {
                     if fingerprints_match(seen, fingerprint) {
-                        let found = find_command(&tx, &*self.framing, &r.command_id)
+                        let found = find_command(client, &*self.framing, &r.command_id, Horizon::Committed)
                             .await
                             .map_err(WriteError::Failed)?;
                         outcomes.push(match found {
@@ -1086,40 +1314,63 @@ impl Writer {
             }));
         }
 
-        if !rows.is_empty() {
-            insert_events(&tx, &rows).await.map_err(failed("inserting events"))?;
-            if !commands.is_empty() {
-                let ids: Vec<&str> = commands.iter().map(|c| c.0).collect();
-                let fingerprints: Vec<&str> = commands.iter().map(|c| c.1).collect();
-                let streams: Vec<&str> = commands.iter().map(|c| c.2).collect();
-                let versions: Vec<i64> = commands.iter().map(|c| sql_int(c.3)).collect();
-                let firsts: Vec<i64> = commands.iter().map(|c| sql_int(c.4)).collect();
-                let lasts: Vec<i64> = commands.iter().map(|c| sql_int(c.5)).collect();
-                tx.execute(
-                    "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])",
-                    &[&ids, &fingerprints, &streams, &versions, &firsts, &lasts],
-                )
-                .await
-                .map_err(failed("inserting idempotency records"))?;
-            }
-            tx.execute(
-                "UPDATE sequencer SET position = $1, hash = $2, recorded_at = $3",
-                &[&sql_int(head.position), &head.hash, &recorded_at],
-            )
-            .await
-            .map_err(failed("moving the sequencer"))?;
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&NOTIFY_CHANNEL, &head.position.to_string()],
-            )
-            .await
-            .map_err(failed("notifying"))?;
-        }
         if take_one(&self.shared.inject_panics) {
             panic!("injected writer panic (test hook)");
         }
-        tx.commit().await.map_err(|e| WriteError::Unknown(pg("commit", e)))?;
+        if rows.is_empty() {
+            // Nothing to write (every request failed a check or repeated one).
+            client.batch_execute("COMMIT").await.map_err(failed("commit"))?;
+        } else {
+            let ids: Vec<&str> = commands.iter().map(|c| c.0).collect();
+            let fingerprints: Vec<&str> = commands.iter().map(|c| c.1).collect();
+            let streams: Vec<&str> = commands.iter().map(|c| c.2).collect();
+            let versions: Vec<i64> = commands.iter().map(|c| sql_int(c.3)).collect();
+            let firsts: Vec<i64> = commands.iter().map(|c| sql_int(c.4)).collect();
+            let lasts: Vec<i64> = commands.iter().map(|c| sql_int(c.5)).collect();
+            let (insert, record, advance) = tokio::try_join!(
+                client.prepare_cached(INSERT_EVENTS),
+                client.prepare_cached(
+                    "INSERT INTO commands (command_id, fingerprint, stream, version, first_position, last_position)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])",
+                ),
+                client.prepare_cached("UPDATE sequencer SET position = $1, hash = $2, recorded_at = $3"),
+            )
+            .map_err(failed("preparing the batch's statements"))?;
+            let columns = EventColumns::of(&rows);
+            let position = sql_int(head.position);
+            let record_args: [&(dyn ToSql + Sync); 6] = [&ids, &fingerprints, &streams, &versions, &firsts, &lasts];
+            let insert_args = columns.args();
+            let advance_args: [&(dyn ToSql + Sync); 3] = [&position, &head.hash, &recorded_at];
+            let (inserted, recorded, advanced, committed) = tokio::join!(
+                client.execute(&insert, &insert_args),
+                async {
+                    if commands.is_empty() {
+                        Ok(0)
+                    } else {
+                        client.execute(&record, &record_args).await
+                    }
+                },
+                client.execute(&advance, &advance_args),
+                client.batch_execute("COMMIT"),
+            );
+            // A failed statement aborts the transaction, and COMMIT then rolls
+            // it back: nothing of the batch is committed.
+            inserted.map_err(failed("inserting events"))?;
+            recorded.map_err(failed("inserting idempotency records"))?;
+            advanced.map_err(failed("moving the sequencer"))?;
+            committed.map_err(|e| WriteError::Unknown(pg("commit", e)))?;
+        }
+        if take_one(&self.shared.lose_flushes) {
+            return Err(WriteError::Unknown(StoreError::Unavailable(
+                "the flush was skipped (test hook)".into(),
+            )));
+        }
+        // Durable before anyone is answered, a duplicate included (what it
+        // found may be another batch's, committed and not flushed yet: this
+        // flush covers it too).
+        make_durable(client, &self.writer_id)
+            .await
+            .map_err(WriteError::Unknown)?;
         Ok((rows, outcomes))
     }
 }
@@ -1134,24 +1385,53 @@ fn take_one(counter: &AtomicU32) -> bool {
 
 /// Inserts `rows` in one statement (arrays through UNNEST): the writer's
 /// batches and an import's.
+/// The writer's (and the import's) one statement for a batch of rows.
+pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events (position, stream, version, type, category, hash, envelope)
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])";
+
+/// Rows as the column arrays [`INSERT_EVENTS`] binds.
+pub(crate) struct EventColumns<'a> {
+    positions: Vec<i64>,
+    streams: Vec<&'a str>,
+    versions: Vec<i64>,
+    types: Vec<&'a str>,
+    categories: Vec<&'a str>,
+    hashes: Vec<&'a str>,
+    envelopes: Vec<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(crate) fn of(rows: &'a [SealedEvent]) -> Self {
+        EventColumns {
+            positions: rows.iter().map(|r| sql_int(r.position)).collect(),
+            streams: rows.iter().map(|r| r.stream.as_str()).collect(),
+            versions: rows.iter().map(|r| sql_int(r.version)).collect(),
+            types: rows.iter().map(|r| r.event_type.as_str()).collect(),
+            categories: rows.iter().map(|r| category_of(&r.stream)).collect(),
+            hashes: rows.iter().map(|r| r.hash.as_str()).collect(),
+            envelopes: rows.iter().map(|r| r.json.as_str()).collect(),
+        }
+    }
+
+    pub(crate) fn args(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.positions,
+            &self.streams,
+            &self.versions,
+            &self.types,
+            &self.categories,
+            &self.hashes,
+            &self.envelopes,
+        ]
+    }
+}
+
 pub(crate) async fn insert_events(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[SealedEvent],
 ) -> Result<u64, tokio_postgres::Error> {
-    let positions: Vec<i64> = rows.iter().map(|r| sql_int(r.position)).collect();
-    let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-    let versions: Vec<i64> = rows.iter().map(|r| sql_int(r.version)).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let categories: Vec<&str> = rows.iter().map(|r| category_of(&r.stream)).collect();
-    let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
-    let envelopes: Vec<&str> = rows.iter().map(|r| r.json.as_str()).collect();
-    client
-        .execute(
-            "INSERT INTO events (position, stream, version, type, category, hash, envelope)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])",
-            &[&positions, &streams, &versions, &types, &categories, &hashes, &envelopes],
-        )
-        .await
+    let columns = EventColumns::of(rows);
+    client.execute(INSERT_EVENTS, &columns.args()).await
 }
 
 /// Each job's answer once its batch committed and was framed.

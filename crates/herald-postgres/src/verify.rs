@@ -10,7 +10,7 @@ use herald_core::store::StoreError;
 use tokio_postgres::IsolationLevel;
 
 use crate::migrations::MIGRATIONS;
-use crate::store::{build_pool, first_connection, pg, read_head, sql_int, stored_u64};
+use crate::store::{build_pool, first_connection, pg, read_sequencer_head, sql_int, stored_u64};
 
 /// The triggers that keep `events` append-only (migration 1); `verify` checks them.
 pub(crate) const APPEND_ONLY_TRIGGERS: [&str; 2] = ["events_append_only", "events_no_truncate"];
@@ -108,7 +108,7 @@ pub(crate) async fn verify_log(
         .start()
         .await
         .map_err(|e| pg(WHAT, e))?;
-    let head = read_head(&tx).await?;
+    let head = read_sequencer_head(&tx).await?;
     let until = sql_int(head.position);
     let mut verifier = ChainVerifier::new(head, expect);
     let stmt = tx

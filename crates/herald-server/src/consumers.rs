@@ -163,18 +163,39 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
             _ = tokio::time::sleep(wait) => {}
             batch = live.recv(), if !failed => match batch {
                 Ok(batch) => {
-                    let last = batch.last_position();
-                    state.live.head.fetch_max(last, Ordering::Relaxed);
-                    // A batch with nothing of this model's, right after what it
-                    // reflects: nothing to read, apply or publish.
-                    let unrelated = !batch
-                        .events
-                        .iter()
-                        .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
-                    if unrelated && consumer.note_unrelated(batch.first_position().saturating_sub(1), last) {
-                        position.set(last as f64);
-                        lag.set(0.0);
-                        caught_up = true;
+                    // Every batch already waiting too: under load one step
+                    // covers many commits (it reads from the checkpoint to the
+                    // head), rather than one step, and its reads, per commit.
+                    let mut batch = Some(batch);
+                    let mut related = false;
+                    while let Some(b) = batch.take() {
+                        let last = b.last_position();
+                        state.live.head.fetch_max(last, Ordering::Relaxed);
+                        // A batch with nothing of this model's, right after what it
+                        // reflects: nothing to read, apply or publish.
+                        let unrelated = !b
+                            .events
+                            .iter()
+                            .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
+                        if !related && unrelated && consumer.note_unrelated(b.first_position().saturating_sub(1), last) {
+                            position.set(last as f64);
+                            lag.set(0.0);
+                            caught_up = true;
+                        } else {
+                            related = true;
+                            caught_up = false;
+                        }
+                        batch = match live.try_recv() {
+                            Ok(b) => Some(b),
+                            Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
+                            // Lagged: the step reads from the checkpoint anyway.
+                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                                related = true;
+                                caught_up = false;
+                                None
+                            }
+                            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => None,
+                        };
                     }
                 }
                 Err(RecvError::Lagged(_)) => {}
