@@ -11,26 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::PgHarness;
-use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, ExpectedVersion, Filter, NewEvent, StoreError};
+use herald_core::store::{Filter, StoreError};
 use herald_core::{EventStore, JsonLines};
 use herald_postgres::PgConfig;
-
-fn request(stream: &str) -> AppendRequest {
-    AppendRequest {
-        stream: stream.to_owned(),
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_type: "Noted".into(),
-            schema: 1,
-            data: serde_json::json!({}),
-        }],
-        actor: Actor::system("test"),
-        command_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id: "c".into(),
-        idempotency_fingerprint: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_left_unflushed_is_hidden_until_a_follower_flushes_it() {
@@ -46,9 +29,12 @@ async fn a_commit_left_unflushed_is_hidden_until_a_follower_flushes_it() {
             ..PgConfig::default()
         })
         .await;
-    writer.append(request("thing-a")).await.expect("a durable first append");
+    writer
+        .append(common::request("thing-a", 1))
+        .await
+        .expect("a durable first append");
     writer.lose_writer_flushes(1);
-    match writer.append(request("thing-b")).await {
+    match writer.append(common::request("thing-b", 1)).await {
         Err(StoreError::Unavailable(detail)) => assert!(detail.contains("may have been committed"), "{detail}"),
         other => panic!("an append whose flush was lost must say it may have been committed, got {other:?}"),
     }
@@ -102,7 +88,7 @@ async fn a_commit_left_unflushed_is_hidden_until_a_follower_flushes_it() {
 
     // The writer goes on after the horizon, with no gap.
     let next = writer
-        .append(request("thing-c"))
+        .append(common::request("thing-c", 1))
         .await
         .expect("append after the lost flush");
     assert_eq!(next.committed().first_position(), 3);

@@ -8,29 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::PgHarness;
-use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, ExpectedVersion, LiveReceiver, NewEvent};
+use common::{PgHarness, request};
+use herald_core::store::LiveReceiver;
 use herald_core::{EventStore, JsonLines};
 use herald_postgres::{LISTENER_NAME, PgConfig};
-
-fn request(stream: &str, n: usize) -> AppendRequest {
-    AppendRequest {
-        stream: stream.to_owned(),
-        expected: ExpectedVersion::Any,
-        events: (0..n)
-            .map(|i| NewEvent {
-                event_type: "Noted".into(),
-                schema: 1,
-                data: serde_json::json!({ "i": i }),
-            })
-            .collect(),
-        actor: Actor::system("test"),
-        command_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id: "c".into(),
-        idempotency_fingerprint: None,
-    }
-}
 
 /// Receives until position `until`; asserts every position once, in order,
 /// from `after + 1`. Returns how long it took.

@@ -10,26 +10,9 @@ use std::time::Duration;
 
 use common::PgHarness;
 use herald_core::JsonLines;
-use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, WriteHealth};
+use herald_core::store::{EventStore, StoreError, WriteHealth};
 use herald_core::supervise::WriterFatal;
 use herald_postgres::PgConfig;
-
-fn request(stream: &str) -> AppendRequest {
-    AppendRequest {
-        stream: stream.to_owned(),
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_type: "Happened".into(),
-            schema: 1,
-            data: serde_json::json!({}),
-        }],
-        actor: Actor::system("test"),
-        command_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id: "c".into(),
-        idempotency_fingerprint: None,
-    }
-}
 
 /// A config whose writer gives up after `limit` panics, and the reasons its
 /// fatal hook was called with.
@@ -53,10 +36,10 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
     };
     let (config, called) = giving_up_after(3);
     let store = h.open_with(config).await;
-    store.append(request("thing-a")).await.expect("first append");
+    store.append(common::request("thing-a", 1)).await.expect("first append");
 
     store.inject_writer_panics(1);
-    match store.append(request("thing-b")).await {
+    match store.append(common::request("thing-b", 1)).await {
         Err(StoreError::Unavailable(detail)) => {
             assert!(
                 detail.contains("panicked") && detail.contains("was not committed"),
@@ -72,7 +55,7 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
 
     // The next append commits at the next position: the panicking batch's
     // transaction was rolled back and the sequencer released.
-    let next = tokio::time::timeout(Duration::from_secs(10), store.append(request("thing-c")))
+    let next = tokio::time::timeout(Duration::from_secs(10), store.append(common::request("thing-c", 1)))
         .await
         .expect("the sequencer is not left locked")
         .expect("append after the panic");
@@ -84,7 +67,7 @@ async fn a_panic_fails_only_its_batch_and_the_writer_goes_on() {
     assert_eq!(store.write_health(), WriteHealth::Ok);
     // Another store on the database is not blocked either.
     let other = h.open_with(PgConfig::default()).await;
-    let third = tokio::time::timeout(Duration::from_secs(10), other.append(request("thing-d")))
+    let third = tokio::time::timeout(Duration::from_secs(10), other.append(common::request("thing-d", 1)))
         .await
         .expect("another process can lock the sequencer")
         .expect("append from another store");
@@ -102,7 +85,7 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
     let store = h.open_with(config).await;
     store.inject_writer_panics(u32::MAX);
     for i in 0..3 {
-        let r = store.append(request("thing-a")).await;
+        let r = store.append(common::request("thing-a", 1)).await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "append {i}: {r:?}");
         if i < 2 {
             assert!(called.lock().unwrap().is_empty(), "no exit before the limit");
@@ -120,7 +103,7 @@ async fn a_writer_that_keeps_panicking_gives_up_through_its_fatal_hook() {
         WriteHealth::Down(cause) => assert!(cause.contains("stopped"), "{cause}"),
         other => panic!("a writer that gave up is down, got {other:?}"),
     }
-    let r = tokio::time::timeout(Duration::from_secs(5), store.append(request("thing-b")))
+    let r = tokio::time::timeout(Duration::from_secs(5), store.append(common::request("thing-b", 1)))
         .await
         .expect("an append to a stopped writer returns");
     match r {

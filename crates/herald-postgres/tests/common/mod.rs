@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_conformance::Harness;
+use herald_core::envelope::Actor;
+use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
 use herald_core::{EventStore, Framing};
 use herald_postgres::testing::TestDatabase;
 use herald_postgres::{PgConfig, PgStore};
@@ -51,5 +53,25 @@ impl Harness for PgHarness {
 
     fn framing(&self) -> &dyn Framing {
         &*self.framing
+    }
+}
+
+/// An append of `n` `Noted` events to `stream`, at any version, with a fresh
+/// command id and no idempotency record.
+pub fn request(stream: &str, n: usize) -> AppendRequest {
+    AppendRequest {
+        stream: stream.to_owned(),
+        expected: ExpectedVersion::Any,
+        events: (0..n)
+            .map(|i| NewEvent {
+                event_type: "Noted".into(),
+                schema: 1,
+                data: serde_json::json!({ "i": i }),
+            })
+            .collect(),
+        actor: Actor::system("test"),
+        command_id: uuid::Uuid::new_v4().to_string(),
+        correlation_id: "c".into(),
+        idempotency_fingerprint: None,
     }
 }
