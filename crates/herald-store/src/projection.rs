@@ -110,6 +110,19 @@ pub trait RowProjection: Send + Sync + 'static {
     /// The stored row of `key`, if any.
     fn load(db: &dyn Db, key: &str) -> Result<Option<Self::Row>, StoreError>;
 
+    /// The stored rows of `keys` (distinct), those that exist, in any order;
+    /// by default one [`load`](Self::load) each. A projection may read them in
+    /// fewer statements (on PostgreSQL each statement is a round trip).
+    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Vec<(Box<str>, Self::Row)>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(row) = Self::load(db, key)? {
+                out.push((Box::<str>::from(*key), row));
+            }
+        }
+        Ok(out)
+    }
+
     /// What to write for a changed row; afterwards `row` takes what was written
     /// as its new baseline (for diffs).
     fn prepare(key: &str, row: &mut Self::Row) -> Result<Self::Write, StoreError>;
@@ -769,19 +782,26 @@ pub fn fold_and_write<P: RowProjection>(db: &dyn Db, events: &[Arc<RecordedEvent
     let mut slots: HashMap<Box<str>, Slot<P::Row>> = HashMap::new();
     let mut order: Vec<Box<str>> = Vec::new();
     for event in events {
+        if let Some(key) = P::key(event.stream())
+            && !slots.contains_key(key)
+        {
+            slots.insert(key.into(), Slot::default());
+            order.push(key.into());
+        }
+    }
+    // Every row the page touches, loaded together before any is folded.
+    let keys: Vec<&str> = order.iter().map(|k| &**k).collect();
+    for (key, row) in P::load_many(db, &keys)? {
+        if let Some(slot) = slots.get_mut(&key) {
+            slot.row = Some(row);
+        }
+    }
+    for event in events {
         let Some(key) = P::key(event.stream()) else {
             continue;
         };
-        if !slots.contains_key(key) {
-            let slot = Slot {
-                row: P::load(db, key)?,
-                changed: false,
-            };
-            slots.insert(key.into(), slot);
-            order.push(key.into());
-        }
         let Some(slot) = slots.get_mut(key) else {
-            continue; // inserted just above
+            continue; // every key has its slot (above)
         };
         match std::str::from_utf8(event.json()) {
             Ok(json) => fold_json::<P>(slot, json, event.position()),

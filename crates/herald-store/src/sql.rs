@@ -166,6 +166,42 @@ impl Db for Connection {
     }
 }
 
+/// Most rows one multi-row statement of a read model carries.
+pub const MAX_CHUNK: usize = 64;
+
+/// How many of `remaining` rows the next multi-row statement takes: the
+/// largest power of two up to [`MAX_CHUNK`], so a model's statements come in
+/// at most seven shapes (each prepared once per connection), whatever the sizes.
+pub fn chunk_len(remaining: usize) -> usize {
+    let n = remaining.clamp(1, MAX_CHUNK);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+/// `count` groups of `width` numbered parameters, `(?1, ?2), (?3, ?4)`
+/// (with `width` 1: `?1, ?2`, for an `IN (…)` list).
+pub fn numbered(count: usize, width: usize) -> String {
+    let mut out = String::with_capacity(count * width * 5);
+    for row in 0..count {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        if width > 1 {
+            out.push('(');
+        }
+        for col in 0..width {
+            if col > 0 {
+                out.push_str(", ");
+            }
+            out.push('?');
+            out.push_str(&(row * width + col + 1).to_string());
+        }
+        if width > 1 {
+            out.push(')');
+        }
+    }
+    out
+}
+
 /// `sql` with every `?N` (and every plain `?`, numbered in order) written
 /// `$N`, PostgreSQL's parameters. Statements of read models hold no `?` in
 /// a string literal or a name.
@@ -200,6 +236,25 @@ pub fn dollar_params(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_most() {
+        let sizes = |mut n: usize| {
+            let mut out = Vec::new();
+            while n > 0 {
+                let c = chunk_len(n);
+                out.push(c);
+                n -= c;
+            }
+            out
+        };
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(37), vec![32, 4, 1]);
+        assert_eq!(sizes(64), vec![64]);
+        assert_eq!(sizes(130), vec![64, 64, 2]);
+        assert_eq!(numbered(2, 2), "(?1, ?2), (?3, ?4)");
+        assert_eq!(numbered(3, 1), "?1, ?2, ?3");
+    }
 
     #[test]
     fn numbered_and_plain_parameters_become_dollars() {

@@ -6,6 +6,7 @@
 use herald_core::event_ref::EventRef;
 use herald_core::store::StoreError;
 use herald_store::projection::{Changed, ChangedResource, Db, RowProjection};
+use herald_store::sql::{Param, chunk_len, numbered};
 
 use super::aggregate::DeploymentStatus;
 use super::view::{CATEGORY, DeploymentView, deployment_id};
@@ -40,8 +41,7 @@ pub(crate) fn parse_view(id: &str, json: &str) -> Result<DeploymentView, StoreEr
 }
 
 /// Writes a deployment's row, whether it is new or not.
-const UPSERT: &str = "INSERT INTO deployments (id, status, started_position, view, updated_position)
-     VALUES (?1, ?2, ?3, ?4, ?5)
+const UPSERT_SET: &str = "
      ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, started_position = excluded.started_position, view = excluded.view,
          updated_position = excluded.updated_position";
@@ -109,6 +109,34 @@ impl RowProjection for Deployments {
         )
     }
 
+    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Vec<(Box<str>, Row)>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            let params: Vec<Param<'_>> = chunk.iter().map(|k| Param::Text(k)).collect();
+            db.query(
+                &format!(
+                    "SELECT id, started_position, updated_position, view FROM deployments WHERE id IN ({})",
+                    numbered(chunk.len(), 1)
+                ),
+                &params,
+                &mut |r| {
+                    let id = r.text(0)?;
+                    let row = Row {
+                        view: parse_view(&id, &r.text(3)?)?,
+                        started_position: r.position(1)?,
+                        updated_position: r.position(2)?,
+                    };
+                    out.push((id.into_boxed_str(), row));
+                    Ok(())
+                },
+            )?;
+            rest = tail;
+        }
+        Ok(out)
+    }
+
     fn prepare(_key: &str, row: &mut Row) -> Result<Write, StoreError> {
         Ok(Write {
             status: row.view.status.as_str(),
@@ -120,7 +148,10 @@ impl RowProjection for Deployments {
 
     fn write(db: &dyn Db, key: &str, w: &Write) -> Result<(), StoreError> {
         db.execute(
-            UPSERT,
+            &format!(
+                "INSERT INTO deployments (id, status, started_position, view, updated_position) VALUES {}{UPSERT_SET}",
+                numbered(1, 5)
+            ),
             &[
                 key.into(),
                 w.status.into(),
@@ -129,6 +160,32 @@ impl RowProjection for Deployments {
                 w.updated_position.into(),
             ],
         )?;
+        Ok(())
+    }
+
+    fn write_all(db: &dyn Db, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * 5);
+            for (key, w) in chunk {
+                params.extend([
+                    Param::Text(key),
+                    w.status.into(),
+                    w.started_position.into(),
+                    (&w.view).into(),
+                    w.updated_position.into(),
+                ]);
+            }
+            db.execute(
+                &format!(
+                    "INSERT INTO deployments (id, status, started_position, view, updated_position) VALUES {}{UPSERT_SET}",
+                    numbered(chunk.len(), 5)
+                ),
+                &params,
+            )?;
+            rest = tail;
+        }
         Ok(())
     }
 
