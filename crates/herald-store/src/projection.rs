@@ -113,7 +113,7 @@ pub trait RowProjection: Send + Sync + 'static {
     /// The stored rows of `keys` (distinct), those that exist, in any order;
     /// by default one [`load`](Self::load) each. A projection may read them in
     /// fewer statements (on PostgreSQL each statement is a round trip).
-    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Vec<(Box<str>, Self::Row)>, StoreError> {
+    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Loaded<Self::Row>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(row) = Self::load(db, key)? {
@@ -313,6 +313,9 @@ pub trait Consumer: Send + Sync + 'static {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64, StoreError>;
 }
+
+/// Rows found by [`RowProjection::load_many`], each with its key.
+pub type Loaded<R> = Vec<(Box<str>, R)>;
 
 /// A one-shot read of a model: `f(db, checkpoint)` inside one read
 /// transaction, the checkpoint read in it.

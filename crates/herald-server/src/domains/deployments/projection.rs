@@ -5,7 +5,7 @@
 
 use herald_core::event_ref::EventRef;
 use herald_core::store::StoreError;
-use herald_store::projection::{Changed, ChangedResource, Db, RowProjection};
+use herald_store::projection::{Changed, ChangedResource, Db, Loaded, RowProjection};
 use herald_store::sql::{Param, chunk_len, numbered};
 
 use super::aggregate::DeploymentStatus;
@@ -109,7 +109,7 @@ impl RowProjection for Deployments {
         )
     }
 
-    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Vec<(Box<str>, Row)>, StoreError> {
+    fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Loaded<Row>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         let mut rest = keys;
         while !rest.is_empty() {
