@@ -10,7 +10,7 @@
 use herald_core::import::{IMPORTED_FINGERPRINT, ImportError, ImportItem, ImportSummary, reader_stopped};
 use tokio::sync::mpsc;
 
-use crate::store::{Database, NOTIFY_CHANNEL, first_connection, insert_events, pg, sql_int, stored_u64};
+use crate::store::{Database, MOVE_HORIZON, NOTIFY_CHANNEL, first_connection, insert_events, pg, sql_int, stored_u64};
 
 /// Derives the idempotency records from the imported log: one per
 /// `command_id` that only one append wrote (its events in one stream, at
@@ -130,13 +130,9 @@ pub async fn import(
         .await
         .map_err(|e| pg("import: moving the sequencer", e))?;
         // This transaction commits synchronously: the horizon moves with it.
-        tx.execute(
-            "INSERT INTO durable (writer, position) VALUES ('import', $1)
-             ON CONFLICT (writer) DO UPDATE SET position = GREATEST(durable.position, excluded.position)",
-            &[&sql_int(head.position)],
-        )
-        .await
-        .map_err(|e| pg("import: moving the durable horizon", e))?;
+        tx.execute(MOVE_HORIZON, &[&"import"])
+            .await
+            .map_err(|e| pg("import: moving the durable horizon", e))?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&NOTIFY_CHANNEL, &head.position.to_string()],

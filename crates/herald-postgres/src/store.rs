@@ -6,9 +6,11 @@
 //!   one serialized step of every process on the database. Under it the batch
 //!   reads the head, checks idempotency and expected versions, assigns
 //!   positions and the hash chain, writes every row in one statement (UNNEST
-//!   arrays), moves the sequencer, `NOTIFY`s and commits (synchronous commit:
-//!   durable before anyone is answered). A request that fails a check fails
-//!   alone; the others of its batch commit.
+//!   arrays), moves the sequencer and commits without waiting for the WAL
+//!   flush (releasing the lock); then, outside the lock, it moves the durable
+//!   horizon in a synchronously committed transaction ([`make_durable`]) and
+//!   `NOTIFY`s. Nobody is answered before that flush. A request that fails a
+//!   check fails alone; the others of its batch commit.
 //! - **Live**: a publisher keeps `published`, the last position sent on the
 //!   live channel, and only ever sends the batch that continues it. The writer
 //!   publishes its own rows directly when they continue `published`; anything
@@ -16,8 +18,9 @@
 //!   pages, by the follower task, woken by a LISTEN connection or, if
 //!   notifications are lost or coalesced, by a poll every [`PgConfig::poll`].
 //! - **Reads** go through a connection pool; each is one statement (one
-//!   snapshot) bounded by the sequencer's position, so it never returns a
-//!   position without every one below it.
+//!   snapshot) bounded by the durable horizon ([`HORIZON`]), so it never
+//!   returns a position without every one below it, nor one a crash of the
+//!   database server could take back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -494,6 +497,12 @@ fn head_of(position: u64, hash: Option<String>) -> Result<Head, StoreError> {
     }
 }
 
+/// Moves writer `$1`'s row of the durable horizon to the sequencer's position
+/// (as this transaction sees it); returns that position.
+pub(crate) const MOVE_HORIZON: &str = "INSERT INTO durable (writer, position) SELECT $1, position FROM sequencer
+     ON CONFLICT (writer) DO UPDATE SET position = GREATEST(durable.position, excluded.position)
+     RETURNING position";
+
 /// Moves this writer's row of the durable horizon to the sequencer's
 /// position, in a transaction that commits with the session's
 /// `synchronous_commit` (on by default): its WAL flush covers every commit
@@ -507,15 +516,8 @@ fn head_of(position: u64, hash: Option<String>) -> Result<Head, StoreError> {
 pub(crate) async fn make_durable(client: &deadpool_postgres::ClientWrapper, writer: &str) -> Result<u64, StoreError> {
     const WHAT: &str = "making the batch durable";
     let notify_sql = format!("SELECT pg_notify($1, {HORIZON}::text)");
-    let (upsert, notify) = tokio::try_join!(
-        client.prepare_cached(
-            "INSERT INTO durable (writer, position) SELECT $1, position FROM sequencer
-             ON CONFLICT (writer) DO UPDATE SET position = GREATEST(durable.position, excluded.position)
-             RETURNING position",
-        ),
-        client.prepare_cached(&notify_sql),
-    )
-    .map_err(|e| pg(WHAT, e))?;
+    let (upsert, notify) = tokio::try_join!(client.prepare_cached(MOVE_HORIZON), client.prepare_cached(&notify_sql),)
+        .map_err(|e| pg(WHAT, e))?;
     let writer_arg: [&(dyn ToSql + Sync); 1] = [&writer];
     let durable = async {
         let row = client.query_one(&upsert, &writer_arg).await.map_err(|e| pg(WHAT, e))?;
@@ -1011,7 +1013,8 @@ enum WriteError {
 
 struct Writer {
     pool: Pool,
-    /// The writer's own connection, out of the pool (closed after an error).
+    /// The writer's own connection, out of the pool, between batches (a batch
+    /// that fails drops it: see `commit`).
     conn: Option<deadpool_postgres::ClientWrapper>,
     framing: Arc<dyn Framing>,
     jobs: mpsc::Receiver<Job>,
@@ -1060,9 +1063,6 @@ impl Writer {
     /// to go on. Returns false when the writer gives up: the fatal hook has
     /// been called and every queued caller failed.
     fn survive_panic(&mut self, batch: &mut Vec<Job>, message: &str) -> bool {
-        // Its transaction may still be open (holding the sequencer): closing
-        // the connection rolls it back.
-        self.conn = None;
         let cause = format!("the event store writer panicked: {message}");
         self.shared.health.set_failing(&cause);
         // Committed: rare, the panic came between the commit and the answers.
@@ -1083,26 +1083,27 @@ impl Writer {
     /// Commits every job of `batch` in one transaction, publishes, answers
     /// each. Returns whether the transaction committed.
     async fn commit(&mut self, batch: &mut Vec<Job>) -> bool {
-        if self.conn.is_none() {
-            match self.pool.get().await {
-                // Out of the pool for good (its slot freed): a connection in an
-                // unknown state after an error or a panic is closed, never reused.
-                Ok(c) => self.conn = Some(Object::take(c)),
+        // Taken for the batch and put back only after it succeeded: after an
+        // error, or a panic that unwinds through here, the connection is
+        // dropped, which closes it and rolls back whatever it left open.
+        let client = match self.conn.take() {
+            Some(c) => c,
+            // Out of the pool for good (its slot freed).
+            None => match self.pool.get().await {
+                Ok(c) => Object::take(c),
                 Err(e) => {
                     let e = pool_error(e);
                     self.fail(batch, &e, e.to_string());
                     return false;
                 }
-            }
-        }
-        let Some(client) = self.conn.as_ref() else {
-            return false; // set just above
+            },
         };
-        match self.write(client, batch).await {
+        match self.write(&client, batch).await {
             Ok((rows, outcomes)) => {
                 self.committed_unanswered = true;
                 self.shared.health.set_ok();
-                let events = self.publish(&rows).await;
+                let events = self.publish(&client, &rows).await;
+                self.conn = Some(client);
                 for (job, answer) in batch.drain(..).zip(answers(outcomes, &events)) {
                     let _ = job.reply.send(answer);
                 }
@@ -1110,14 +1111,11 @@ impl Writer {
                 true
             }
             Err(WriteError::Failed(e)) => {
-                // Closing the connection rolls back whatever it left open.
-                self.conn = None;
                 let why = e.to_string();
                 self.fail(batch, &e, why);
                 false
             }
             Err(WriteError::Unknown(e)) => {
-                self.conn = None;
                 let why = format!(
                     "{e}; the append may have been committed: retry it with the same command_id to get its result"
                 );
@@ -1143,7 +1141,11 @@ impl Writer {
 
     /// Frames this batch's rows and publishes them, after whatever others
     /// committed before them; returns the events to answer with.
-    async fn publish(&self, rows: &[SealedEvent]) -> Vec<Arc<RecordedEvent>> {
+    async fn publish(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        rows: &[SealedEvent],
+    ) -> Vec<Arc<RecordedEvent>> {
         if rows.is_empty() {
             return Vec::new();
         }
@@ -1153,10 +1155,7 @@ impl Writer {
         let last = rows[rows.len() - 1].position;
         let mut publisher = self.publisher.lock().await;
         if publisher.published + 1 < first
-            && let Err(e) = match self.conn.as_ref() {
-                Some(client) => publisher.catch_up(client, first - 1).await,
-                None => Err(StoreError::Unavailable("no connection".into())),
-            }
+            && let Err(e) = publisher.catch_up(client, first - 1).await
         {
             // The follower publishes them (and these rows) from the table.
             tracing::warn!(error = %e, "reading events committed by others before this batch failed");
@@ -1185,8 +1184,8 @@ impl Writer {
     /// sequencer, commit. The commit does not wait for the WAL flush, so the
     /// next batch (any instance) need not wait for it either; the flush comes
     /// after, outside the lock (`make_durable`), and nobody reads or is
-    /// answered before it. The caller closes `client` after an error, which
-    /// rolls back whatever was left open.
+    /// answered before it. The caller drops `client` after an error, which
+    /// closes it and rolls back whatever was left open.
     async fn write(
         &self,
         client: &deadpool_postgres::ClientWrapper,
@@ -1383,9 +1382,8 @@ fn take_one(counter: &AtomicU32) -> bool {
             .is_ok()
 }
 
-/// Inserts `rows` in one statement (arrays through UNNEST): the writer's
-/// batches and an import's.
-/// The writer's (and the import's) one statement for a batch of rows.
+/// The writer's (and the import's) one statement for a batch of rows
+/// (arrays through UNNEST).
 pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events (position, stream, version, type, category, hash, envelope)
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])";
 
@@ -1426,6 +1424,7 @@ impl<'a> EventColumns<'a> {
     }
 }
 
+/// Inserts `rows` in one statement: an import's batches.
 pub(crate) async fn insert_events(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[SealedEvent],

@@ -6,29 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::PgHarness;
+use common::{PgHarness, request};
 use herald_conformance::Harness as _;
 use herald_core::JsonLines;
-use herald_core::envelope::Actor;
-use herald_core::store::{AppendRequest, ExpectedVersion, NewEvent};
-
-fn request(stream: &str, n: usize) -> AppendRequest {
-    AppendRequest {
-        stream: stream.to_owned(),
-        expected: ExpectedVersion::Any,
-        events: (0..n)
-            .map(|i| NewEvent {
-                event_type: "Noted".into(),
-                schema: 1,
-                data: serde_json::json!({ "text": format!("note {i}") }),
-            })
-            .collect(),
-        actor: Actor::system("test"),
-        command_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id: "c".into(),
-        idempotency_fingerprint: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_refused_and_found() {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use herald_core::store::StoreError;
 use herald_store::projection::{ChangedPage, Consumer};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::resources::{ResourceBatch, ResourceEntry};
 use crate::state::AppState;
@@ -165,10 +165,10 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
                 Ok(batch) => {
                     // Every batch already waiting too: under load one step
                     // covers many commits (it reads from the checkpoint to the
-                    // head), rather than one step, and its reads, per commit.
-                    let mut batch = Some(batch);
-                    let mut related = false;
-                    while let Some(b) = batch.take() {
+                    // head) instead of one step, and its reads, per commit.
+                    let mut needs_step = false;
+                    let mut next = Some(batch);
+                    while let Some(b) = next {
                         let last = b.last_position();
                         state.live.head.fetch_max(last, Ordering::Relaxed);
                         // A batch with nothing of this model's, right after what it
@@ -177,26 +177,24 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
                             .events
                             .iter()
                             .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
-                        if !related && unrelated && consumer.note_unrelated(b.first_position().saturating_sub(1), last) {
+                        if !needs_step && unrelated && consumer.note_unrelated(b.first_position().saturating_sub(1), last) {
                             position.set(last as f64);
                             lag.set(0.0);
-                            caught_up = true;
                         } else {
-                            related = true;
-                            caught_up = false;
+                            needs_step = true;
                         }
-                        batch = match live.try_recv() {
+                        next = match live.try_recv() {
                             Ok(b) => Some(b),
-                            Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
+                            Err(TryRecvError::Closed) => return,
                             // Lagged: the step reads from the checkpoint anyway.
-                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                                related = true;
-                                caught_up = false;
+                            Err(TryRecvError::Lagged(_)) => {
+                                needs_step = true;
                                 None
                             }
-                            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => None,
+                            Err(TryRecvError::Empty) => None,
                         };
                     }
+                    caught_up = !needs_step;
                 }
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,

@@ -56,8 +56,8 @@ impl Harness for PgHarness {
     }
 }
 
-/// An append of `n` `Noted` events to `stream`, at any version, with a fresh
-/// command id and no idempotency record.
+/// An append of `n` `Noted` events (`{"text": "note <i>"}`) to `stream`, at
+/// any version, with a fresh command id and no idempotency record.
 pub fn request(stream: &str, n: usize) -> AppendRequest {
     AppendRequest {
         stream: stream.to_owned(),
@@ -66,7 +66,7 @@ pub fn request(stream: &str, n: usize) -> AppendRequest {
             .map(|i| NewEvent {
                 event_type: "Noted".into(),
                 schema: 1,
-                data: serde_json::json!({ "i": i }),
+                data: serde_json::json!({ "text": format!("note {i}") }),
             })
             .collect(),
         actor: Actor::system("test"),

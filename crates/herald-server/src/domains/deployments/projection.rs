@@ -40,11 +40,35 @@ pub(crate) fn parse_view(id: &str, json: &str) -> Result<DeploymentView, StoreEr
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("read model row for deployment {id}: {e}")))
 }
 
-/// Writes a deployment's row, whether it is new or not.
-const UPSERT_SET: &str = "
-     ON CONFLICT (id) DO UPDATE SET
-         status = excluded.status, started_position = excluded.started_position, view = excluded.view,
-         updated_position = excluded.updated_position";
+/// Writes deployments' rows (distinct ids), new or not, up to 64 a statement.
+fn upsert(db: &dyn Db, rows: &[(&str, &Write)]) -> Result<(), StoreError> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * 5);
+        for (key, w) in chunk {
+            params.extend([
+                Param::Text(key),
+                w.status.into(),
+                w.started_position.into(),
+                (&w.view).into(),
+                w.updated_position.into(),
+            ]);
+        }
+        db.execute(
+            &format!(
+                "INSERT INTO deployments (id, status, started_position, view, updated_position) VALUES {}
+                 ON CONFLICT (id) DO UPDATE SET
+                     status = excluded.status, started_position = excluded.started_position, view = excluded.view,
+                     updated_position = excluded.updated_position",
+                numbered(chunk.len(), 5)
+            ),
+            &params,
+        )?;
+        rest = tail;
+    }
+    Ok(())
+}
 
 impl RowProjection for Deployments {
     const NAME: &'static str = "deployments";
@@ -96,17 +120,7 @@ impl RowProjection for Deployments {
     }
 
     fn load(db: &dyn Db, key: &str) -> Result<Option<Row>, StoreError> {
-        db.query_opt(
-            "SELECT started_position, updated_position, view FROM deployments WHERE id = ?1",
-            &[key.into()],
-            |r| {
-                Ok(Row {
-                    view: parse_view(key, &r.text(2)?)?,
-                    started_position: r.position(0)?,
-                    updated_position: r.position(1)?,
-                })
-            },
-        )
+        Ok(Self::load_many(db, &[key])?.pop().map(|(_, row)| row))
     }
 
     fn load_many(db: &dyn Db, keys: &[&str]) -> Result<Loaded<Row>, StoreError> {
@@ -147,46 +161,12 @@ impl RowProjection for Deployments {
     }
 
     fn write(db: &dyn Db, key: &str, w: &Write) -> Result<(), StoreError> {
-        db.execute(
-            &format!(
-                "INSERT INTO deployments (id, status, started_position, view, updated_position) VALUES {}{UPSERT_SET}",
-                numbered(1, 5)
-            ),
-            &[
-                key.into(),
-                w.status.into(),
-                w.started_position.into(),
-                (&w.view).into(),
-                w.updated_position.into(),
-            ],
-        )?;
-        Ok(())
+        upsert(db, &[(key, w)])
     }
 
     fn write_all(db: &dyn Db, rows: &[(Box<str>, Write)]) -> Result<(), StoreError> {
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
-            let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * 5);
-            for (key, w) in chunk {
-                params.extend([
-                    Param::Text(key),
-                    w.status.into(),
-                    w.started_position.into(),
-                    (&w.view).into(),
-                    w.updated_position.into(),
-                ]);
-            }
-            db.execute(
-                &format!(
-                    "INSERT INTO deployments (id, status, started_position, view, updated_position) VALUES {}{UPSERT_SET}",
-                    numbered(chunk.len(), 5)
-                ),
-                &params,
-            )?;
-            rest = tail;
-        }
-        Ok(())
+        let rows: Vec<(&str, &Write)> = rows.iter().map(|(key, w)| (&**key, w)).collect();
+        upsert(db, &rows)
     }
 
     fn changed(db: &dyn Db, after: u64, until: u64, limit: usize) -> Result<Changed, StoreError> {
