@@ -139,6 +139,12 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             session: Some(session),
         });
     };
+    token_principal(state, token).await
+}
+
+/// The caller an API token's secret names, or 401 (unknown or revoked). The
+/// brokers' messages are authenticated by it too.
+pub async fn token_principal(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let record = find_token(state, &hash_secret(token))
         .await?
         .ok_or(ApiError::Unauthorized("the token is unknown or revoked"))?;

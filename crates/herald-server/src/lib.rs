@@ -5,6 +5,7 @@
 //! on a listener the caller bound, until `shutdown` resolves.
 
 pub mod auth;
+pub mod brokers;
 pub mod changes;
 pub mod clock;
 pub mod console;
@@ -265,6 +266,9 @@ pub async fn run(
     })
     .await;
     tokio::spawn(sessions::purge_loop(state.clone()));
+    if let Some(nats) = &state.config.nats {
+        tokio::spawn(brokers::nats::run(state.clone(), std::sync::Arc::new(nats.clone())));
+    }
     if let Ok(addr) = listener.local_addr() {
         state.hosts.add_listen_addr(addr);
     }

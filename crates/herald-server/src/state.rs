@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub login_window: Duration,
     /// A request other than a live stream answers 503 after this long.
     pub request_timeout: Duration,
+    /// Commands from NATS JetStream (`--nats`; API.md §10), when set.
+    pub nats: Option<crate::brokers::nats::NatsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             login_limit: 10,
             login_window: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
+            nats: None,
         }
     }
 }

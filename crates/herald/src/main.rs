@@ -48,7 +48,7 @@ struct StoreArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API and live streams.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -135,6 +135,18 @@ struct ServeArgs {
     /// X-Forwarded-For names the client for rate limits; from anyone else it is ignored.
     #[arg(long = "trusted-proxy", env = "HERALD_TRUSTED_PROXY", value_delimiter = ',')]
     trusted_proxy: Vec<herald_server::passkeys::TrustedProxy>,
+    /// Consume commands from NATS JetStream at this URL (nats://host:4222), on
+    /// the subjects <prefix>.commands.<credential name>.
+    #[arg(long, env = "HERALD_NATS")]
+    nats: Option<String>,
+    /// NAME=TOKEN: a message on <prefix>.commands.NAME acts as this API token
+    /// (repeatable; env comma-separated). Needs --nats.
+    #[arg(long = "nats-credential", env = "HERALD_NATS_CREDENTIALS", value_delimiter = ',')]
+    nats_credential: Vec<String>,
+    /// The first token of every broker subject and stream name (several
+    /// deployments, or tests, sharing one broker).
+    #[arg(long = "broker-prefix", env = "HERALD_BROKER_PREFIX", default_value = herald_server::brokers::DEFAULT_PREFIX)]
+    broker_prefix: String,
 }
 
 #[derive(Subcommand)]
@@ -324,7 +336,7 @@ fn cli_actor() -> Actor {
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let backend = Backend::of(&cli.store);
     match cli.command {
-        Command::Serve(args) => serve(&backend, args).await,
+        Command::Serve(args) => serve(&backend, *args).await,
         Command::Token(TokenCommand::Create { name, role }) => {
             let opened = backend.open().await?;
             let (store, credentials) = (opened.store(), opened.credentials()?);
@@ -595,7 +607,32 @@ fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {
         .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
+/// `--nats`, `--nats-credential` and `--broker-prefix`, checked.
+fn nats_config(args: &ServeArgs) -> Result<Option<herald_server::brokers::nats::NatsConfig>> {
+    use herald_server::brokers::{Credentials, nats};
+    let credentials = Credentials::parse(args.nats_credential.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--nats-credential: {e}"))?;
+    nats::check_prefix(&args.broker_prefix).map_err(|e| anyhow::anyhow!(e))?;
+    let Some(url) = &args.nats else {
+        if !credentials.is_empty() {
+            anyhow::bail!("--nats-credential needs --nats URL (the server to consume commands from)");
+        }
+        return Ok(None);
+    };
+    if credentials.is_empty() {
+        tracing::warn!(
+            "--nats without --nats-credential: every command message will be dead-lettered (no credential names it)"
+        );
+    }
+    Ok(Some(nats::NatsConfig {
+        url: url.clone(),
+        prefix: args.broker_prefix.clone(),
+        credentials,
+    }))
+}
+
 async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
+    let nats = nats_config(&args)?;
     let config = ServerConfig {
         public_origin: args.public_origin.trim_end_matches('/').to_owned(),
         stream_limit: args.stream_limit,
@@ -612,6 +649,7 @@ async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
         body_timeout: Duration::from_secs(args.body_timeout_seconds),
         write_timeout: Duration::from_secs(args.write_timeout_seconds),
         trusted_proxies: args.trusted_proxy,
+        nats,
         ..ServerConfig::default()
     };
     let (state, data) = match backend {

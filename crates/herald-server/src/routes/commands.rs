@@ -12,24 +12,27 @@ use serde_json::Value;
 
 use crate::auth::{Operator, step_up_error};
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::state::AppState;
 use crate::wire::{json_response, read_json_body, write_events, write_field};
 
 /// Commands are small; anything bigger is a mistake or an attack.
 pub const COMMAND_BODY_LIMIT: usize = 64 * 1024;
 
+/// A command as `POST /api/commands` takes it, over any transport (HTTP, or a
+/// broker's message: `crate::brokers`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommandBody {
+pub struct CommandBody {
     #[serde(rename = "type")]
-    command_type: String,
-    aggregate_id: String,
+    pub command_type: String,
+    pub aggregate_id: String,
     #[serde(default)]
-    expected_version: Option<u64>,
+    pub expected_version: Option<u64>,
     #[serde(default)]
-    command_id: Option<String>,
+    pub command_id: Option<String>,
     #[serde(default)]
-    data: Value,
+    pub data: Value,
 }
 
 fn check_key(field: &str, value: &str) -> Result<(), ApiError> {
@@ -49,11 +52,6 @@ pub async fn post_command(
 ) -> Result<Response, ApiError> {
     state.limits.command(&principal.credential_id)?;
     let body: CommandBody = read_json_body(&headers, body, COMMAND_BODY_LIMIT).await?;
-    let aggregate_id =
-        AggregateId::parse(&body.aggregate_id).map_err(|e| ApiError::BadRequest(format!("aggregate_id: {e}")))?;
-    if let Some(id) = &body.command_id {
-        check_key("command_id", id)?;
-    }
     let correlation_id = match headers.get("x-correlation-id") {
         Some(v) => {
             let v = v
@@ -64,6 +62,35 @@ pub async fn post_command(
         }
         None => None,
     };
+    let outcome = execute(&state, &principal, body, correlation_id).await?;
+    let committed = outcome.into_committed();
+    let mut out = Vec::with_capacity(256 + committed.events.iter().map(|e| e.json().len() + 1).sum::<usize>());
+    out.push(b'{');
+    write_field(&mut out, "stream", &committed.stream);
+    out.push(b',');
+    write_field(&mut out, "version", &committed.version);
+    out.push(b',');
+    write_field(&mut out, "position", &committed.last_position());
+    out.push(b',');
+    write_events(&mut out, "events", &committed.events);
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
+}
+
+/// Decides a command for `principal` (whose role the caller has checked) and
+/// appends its events: returns once they are durable. The one path of every
+/// transport's commands.
+pub async fn execute(
+    state: &AppState,
+    principal: &Principal,
+    body: CommandBody,
+    correlation_id: Option<String>,
+) -> Result<AppendOutcome, ApiError> {
+    let aggregate_id =
+        AggregateId::parse(&body.aggregate_id).map_err(|e| ApiError::BadRequest(format!("aggregate_id: {e}")))?;
+    if let Some(id) = &body.command_id {
+        check_key("command_id", id)?;
+    }
     let command_type = body.command_type.clone();
     let request = CommandRequest {
         command_type: body.command_type,
@@ -90,23 +117,12 @@ pub async fn post_command(
     let outcome = result.map_err(|e| {
         tracing::debug!(command = %command_type, error = %e, "command refused");
         match e {
-            herald_core::command::CommandError::StepUpRequired(t) => step_up_error(&state, &principal, &t),
+            herald_core::command::CommandError::StepUpRequired(t) => step_up_error(state, principal, &t),
             e => ApiError::from(e),
         }
     })?;
     if let AppendOutcome::Appended(c) = &outcome {
         metrics::counter!("herald_events_appended_total").increment(c.events.len() as u64);
     }
-    let committed = outcome.into_committed();
-    let mut out = Vec::with_capacity(256 + committed.events.iter().map(|e| e.json().len() + 1).sum::<usize>());
-    out.push(b'{');
-    write_field(&mut out, "stream", &committed.stream);
-    out.push(b',');
-    write_field(&mut out, "version", &committed.version);
-    out.push(b',');
-    write_field(&mut out, "position", &committed.last_position());
-    out.push(b',');
-    write_events(&mut out, "events", &committed.events);
-    out.push(b'}');
-    Ok(json_response(StatusCode::OK, out))
+    Ok(outcome)
 }
