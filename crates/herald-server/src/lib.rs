@@ -5,6 +5,7 @@
 //! on a listener the caller bound, until `shutdown` resolves.
 
 pub mod auth;
+pub mod broker_config;
 pub mod brokers;
 pub mod changes;
 pub mod clock;

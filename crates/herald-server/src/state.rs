@@ -69,7 +69,7 @@ pub struct ServerConfig {
     /// A request other than a live stream answers 503 after this long.
     pub request_timeout: Duration,
     /// Commands from NATS JetStream (`--nats`; API.md §10), when set.
-    pub nats: Option<crate::brokers::nats::NatsConfig>,
+    pub nats: Option<crate::broker_config::NatsConfig>,
 }
 
 impl Default for ServerConfig {

@@ -6,7 +6,7 @@
 
 pub mod nats;
 
-use std::collections::BTreeMap;
+pub use crate::broker_config::{Credentials, DEFAULT_PREFIX};
 
 use axum::response::IntoResponse;
 use herald_core::store::AppendOutcome;
@@ -15,58 +15,6 @@ use crate::auth::token_principal;
 use crate::error::ApiError;
 use crate::routes::commands::{COMMAND_BODY_LIMIT, CommandBody, execute};
 use crate::state::AppState;
-
-/// The default prefix of every subject, stream and key (`--broker-prefix`).
-pub const DEFAULT_PREFIX: &str = "herald";
-
-/// Credential names, as a message's subject names them, and the API token
-/// each stands for (`--nats-credential NAME=TOKEN`). Debug shows the names only.
-#[derive(Clone, Default)]
-pub struct Credentials(BTreeMap<String, String>);
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
-impl Credentials {
-    /// Parses `NAME=TOKEN` pairs; a name is what a subject's last token can be.
-    pub fn parse<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Credentials, String> {
-        let mut map = BTreeMap::new();
-        for pair in pairs {
-            let Some((name, token)) = pair.split_once('=') else {
-                return Err("a credential is NAME=TOKEN (the token as `herald token create` printed it)".into());
-            };
-            let name = name.trim();
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(format!(
-                    "credential name {name:?}: 1 to 64 letters, digits, '-' or '_' (it is a subject's last token)"
-                ));
-            }
-            if token.trim().is_empty() {
-                return Err(format!("credential {name}: the token is empty"));
-            }
-            if map.insert(name.to_owned(), token.trim().to_owned()).is_some() {
-                return Err(format!("credential {name} is given twice"));
-            }
-        }
-        Ok(Credentials(map))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn token(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-}
 
 /// What became of one message.
 #[derive(Debug)]

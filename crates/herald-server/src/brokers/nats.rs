@@ -23,11 +23,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures_util::StreamExt;
 
-use super::{Credentials, Decision, decide};
+use super::{Decision, decide};
+pub use crate::broker_config::{NatsConfig, check_prefix};
 use crate::state::AppState;
 
 /// The name `/readyz` and the logs give this part.
-pub const NAME: &str = "NATS command consumer";
+pub use crate::broker_config::NATS_CONSUMER as NAME;
 
 /// The durable consumer every instance shares.
 pub const CONSUMER: &str = "herald";
@@ -35,60 +36,6 @@ pub const CONSUMER: &str = "herald";
 /// How long JetStream waits for an acknowledgement before it delivers a
 /// message again (to this instance or another).
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
-
-/// `--nats` and what goes with it.
-#[derive(Clone, Debug)]
-pub struct NatsConfig {
-    /// `nats://host:4222` (credentials in the URL are the server's, not herald's).
-    pub url: String,
-    /// `--broker-prefix`: the first token of every subject and stream name.
-    pub prefix: String,
-    pub credentials: Credentials,
-}
-
-impl NatsConfig {
-    /// `<prefix>.commands.>`.
-    pub fn commands_subjects(&self) -> String {
-        format!("{}.commands.>", self.prefix)
-    }
-
-    /// Where credential `name`'s refused messages go.
-    pub fn dead_subject(&self, name: &str) -> String {
-        format!("{}.dead.{name}", self.prefix)
-    }
-
-    /// A JetStream stream's name for `what` (names cannot hold `.`).
-    pub fn stream_name(&self, what: &str) -> String {
-        let prefix: String = self
-            .prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{prefix}_{what}")
-    }
-}
-
-/// Checks a `--broker-prefix`: subject tokens, no wildcards or spaces.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    let ok = !prefix.is_empty()
-        && prefix.len() <= 64
-        && prefix
-            .split('.')
-            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "--broker-prefix {prefix:?}: dot-separated tokens of letters, digits, '-' or '_' (at most 64 characters)"
-        ))
-    }
-}
 
 /// Consumes commands until shutdown, reconnecting after any failure.
 pub async fn run(state: AppState, config: Arc<NatsConfig>) {

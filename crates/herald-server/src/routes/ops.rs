@@ -41,7 +41,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .map_err(|e| ApiError::Unavailable(format!("the event store is not reachable: {e}")))?;
     let failing = state.consumer_health.failing();
     if let Some((name, cause)) = failing.first() {
-        let what = if *name == crate::revocations::NAME || *name == crate::brokers::nats::NAME {
+        let what = if *name == crate::revocations::NAME || *name == crate::broker_config::NATS_CONSUMER {
             format!("the {name}")
         } else {
             format!("the {name} read model")
