@@ -13,6 +13,7 @@
 //! database): the commands' clients, the fan-out's subscribers and its
 //! publishers are spread over them round-robin.
 
+pub mod brokers;
 pub mod fanout;
 pub mod http;
 pub mod pgbench;
@@ -129,6 +130,15 @@ pub struct BenchArgs {
     /// there), instead of a temporary one.
     #[arg(long)]
     pub rebuild_data: Option<PathBuf>,
+    /// The NATS server (JetStream on) of the brokers scenario.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The Redis server of the brokers scenario.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Commands per transport in the brokers scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub broker_commands: usize,
     /// Upper bound of messages one fan-out run sends.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_messages: usize,
@@ -160,6 +170,7 @@ pub struct Report {
     pub pgbench_errors: Vec<String>,
     pub catchup: Option<CatchupResult>,
     pub rebuild: Option<RebuildResult>,
+    pub brokers: Option<brokers::BrokersResult>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -225,8 +236,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let scenarios: Vec<String> = args.scenario.iter().map(|s| s.trim().to_owned()).collect();
     let wants = |s: &str| scenarios.iter().any(|x| x == s || x == "all");
     for s in &scenarios {
-        if !["all", "fanout", "commands", "pgbench", "catchup", "rebuild"].contains(&s.as_str()) {
-            bail!("--scenario {s:?}: expected fanout, commands, pgbench, catchup, rebuild or all");
+        if !["all", "fanout", "commands", "pgbench", "catchup", "rebuild", "brokers"].contains(&s.as_str()) {
+            bail!("--scenario {s:?}: expected fanout, commands, pgbench, catchup, rebuild, brokers or all");
         }
     }
     if scenarios.iter().any(|s| s == "pgbench") && args.pgbench_url.is_none() {
@@ -524,6 +535,30 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             r.output
         );
         report.rebuild = Some(r);
+    }
+    // Only when asked for (not in `all`): it needs a NATS and a Redis server.
+    if scenarios.iter().any(|s| s == "brokers") {
+        eprintln!(
+            "brokers: {} commands each over HTTP (1 and 64 clients), NATS JetStream ({}) and a Redis stream ({}); then the relay's catch-up",
+            args.broker_commands, args.nats_url, args.redis_url
+        );
+        let r = brokers::run(
+            &exe,
+            brokers::BrokersConfig {
+                nats_url: args.nats_url.clone(),
+                redis_url: args.redis_url.clone(),
+                commands: args.broker_commands.max(1),
+                // Envelopes of about --payload bytes (~330 without the pad).
+                pad: if pad > 1 {
+                    pad
+                } else {
+                    args.payload.saturating_sub(330).max(1)
+                },
+                run: run.clone(),
+            },
+        )
+        .await?;
+        report.brokers = Some(r);
     }
 
     print_summary(&report);

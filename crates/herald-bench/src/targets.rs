@@ -159,6 +159,11 @@ impl Herald {
     /// free port, with an operator token, no command rate limit and stream and
     /// connection limits above any subscriber count.
     pub async fn spawn(exe: &Path) -> Result<Herald> {
+        Herald::spawn_with(exe, |_| Vec::new()).await
+    }
+
+    /// [`Self::spawn`] with more `serve` arguments, made from the token.
+    pub async fn spawn_with(exe: &Path, extra: impl FnOnce(&str) -> Vec<String>) -> Result<Herald> {
         let dir = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
         let data = dir.path().to_path_buf();
         let out = tokio::process::Command::new(exe)
@@ -178,28 +183,8 @@ impl Herald {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let port = free_port()?;
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let log = std::fs::File::create(data.join("serve.log"))?;
-        let child = tokio::process::Command::new(exe)
-            .arg("--data")
-            .arg(&data)
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(["--stream-limit", "1000000", "--command-rate", "0"])
-            // Every subscriber comes from 127.0.0.1: no per-address cap, and a
-            // global one above any subscriber count.
-            .args(["--max-connections", "1000000", "--max-connections-per-address", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start `herald serve`")?;
+        let (child, addr) = start_serve(exe, &data, &extra(&token)).await?;
         let pid = child.id();
-        wait_listening(addr, Duration::from_secs(30))
-            .await
-            .with_context(|| format!("herald serve did not start; see {}", data.join("serve.log").display()))?;
         Ok(Herald {
             targets: vec![addr],
             token,
@@ -208,6 +193,18 @@ impl Herald {
             data_dir: Some(data),
             _dir: Some(dir),
         })
+    }
+
+    /// Stops a spawned herald and starts it again on its data directory with
+    /// `extra` arguments (another port).
+    pub async fn restart_with(&mut self, exe: &Path, extra: &[String]) -> Result<()> {
+        let data = self.data_dir.clone().context("only a spawned herald restarts")?;
+        self.stop().await;
+        let (child, addr) = start_serve(exe, &data, extra).await?;
+        self.targets = vec![addr];
+        self.pids = child.id().into_iter().collect();
+        self.child = Some(child);
+        Ok(())
     }
 
     pub async fn stop(&mut self) {
@@ -224,6 +221,37 @@ impl Herald {
             }
         }
     }
+}
+
+/// `herald serve` on `data` and a free port, as the bench runs it, with
+/// `extra` arguments; returns once it listens.
+async fn start_serve(exe: &Path, data: &Path, extra: &[String]) -> Result<(tokio::process::Child, SocketAddr)> {
+    let port = free_port()?;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("serve.log"))?;
+    let child = tokio::process::Command::new(exe)
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", &addr.to_string()])
+        .args(["--stream-limit", "1000000", "--command-rate", "0"])
+        // Every subscriber comes from 127.0.0.1: no per-address cap, and a
+        // global one above any subscriber count.
+        .args(["--max-connections", "1000000", "--max-connections-per-address", "0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `herald serve`")?;
+    wait_listening(addr, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("herald serve did not start; see {}", data.join("serve.log").display()))?;
+    Ok((child, addr))
 }
 
 // ---------------------------------------------------------------- nchan

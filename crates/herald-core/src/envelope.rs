@@ -247,6 +247,11 @@ impl RecordedEvent {
     pub fn json(&self) -> &[u8] {
         &self.frame[self.json.clone()]
     }
+    /// [`Self::json`] as shared bytes of the frame (no copy), for a transport
+    /// that sends the envelope alone.
+    pub fn json_bytes(&self) -> Bytes {
+        self.frame.slice(self.json.clone())
+    }
     /// Parses the envelope (for aggregates, projections and audits; live delivery never does).
     pub fn envelope(&self) -> Result<Envelope, serde_json::Error> {
         serde_json::from_slice(self.json())

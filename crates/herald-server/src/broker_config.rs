@@ -6,6 +6,13 @@ use std::collections::BTreeMap;
 /// The name `/readyz` and the logs give the NATS command consumer.
 pub const NATS_CONSUMER: &str = "NATS command consumer";
 
+/// The name `/readyz` and the logs give the Redis command consumer.
+pub const REDIS_CONSUMER: &str = "Redis command consumer";
+
+/// How long an unacknowledged message waits for its consumer by default
+/// (`--broker-ack-wait-seconds`).
+pub const DEFAULT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The default prefix of every subject, stream and key (`--broker-prefix`).
 pub const DEFAULT_PREFIX: &str = "herald";
 
@@ -66,6 +73,9 @@ pub struct NatsConfig {
     /// `--broker-prefix`: the first token of every subject and stream name.
     pub prefix: String,
     pub credentials: Credentials,
+    /// How long a message taken by an instance that does not acknowledge it
+    /// (it crashed) waits before JetStream delivers it again.
+    pub ack_wait: std::time::Duration,
 }
 
 impl NatsConfig {
@@ -93,6 +103,31 @@ impl NatsConfig {
             })
             .collect();
         format!("{prefix}_{what}")
+    }
+}
+
+/// `--redis` and what goes with it.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://host:6379[/db]` (a password in the URL is the server's).
+    pub url: String,
+    /// `--broker-prefix`: the start of every key.
+    pub prefix: String,
+    pub credentials: Credentials,
+    /// How long an entry stays pending with a consumer that does not
+    /// acknowledge it (it crashed) before another instance claims it.
+    pub claim_idle: std::time::Duration,
+}
+
+impl RedisConfig {
+    /// The stream agents add commands to: `<prefix>:commands`.
+    pub fn commands_key(&self) -> String {
+        format!("{}:commands", self.prefix)
+    }
+
+    /// The stream refused commands go to: `<prefix>:dead`.
+    pub fn dead_key(&self) -> String {
+        format!("{}:dead", self.prefix)
     }
 }
 

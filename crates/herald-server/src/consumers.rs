@@ -56,6 +56,7 @@ pub async fn run_telling(state: AppState, started: tokio::sync::mpsc::Sender<()>
         .models
         .consumers()
         .iter()
+        .chain(state.models.sinks())
         .map(|consumer| tokio::spawn(supervise(state.clone(), consumer.clone(), started.clone())))
         .collect();
     drop(started);

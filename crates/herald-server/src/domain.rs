@@ -187,6 +187,9 @@ impl<S> Registry<S> {
 pub struct Models {
     typed: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     consumers: Vec<Arc<dyn Consumer>>,
+    /// Consumers that keep a checkpoint like a read model but serve no reads
+    /// and are not rebuilt (the event relay to a broker).
+    sinks: Vec<Arc<dyn Consumer>>,
 }
 
 impl Models {
@@ -206,6 +209,16 @@ impl Models {
     /// Every read model, as the runner sees them.
     pub fn consumers(&self) -> &[Arc<dyn Consumer>] {
         &self.consumers
+    }
+
+    /// Runs `sink` on the consumer runner beside the read models.
+    pub fn add_sink(&mut self, sink: Arc<dyn Consumer>) {
+        self.sinks.push(sink);
+    }
+
+    /// The sinks: [`Self::add_sink`].
+    pub fn sinks(&self) -> &[Arc<dyn Consumer>] {
+        &self.sinks
     }
 
     /// The read model named `name`.

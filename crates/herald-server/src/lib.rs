@@ -86,9 +86,11 @@ impl AppState {
         let store = herald_postgres::PgStore::with_database(&database, Arc::new(sse::Sse), store_config).await?;
         let accounts = herald_postgres::PgAccounts::with_database(&database);
         let registry = domains::registry();
-        let models = registry
-            .open_models_postgres(&herald_postgres::PgModels::new(pg))
-            .await?;
+        let at = herald_postgres::PgModels::new(pg);
+        let mut models = registry.open_models_postgres(&at).await?;
+        if let Some(nats) = &config.nats {
+            models.add_sink(brokers::relay::open_postgres(&at, nats.clone()).await?);
+        }
         AppState::with_models(store, accounts.clone(), accounts, models, registry, config)
     }
 
@@ -102,7 +104,12 @@ impl AppState {
         models_dir: &Path,
         config: ServerConfig,
     ) -> Result<AppState, ConfigError> {
-        AppState::with_registry(store, credentials, accounts, models_dir, domains::registry(), config)
+        let registry = domains::registry();
+        let mut models = registry.open_models(models_dir)?;
+        if let Some(nats) = &config.nats {
+            models.add_sink(brokers::relay::open_sqlite(models_dir, nats.clone())?);
+        }
+        AppState::with_models(store, credentials, accounts, models, registry, config)
     }
 }
 
@@ -255,7 +262,7 @@ pub async fn run(
     // Serve once every read model's task knows where it publishes from (a
     // resource stream opened earlier could miss a change), or after 5 s (a
     // database that does not answer yet: /readyz says so).
-    let models = state.models.consumers().len();
+    let models = state.models.consumers().len() + state.models.sinks().len();
     let (started, mut told) = tokio::sync::mpsc::channel(models.max(1));
     let projector = tokio::spawn(consumers::run_telling(state.clone(), started));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -269,6 +276,9 @@ pub async fn run(
     tokio::spawn(sessions::purge_loop(state.clone()));
     if let Some(nats) = &state.config.nats {
         tokio::spawn(brokers::nats::run(state.clone(), std::sync::Arc::new(nats.clone())));
+    }
+    if let Some(redis) = &state.config.redis {
+        tokio::spawn(brokers::redis::run(state.clone(), std::sync::Arc::new(redis.clone())));
     }
     if let Ok(addr) = listener.local_addr() {
         state.hosts.add_listen_addr(addr);

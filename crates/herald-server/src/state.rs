@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Commands from NATS JetStream (`--nats`; API.md §10), when set.
     pub nats: Option<crate::broker_config::NatsConfig>,
+    /// Commands from a Redis stream (`--redis`; API.md §10), when set.
+    pub redis: Option<crate::broker_config::RedisConfig>,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +99,7 @@ impl Default for ServerConfig {
             login_window: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
             nats: None,
+            redis: None,
         }
     }
 }

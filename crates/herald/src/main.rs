@@ -1,6 +1,8 @@
 //! The `herald` command line: parses flags, opens the store, calls into the
 //! library. Errors become a message on stderr and a non-zero exit code.
 
+mod agent;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +82,9 @@ enum Command {
     Projections(ProjectionsCommand),
     /// Load generator: fan-out, commands, catch-up and rebuild figures (docs/BENCHMARKS.md).
     Bench(Box<herald_bench::BenchArgs>),
+    /// A deploy agent's side: commands to a herald over HTTP or a broker.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 #[derive(Args)]
@@ -139,14 +144,28 @@ struct ServeArgs {
     /// the subjects <prefix>.commands.<credential name>.
     #[arg(long, env = "HERALD_NATS")]
     nats: Option<String>,
-    /// NAME=TOKEN: a message on <prefix>.commands.NAME acts as this API token
-    /// (repeatable; env comma-separated). Needs --nats.
-    #[arg(long = "nats-credential", env = "HERALD_NATS_CREDENTIALS", value_delimiter = ',')]
+    /// Consume commands from the Redis stream <prefix>:commands at this URL
+    /// (redis://host:6379), in the consumer group herald.
+    #[arg(long, env = "HERALD_REDIS")]
+    redis: Option<String>,
+    /// NAME=TOKEN: a message on <prefix>.commands.NAME (NATS), or an entry
+    /// whose credential field is NAME (Redis), acts as this API token
+    /// (repeatable; env comma-separated). Needs --nats or --redis.
+    #[arg(
+        long = "nats-credential",
+        visible_alias = "broker-credential",
+        env = "HERALD_NATS_CREDENTIALS",
+        value_delimiter = ','
+    )]
     nats_credential: Vec<String>,
     /// The first token of every broker subject and stream name (several
     /// deployments, or tests, sharing one broker).
     #[arg(long = "broker-prefix", env = "HERALD_BROKER_PREFIX", default_value = herald_server::brokers::DEFAULT_PREFIX)]
     broker_prefix: String,
+    /// Seconds a broker message taken by an instance that does not
+    /// acknowledge it (it crashed) waits before another instance gets it.
+    #[arg(long, env = "HERALD_BROKER_ACK_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    broker_ack_wait_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -454,6 +473,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             herald_bench::run(*args).await
         }
         Command::Projections(ProjectionsCommand::Rebuild { names }) => rebuild(&backend, names).await,
+        // Talks to a herald; opens no store.
+        Command::Agent(command) => agent::run(command).await,
     }
 }
 
@@ -607,32 +628,49 @@ fn open_store(dir: &std::path::Path) -> Result<Arc<SqliteStore>> {
         .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
-/// `--nats`, `--nats-credential` and `--broker-prefix`, checked.
-fn nats_config(args: &ServeArgs) -> Result<Option<herald_server::brokers::nats::NatsConfig>> {
-    use herald_server::brokers::{Credentials, nats};
+/// `--nats`, `--redis`, `--nats-credential` and `--broker-prefix`, checked.
+type Brokers = (
+    Option<herald_server::brokers::nats::NatsConfig>,
+    Option<herald_server::brokers::redis::RedisConfig>,
+);
+
+fn broker_configs(args: &ServeArgs) -> Result<Brokers> {
+    use herald_server::brokers::{Credentials, nats, redis};
     let credentials = Credentials::parse(args.nats_credential.iter().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("--nats-credential: {e}"))?;
     nats::check_prefix(&args.broker_prefix).map_err(|e| anyhow::anyhow!(e))?;
-    let Some(url) = &args.nats else {
+    if args.nats.is_none() && args.redis.is_none() {
         if !credentials.is_empty() {
-            anyhow::bail!("--nats-credential needs --nats URL (the server to consume commands from)");
+            anyhow::bail!("--nats-credential needs --nats URL or --redis URL (the broker to consume commands from)");
         }
-        return Ok(None);
-    };
+        return Ok((None, None));
+    }
     if credentials.is_empty() {
         tracing::warn!(
-            "--nats without --nats-credential: every command message will be dead-lettered (no credential names it)"
+            "a broker without --nats-credential: every command message will be dead-lettered (no credential names it)"
         );
     }
-    Ok(Some(nats::NatsConfig {
-        url: url.clone(),
-        prefix: args.broker_prefix.clone(),
-        credentials,
-    }))
+    if let Some(url) = &args.redis {
+        ::redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("--redis {url:?}: {e}"))?;
+    }
+    Ok((
+        args.nats.as_ref().map(|url| nats::NatsConfig {
+            url: url.clone(),
+            prefix: args.broker_prefix.clone(),
+            credentials: credentials.clone(),
+            ack_wait: Duration::from_secs(args.broker_ack_wait_seconds),
+        }),
+        args.redis.as_ref().map(|url| redis::RedisConfig {
+            url: url.clone(),
+            prefix: args.broker_prefix.clone(),
+            credentials: credentials.clone(),
+            claim_idle: Duration::from_secs(args.broker_ack_wait_seconds),
+        }),
+    ))
 }
 
 async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
-    let nats = nats_config(&args)?;
+    let (nats, redis) = broker_configs(&args)?;
     let config = ServerConfig {
         public_origin: args.public_origin.trim_end_matches('/').to_owned(),
         stream_limit: args.stream_limit,
@@ -650,6 +688,7 @@ async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
         write_timeout: Duration::from_secs(args.write_timeout_seconds),
         trusted_proxies: args.trusted_proxy,
         nats,
+        redis,
         ..ServerConfig::default()
     };
     let (state, data) = match backend {

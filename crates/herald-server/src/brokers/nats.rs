@@ -7,12 +7,16 @@
 //! is acknowledged only once its events are durable (or, for one that can
 //! never succeed, once its dead letter is stored); a redelivery after a crash
 //! between the commit and the ack finds the command's `command_id` and appends
-//! nothing. A message that may succeed later is not acknowledged but nak'ed,
-//! and JetStream delivers it again after the delay.
+//! nothing.
 //!
-//! Messages are decided one at a time, in the order of the stream: an agent's
-//! start, progress and success of one deployment arrive in the order it sent
-//! them.
+//! The messages already received are decided together (up to [`BATCH`]):
+//! those of one aggregate one after another, in the order of the stream —
+//! an agent's start, progress and success of one deployment are decided in
+//! the order it sent them —, the others side by side, so that their commits
+//! share the writer's batches. A message that may succeed later (the store
+//! unavailable, 429) is decided again in place after a pause, JetStream told
+//! it is in progress, and the ones of its aggregate after it wait. (Several
+//! instances share the consumer: each decides its share so.)
 //!
 //! The task is supervised: a lost connection, a failed set-up or a panic is
 //! logged, shown by `/readyz`, and retried with a growing pause (1 s to 30 s).
@@ -21,9 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 
-use super::{Decision, decide};
+use super::{BATCH, Settled, aggregate_of, by_aggregate, decide_in_order};
 pub use crate::broker_config::{NatsConfig, check_prefix};
 use crate::state::AppState;
 
@@ -32,10 +36,6 @@ pub use crate::broker_config::NATS_CONSUMER as NAME;
 
 /// The durable consumer every instance shares.
 pub const CONSUMER: &str = "herald";
-
-/// How long JetStream waits for an acknowledgement before it delivers a
-/// message again (to this instance or another).
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// Consumes commands until shutdown, reconnecting after any failure.
 pub async fn run(state: AppState, config: Arc<NatsConfig>) {
@@ -91,7 +91,7 @@ async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()>
             pull::Config {
                 durable_name: Some(CONSUMER.to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: config.ack_wait,
                 ..Default::default()
             },
         )
@@ -105,43 +105,66 @@ async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()>
             _ = state.live.shutdown.cancelled() => return Ok(()),
             next = messages.next() => next,
         };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(anyhow::anyhow!("receiving a message: {e}")),
-            None => anyhow::bail!("the server ended the message stream"),
-        };
-        handle(&state, &config, &js, message).await?;
+        // The first message, and every one already here behind it.
+        let mut batch = vec![received(next)?];
+        while batch.len() < BATCH {
+            match messages.next().now_or_never() {
+                Some(next) => batch.push(received(next)?),
+                None => break,
+            }
+        }
+        let batch = batch
+            .into_iter()
+            .map(|message| (aggregate_of(&message.payload), message))
+            .collect();
+        if !by_aggregate(batch, |message| handle(&state, &config, &js, message)).await? {
+            return Ok(());
+        }
     }
 }
 
-/// Decides one message and acknowledges it (or naks it, or dead-letters it
-/// and then acknowledges it). An error is the broker's: the caller reconnects,
-/// and whatever was not acknowledged is delivered again.
+fn received(
+    next: Option<Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>>,
+) -> anyhow::Result<jetstream::Message> {
+    match next {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(e)) => Err(anyhow::anyhow!("receiving a message: {e}")),
+        None => anyhow::bail!("the server ended the message stream"),
+    }
+}
+
+/// Decides one message and acknowledges it (or dead-letters it and then
+/// acknowledges it); `false` when herald shuts down first. An error is the
+/// broker's: the caller reconnects, and whatever was not acknowledged is
+/// delivered again.
 async fn handle(
     state: &AppState,
     config: &NatsConfig,
     js: &jetstream::Context,
     message: jetstream::Message,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let subject = message.subject.as_str().to_owned();
     let name = subject.rsplit('.').next().unwrap_or_default().to_owned();
-    match decide(state, &config.credentials, &name, &message.payload).await {
-        Decision::Done => {
+    // While a delayed message waits, JetStream hears it is in progress (it
+    // is not delivered to another instance meanwhile).
+    let decided = decide_in_order(state, &config.credentials, &name, &message.payload, "nats", || async {
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::warn!(subject = %subject, error = %e, "telling NATS a delayed message is in progress failed");
+        }
+    })
+    .await;
+    let Some(decided) = decided else {
+        return Ok(false); // shutting down: JetStream delivers it again
+    };
+    match decided {
+        Settled::Done => {
             metrics::counter!("herald_broker_messages_total", "broker" => "nats", "outcome" => "ok").increment(1);
             message
                 .ack()
                 .await
                 .map_err(|e| anyhow::anyhow!("acknowledging a message: {e}"))?;
         }
-        Decision::Later { retry, why } => {
-            metrics::counter!("herald_broker_messages_total", "broker" => "nats", "outcome" => "later").increment(1);
-            tracing::warn!(subject = %subject, error = %why, "a command from NATS is delayed; JetStream delivers it again in {retry:?}");
-            message
-                .ack_with(AckKind::Nak(Some(retry)))
-                .await
-                .map_err(|e| anyhow::anyhow!("delaying a message: {e}"))?;
-        }
-        Decision::Refused { status, problem } => {
+        Settled::Refused { status, problem } => {
             metrics::counter!("herald_broker_messages_total", "broker" => "nats", "outcome" => "dead").increment(1);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Herald-Status", status.to_string().as_str());
@@ -165,5 +188,5 @@ async fn handle(
                 .map_err(|e| anyhow::anyhow!("acknowledging a message: {e}"))?;
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -41,14 +41,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .map_err(|e| ApiError::Unavailable(format!("the event store is not reachable: {e}")))?;
     let failing = state.consumer_health.failing();
     if let Some((name, cause)) = failing.first() {
-        let what = if *name == crate::revocations::NAME || *name == crate::broker_config::NATS_CONSUMER {
-            format!("the {name}")
+        let detail = if state.models.consumer(name).is_some() {
+            format!("the {name} read model cannot keep up with the log: {cause} (retried every second)")
         } else {
-            format!("the {name} read model")
+            // The revocation follower, a broker's consumer, the event relay.
+            format!("the {name} is not working: {cause} (retried)")
         };
-        return Err(ApiError::Unavailable(format!(
-            "{what} cannot keep up with the log: {cause} (retried every second)"
-        )));
+        return Err(ApiError::Unavailable(detail));
     }
     let mut projections = serde_json::Map::new();
     for consumer in state.models.consumers() {

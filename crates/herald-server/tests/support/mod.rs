@@ -9,6 +9,8 @@
 //! each uses only part of it.
 #![allow(dead_code)]
 
+pub mod brokers;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
