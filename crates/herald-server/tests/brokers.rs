@@ -19,7 +19,9 @@ use redis::AsyncCommands as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::brokers::{StallingProxy, eventually, fresh_prefix, nats_url, publish, redis_url, stored};
+use support::brokers::{
+    StallingProxy, eventually, fresh_prefix, nats_url, publish, redis_url, remove_streams, stored, stored_at_least,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -213,20 +215,9 @@ fn start_command(id: &str) -> Vec<u8> {
 
 /// The log's events of `stream`.
 async fn events_of(server: &support::Server, stream: &str) -> Vec<Value> {
-    let filter = Filter {
-        streams: vec![stream.to_owned()],
-        ..Filter::default()
-    };
-    let page = server
-        .state
-        .store
-        .read_all(0, &filter, 1000)
-        .await
-        .expect("read the log");
-    page.events
-        .iter()
-        .map(|e| serde_json::from_slice(e.json()).expect("envelope"))
-        .collect()
+    let mut events = server.events().await;
+    events.retain(|e| e["stream"] == stream);
+    events
 }
 
 /// The log's head.
@@ -236,10 +227,20 @@ async fn head(server: &support::Server) -> u64 {
 
 /// herald on `server`'s data directory again, with `config` (the running
 /// one is shut down first).
-async fn restart(mut server: support::Server, config: ServerConfig) -> support::Server {
+async fn restart(server: support::Server, config: ServerConfig) -> support::Server {
+    let dir = stop(server).await;
+    support::serve(dir, config).await
+}
+
+/// Stops herald as a process that ends would (every task of its ends);
+/// returns its data directory.
+async fn stop(mut server: support::Server) -> tempfile::TempDir {
+    server.state.live.shutdown.cancel();
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp dir"));
     drop(server);
-    support::serve(dir, config).await
+    // Its tasks see the shutdown at their next wake-up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dir
 }
 
 async fn http_command(server: &support::Server, token: &str, body: &[u8]) -> StatusCode {
@@ -263,7 +264,7 @@ async fn redis_pending(conn: &mut redis::aio::MultiplexedConnection, key: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_message_committed_but_not_acknowledged_is_redelivered_and_appends_once() {
-    use async_nats::jetstream::{self, consumer::pull, stream};
+    use async_nats::jetstream;
     use futures_util::StreamExt as _;
     let Some(client) = support::brokers::nats().await else {
         return;
@@ -273,27 +274,10 @@ async fn a_nats_message_committed_but_not_acknowledged_is_redelivered_and_append
     let prefix = fresh_prefix();
     let config = nats_config(&prefix, &agent.secret, Duration::from_secs(1));
     let js = jetstream::new(client);
-    // The stream and the durable consumer as herald makes them.
-    let commands = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream_name("COMMANDS"),
-            subjects: vec![config.commands_subjects()],
-            ..Default::default()
-        })
+    // The streams and the durable consumer, as herald makes them.
+    let consumer = herald_server::brokers::nats::set_up(&js, &config)
         .await
-        .expect("stream");
-    let consumer = commands
-        .get_or_create_consumer(
-            "herald",
-            pull::Config {
-                durable_name: Some("herald".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("consumer");
+        .expect("set up");
     publish(&js, format!("{prefix}.commands.agent"), start_command("crash")).await;
 
     // An instance takes the message, commits its command, and dies before
@@ -323,8 +307,7 @@ async fn a_nats_message_committed_but_not_acknowledged_is_redelivered_and_append
         "the redelivery appended nothing"
     );
     task.abort();
-    let _ = js.delete_stream(&config.stream_name("COMMANDS")).await;
-    let _ = js.delete_stream(&config.stream_name("DEAD")).await;
+    remove_streams(&js, &config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,15 +548,7 @@ async fn the_relay_publishes_every_event_in_order_and_resumes_from_its_checkpoin
         assert_eq!(status, StatusCode::OK);
     }
     let first_head = head(&server).await;
-    let relayed = eventually(WAIT, "every event relayed", || {
-        let js = &js;
-        let events_stream = &events_stream;
-        async move {
-            let relayed = stored(js, events_stream).await;
-            (relayed.len() as u64 >= first_head).then_some(relayed)
-        }
-    })
-    .await;
+    let relayed = stored_at_least(&js, &events_stream, first_head).await;
     assert_eq!(check_relayed(&relayed, &prefix) as u64, first_head);
     let metrics = server
         .client
@@ -591,10 +566,7 @@ async fn the_relay_publishes_every_event_in_order_and_resumes_from_its_checkpoin
 
     // A crash after the relay published and before its checkpoint moved:
     // the checkpoint is behind what NATS holds.
-    let mut server = server;
-    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp dir"));
-    drop(server);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = stop(server).await;
     relay_checkpoint(dir.path())
         .execute("UPDATE checkpoint SET position = 2", [])
         .expect("rewind the checkpoint");
@@ -622,9 +594,7 @@ async fn the_relay_publishes_every_event_in_order_and_resumes_from_its_checkpoin
         last_head,
         "nothing lost, nothing twice"
     );
-    let _ = js.delete_stream(&events_stream).await;
-    let _ = js.delete_stream(&nats.stream_name("COMMANDS")).await;
-    let _ = js.delete_stream(&nats.stream_name("DEAD")).await;
+    remove_streams(&js, &nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,12 +627,7 @@ async fn a_stalled_broker_does_not_hold_up_http_commands() {
         StatusCode::OK
     );
     let before = head(&server).await;
-    eventually(WAIT, "relayed through the proxy", || {
-        let js = &js;
-        let events_stream = &events_stream;
-        async move { (stored(js, events_stream).await.len() as u64 >= before).then_some(()) }
-    })
-    .await;
+    stored_at_least(&js, &events_stream, before).await;
 
     // The broker stops answering (its sockets stay open).
     proxy.set_stalled(true);
@@ -681,19 +646,9 @@ async fn a_stalled_broker_does_not_hold_up_http_commands() {
 
     proxy.set_stalled(false);
     let after = head(&server).await;
-    let relayed = eventually(WAIT, "the relay caught up after the stall", || {
-        let js = &js;
-        let events_stream = &events_stream;
-        async move {
-            let relayed = stored(js, events_stream).await;
-            (relayed.len() as u64 >= after).then_some(relayed)
-        }
-    })
-    .await;
+    let relayed = stored_at_least(&js, &events_stream, after).await;
     assert_eq!(check_relayed(&relayed, &prefix) as u64, after);
-    let _ = js.delete_stream(&events_stream).await;
-    let _ = js.delete_stream(&nats.stream_name("COMMANDS")).await;
-    let _ = js.delete_stream(&nats.stream_name("DEAD")).await;
+    remove_streams(&js, &nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,9 +743,7 @@ async fn herald_restarted_mid_stream_loses_nothing_and_appends_nothing_twice() {
     .await;
     drop(server);
     let _: () = conn.del(&[&key, &redis.dead_key()]).await.expect("DEL");
-    for what in ["COMMANDS", "DEAD", "EVENTS"] {
-        let _ = js.delete_stream(&nats.stream_name(what)).await;
-    }
+    remove_streams(&js, &nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,7 +830,5 @@ async fn a_delayed_message_is_decided_again_in_place_and_the_ones_after_it_wait(
         .del(&[&redis.commands_key(), &redis.dead_key()])
         .await
         .expect("DEL");
-    for what in ["COMMANDS", "DEAD", "EVENTS"] {
-        let _ = js.delete_stream(&nats.stream_name(what)).await;
-    }
+    remove_streams(&js, &nats).await;
 }

@@ -25,9 +25,15 @@ struct Instance {
 }
 
 async fn instance(db: &TestDatabase) -> Instance {
+    instance_with(db, None).await
+}
+
+/// An instance, relaying to NATS with `nats`.
+async fn instance_with(db: &TestDatabase, nats: Option<herald_server::broker_config::NatsConfig>) -> Instance {
     let config = ServerConfig {
         command_rate: 0,
         keepalive: Duration::from_millis(200),
+        nats,
         ..ServerConfig::default()
     };
     let state = AppState::open_postgres(
@@ -167,4 +173,87 @@ async fn two_instances_share_the_log_and_the_read_models() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The relay's lead on each instance (exactly one should hold it).
+async fn relay_leads(instances: &[&Instance]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for i in instances {
+        let relay = i.state.models.sinks().first().expect("the relay").clone();
+        out.push(relay.lead().await.expect("lead"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_relays_to_nats_at_a_time_and_another_takes_over_when_it_stops() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let Some(client) = support::brokers::nats().await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let nats = herald_server::broker_config::NatsConfig {
+        url: support::brokers::nats_url(),
+        prefix: support::brokers::fresh_prefix(),
+        credentials: herald_server::brokers::Credentials::default(),
+        ack_wait: herald_server::broker_config::DEFAULT_ACK_WAIT,
+    };
+    let events = nats.stream_name("EVENTS");
+    let mut a = instance_with(&db, Some(nats.clone())).await;
+    let b = instance_with(&db, Some(nats.clone())).await;
+    let token = support::mint(&a.state, "pg-instances", "operator", Role::Operator)
+        .await
+        .secret;
+    // Commands on both instances; one order out.
+    let mut last = 0;
+    for i in 0..10 {
+        let at = if i % 2 == 0 { &a } else { &b };
+        last = command(
+            at,
+            &token,
+            "StartDeployment",
+            &format!("r{i}"),
+            json!({"service": "api"}),
+        )
+        .await;
+    }
+    let relayed = support::brokers::stored_at_least(&js, &events, last).await;
+    let positions: Vec<u64> = relayed.iter().filter_map(|(_, _, e)| e["position"].as_u64()).collect();
+    assert_eq!(
+        positions,
+        (1..=last).collect::<Vec<_>>(),
+        "in position order, once each"
+    );
+    let leads = relay_leads(&[&a, &b]).await;
+    assert_eq!(leads.iter().filter(|l| **l).count(), 1, "one relay leads: {leads:?}");
+
+    // The leader stops: the other takes over and relays what comes next.
+    let (leader, follower) = if leads[0] { (a, b) } else { (b, a) };
+    // Its tasks end (and its connections close) as in a process that stops.
+    leader.state.live.shutdown.cancel();
+    drop(leader.running);
+    drop(leader.state);
+    a = follower;
+    support::brokers::eventually(WAIT, "the other instance leads the relay", || {
+        let relay = a.state.models.sinks()[0].clone();
+        async move { relay.lead().await.ok().filter(|l| *l) }
+    })
+    .await;
+    for i in 10..14 {
+        last = command(
+            &a,
+            &token,
+            "StartDeployment",
+            &format!("r{i}"),
+            json!({"service": "api"}),
+        )
+        .await;
+    }
+    let relayed = support::brokers::stored_at_least(&js, &events, last).await;
+    let positions: Vec<u64> = relayed.iter().filter_map(|(_, _, e)| e["position"].as_u64()).collect();
+    assert_eq!(positions, (1..=last).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    a.running.take();
+    let _ = js.delete_stream(&events).await;
 }

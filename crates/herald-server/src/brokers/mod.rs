@@ -19,6 +19,34 @@ use crate::error::ApiError;
 use crate::routes::commands::{COMMAND_BODY_LIMIT, CommandBody, execute};
 use crate::state::AppState;
 
+/// Runs a broker's consumer (a fresh `consume()` task each time) until
+/// shutdown: a failure or a panic is logged, counted, shown by `/readyz`
+/// under `name`, and followed by a new attempt after a pause that grows from
+/// 1 s to 30 s. `url` is for the logs (no password).
+pub async fn supervise<F, Fut>(state: AppState, name: &'static str, broker: &'static str, url: String, consume: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let shutdown = state.live.shutdown.clone();
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        let cause = match tokio::spawn(consume()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => format!("its task stopped ({e})"),
+        };
+        state.consumer_health.set(name, Some(cause.clone()));
+        metrics::counter!("herald_broker_restarts_total", "broker" => broker).increment(1);
+        tracing::error!(url = %url, error = %cause, "the {name} failed; retrying in {pause:?}");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// What became of one message.
 #[derive(Debug)]
 pub enum Decision {

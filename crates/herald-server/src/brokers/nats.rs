@@ -39,37 +39,17 @@ pub const CONSUMER: &str = "herald";
 
 /// Consumes commands until shutdown, reconnecting after any failure.
 pub async fn run(state: AppState, config: Arc<NatsConfig>) {
-    let shutdown = state.live.shutdown.clone();
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let task = tokio::spawn(consume(state.clone(), config.clone()));
-        let cause = match task.await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(e) => format!("its task stopped ({e})"),
-        };
-        state.consumer_health.set(NAME, Some(cause.clone()));
-        metrics::counter!("herald_broker_restarts_total", "broker" => "nats").increment(1);
-        tracing::error!(url = %config.url, error = %cause, "the NATS command consumer failed; retrying in {pause:?}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(30));
-    }
+    let url = config.url.clone();
+    super::supervise(state.clone(), NAME, "nats", url, move || {
+        consume(state.clone(), config.clone())
+    })
+    .await
 }
 
-/// Sets up the streams and the consumer, then decides messages until
-/// shutdown (`Ok`) or a failure (`Err`: the caller reconnects).
-async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()> {
+/// Creates (or finds) the commands and dead-letter streams and the durable
+/// consumer every instance reads the commands through.
+pub async fn set_up(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<jetstream::consumer::PullConsumer> {
     use anyhow::Context as _;
-    let client = async_nats::ConnectOptions::new()
-        .name("herald")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(config.url.as_str())
-        .await
-        .with_context(|| format!("connecting to {}", config.url))?;
-    let js = jetstream::new(client);
     let commands = js
         .get_or_create_stream(stream::Config {
             name: config.stream_name("COMMANDS"),
@@ -85,7 +65,7 @@ async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()>
     })
     .await
     .context("creating the dead-letter stream")?;
-    let consumer = commands
+    commands
         .get_or_create_consumer(
             CONSUMER,
             pull::Config {
@@ -96,7 +76,21 @@ async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()>
             },
         )
         .await
-        .context("creating the durable consumer")?;
+        .context("creating the durable consumer")
+}
+
+/// Sets up the streams and the consumer, then decides messages until
+/// shutdown (`Ok`) or a failure (`Err`: the caller reconnects).
+async fn consume(state: AppState, config: Arc<NatsConfig>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let client = async_nats::ConnectOptions::new()
+        .name("herald")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.url.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", config.url))?;
+    let js = jetstream::new(client);
+    let consumer = set_up(&js, &config).await?;
     let mut messages = consumer.messages().await.context("pulling messages")?;
     state.consumer_health.set(NAME, None);
     tracing::info!(url = %config.url, subjects = %config.commands_subjects(), "consuming commands from NATS");

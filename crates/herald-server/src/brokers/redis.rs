@@ -56,24 +56,11 @@ pub async fn run(state: AppState, config: Arc<RedisConfig>) {
     // One name for this process's life: what it leaves pending after a lost
     // connection it reads again itself, at once.
     let consumer = format!("herald-{}", uuid::Uuid::new_v4().simple());
-    let shutdown = state.live.shutdown.clone();
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let task = tokio::spawn(consume(state.clone(), config.clone(), consumer.clone()));
-        let cause = match task.await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(e) => format!("its task stopped ({e})"),
-        };
-        state.consumer_health.set(NAME, Some(cause.clone()));
-        metrics::counter!("herald_broker_restarts_total", "broker" => "redis").increment(1);
-        tracing::error!(url = %redacted(&config.url), error = %cause, "the Redis command consumer failed; retrying in {pause:?}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(30));
-    }
+    let url = redacted(&config.url);
+    super::supervise(state.clone(), NAME, "redis", url, move || {
+        consume(state.clone(), config.clone(), consumer.clone())
+    })
+    .await
 }
 
 /// The URL without its password, for logs.

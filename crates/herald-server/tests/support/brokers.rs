@@ -175,3 +175,27 @@ async fn pipe(
         }
     }
 }
+
+/// The messages of a JetStream stream once it holds at least `n`.
+pub async fn stored_at_least(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    n: u64,
+) -> Vec<(String, async_nats::HeaderMap, Value)> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} messages in {stream}"),
+        || async move {
+            let messages = stored(js, stream).await;
+            (messages.len() as u64 >= n).then_some(messages)
+        },
+    )
+    .await
+}
+
+/// Deletes the streams herald made for `prefix` (what a test leaves behind).
+pub async fn remove_streams(js: &async_nats::jetstream::Context, config: &herald_server::broker_config::NatsConfig) {
+    for what in ["COMMANDS", "DEAD", "EVENTS"] {
+        let _ = js.delete_stream(config.stream_name(what)).await;
+    }
+}
