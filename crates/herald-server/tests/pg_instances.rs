@@ -83,10 +83,20 @@ async fn get(at: &Instance, token: &str, path: &str) -> Value {
 
 /// Which of the two instances leads `name` now (each asks; one says yes).
 async fn leader_of(instances: &[&Instance], name: &str) -> Vec<bool> {
+    leads(instances, |i| {
+        i.state.models.consumer(name).expect("registered").clone()
+    })
+    .await
+}
+
+/// Whether each instance leads the consumer `pick` finds on it.
+async fn leads(
+    instances: &[&Instance],
+    pick: impl Fn(&Instance) -> std::sync::Arc<dyn herald_store::projection::Consumer>,
+) -> Vec<bool> {
     let mut out = Vec::new();
     for i in instances {
-        let consumer = i.state.models.consumer(name).expect("registered").clone();
-        out.push(consumer.lead().await.expect("lead"));
+        out.push(pick(i).lead().await.expect("lead"));
     }
     out
 }
@@ -175,16 +185,6 @@ async fn two_instances_share_the_log_and_the_read_models() {
     }
 }
 
-/// The relay's lead on each instance (exactly one should hold it).
-async fn relay_leads(instances: &[&Instance]) -> Vec<bool> {
-    let mut out = Vec::new();
-    for i in instances {
-        let relay = i.state.models.sinks().first().expect("the relay").clone();
-        out.push(relay.lead().await.expect("lead"));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_instance_relays_to_nats_at_a_time_and_another_takes_over_when_it_stops() {
     let Some(db) = TestDatabase::create().await else {
@@ -226,7 +226,10 @@ async fn one_instance_relays_to_nats_at_a_time_and_another_takes_over_when_it_st
         (1..=last).collect::<Vec<_>>(),
         "in position order, once each"
     );
-    let leads = relay_leads(&[&a, &b]).await;
+    let leads = leads(&[&a, &b], |i| {
+        i.state.models.sinks().first().expect("the relay").clone()
+    })
+    .await;
     assert_eq!(leads.iter().filter(|l| **l).count(), 1, "one relay leads: {leads:?}");
 
     // The leader stops: the other takes over and relays what comes next.

@@ -6,80 +6,13 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-
-/// `herald` with none of the environment that could change what it does.
-fn herald(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    for var in HERALD_ENV {
-        cmd.env_remove(var);
-    }
-    for var in [
-        "HERALD_TOKEN",
-        "HERALD_BROKER_PREFIX",
-        "HERALD_NATS",
-        "HERALD_NATS_CREDENTIALS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "info").arg("--data").arg(data);
-    cmd
-}
-
-/// Runs a one-shot command to completion (at most two minutes).
-fn cli(data: &Path, args: &[&str]) -> Output {
-    let mut child = herald(data)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herald");
-    // Read both pipes on threads so neither can fill up and block the child.
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr")));
-    let mut guard = ChildGuard(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = guard.0.as_mut().expect("child").try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "herald {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    guard.0 = None;
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
-/// `herald token create`; returns the token (the last line of stdout).
-fn create_token(data: &Path, name: &str, role: &str) -> String {
-    let out = cli(data, &["token", "create", "--name", name, "--role", role]);
-    assert!(out.status.success(), "token create failed: {}", text(&out.stderr));
-    text(&out.stdout)
-        .lines()
-        .last()
-        .expect("a line on stdout")
-        .trim()
-        .to_owned()
-}
 
 fn serve(data: &Path, logs: &Path, extra: &[&str]) -> Server {
     start_serve(logs, "/healthz", |addr| {

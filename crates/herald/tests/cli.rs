@@ -9,13 +9,11 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use herald_server::domains::deployments::projection::{self as deployments, Deployments};
 use herald_store::projection::{READMODELS_DIR, ReadModel, RowProjection};
@@ -27,74 +25,6 @@ use tempfile::TempDir;
 // Running the binary
 // ---------------------------------------------------------------------------
 
-fn herald(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    for var in HERALD_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "info").arg("--data").arg(data);
-    cmd
-}
-
-/// Runs a one-shot command to completion.
-fn cli(data: &Path, args: &[&str]) -> Output {
-    let mut child = herald(data)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herald");
-    // Read both pipes on threads so neither can fill up and block the child.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let mut guard = ChildGuard(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = guard.0.as_mut().expect("child").try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "herald {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    guard.0 = None;
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
-/// `herald token create`; returns the token (the last line of stdout).
-fn create_token(data: &Path, name: &str, role: &str) -> String {
-    let out = cli(data, &["token", "create", "--name", name, "--role", role]);
-    assert!(
-        out.status.success(),
-        "token create failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let stdout = text(&out.stdout);
-    let last = stdout.lines().last().expect("a line on stdout");
-    assert_eq!(last.trim(), last, "the token is alone on its line");
-    assert!(
-        last.len() >= 32 && !last.contains(char::is_whitespace),
-        "a token: {last:?}"
-    );
-    last.to_owned()
-}
-
-/// Starts `herald serve` on `data` on a free port and waits for `/healthz`.
 fn serve(data: &Path, logs: &Path) -> Server {
     start_serve(logs, "/healthz", |addr| {
         let mut cmd = herald(data);

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 /// The bound on any single wait (a read, a poll, a child's startup).
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub const HERALD_ENV: [&str; 8] = [
+/// The environment that could change what a `herald` under test does.
+pub const HERALD_ENV: [&str; 14] = [
     "HERALD_DATA",
     "HERALD_DATABASE_URL",
     "HERALD_LISTEN",
@@ -25,7 +26,79 @@ pub const HERALD_ENV: [&str; 8] = [
     "HERALD_COMMAND_RATE",
     "HERALD_NAME",
     "HERALD_ROLE",
+    "HERALD_TOKEN",
+    "HERALD_NATS",
+    "HERALD_REDIS",
+    "HERALD_NATS_CREDENTIALS",
+    "HERALD_BROKER_PREFIX",
+    "HERALD_BROKER_ACK_WAIT_SECONDS",
 ];
+
+/// `herald --data DATA` with none of [`HERALD_ENV`], plain `info` logs (they
+/// are read back, and shown when a test fails).
+pub fn herald(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for var in HERALD_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info").env("NO_COLOR", "1").arg("--data").arg(data);
+    cmd
+}
+
+/// Runs a one-shot `herald` command to completion (at most two minutes).
+pub fn cli(data: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = herald(data)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    // Read both pipes on threads so neither can fill up and block the child.
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let mut guard = ChildGuard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = guard.0.as_mut().expect("child").try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "herald {args:?} did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    guard.0 = None;
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// `herald token create`; returns the token (alone on the last line of stdout).
+pub fn create_token(data: &Path, name: &str, role: &str) -> String {
+    let out = cli(data, &["token", "create", "--name", name, "--role", role]);
+    assert!(
+        out.status.success(),
+        "token create failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().expect("a line on stdout");
+    assert_eq!(last.trim(), last, "the token is alone on its line");
+    assert!(
+        last.len() >= 32 && !last.contains(char::is_whitespace),
+        "a token: {last:?}"
+    );
+    last.to_owned()
+}
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -300,12 +373,13 @@ pub fn position_of(raw: &str) -> u64 {
         .expect("position")
 }
 
-/// Every envelope `GET /api/events` pages through, as raw JSON text, and the head.
-pub fn all_events(addr: SocketAddr, token: &str) -> (Vec<String>, u64) {
+/// Every envelope `GET /api/events?FILTER` pages through, as raw JSON text,
+/// and the head (`filter`: `type=T&…`, or empty).
+pub fn events_where(addr: SocketAddr, token: &str, filter: &str) -> (Vec<String>, u64) {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let r = get(addr, &format!("/api/events?after={after}&limit=1000"), token);
+        let r = get(addr, &format!("/api/events?{filter}&after={after}&limit=1000"), token);
         assert_eq!(r.status, 200, "{}", r.body);
         let page = r.json();
         out.extend(raw_elements(&r.body, "events"));
@@ -317,6 +391,11 @@ pub fn all_events(addr: SocketAddr, token: &str) -> (Vec<String>, u64) {
         assert!(next > after, "paging made no progress at {after}");
         after = next;
     }
+}
+
+/// Every envelope of the log, as raw JSON text, and the head.
+pub fn all_events(addr: SocketAddr, token: &str) -> (Vec<String>, u64) {
+    events_where(addr, token, "")
 }
 
 /// A live stream over a plain socket.
