@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -65,7 +65,9 @@ pub struct FanConfig {
     pub subscribers: usize,
     pub rate: f64,
     pub duration: Duration,
-    pub publishers: usize,
+    /// Publishing connections of each throughput run (`--publishers 1,4,64`:
+    /// one run each, in this order).
+    pub publishers: Vec<usize>,
     pub window: usize,
     /// Size of a reference payload; herald's envelope is padded to about this.
     pub payload: usize,
@@ -103,11 +105,17 @@ pub struct FanResult {
     pub latency_published: usize,
     pub latency_missing: u64,
     pub latency: Summary,
+    /// The last throughput run's (the most publishers, as `--publishers` is
+    /// usually given): the flat-out figure.
     pub throughput_published: usize,
     pub throughput_missing: u64,
     pub deliveries_per_s: f64,
     pub messages_per_s: f64,
     pub throughput_latency: Summary,
+    /// Every throughput run, one per `--publishers` count.
+    pub sweep: Vec<SweepRun>,
+    /// Missing deliveries over every phase.
+    pub missing: u64,
     /// Publisher round trips (command or publish request).
     pub publish: Summary,
     pub publish_errors: u64,
@@ -116,6 +124,17 @@ pub struct FanResult {
     pub disconnects: u64,
     /// Mean length of a delivered `data:` field.
     pub data_bytes: f64,
+}
+
+/// One throughput run of the `--publishers` sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRun {
+    pub publishers: usize,
+    pub published: usize,
+    pub missing: u64,
+    pub deliveries_per_s: f64,
+    pub messages_per_s: f64,
+    pub latency: Summary,
 }
 
 /// One address of a fan-out run.
@@ -239,7 +258,7 @@ impl SubState {
                 *last_id = Some(id);
             }
             let sent = sh.sent[idx].load(Ordering::Acquire);
-            let phase = usize::from(sh.phase[idx].load(Ordering::Relaxed).min(1));
+            let phase = usize::from(sh.phase[idx].load(Ordering::Relaxed)).min(sh.hist.len() - 1);
             if sent > 0 && now >= sent {
                 sh.hist[phase][lane].record(now - sent);
             }
@@ -501,9 +520,14 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     if cfg.addrs.is_empty() {
         bail!("the fan-out needs at least one target");
     }
+    if cfg.publishers.is_empty() {
+        bail!("--publishers: at least one count");
+    }
     let n = cfg.subscribers;
     let targets = cfg.addrs.len();
     let cap = cfg.max_messages;
+    // The latency phase, then one per throughput run.
+    let phases = 1 + cfg.publishers.len();
     let sh = Arc::new(Shared {
         run: cfg.run.as_bytes().to_vec(),
         base: Instant::now(),
@@ -518,10 +542,10 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         next: AtomicUsize::new(0),
         window: Semaphore::new(0),
         window_from: AtomicUsize::new(usize::MAX),
-        hist: (0..2)
+        hist: (0..phases)
             .map(|_| (0..LANES).map(|_| AtomicHistogram::default()).collect())
             .collect(),
-        last_recv: (0..2)
+        last_recv: (0..phases)
             .map(|_| (0..LANES).map(|_| Padded::default()).collect())
             .collect(),
         connect: AtomicHistogram::default(),
@@ -618,33 +642,40 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
     let latency_published = sh.published.load(Ordering::Acquire);
     drain(&sh).await;
 
-    // 2. Throughput through a window.
-    let first = latency_published;
-    sh.next.store(first, Ordering::Relaxed);
-    sh.window_from.store(first, Ordering::Relaxed);
-    sh.window.add_permits(cfg.window);
-    let end = tokio::time::Instant::now() + cfg.duration;
-    // Every target publishes: at least one publisher each.
-    let publishers = cfg.publishers.max(1).max(targets);
-    for (total, more) in publishers_per_target.iter_mut().zip(spread(publishers, targets)) {
-        *total += more;
-    }
-    let mut pubs = Vec::new();
-    for p in 0..publishers {
-        pubs.push(tokio::spawn(publisher(
-            sh.clone(),
-            cfg.clone(),
-            cfg.addrs[assigned(p, targets)],
-            Mode::Windowed,
-            1,
-            end,
-        )));
-    }
-    for p in pubs {
-        absorb(p.await?, &mut pub_stats);
+    // 2. Throughput through a window, once per publisher count.
+    let mut runs = Vec::with_capacity(cfg.publishers.len());
+    for (k, &count) in cfg.publishers.iter().enumerate() {
+        let first = sh.published.load(Ordering::Acquire);
+        sh.next.store(first, Ordering::Relaxed);
+        sh.window_from.store(first, Ordering::Relaxed);
+        // Nothing is outstanding after a drain: the window starts whole.
+        sh.window.forget_permits(usize::MAX);
+        sh.window.add_permits(cfg.window);
+        let end = tokio::time::Instant::now() + cfg.duration;
+        // Every target publishes: at least one publisher each.
+        let publishers = count.max(1).max(targets);
+        for (total, more) in publishers_per_target.iter_mut().zip(spread(publishers, targets)) {
+            *total += more;
+        }
+        let mut pubs = Vec::new();
+        for p in 0..publishers {
+            pubs.push(tokio::spawn(publisher(
+                sh.clone(),
+                cfg.clone(),
+                cfg.addrs[assigned(p, targets)],
+                Mode::Windowed,
+                (1 + k) as u8,
+                end,
+            )));
+        }
+        for p in pubs {
+            absorb(p.await?, &mut pub_stats);
+        }
+        let published = sh.published.load(Ordering::Acquire);
+        drain(&sh).await;
+        runs.push((publishers, first, published));
     }
     let published = sh.published.load(Ordering::Acquire);
-    drain(&sh).await;
     sh.window.close();
     stop_reaper.cancel();
     let _ = reaper_task.await;
@@ -692,15 +723,29 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         }
         h
     };
-    let throughput_deliveries: u64 = (first..published).map(|i| sh.delivered(i)).sum();
-    let first_sent = if published > first {
-        sh.sent[first].load(Ordering::Relaxed)
-    } else {
-        0
-    };
-    let last = sh.last_recv(1);
-    let elapsed_s = last.saturating_sub(first_sent) as f64 / 1e9;
-    let per_s = |x: f64| if elapsed_s > 0.0 { x / elapsed_s } else { 0.0 };
+    let sweep: Vec<SweepRun> = runs
+        .iter()
+        .enumerate()
+        .map(|(k, &(publishers, first, published))| {
+            let deliveries: u64 = (first..published).map(|i| sh.delivered(i)).sum();
+            let first_sent = if published > first {
+                sh.sent[first].load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            let elapsed_s = sh.last_recv(1 + k).saturating_sub(first_sent) as f64 / 1e9;
+            let per_s = |x: f64| if elapsed_s > 0.0 { x / elapsed_s } else { 0.0 };
+            SweepRun {
+                publishers,
+                published: published - first,
+                missing: missing(first..published),
+                deliveries_per_s: per_s(deliveries as f64),
+                messages_per_s: per_s((published - first) as f64),
+                latency: merged(1 + k).summary(),
+            }
+        })
+        .collect();
+    let flat_out = sweep.last().cloned().context("no throughput run")?;
     for t in &mut per_target {
         t.missing = (t.connected as u64 * published as u64).saturating_sub(t.delivered);
     }
@@ -737,11 +782,13 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         latency_published,
         latency_missing: missing(0..latency_published),
         latency: merged(0).summary(),
-        throughput_published: published - first,
-        throughput_missing: missing(first..published),
-        deliveries_per_s: per_s(throughput_deliveries as f64),
-        messages_per_s: per_s((published - first) as f64),
-        throughput_latency: merged(1).summary(),
+        throughput_published: flat_out.published,
+        throughput_missing: flat_out.missing,
+        deliveries_per_s: flat_out.deliveries_per_s,
+        messages_per_s: flat_out.messages_per_s,
+        throughput_latency: flat_out.latency.clone(),
+        missing: missing(0..latency_published) + sweep.iter().map(|r| r.missing).sum::<u64>(),
+        sweep,
         publish: pub_stats.hist.summary(),
         publish_errors: pub_stats.errors,
         first_publish_error: pub_stats.first_error,
@@ -805,14 +852,12 @@ impl FanResult {
             self.latency_missing,
             self.latency_published * self.connected
         );
-        eprintln!(
-            "    throughput: {:.0} deliveries/s ({:.1} messages/s, {} sent, missing {}), latency {}",
-            self.deliveries_per_s,
-            self.messages_per_s,
-            self.throughput_published,
-            self.throughput_missing,
-            self.throughput_latency
-        );
+        for run in &self.sweep {
+            eprintln!(
+                "    throughput, {} publishers: {:.0} deliveries/s ({:.1} messages/s, {} sent, missing {}), latency {}",
+                run.publishers, run.deliveries_per_s, run.messages_per_s, run.published, run.missing, run.latency
+            );
+        }
         eprintln!(
             "    publish {} ; errors {} ; duplicates {} ; disconnects {} ; data {:.0} bytes",
             self.publish, self.publish_errors, self.duplicates, self.disconnects, self.data_bytes

@@ -35,8 +35,8 @@ async fn every_subscriber_gets_every_message_once_across_targets() {
         subscribers: 10,
         rate: 40.0,
         duration: Duration::from_millis(300),
-        // Fewer than the targets: each target still gets one.
-        publishers: 2,
+        // Fewer than the targets: each target still gets one (two runs).
+        publishers: vec![1, 2],
         window: 16,
         payload: 200,
         herald_pad: 1,
@@ -56,18 +56,30 @@ async fn every_subscriber_gets_every_message_once_across_targets() {
         r.per_target.iter().map(|t| t.connected).collect::<Vec<_>>(),
         vec![4, 3, 3]
     );
-    // 20 paced publishers (40/s ÷ 2), then max(2, 3) windowed ones.
-    let publishers: Vec<usize> = spread(20, 3).iter().zip(spread(3, 3)).map(|(a, b)| a + b).collect();
+    // 20 paced publishers (40/s ÷ 2), then max(1, 3) and max(2, 3) windowed ones.
+    let publishers: Vec<usize> = spread(20, 3).iter().zip(spread(3, 3)).map(|(a, b)| a + 2 * b).collect();
     assert_eq!(
         r.per_target.iter().map(|t| t.publishers).collect::<Vec<_>>(),
         publishers
     );
     assert!(r.latency_published > 0, "the latency phase sent nothing");
-    assert!(r.throughput_published > 0, "the throughput phase sent nothing");
+    assert_eq!(
+        r.sweep.iter().map(|run| run.publishers).collect::<Vec<_>>(),
+        vec![3, 3],
+        "one run per count, at least one publisher per target"
+    );
+    for run in &r.sweep {
+        assert!(run.published > 0, "a throughput run sent nothing: {run:?}");
+        assert_eq!(run.missing, 0, "{run:?}");
+    }
+    assert_eq!(
+        r.throughput_published, r.sweep[1].published,
+        "the last run is the flat-out figure"
+    );
     assert_eq!(r.publish_errors, 0, "{:?}", r.first_publish_error);
-    assert_eq!((r.latency_missing, r.throughput_missing), (0, 0));
+    assert_eq!((r.latency_missing, r.missing), (0, 0));
     assert_eq!((r.duplicates, r.disconnects), (0, 0));
-    let sent = (r.latency_published + r.throughput_published) as u64;
+    let sent = (r.latency_published + r.sweep.iter().map(|run| run.published).sum::<usize>()) as u64;
     for t in &r.per_target {
         assert_eq!(t.missing, 0, "{t:?}");
         assert_eq!(t.delivered, t.connected as u64 * sent, "{t:?}");
@@ -88,7 +100,7 @@ async fn a_target_nobody_publishes_to_is_still_counted_missing() {
         subscribers: 4,
         rate: 20.0,
         duration: Duration::from_millis(200),
-        publishers: 2,
+        publishers: vec![2],
         window: 8,
         payload: 200,
         herald_pad: 1,

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 /// The name `/readyz` and the logs give the NATS command consumer.
 pub const NATS_CONSUMER: &str = "NATS command consumer";
 
+/// The event relay to NATS: its checkpoint's name (`readmodels/nats_relay.db`,
+/// the schema `rm_nats_relay`) and metrics label.
+pub const RELAY: &str = "nats_relay";
+
 /// The name `/readyz` and the logs give the Redis command consumer.
 pub const REDIS_CONSUMER: &str = "Redis command consumer";
 

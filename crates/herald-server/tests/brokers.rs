@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::auth::Role;
-use herald_core::store::Filter;
+use herald_core::store::{EventStore as _, Filter};
 use herald_server::ServerConfig;
 use herald_server::broker_config::DEFAULT_ACK_WAIT;
 use herald_server::brokers::nats::{NatsConfig, run};
@@ -826,6 +826,181 @@ async fn a_delayed_message_is_decided_again_in_place_and_the_ones_after_it_wait(
     let dead: usize = conn.xlen(redis.dead_key()).await.expect("XLEN");
     assert_eq!(dead, 0, "nothing dead-lettered");
     drop(server);
+    let _: () = conn
+        .del(&[&redis.commands_key(), &redis.dead_key()])
+        .await
+        .expect("DEL");
+    remove_streams(&js, &nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_how_far_the_relay_is_and_names_it_while_nats_is_unreachable() {
+    // A port nothing listens on: the relay cannot connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut nats = nats_config(&fresh_prefix(), "unused", DEFAULT_ACK_WAIT);
+    nats.url = format!("nats://127.0.0.1:{port}");
+    let server = support::start(ServerConfig {
+        nats: Some(nats),
+        ..support::config()
+    })
+    .await;
+    // An event for the relay to publish.
+    support::mint(&server.state, "readyz-tests", "deploy-bot", Role::Operator).await;
+    let problem: Value = eventually(WAIT, "readyz 503 naming the relay", || {
+        let server = &server;
+        async move {
+            let r = server.client.get(server.url("/readyz")).send().await.ok()?;
+            if r.status() != StatusCode::SERVICE_UNAVAILABLE {
+                return None;
+            }
+            let problem: Value = r.json().await.ok()?;
+            problem["detail"]
+                .as_str()?
+                .contains("event relay to NATS")
+                .then_some(problem)
+        }
+    })
+    .await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&port.to_string()), "{problem}");
+    assert!(
+        detail.contains("NATS command consumer"),
+        "both parts are named: {problem}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_lists_the_relay_position_and_lag() {
+    let Some(_) = support::brokers::nats().await else {
+        return;
+    };
+    let server = support::start(ServerConfig {
+        nats: Some(nats_config(&fresh_prefix(), "unused", DEFAULT_ACK_WAIT)),
+        ..support::config()
+    })
+    .await;
+    support::mint(&server.state, "readyz-tests", "deploy-bot", Role::Operator).await;
+    let head = head(&server).await;
+    let ready: Value = eventually(WAIT, "the relay caught up, on /readyz", || {
+        let server = &server;
+        async move {
+            let r = server.client.get(server.url("/readyz")).send().await.ok()?;
+            let body: Value = r.json().await.ok()?;
+            (body["relays"]["nats_relay"]["position"].as_u64() >= Some(head)).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(ready["relays"]["nats_relay"]["lag"], 0, "{ready}");
+    if let Some(nats) = &server.state.config.nats
+        && let Some(client) = support::brokers::nats().await
+    {
+        remove_streams(&async_nats::jetstream::new(client), nats).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_store_cannot_take_is_not_acknowledged_and_appends_once_the_store_is_back() {
+    use std::sync::atomic::Ordering;
+    let Some(client) = support::brokers::nats().await else {
+        return;
+    };
+    let Some(mut conn) = support::brokers::redis().await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = support::Faulty::open(dir.path(), false, None);
+    let state = herald_server::AppState::new(
+        store.clone(),
+        herald_store::credentials::SqliteCredentials::open(dir.path()).expect("open credentials"),
+        herald_store::accounts::SqliteAccounts::open(dir.path()).expect("open accounts"),
+        dir.path(),
+        support::config(),
+    )
+    .expect("state");
+    let agent = support::mint(&state, "store-tests", "deploy-bot", Role::Operator).await;
+    let prefix = fresh_prefix();
+    let nats = nats_config(&prefix, &agent.secret, DEFAULT_ACK_WAIT);
+    let redis = redis_config(&prefix, &agent.secret, DEFAULT_ACK_WAIT);
+    let consumer = herald_server::brokers::nats::set_up(&js, &nats).await.expect("set up");
+    let tasks = [
+        tokio::spawn(run(state.clone(), Arc::new(nats.clone()))),
+        tokio::spawn(herald_server::brokers::redis::run(
+            state.clone(),
+            Arc::new(redis.clone()),
+        )),
+    ];
+
+    // The store goes away; a command arrives on each broker.
+    store.appends_failing.store(true, Ordering::SeqCst);
+    publish(&js, format!("{prefix}.commands.agent"), start_command("n")).await;
+    let _: String = conn
+        .xadd(
+            redis.commands_key(),
+            "*",
+            &[("credential", b"agent".to_vec()), ("command", start_command("r"))],
+        )
+        .await
+        .expect("XADD");
+    // Both taken, tried, and kept unacknowledged (with the retry after 1 s).
+    eventually(WAIT, "both commands taken and held", || {
+        let mut consumer = consumer.clone();
+        let mut conn = conn.clone();
+        let key = redis.commands_key();
+        async move {
+            let info = consumer.info().await.ok()?.clone();
+            let held = info.num_ack_pending == 1 && redis_pending(&mut conn, &key).await == 1;
+            held.then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let info = consumer.clone().info().await.expect("consumer info").clone();
+    assert_eq!(
+        (info.num_ack_pending, info.ack_floor.stream_sequence),
+        (1, 0),
+        "{info:?}"
+    );
+    assert_eq!(redis_pending(&mut conn, &redis.commands_key()).await, 1);
+    let log = store.inner.read_all(0, &Filter::default(), 100).await.expect("read");
+    assert!(
+        !log.events.iter().any(|e| e.stream().starts_with("deployment-")),
+        "nothing appended while the store was down"
+    );
+
+    // The store is back: each appended once, acknowledged, nothing dead-lettered.
+    store.appends_failing.store(false, Ordering::SeqCst);
+    eventually(WAIT, "both acknowledged", || {
+        let mut consumer = consumer.clone();
+        let mut conn = conn.clone();
+        let key = redis.commands_key();
+        async move {
+            let info = consumer.info().await.ok()?.clone();
+            let done = info.num_ack_pending == 0 && info.num_pending == 0 && redis_pending(&mut conn, &key).await == 0;
+            done.then_some(())
+        }
+    })
+    .await;
+    let log = store.inner.read_all(0, &Filter::default(), 100).await.expect("read");
+    for stream in ["deployment-n", "deployment-r"] {
+        assert_eq!(
+            log.events.iter().filter(|e| e.stream() == stream).count(),
+            1,
+            "{stream}"
+        );
+    }
+    assert!(
+        stored(&js, &nats.stream_name("DEAD")).await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let dead: usize = conn.xlen(redis.dead_key()).await.expect("XLEN");
+    assert_eq!(dead, 0);
+    state.live.shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
     let _: () = conn
         .del(&[&redis.commands_key(), &redis.dead_key()])
         .await

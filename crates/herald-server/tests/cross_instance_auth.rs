@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::auth::Role;
-use herald_core::store::{
-    AppendOutcome, AppendRequest, Committed, EventStore, Filter, Head, LiveReceiver, Page, StoreError, StreamSlice,
-};
+use herald_core::store::EventStore;
 use herald_postgres::testing::TestDatabase;
 use herald_postgres::{PgAccounts, PgConfig, PgStore};
 use herald_server::sse::Sse;
@@ -30,7 +28,7 @@ use herald_server::{AppState, ServerConfig};
 use herald_store::sqlite::SqliteStore;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Person, Running, mint, person_in, read_to_end_within, session_in};
+use support::{Faulty, Person, Running, mint, person_in, read_to_end_within, session_in};
 use tempfile::TempDir;
 
 /// What the rule allows: from the change on A to its effect on B.
@@ -403,68 +401,17 @@ async fn a_role_change_on_one_instance_ends_the_streams_and_takes_effect_on_the_
     still_open(&mut again, a, "the stream opened with the new role").await;
 }
 
-/// A store whose reads filtered by event type (the revocation follower's)
-/// fail while `failing` is set, and whose appends of `refused_type` fail;
-/// everything else is the real store.
-struct Faulty {
-    inner: Arc<SqliteStore>,
-    failing: std::sync::atomic::AtomicBool,
-    refused_type: Option<&'static str>,
-}
-
-impl Faulty {
-    fn open(dir: &Path, failing: bool, refused_type: Option<&'static str>) -> Arc<Faulty> {
-        Arc::new(Faulty {
-            inner: SqliteStore::open(dir, Arc::new(Sse)).expect("open store"),
-            failing: std::sync::atomic::AtomicBool::new(failing),
-            refused_type,
-        })
-    }
-
-    /// An instance on `dir` with this store (the other stores its own).
-    async fn serve(self: &Arc<Self>, dir: &Path) -> Instance {
-        let state = AppState::new(
-            self.clone(),
-            herald_store::credentials::SqliteCredentials::open(dir).expect("open credentials"),
-            herald_store::accounts::SqliteAccounts::open(dir).expect("open accounts"),
-            dir,
-            config(),
-        )
-        .expect("state");
-        serve(state).await
-    }
-}
-
-#[async_trait::async_trait]
-impl EventStore for Faulty {
-    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        if request
-            .events
-            .iter()
-            .any(|e| Some(e.event_type.as_str()) == self.refused_type)
-        {
-            return Err(StoreError::Unavailable("the test refuses this append".into()));
-        }
-        self.inner.append(request).await
-    }
-    async fn find_command(&self, command_id: &str) -> Result<Option<(String, Committed)>, StoreError> {
-        self.inner.find_command(command_id).await
-    }
-    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<StreamSlice, StoreError> {
-        self.inner.read_stream(stream, from_version, limit).await
-    }
-    async fn read_all(&self, after: u64, filter: &Filter, limit: usize) -> Result<Page, StoreError> {
-        if !filter.types.is_empty() && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the test says so".into()));
-        }
-        self.inner.read_all(after, filter, limit).await
-    }
-    async fn head(&self) -> Result<Head, StoreError> {
-        self.inner.head().await
-    }
-    fn live(&self) -> LiveReceiver {
-        self.inner.live()
-    }
+/// An instance on `dir` with `store` (the other stores its own).
+async fn serve_faulty(store: &Arc<Faulty>, dir: &Path) -> Instance {
+    let state = AppState::new(
+        store.clone(),
+        herald_store::credentials::SqliteCredentials::open(dir).expect("open credentials"),
+        herald_store::accounts::SqliteAccounts::open(dir).expect("open accounts"),
+        dir,
+        config(),
+    )
+    .expect("state");
+    serve(state).await
 }
 
 /// `GET /readyz` until it answers `status` (at most 10 s); its body.
@@ -497,7 +444,7 @@ async fn an_instance_whose_follower_cannot_read_the_log_is_not_ready_and_catches
     let dir = tempfile::tempdir().expect("temp dir");
     let a = sqlite_instance(dir.path()).await;
     let store = Faulty::open(dir.path(), true, None);
-    let b = store.serve(dir.path()).await;
+    let b = serve_faulty(&store, dir.path()).await;
     let admin = mint(&a.state, "test", "root", Role::Admin).await.secret;
     let robot = mint(&a.state, "test", "robot", Role::Viewer).await;
     let mut stream = b.live(Who::Token(&robot.secret)).await;
@@ -533,9 +480,7 @@ async fn an_instance_whose_follower_cannot_read_the_log_is_not_ready_and_catches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_grant_that_cannot_be_recorded_is_undone_and_a_demotion_stands() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let instance = Faulty::open(dir.path(), false, Some("RolesChanged"))
-        .serve(dir.path())
-        .await;
+    let instance = serve_faulty(&Faulty::open(dir.path(), false, Some("RolesChanged")), dir.path()).await;
     let root = person_in(&instance.state, "root", Role::Admin).await;
     let bob = person_in(&instance.state, "bob", Role::Viewer).await;
     let carol = person_in(&instance.state, "carol", Role::Operator).await;

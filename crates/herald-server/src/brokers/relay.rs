@@ -34,7 +34,7 @@ use herald_store::sql::Db;
 pub use crate::broker_config::NatsConfig;
 
 /// The relay's name: its checkpoint's file or schema, its metrics label.
-pub const NAME: &str = "nats_relay";
+pub use crate::broker_config::RELAY as NAME;
 
 /// How long a publish may wait for JetStream's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -40,14 +40,24 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .await
         .map_err(|e| ApiError::Unavailable(format!("the event store is not reachable: {e}")))?;
     let failing = state.consumer_health.failing();
-    if let Some((name, cause)) = failing.first() {
-        let detail = if state.models.consumer(name).is_some() {
-            format!("the {name} read model cannot keep up with the log: {cause} (retried every second)")
-        } else {
-            // The revocation follower, a broker's consumer, the event relay.
-            format!("the {name} is not working: {cause} (retried)")
-        };
-        return Err(ApiError::Unavailable(detail));
+    if !failing.is_empty() {
+        // Every part that is down, so one look says all that is wrong.
+        let parts: Vec<String> = failing
+            .iter()
+            .map(|(name, cause)| {
+                if *name == crate::broker_config::RELAY {
+                    format!(
+                        "the event relay to NATS is not working: {cause} (retried every second from its checkpoint)"
+                    )
+                } else if state.models.consumer(name).is_some() {
+                    format!("the {name} read model cannot keep up with the log: {cause} (retried every second)")
+                } else {
+                    // The revocation follower, a broker's command consumer.
+                    format!("the {name} is not working: {cause} (retried)")
+                }
+            })
+            .collect();
+        return Err(ApiError::Unavailable(parts.join("; ")));
     }
     let mut projections = serde_json::Map::new();
     for consumer in state.models.consumers() {
@@ -60,9 +70,24 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
             serde_json::json!({ "position": checkpoint, "lag": head.position.saturating_sub(checkpoint) }),
         );
     }
-    Ok(Json(
-        serde_json::json!({ "status": "ready", "head": head.position, "projections": projections }),
-    ))
+    // The relay to a broker, when there is one: how far it is.
+    let mut sinks = serde_json::Map::new();
+    for sink in state.models.sinks() {
+        let checkpoint = sink
+            .checkpoint()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the {} checkpoint is not reachable: {e}", sink.name())))?;
+        sinks.insert(
+            sink.name().to_owned(),
+            serde_json::json!({ "position": checkpoint, "lag": head.position.saturating_sub(checkpoint) }),
+        );
+    }
+    Ok(Json(serde_json::json!({
+        "status": "ready",
+        "head": head.position,
+        "projections": projections,
+        "relays": sinks,
+    })))
 }
 
 pub async fn metrics() -> Response {

@@ -461,3 +461,78 @@ impl Server {
             .collect()
     }
 }
+
+/// The embedded store, but: reads filtered by event type (the revocation
+/// follower's) fail while `failing` is set, appends of `refused_type` fail,
+/// and every append fails while `appends_failing` is set (the store
+/// unavailable); everything else is the real store.
+pub struct Faulty {
+    pub inner: std::sync::Arc<herald_store::sqlite::SqliteStore>,
+    pub failing: std::sync::atomic::AtomicBool,
+    pub refused_type: Option<&'static str>,
+    pub appends_failing: std::sync::atomic::AtomicBool,
+}
+
+impl Faulty {
+    pub fn open(dir: &std::path::Path, failing: bool, refused_type: Option<&'static str>) -> std::sync::Arc<Faulty> {
+        std::sync::Arc::new(Faulty {
+            inner: herald_store::sqlite::SqliteStore::open(dir, std::sync::Arc::new(herald_server::sse::Sse))
+                .expect("open store"),
+            failing: std::sync::atomic::AtomicBool::new(failing),
+            refused_type,
+            appends_failing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl herald_core::store::EventStore for Faulty {
+    async fn append(
+        &self,
+        request: herald_core::store::AppendRequest,
+    ) -> Result<herald_core::store::AppendOutcome, herald_core::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.appends_failing.load(Ordering::SeqCst)
+            || request
+                .events
+                .iter()
+                .any(|e| Some(e.event_type.as_str()) == self.refused_type)
+        {
+            return Err(herald_core::store::StoreError::Unavailable(
+                "the test refuses this append".into(),
+            ));
+        }
+        self.inner.append(request).await
+    }
+    async fn find_command(
+        &self,
+        command_id: &str,
+    ) -> Result<Option<(String, herald_core::store::Committed)>, herald_core::store::StoreError> {
+        self.inner.find_command(command_id).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<herald_core::store::StreamSlice, herald_core::store::StoreError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &herald_core::store::Filter,
+        limit: usize,
+    ) -> Result<herald_core::store::Page, herald_core::store::StoreError> {
+        if !filter.types.is_empty() && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(herald_core::store::StoreError::Unavailable("the test says so".into()));
+        }
+        self.inner.read_all(after, filter, limit).await
+    }
+    async fn head(&self) -> Result<herald_core::store::Head, herald_core::store::StoreError> {
+        self.inner.head().await
+    }
+    fn live(&self) -> herald_core::store::LiveReceiver {
+        self.inner.live()
+    }
+}
