@@ -136,6 +136,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// The API's runtime: requests (commands, reads, logins) are read and
+/// answered on threads of their own, so that a command is not queued behind
+/// the thousands of live-stream tasks one committed batch wakes on the main
+/// runtime (with a few publishers, that wait bounded the fan-out: each
+/// command's answer, and the next command, waited for a whole burst). The
+/// operating system shares the cores between both. One per process, with
+/// the `threads` of the first server that asks (`--api-threads`); `None` for
+/// 0 threads or when it cannot be started: then everything runs on the
+/// caller's runtime.
+fn api_runtime(threads: usize) -> Option<&'static tokio::runtime::Runtime> {
+    static API: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    if threads == 0 {
+        return None;
+    }
+    API.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("herald-api")
+            .enable_all()
+            .build()
+            .map_err(|e| tracing::error!(error = %e, "cannot start the API's runtime; serving everything on one"))
+            .ok()
+    })
+    .as_ref()
+}
+
 /// What a connection beyond a limit gets before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
 retry-after: 5\r\nconnection: close\r\ncontent-length: 164\r\n\r\n\
@@ -262,7 +288,33 @@ impl Connection {
                 parts.extensions.insert(ConnectInfo(peer));
                 self.live(stream, *parts, target).await;
             }
-            First::Other => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
+            First::Other => match (api_runtime(self.state.config.api_threads), stream.into_std()) {
+                // On the API's own threads, the socket registered with its
+                // reactor (a socket's readiness comes from the runtime it is
+                // registered with).
+                (Some(api), Ok(std_stream)) => {
+                    let task = api.spawn(async move {
+                        match TcpStream::from_std(std_stream) {
+                            Ok(stream) => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
+                            Err(e) => tracing::warn!(error = %e, "moving a connection to the API threads failed"),
+                        }
+                    });
+                    // Aborted with this task (a shutdown past its grace).
+                    struct AbortOnDrop(tokio::task::AbortHandle);
+                    impl Drop for AbortOnDrop {
+                        fn drop(&mut self) {
+                            self.0.abort();
+                        }
+                    }
+                    let _abort = AbortOnDrop(task.abort_handle());
+                    let _ = task.await;
+                }
+                (None, Ok(std_stream)) => match TcpStream::from_std(std_stream) {
+                    Ok(stream) => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
+                    Err(e) => tracing::warn!(error = %e, "a connection could not be served"),
+                },
+                (_, Err(e)) => tracing::warn!(error = %e, "a connection could not be served"),
+            },
         }
     }
 

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub nats: Option<crate::broker_config::NatsConfig>,
     /// Commands from a Redis stream (`--redis`; API.md §10), when set.
     pub redis: Option<crate::broker_config::RedisConfig>,
+    /// Threads of the runtime requests other than fresh live streams are
+    /// served on (`--api-threads`); 0 serves them on the caller's runtime.
+    pub api_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             nats: None,
             redis: None,
+            api_threads: 2,
         }
     }
 }

@@ -1093,10 +1093,15 @@ async fn logging_out_ends_the_sessions_resource_streams_with_a_comment() {
     }
 }
 
-/// One thread: the test's loop below runs with no stream task in between.
+/// One thread: the test's loop below runs with no stream task in between
+/// (so the API's own threads are off: they would read meanwhile).
 #[tokio::test]
 async fn a_stream_that_falls_behind_is_ended_with_a_comment() {
-    let h = start(config()).await;
+    let h = start(ServerConfig {
+        api_threads: 0,
+        ..config()
+    })
+    .await;
     h.command("StartDeployment", "lag", json!({ "service": "s" })).await;
     let mut streams = Vec::new();
     for reuse in [false, true] {

@@ -752,7 +752,11 @@ impl Writer {
                     panic!("injected writer panic after the commit (test hook)");
                 }
                 self.shared.health.set_ok();
-                let events = self.publish(&rows);
+                let (events, encoded) = self.encode(&rows);
+                // The callers first, then the live channel: a caller's task is
+                // woken before the subscribers' (a thousand of them, woken by
+                // one send, would otherwise run before it): the next command
+                // of a client that waits for its answer starts sooner.
                 for (job, outcome) in batch.drain(..).zip(applied) {
                     let answer = outcome.map(|applied| match applied {
                         Applied::Appended { stream, version, rows } => AppendOutcome::Appended(Committed {
@@ -765,6 +769,7 @@ impl Writer {
                     let _ = job.reply.send(answer);
                 }
                 self.committed_unanswered = false;
+                self.send(encoded);
                 true
             }
             Err(WriteError::Retry(e) | WriteError::Failed(e)) => {
@@ -834,15 +839,26 @@ impl Writer {
 
     /// Encodes `rows` (each framed once) into one buffer and publishes them as one batch.
     fn publish(&mut self, rows: &[Row]) -> Vec<Arc<RecordedEvent>> {
+        let (events, batch) = self.encode(rows);
+        self.send(batch);
+        events
+    }
+
+    /// Encodes `rows` (each framed once) into one batch, to [`Self::send`].
+    fn encode(&mut self, rows: &[Row]) -> (Vec<Arc<RecordedEvent>>, Option<CommittedBatch>) {
         if rows.is_empty() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let batch = CommittedBatch::encode(&*self.framing, rows);
-        let events = batch.events.clone();
-        self.published = rows.last().map_or(self.published, |r| r.position);
+        (batch.events.clone(), Some(batch))
+    }
+
+    /// Publishes an encoded batch on the live channel.
+    fn send(&mut self, batch: Option<CommittedBatch>) {
+        let Some(batch) = batch else { return };
+        self.published = batch.events.last().map_or(self.published, |e| e.position());
         // No receivers is fine: nobody is listening.
         let _ = self.live.send(Arc::new(batch));
-        events
     }
 }
 

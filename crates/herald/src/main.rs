@@ -162,6 +162,11 @@ struct ServeArgs {
     /// deployments, or tests, sharing one broker).
     #[arg(long = "broker-prefix", env = "HERALD_BROKER_PREFIX", default_value = herald_server::brokers::DEFAULT_PREFIX)]
     broker_prefix: String,
+    /// Threads that serve requests other than live streams (commands, reads,
+    /// logins), beside the runtime that writes live streams: a command is
+    /// then not queued behind a burst of live writes. 0: one runtime for all.
+    #[arg(long, env = "HERALD_API_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    api_threads: u64,
     /// Seconds a broker message taken by an instance that does not
     /// acknowledge it (it crashed) waits before another instance gets it.
     #[arg(long, env = "HERALD_BROKER_ACK_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -692,6 +697,7 @@ async fn serve(backend: &Backend, args: ServeArgs) -> Result<ExitCode> {
         trusted_proxies: args.trusted_proxy,
         nats,
         redis,
+        api_threads: args.api_threads as usize,
         ..ServerConfig::default()
     };
     let (state, data) = match backend {
