@@ -786,7 +786,7 @@ pub async fn run(cfg: FanConfig) -> Result<FanResult> {
         throughput_missing: flat_out.missing,
         deliveries_per_s: flat_out.deliveries_per_s,
         messages_per_s: flat_out.messages_per_s,
-        throughput_latency: flat_out.latency.clone(),
+        throughput_latency: flat_out.latency,
         missing: missing(0..latency_published) + sweep.iter().map(|r| r.missing).sum::<u64>(),
         sweep,
         publish: pub_stats.hist.summary(),
