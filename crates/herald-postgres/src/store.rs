@@ -1146,12 +1146,18 @@ impl Writer {
             Ok((rows, outcomes)) => {
                 self.committed_unanswered = true;
                 self.shared.health.set_ok();
-                let events = self.publish(&client, &rows).await;
-                self.conn = Some(client);
+                // The callers first, then the live channel: a caller's task is
+                // woken before the subscribers' (thousands, woken by one send).
+                let encoded = (!rows.is_empty()).then(|| CommittedBatch::encode(&*self.framing, &rows));
+                let events = encoded.as_ref().map(|b| b.events.clone()).unwrap_or_default();
                 for (job, answer) in batch.drain(..).zip(answers(outcomes, &events)) {
                     let _ = job.reply.send(answer);
                 }
                 self.committed_unanswered = false;
+                if let Some(encoded) = encoded {
+                    self.publish(&client, &rows, encoded).await;
+                }
+                self.conn = Some(client);
                 true
             }
             Err(WriteError::Failed(e)) => {
@@ -1183,18 +1189,12 @@ impl Writer {
         }
     }
 
-    /// Frames this batch's rows and publishes them, after whatever others
-    /// committed before them; returns the events to answer with.
-    async fn publish(
-        &self,
-        client: &deadpool_postgres::ClientWrapper,
-        rows: &[SealedEvent],
-    ) -> Vec<Arc<RecordedEvent>> {
+    /// Publishes this batch's rows (`batch`, framed), after whatever others
+    /// committed before them.
+    async fn publish(&self, client: &deadpool_postgres::ClientWrapper, rows: &[SealedEvent], batch: CommittedBatch) {
         if rows.is_empty() {
-            return Vec::new();
+            return;
         }
-        let batch = CommittedBatch::encode(&*self.framing, rows);
-        let events = batch.events.clone();
         let first = rows[0].position;
         let last = rows[rows.len() - 1].position;
         let mut publisher = self.publisher.lock().await;
@@ -1203,7 +1203,7 @@ impl Writer {
         {
             // The follower publishes them (and these rows) from the table.
             tracing::warn!(error = %e, "reading events committed by others before this batch failed");
-            return events;
+            return;
         }
         if publisher.published + 1 == first {
             publisher.send(batch);
@@ -1216,7 +1216,6 @@ impl Writer {
         // Otherwise the follower has published them already, or rows below
         // them are still unpublished (a read failed) and the follower
         // publishes those and these from the table, in order.
-        events
     }
 
     /// One transaction under the sequencer lock.
