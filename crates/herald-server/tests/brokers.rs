@@ -594,6 +594,7 @@ async fn the_relay_publishes_every_event_in_order_and_resumes_from_its_checkpoin
         last_head,
         "nothing lost, nothing twice"
     );
+    stop(server).await;
     remove_streams(&js, &nats).await;
 }
 
@@ -648,6 +649,7 @@ async fn a_stalled_broker_does_not_hold_up_http_commands() {
     let after = head(&server).await;
     let relayed = stored_at_least(&js, &events_stream, after).await;
     assert_eq!(check_relayed(&relayed, &prefix) as u64, after);
+    stop(server).await;
     remove_streams(&js, &nats).await;
 }
 
@@ -741,7 +743,7 @@ async fn herald_restarted_mid_stream_loses_nothing_and_appends_nothing_twice() {
         async move { (redis_pending(&mut conn, &key).await == 0).then_some(()) }
     })
     .await;
-    drop(server);
+    stop(server).await;
     let _: () = conn.del(&[&key, &redis.dead_key()]).await.expect("DEL");
     remove_streams(&js, &nats).await;
 }
@@ -825,7 +827,7 @@ async fn a_delayed_message_is_decided_again_in_place_and_the_ones_after_it_wait(
     );
     let dead: usize = conn.xlen(redis.dead_key()).await.expect("XLEN");
     assert_eq!(dead, 0, "nothing dead-lettered");
-    drop(server);
+    stop(server).await;
     let _: () = conn
         .del(&[&redis.commands_key(), &redis.dead_key()])
         .await
@@ -893,10 +895,10 @@ async fn readyz_lists_the_relay_position_and_lag() {
     })
     .await;
     assert_eq!(ready["relays"]["nats_relay"]["lag"], 0, "{ready}");
-    if let Some(nats) = &server.state.config.nats
-        && let Some(client) = support::brokers::nats().await
-    {
-        remove_streams(&async_nats::jetstream::new(client), nats).await;
+    let nats = server.state.config.nats.clone();
+    stop(server).await;
+    if let (Some(nats), Some(client)) = (nats, support::brokers::nats().await) {
+        remove_streams(&async_nats::jetstream::new(client), &nats).await;
     }
 }
 

@@ -257,6 +257,8 @@ async fn one_instance_relays_to_nats_at_a_time_and_another_takes_over_when_it_st
     let relayed = support::brokers::stored_at_least(&js, &events, last).await;
     let positions: Vec<u64> = relayed.iter().filter_map(|(_, _, e)| e["position"].as_u64()).collect();
     assert_eq!(positions, (1..=last).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    a.state.live.shutdown.cancel();
     a.running.take();
-    let _ = js.delete_stream(&events).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::brokers::remove_streams(&js, &nats).await;
 }
