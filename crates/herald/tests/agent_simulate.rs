@@ -165,9 +165,12 @@ fn simulate_through_nats_runs_deployments_to_an_end() {
         "{stderr}"
     );
 
+    // herald stopped first: its relay would make its stream again.
+    server.kill();
     let upper = prefix.to_ascii_uppercase();
     runtime.block_on(async {
-        let _ = js.delete_stream(format!("{upper}_COMMANDS")).await;
-        let _ = js.delete_stream(format!("{upper}_DEAD")).await;
+        for what in ["COMMANDS", "DEAD", "EVENTS"] {
+            let _ = js.delete_stream(format!("{upper}_{what}")).await;
+        }
     });
 }
