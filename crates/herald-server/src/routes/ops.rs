@@ -59,35 +59,35 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
             .collect();
         return Err(ApiError::Unavailable(parts.join("; ")));
     }
-    let mut projections = serde_json::Map::new();
-    for consumer in state.models.consumers() {
-        let checkpoint = consumer
-            .checkpoint()
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("the {} read model is not reachable: {e}", consumer.name())))?;
-        projections.insert(
-            consumer.name().to_owned(),
-            serde_json::json!({ "position": checkpoint, "lag": head.position.saturating_sub(checkpoint) }),
-        );
-    }
+    let projections = positions(state.models.consumers(), head.position, "read model").await?;
     // The relay to a broker, when there is one: how far it is.
-    let mut sinks = serde_json::Map::new();
-    for sink in state.models.sinks() {
-        let checkpoint = sink
-            .checkpoint()
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("the {} checkpoint is not reachable: {e}", sink.name())))?;
-        sinks.insert(
-            sink.name().to_owned(),
-            serde_json::json!({ "position": checkpoint, "lag": head.position.saturating_sub(checkpoint) }),
-        );
-    }
+    let sinks = positions(state.models.sinks(), head.position, "checkpoint").await?;
     Ok(Json(serde_json::json!({
         "status": "ready",
         "head": head.position,
         "projections": projections,
         "relays": sinks,
     })))
+}
+
+/// Each consumer's checkpoint and lag behind `head`, by name.
+async fn positions(
+    consumers: &[std::sync::Arc<dyn herald_store::projection::Consumer>],
+    head: u64,
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let mut out = serde_json::Map::new();
+    for consumer in consumers {
+        let checkpoint = consumer
+            .checkpoint()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the {} {what} is not reachable: {e}", consumer.name())))?;
+        out.insert(
+            consumer.name().to_owned(),
+            serde_json::json!({ "position": checkpoint, "lag": head.saturating_sub(checkpoint) }),
+        );
+    }
+    Ok(out)
 }
 
 pub async fn metrics() -> Response {
