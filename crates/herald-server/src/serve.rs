@@ -265,8 +265,38 @@ enum Target {
     Resource(LiveRoute, Vec<String>),
 }
 
+/// A live stream ready to be written: all its connection keeps for its life.
+struct Streaming {
+    stream: TcpStream,
+    opened: Opened,
+    write_timeout: Duration,
+    _slot: Slot,
+}
+
 impl Connection {
-    async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
+    /// A connection's task, in two parts: a boxed one that sniffs the first
+    /// request and serves it (hyper's connection, or a live stream's opening
+    /// and refusals), then, for a live stream, its writing. A task is as
+    /// large as its largest state for as long as it lives, and most
+    /// connections are long-lived streams: with the first part boxed (freed
+    /// when done), a stream's task keeps only [`Streaming`] and
+    /// [`stream_to`]'s state.
+    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+        let serving = Box::pin(self.serve_first(stream, peer));
+        if let Some(Streaming {
+            stream,
+            opened,
+            write_timeout,
+            _slot,
+        }) = serving.await
+        {
+            stream_to(stream, opened, write_timeout).await;
+        }
+    }
+
+    /// Serves the connection up to a live stream's first write: `Some` with
+    /// the stream to write, `None` when the connection was served otherwise.
+    async fn serve_first(self, mut stream: TcpStream, peer: SocketAddr) -> Option<Streaming> {
         // Events and answers are small writes that must leave at once; Nagle
         // would hold one back until the peer acknowledges the one before.
         let _ = stream.set_nodelay(true);
@@ -278,43 +308,51 @@ impl Connection {
             first = tokio::time::timeout_at(head_deadline, first_request(&mut stream, &mut buf, self.state.registry.live_routes())) => match first {
                 Ok(Ok(Some(first))) => first,
                 // Closed, failed or silent before a whole head: nothing to answer.
-                _ => return,
+                _ => return None,
             },
-            _ = self.stopping.cancelled() => return,
+            _ = self.stopping.cancelled() => return None,
         };
         match first {
             First::Live(mut parts, target) => {
                 drop(buf);
                 parts.extensions.insert(ConnectInfo(peer));
-                self.live(stream, *parts, target).await;
+                self.live(stream, *parts, target).await
             }
-            First::Other => match (api_runtime(self.state.config.api_threads), stream.into_std()) {
-                // On the API's own threads, the socket registered with its
-                // reactor (a socket's readiness comes from the runtime it is
-                // registered with).
-                (Some(api), Ok(std_stream)) => {
-                    let task = api.spawn(async move {
-                        match TcpStream::from_std(std_stream) {
-                            Ok(stream) => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
-                            Err(e) => tracing::warn!(error = %e, "moving a connection to the API threads failed"),
-                        }
-                    });
-                    // Aborted with this task (a shutdown past its grace).
-                    struct AbortOnDrop(tokio::task::AbortHandle);
-                    impl Drop for AbortOnDrop {
-                        fn drop(&mut self) {
-                            self.0.abort();
-                        }
+            First::Other => {
+                self.other(stream, buf.freeze(), peer, head_deadline).await;
+                None
+            }
+        }
+    }
+
+    /// A connection that is not a live stream: to hyper, on the API's runtime.
+    async fn other(self, stream: TcpStream, prefix: Bytes, peer: SocketAddr, head_deadline: Instant) {
+        match (api_runtime(self.state.config.api_threads), stream.into_std()) {
+            // On the API's own threads, the socket registered with its
+            // reactor (a socket's readiness comes from the runtime it is
+            // registered with).
+            (Some(api), Ok(std_stream)) => {
+                let task = api.spawn(async move {
+                    match TcpStream::from_std(std_stream) {
+                        Ok(stream) => self.hyper(stream, prefix, peer, head_deadline).await,
+                        Err(e) => tracing::warn!(error = %e, "moving a connection to the API threads failed"),
                     }
-                    let _abort = AbortOnDrop(task.abort_handle());
-                    let _ = task.await;
+                });
+                // Aborted with this task (a shutdown past its grace).
+                struct AbortOnDrop(tokio::task::AbortHandle);
+                impl Drop for AbortOnDrop {
+                    fn drop(&mut self) {
+                        self.0.abort();
+                    }
                 }
-                (None, Ok(std_stream)) => match TcpStream::from_std(std_stream) {
-                    Ok(stream) => self.hyper(stream, buf.freeze(), peer, head_deadline).await,
-                    Err(e) => tracing::warn!(error = %e, "a connection could not be served"),
-                },
-                (_, Err(e)) => tracing::warn!(error = %e, "a connection could not be served"),
+                let _abort = AbortOnDrop(task.abort_handle());
+                let _ = task.await;
+            }
+            (None, Ok(std_stream)) => match TcpStream::from_std(std_stream) {
+                Ok(stream) => self.hyper(stream, prefix, peer, head_deadline).await,
+                Err(e) => tracing::warn!(error = %e, "a connection could not be served"),
             },
+            (_, Err(e)) => tracing::warn!(error = %e, "a connection could not be served"),
         }
     }
 
@@ -388,9 +426,10 @@ impl Connection {
         }
     }
 
-    /// A live stream written by herald: the same checks and the same opening
-    /// as the router's handler, then the stream straight to the socket.
-    async fn live(self, mut stream: TcpStream, mut parts: Parts, target: Target) {
+    /// A live stream opened by herald: the same checks and the same opening
+    /// as the router's handler; `None` when it was refused (the answer
+    /// written here).
+    async fn live(self, mut stream: TcpStream, mut parts: Parts, target: Target) -> Option<Streaming> {
         let opened = async {
             // The router's first layer (`hosts::check_host`), here too.
             self.state
@@ -408,9 +447,15 @@ impl Connection {
         drop(parts);
         let write_timeout = self.state.config.write_timeout;
         match opened {
-            Ok(opened) => stream_to(stream, opened, write_timeout).await,
+            Ok(opened) => Some(Streaming {
+                stream,
+                opened,
+                write_timeout,
+                _slot: self._slot,
+            }),
             Err(e) => {
                 let _ = tokio::time::timeout(write_timeout, write_response(&mut stream, e.into_response())).await;
+                None
             }
         }
     }
@@ -788,6 +833,8 @@ async fn stream_to(mut stream: TcpStream, opened: Opened, timeout: Duration) {
             Next::Write => {
                 let written = write_chunks(&mut stream, &chunks, timeout).await;
                 chunks.clear();
+                // A burst may have grown it; an idle stream keeps a few slots.
+                chunks.shrink_to(IDLE_CHUNKS);
                 if let Err(e) = written {
                     stalled(&stream, &e);
                     return;
@@ -814,6 +861,8 @@ async fn stream_to(mut stream: TcpStream, opened: Opened, timeout: Duration) {
 
 /// Most chunks gathered into one write.
 const MAX_CHUNKS_PER_WRITE: usize = 16;
+/// Chunk slots a stream keeps between writes.
+const IDLE_CHUNKS: usize = 4;
 
 enum Next {
     Write,
@@ -822,36 +871,87 @@ enum Next {
 }
 
 /// `chunks` in chunked transfer coding, in one vectored write when the socket
-/// takes it all (a timer is armed only when it does not).
+/// takes it all. What it does not take (a slow reader) is written by a boxed
+/// future with a timer: between writes a stream's task keeps neither the
+/// write's buffers nor a timer.
 async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes], timeout: Duration) -> io::Result<()> {
-    if chunks.is_empty() {
-        return Ok(());
+    match try_write_chunks(stream, chunks)? {
+        None => Ok(()),
+        Some(rest) => {
+            let writing = Box::pin(write_rest(stream, rest, timeout));
+            writing.await
+        }
     }
+}
+
+/// One non-blocking vectored write of `chunks` in chunked transfer coding (of
+/// the first [`MAX_CHUNKS_PER_WRITE`]: `stream_to` gathers no more); `Some`
+/// with what the socket did not take, as owned pieces in order.
+fn try_write_chunks(stream: &TcpStream, chunks: &[Bytes]) -> io::Result<Option<Vec<Bytes>>> {
+    const CRLF: &[u8] = b"\r\n";
+    if chunks.is_empty() {
+        return Ok(None);
+    }
+    let (now, later) = chunks.split_at(chunks.len().min(MAX_CHUNKS_PER_WRITE));
     let mut sizes = [[0u8; 18]; MAX_CHUNKS_PER_WRITE];
     let mut lengths = [0usize; MAX_CHUNKS_PER_WRITE];
-    for ((chunk, size), length) in chunks.iter().zip(sizes.iter_mut()).zip(lengths.iter_mut()) {
-        use std::io::Write;
-        let mut cursor = std::io::Cursor::new(&mut size[..]);
-        write!(cursor, "{:x}\r\n", chunk.len())?;
-        *length = cursor.position() as usize;
+    for (i, chunk) in now.iter().enumerate() {
+        lengths[i] = size_line(&mut sizes[i], chunk.len());
     }
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunks.len() * 3);
-    for ((chunk, size), length) in chunks.iter().zip(sizes.iter()).zip(lengths.iter()) {
-        slices.push(IoSlice::new(&size[..*length]));
-        slices.push(IoSlice::new(chunk));
-        slices.push(IoSlice::new(b"\r\n"));
+    let mut slices = [IoSlice::new(&[]); 3 * MAX_CHUNKS_PER_WRITE];
+    for (i, chunk) in now.iter().enumerate() {
+        slices[3 * i] = IoSlice::new(&sizes[i][..lengths[i]]);
+        slices[3 * i + 1] = IoSlice::new(chunk);
+        slices[3 * i + 2] = IoSlice::new(CRLF);
     }
+    let slices = &slices[..3 * now.len()];
     let total: usize = slices.iter().map(|s| s.len()).sum();
-    let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    let written = match stream.try_write_vectored(rest) {
+    let mut skip = match stream.try_write_vectored(slices) {
         Ok(written) => written,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    if written == total {
-        return Ok(());
+    if skip == total && later.is_empty() {
+        return Ok(None);
     }
-    IoSlice::advance_slices(&mut rest, written);
+    let mut rest = Vec::with_capacity(slices.len() + 3 * later.len());
+    for (i, slice) in slices.iter().enumerate() {
+        if skip >= slice.len() {
+            skip -= slice.len();
+            continue;
+        }
+        rest.push(match i % 3 {
+            0 => Bytes::copy_from_slice(&slice[skip..]),
+            1 => now[i / 3].slice(skip..),
+            _ => Bytes::from_static(&CRLF[skip..]),
+        });
+        skip = 0;
+    }
+    for chunk in later {
+        let mut size = [0u8; 18];
+        let length = size_line(&mut size, chunk.len());
+        rest.extend([
+            Bytes::copy_from_slice(&size[..length]),
+            chunk.clone(),
+            Bytes::from_static(CRLF),
+        ]);
+    }
+    Ok(Some(rest))
+}
+
+/// A chunk's size line (`<hex>\r\n`) into `out`; its length.
+fn size_line(out: &mut [u8; 18], len: usize) -> usize {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    // 16 hex digits and CRLF fit: this cannot fail.
+    let _ = write!(cursor, "{len:x}\r\n");
+    cursor.position() as usize
+}
+
+/// Writes `rest` whole, failing when the socket takes nothing for `timeout`.
+async fn write_rest(stream: &mut TcpStream, pieces: Vec<Bytes>, timeout: Duration) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
     tokio::time::timeout(timeout, async {
         while !rest.is_empty() {
             let written = stream.write_vectored(rest).await?;
@@ -866,8 +966,11 @@ async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes], timeout: Duratio
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
 }
 
+/// Writes `bytes` whole (a stream's head, its last chunk), with a timer;
+/// boxed, so that a stream's task is not sized for it.
 async fn write_all(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
-    tokio::time::timeout(timeout, stream.write_all(bytes))
+    let writing = Box::pin(tokio::time::timeout(timeout, stream.write_all(bytes)));
+    writing
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
 }
@@ -1082,5 +1185,94 @@ mod tests {
         let mut all = Vec::new();
         rewind.read_to_end(&mut all).await.expect("test setup");
         assert_eq!(all, b"hello world");
+    }
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("test setup");
+        let addr = listener.local_addr().expect("test setup");
+        let client = TcpStream::connect(addr).await.expect("test setup");
+        let (server, _) = listener.accept().await.expect("test setup");
+        (server, client)
+    }
+
+    /// Decodes a chunked body (up to its last chunk).
+    fn dechunk(mut wire: &[u8]) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        loop {
+            let line = wire.iter().position(|b| *b == b'\n').expect("a size line");
+            let size = usize::from_str_radix(std::str::from_utf8(&wire[..line - 1]).expect("hex"), 16).expect("hex");
+            wire = &wire[line + 1..];
+            if size == 0 {
+                assert_eq!(wire, b"\r\n", "the last chunk ends the body");
+                return chunks;
+            }
+            chunks.push(wire[..size].to_vec());
+            assert_eq!(&wire[size..size + 2], b"\r\n");
+            wire = &wire[size + 2..];
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_the_socket_takes_only_in_part_are_written_whole_and_in_order() {
+        let (mut server, mut client) = socket_pair().await;
+        // More than the socket's buffers take at once, in sizes that do not
+        // line up with them: the first write stops inside some chunk.
+        let chunks: Vec<Bytes> = (0..MAX_CHUNKS_PER_WRITE)
+            .map(|i| Bytes::from(vec![b'a' + i as u8; 300 * 1024 + 7 * i]))
+            .collect();
+        let rest = try_write_chunks(&server, &chunks)
+            .expect("the write")
+            .expect("the socket took everything at once; the test needs a partial write");
+        assert!(!rest.is_empty());
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.expect("test setup");
+            all
+        });
+        write_rest(&mut server, rest, Duration::from_secs(30))
+            .await
+            .expect("the rest");
+        write_all(&mut server, b"0\r\n\r\n", Duration::from_secs(30))
+            .await
+            .expect("the end");
+        drop(server);
+        let got = dechunk(&reader.await.expect("test setup"));
+        let want: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the chunks arrived altered");
+    }
+
+    #[tokio::test]
+    async fn more_chunks_than_one_write_takes_are_all_written() {
+        let (mut server, mut client) = socket_pair().await;
+        let chunks: Vec<Bytes> = (0..MAX_CHUNKS_PER_WRITE + 3)
+            .map(|i| Bytes::from(format!("chunk {i}")))
+            .collect();
+        write_chunks(&mut server, &chunks, Duration::from_secs(30))
+            .await
+            .expect("the write");
+        write_all(&mut server, b"0\r\n\r\n", Duration::from_secs(30))
+            .await
+            .expect("the end");
+        drop(server);
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("test setup");
+        let want: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+        assert_eq!(dechunk(&all), want);
+    }
+
+    #[tokio::test]
+    async fn a_live_streams_writing_state_stays_small() {
+        // A stream's task holds this for the stream's life (with the
+        // connection's slot): 10,000 idle streams are mostly it. Timers and
+        // buffers of a write that waits are boxed, not part of it.
+        let (server, _client) = socket_pair().await;
+        let opened = Opened {
+            head: None,
+            body: Box::pin(futures_util::stream::empty()),
+        };
+        let writing = stream_to(server, opened, Duration::from_secs(1));
+        let size = std::mem::size_of_val(&writing);
+        assert!(size <= 512, "stream_to's future takes {size} bytes");
     }
 }

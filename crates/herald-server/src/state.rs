@@ -403,21 +403,24 @@ impl StreamGuard {
         let shutdown = self.registry.shutdown.clone();
         let deadline = self.deadline;
         async move {
-            let expiry = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            let revoked = || {
+                if shutdown.is_cancelled() {
+                    EndReason::Shutdown
+                } else {
+                    EndReason::Revoked
                 }
             };
-            tokio::select! {
-                _ = ended.cancelled() => {
-                    if shutdown.is_cancelled() {
-                        EndReason::Shutdown
-                    } else {
-                        EndReason::Revoked
-                    }
+            match deadline {
+                None => {
+                    ended.cancelled().await;
+                    revoked()
                 }
-                _ = expiry => EndReason::Expired,
+                // Boxed: most streams (tokens) have no deadline, and a timer
+                // would otherwise be part of every stream's end future.
+                Some(at) => tokio::select! {
+                    _ = ended.cancelled() => revoked(),
+                    _ = Box::pin(tokio::time::sleep_until(at)) => EndReason::Expired,
+                },
             }
         }
     }

@@ -24,6 +24,9 @@ use herald_store::sqlite::SqliteStore;
 
 /// mimalloc: commands and rebuilds allocate and free envelopes across threads,
 /// where the system allocator spent ~15–35 % of the CPU (docs/BENCHMARKS.md).
+/// The `system-allocator` feature leaves it out, for heap profilers that
+/// watch `malloc` (heaptrack, valgrind's massif).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
