@@ -56,9 +56,10 @@ pub struct ResourceBatch {
     /// The projection that published it.
     pub projection: &'static str,
     /// The log position the states reflect: every change at or before it has
-    /// been published (in this batch or an earlier one). Each frame's `id`.
+    /// been published (in this batch or an earlier one). A frame's `id` is its
+    /// resource's ([`ResourceEntry::id`]).
     pub position: u64,
-    /// `id: {position}\nevent: {event}\ndata: {json}\n\n` per entry, back to back.
+    /// `id: {id}\nevent: {event}\ndata: {json}\n\n` per entry, back to back.
     pub frames: Bytes,
     /// One per frame, in the order of `frames`: sorted by `kind`, then by `changed_at`.
     pub entries: Vec<ResourceEntry>,
@@ -74,6 +75,9 @@ pub struct ResourceEntry {
     pub key: Box<str>,
     /// The position of the last event that changed it.
     pub changed_at: u64,
+    /// Its frame's `id` (`consumers::resume_id`): `changed_at`, or the
+    /// position before it when the next entry of its kind changed at the same.
+    pub id: u64,
     /// See `herald_store::projection::ChangedResource::class`.
     pub class: Option<&'static str>,
     /// Where its frame is in `frames`.

@@ -279,25 +279,45 @@ impl Publisher {
     }
 }
 
+/// The `id` of a changed resource's state in a stream of several, sorted by
+/// the position of their change (`next`: the one after it): that position, so
+/// that a client cut off after it resumes with the states it did not get
+/// (those changed after it). Several resources one event changed share a
+/// position: all but the last of them carry the position before, so that a
+/// client cut off between them gets them all again rather than miss some.
+pub fn resume_id(changed_at: u64, next: Option<u64>) -> u64 {
+    if next == Some(changed_at) {
+        changed_at.saturating_sub(1)
+    } else {
+        changed_at
+    }
+}
+
 /// One batch: each resource's frame encoded once, sorted by kind, then by the
-/// position of its change.
+/// position of its change, with the `id` [`resume_id`] gives it.
 pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch {
     let mut order: Vec<usize> = (0..changed.resources.len()).collect();
     order.sort_by_key(|&i| (changed.resources[i].kind, changed.resources[i].changed_at));
-    let id = format!("id: {}\n", changed.position);
     let mut frames = BytesMut::with_capacity(
         changed
             .resources
             .iter()
-            .map(|r| id.len() + r.event.len() + r.json.len() + 16)
+            .map(|r| 24 + r.event.len() + r.json.len() + 16)
             .sum(),
     );
     let mut entries = Vec::with_capacity(order.len());
-    for i in order {
+    for (n, &i) in order.iter().enumerate() {
         let r = &changed.resources[i];
+        let next = order
+            .get(n + 1)
+            .map(|&j| &changed.resources[j])
+            .filter(|next| next.kind == r.kind)
+            .map(|next| next.changed_at);
+        let id = resume_id(r.changed_at, next);
         let start = frames.len();
-        frames.put_slice(id.as_bytes());
-        frames.put_slice(b"event: ");
+        frames.put_slice(b"id: ");
+        frames.put_slice(id.to_string().as_bytes());
+        frames.put_slice(b"\nevent: ");
         frames.put_slice(r.event.as_bytes());
         frames.put_slice(b"\ndata: ");
         // One line of JSON (serde_json never writes a raw line break).
@@ -307,6 +327,7 @@ pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch 
             kind: r.kind,
             key: r.key.as_str().into(),
             changed_at: r.changed_at,
+            id,
             class: r.class,
             range: start..frames.len(),
         });

@@ -331,7 +331,7 @@ impl Follow {
 }
 
 impl Removal {
-    /// The removal of `entry`: `id: {position}\nevent: {event}\ndata: {"id":KEY}\n\n`.
+    /// The removal of `entry`: `id: {its id}\nevent: {event}\ndata: {"id":KEY}\n\n`.
     ///
     /// Made of slices: the `id:` line of the entry's own frame, the stream's
     /// `event:`/`data:` head, the key as the entry's JSON starts with it
@@ -348,7 +348,7 @@ impl Removal {
             }
             None => {
                 let mut frame = Vec::with_capacity(entry.key.len() + 64);
-                push_removed(&mut frame, batch.position, self.event, &entry.key);
+                push_removed(&mut frame, entry.id, self.event, &entry.key);
                 out.push(Bytes::from(frame));
             }
         }
@@ -640,23 +640,25 @@ mod tests {
 
     /// A batch as the runner encodes it.
     fn batch(position: u64, entries: &[(&'static str, &str, u64, Option<&'static str>)]) -> ResourceBatch {
-        let mut frames = Vec::new();
-        let mut out = Vec::new();
-        let mut sorted = entries.to_vec();
-        sorted.sort_by_key(|e| (e.0, e.2));
-        for (kind, key, changed_at, class) in sorted {
-            let start = frames.len();
-            let json = format!("{{\"id\":\"{key}\",\"changed\":{changed_at}}}");
-            push_frame(&mut frames, position, kind, json.as_bytes());
-            out.push(ResourceEntry {
-                kind,
-                key: key.into(),
-                changed_at,
-                class,
-                range: start..frames.len(),
-            });
-        }
-        ResourceBatch::new("test", position, Bytes::from(frames), out)
+        let resources = entries
+            .iter()
+            .map(
+                |&(kind, key, changed_at, class)| herald_store::projection::ChangedResource {
+                    kind,
+                    key: key.to_owned(),
+                    changed_at,
+                    event: kind,
+                    json: format!("{{\"id\":\"{key}\",\"changed\":{changed_at}}}"),
+                    class,
+                },
+            )
+            .collect();
+        let page = herald_store::projection::ChangedPage {
+            resources,
+            position,
+            checkpoint: position,
+        };
+        crate::consumers::encode("test", &page)
     }
 
     fn follow(kind: &'static str, key: Option<&str>, class: Option<&'static str>, position: u64) -> Follow {
@@ -703,8 +705,8 @@ mod tests {
         assert!(rest.is_empty(), "one piece");
         assert_eq!(
             &got[..],
-            b"id: 20\nevent: d\ndata: {\"id\":\"two\",\"changed\":15}\n\n\
-              id: 20\nevent: d\ndata: {\"id\":\"three\",\"changed\":19}\n\n"
+            b"id: 15\nevent: d\ndata: {\"id\":\"two\",\"changed\":15}\n\n\
+              id: 19\nevent: d\ndata: {\"id\":\"three\",\"changed\":19}\n\n"
         );
         // A slice of the batch's buffer, not a copy.
         assert_eq!(got.as_ptr(), b.frames[b.entries[2].range.start..].as_ptr());
@@ -714,13 +716,72 @@ mod tests {
         assert_eq!(take(&mut follow("q", None, None, 0), &b), "", "another kind");
     }
 
+    /// The SSE messages of `text`: (id, key) each.
+    fn messages(text: &str) -> Vec<(u64, String)> {
+        text.split_terminator("\n\n")
+            .map(|m| {
+                let id = m
+                    .strip_prefix("id: ")
+                    .and_then(|r| r.split('\n').next())
+                    .expect("an id line");
+                let key = m
+                    .split("{\"id\":\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .expect("a key");
+                (id.parse().expect("a position"), key.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_client_cut_off_after_any_state_resumes_with_every_state_it_did_not_get() {
+        // Three feeds one event changed (position 24), changes before and
+        // after it, and another kind changed by the same event.
+        let b = batch(
+            30,
+            &[
+                ("f", "a", 21, None),
+                ("f", "b", 24, None),
+                ("f", "c", 24, None),
+                ("f", "d", 24, None),
+                ("f", "e", 28, None),
+                ("g", "x", 24, None),
+            ],
+        );
+        let sent = messages(&take(&mut follow("f", None, None, 20), &b));
+        let keys: Vec<&str> = sent.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            sent.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [21, 23, 23, 24, 28],
+            "each its change's position; of one event's, all but the last the position before"
+        );
+        for cut in 0..=sent.len() {
+            // What the client resumes with: the id of the last message it got.
+            let last = if cut == 0 { 20 } else { sent[cut - 1].0 };
+            let resumed = messages(&take(&mut follow("f", None, None, last), &b));
+            let mut got: Vec<&str> = sent[..cut].iter().map(|(_, k)| k.as_str()).collect();
+            got.extend(resumed.iter().map(|(_, k)| k.as_str()));
+            for key in ["a", "b", "c", "d", "e"] {
+                let n = got.iter().filter(|k| **k == key).count();
+                assert!(n >= 1, "cut after {cut}: {key} was missed ({got:?})");
+                // Only the states of one event, cut between, come twice.
+                assert!(
+                    n == 1 || ["b", "c"].contains(&key),
+                    "cut after {cut}: {key} came {n} times"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_single_resource_stream_gets_its_key_only() {
         let b = batch(30, &[("d", "one", 21, None), ("d", "two", 25, None)]);
         let mut f = follow("d", Some("two"), None, 20);
         assert_eq!(
             take(&mut f, &b),
-            "id: 30\nevent: d\ndata: {\"id\":\"two\",\"changed\":25}\n\n"
+            "id: 25\nevent: d\ndata: {\"id\":\"two\",\"changed\":25}\n\n"
         );
         assert_eq!(take(&mut follow("d", Some("tw"), None, 20), &b), "");
         assert_eq!(take(&mut follow("d", Some("two"), None, 25), &b), "", "already had it");
@@ -745,7 +806,7 @@ mod tests {
         let mut f = follow("d", None, Some("on"), 30);
         let mut rest = VecDeque::new();
         let first = f.take(&b, &mut rest).expect("frames");
-        let frame = |k: &str, at: u64| format!("id: 40\nevent: d\ndata: {{\"id\":\"{k}\",\"changed\":{at}}}\n\n");
+        let frame = |k: &str, at: u64| format!("id: {at}\nevent: d\ndata: {{\"id\":\"{k}\",\"changed\":{at}}}\n\n");
         assert_eq!(
             std::str::from_utf8(&first).expect("text"),
             frame("a", 31) + &frame("b", 32)
@@ -756,13 +817,13 @@ mod tests {
             .collect();
         assert_eq!(
             rest,
-            "id: 40\nevent: gone\ndata: {\"id\":\"c\"}\n\n".to_owned()
+            "id: 33\nevent: gone\ndata: {\"id\":\"c\"}\n\n".to_owned()
                 + &frame("d", 34)
-                + "id: 40\nevent: gone\ndata: {\"id\":\"e\\\"\"}\n\n"
+                + "id: 35\nevent: gone\ndata: {\"id\":\"e\\\"\"}\n\n"
         );
         // A single resource with a filter.
         let mut f = follow("d", Some("c"), Some("on"), 0);
-        assert_eq!(take(&mut f, &b), "id: 40\nevent: gone\ndata: {\"id\":\"c\"}\n\n");
+        assert_eq!(take(&mut f, &b), "id: 33\nevent: gone\ndata: {\"id\":\"c\"}\n\n");
     }
 
     #[test]

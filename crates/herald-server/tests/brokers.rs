@@ -256,10 +256,17 @@ async fn http_command(server: &support::Server, token: &str, body: &[u8]) -> Sta
         .status()
 }
 
-/// The Redis consumer group's pending count.
-async fn redis_pending(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
-    let reply: redis::streams::StreamPendingReply = conn.xpending(key, "herald").await.expect("XPENDING");
-    reply.count()
+/// The Redis consumer group's pending count; `None` while herald has not
+/// made the group yet (its consumer starts beside the test).
+async fn redis_pending(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<usize> {
+    match conn
+        .xpending::<_, _, redis::streams::StreamPendingReply>(key, "herald")
+        .await
+    {
+        Ok(reply) => Some(reply.count()),
+        Err(e) if e.code() == Some("NOGROUP") => None,
+        Err(e) => panic!("XPENDING: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +443,7 @@ async fn commands_from_a_redis_stream_are_decided_once_and_refusals_dead_lettere
     eventually(WAIT, "every entry acknowledged", || {
         let mut conn = conn.clone();
         let key = key.clone();
-        async move { (redis_pending(&mut conn, &key).await == 0).then_some(()) }
+        async move { (redis_pending(&mut conn, &key).await == Some(0)).then_some(()) }
     })
     .await;
     consumer.abort();
@@ -475,7 +482,7 @@ async fn a_redis_entry_left_pending_by_a_dead_consumer_is_claimed_and_appends_on
     let command: Vec<u8> = entry.get("command").expect("command");
     let decided = decide(&server.state, &config.credentials, "agent", &command).await;
     assert!(matches!(decided, Decision::Done), "{decided:?}");
-    assert_eq!(redis_pending(&mut conn, &key).await, 1);
+    assert_eq!(redis_pending(&mut conn, &key).await, Some(1));
 
     let task = tokio::spawn(herald_server::brokers::redis::run(
         server.state.clone(),
@@ -484,7 +491,7 @@ async fn a_redis_entry_left_pending_by_a_dead_consumer_is_claimed_and_appends_on
     eventually(WAIT, "the dead consumer's entry claimed and acknowledged", || {
         let mut conn = conn.clone();
         let key = key.clone();
-        async move { (redis_pending(&mut conn, &key).await == 0).then_some(()) }
+        async move { (redis_pending(&mut conn, &key).await == Some(0)).then_some(()) }
     })
     .await;
     assert_eq!(
@@ -740,7 +747,7 @@ async fn herald_restarted_mid_stream_loses_nothing_and_appends_nothing_twice() {
     eventually(WAIT, "every Redis entry acknowledged", || {
         let mut conn = conn.clone();
         let key = key.clone();
-        async move { (redis_pending(&mut conn, &key).await == 0).then_some(()) }
+        async move { (redis_pending(&mut conn, &key).await == Some(0)).then_some(()) }
     })
     .await;
     stop(server).await;
@@ -953,7 +960,7 @@ async fn a_command_the_store_cannot_take_is_not_acknowledged_and_appends_once_th
         let key = redis.commands_key();
         async move {
             let info = consumer.info().await.ok()?.clone();
-            let held = info.num_ack_pending == 1 && redis_pending(&mut conn, &key).await == 1;
+            let held = info.num_ack_pending == 1 && redis_pending(&mut conn, &key).await == Some(1);
             held.then_some(())
         }
     })
@@ -965,7 +972,7 @@ async fn a_command_the_store_cannot_take_is_not_acknowledged_and_appends_once_th
         (1, 0),
         "{info:?}"
     );
-    assert_eq!(redis_pending(&mut conn, &redis.commands_key()).await, 1);
+    assert_eq!(redis_pending(&mut conn, &redis.commands_key()).await, Some(1));
     let log = store.inner.read_all(0, &Filter::default(), 100).await.expect("read");
     assert!(
         !log.events.iter().any(|e| e.stream().starts_with("deployment-")),
@@ -980,7 +987,8 @@ async fn a_command_the_store_cannot_take_is_not_acknowledged_and_appends_once_th
         let key = redis.commands_key();
         async move {
             let info = consumer.info().await.ok()?.clone();
-            let done = info.num_ack_pending == 0 && info.num_pending == 0 && redis_pending(&mut conn, &key).await == 0;
+            let done =
+                info.num_ack_pending == 0 && info.num_pending == 0 && redis_pending(&mut conn, &key).await == Some(0);
             done.then_some(())
         }
     })

@@ -495,6 +495,7 @@ fn a_batch_is_each_resource_encoded_once_as_a_frame_sorted_by_kind_then_change()
             resource("post", "p0", 4, r#"{"id":"p0"}"#),
             resource("feeds", "", 9, r#"{"feeds":[]}"#),
             resource("feed", "ops", 7, r#"{"tag":"ops"}"#),
+            resource("feed", "web", 9, r#"{"tag":"web"}"#),
         ],
         position: 12,
         checkpoint: 15,
@@ -508,6 +509,7 @@ fn a_batch_is_each_resource_encoded_once_as_a_frame_sorted_by_kind_then_change()
         [
             ("feed", "ops", 7),
             ("feed", "rust", 9),
+            ("feed", "web", 9),
             ("feeds", "", 9),
             ("post", "p0", 4),
             ("post", "p1", 9)
@@ -516,11 +518,14 @@ fn a_batch_is_each_resource_encoded_once_as_a_frame_sorted_by_kind_then_change()
     assert_eq!(
         std::str::from_utf8(&batch.frames).unwrap(),
         concat!(
-            "id: 12\nevent: feed\ndata: {\"tag\":\"ops\"}\n\n",
-            "id: 12\nevent: feed\ndata: {\"tag\":\"rust\"}\n\n",
-            "id: 12\nevent: feeds\ndata: {\"feeds\":[]}\n\n",
-            "id: 12\nevent: post\ndata: {\"id\":\"p0\"}\n\n",
-            "id: 12\nevent: post\ndata: {\"id\":\"p1\"}\n\n",
+            // Each its change's position; of one kind's changed by one event
+            // (rust, web), all but the last the position before.
+            "id: 7\nevent: feed\ndata: {\"tag\":\"ops\"}\n\n",
+            "id: 8\nevent: feed\ndata: {\"tag\":\"rust\"}\n\n",
+            "id: 9\nevent: feed\ndata: {\"tag\":\"web\"}\n\n",
+            "id: 9\nevent: feeds\ndata: {\"feeds\":[]}\n\n",
+            "id: 4\nevent: post\ndata: {\"id\":\"p0\"}\n\n",
+            "id: 9\nevent: post\ndata: {\"id\":\"p1\"}\n\n",
         )
     );
     // Each entry's range is its frame, back to back.
@@ -536,7 +541,7 @@ fn a_batch_is_each_resource_encoded_once_as_a_frame_sorted_by_kind_then_change()
     }
     assert_eq!(end, batch.frames.len());
     let classes: Vec<_> = batch.entries.iter().map(|e| e.class).collect();
-    assert_eq!(classes, [None, None, None, None, None]);
+    assert_eq!(classes, [None; 6]);
 
     let deployments = encode(
         "deployments",

@@ -2,7 +2,8 @@
 // `GET /api/…/live`: a deployments list, one deployment, the feeds, a feed, a
 // post). Each message is a named event whose data a `ResourceType`'s reducer
 // folds into the state (a `snapshot` replaces, a `deployment` upserts, …);
-// every message's `id:` is the read-model position the state reflects.
+// every message's `id:` is the read-model position the state reflects (a
+// changed resource's: its last change's), so a reconnect misses nothing.
 //
 // `ResourceStream` follows one address with one EventSource. It lets the
 // browser reconnect on its own, so the reconnect carries `Last-Event-ID` and

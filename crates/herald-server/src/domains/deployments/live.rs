@@ -14,6 +14,7 @@ use herald_store::projection::Consumer;
 
 use super::projection::{Deployments, KIND};
 use super::routes::{ListQuery, list_json, list_query, one_json};
+use crate::consumers::resume_id;
 use crate::error::ApiError;
 use crate::live::Opened;
 use crate::resources::{ClassFilter, Initial, Resource, open_resource, open_single, push_frame, push_removed};
@@ -82,10 +83,13 @@ async fn changed_since(state: &AppState, q: &ListQuery, after: u64) -> Result<Op
     }
     let status = q.status.map(|s| s.as_str());
     let mut frames = Vec::with_capacity(changed.resources.iter().map(|r| r.json.len() + 48).sum());
-    for r in &changed.resources {
+    // Sorted by the position of their change, each with its own: a client cut
+    // off part-way resumes with the rest.
+    for (i, r) in changed.resources.iter().enumerate() {
+        let id = resume_id(r.changed_at, changed.resources.get(i + 1).map(|next| next.changed_at));
         match status {
-            Some(s) if r.class != Some(s) => push_removed(&mut frames, checkpoint, REMOVED, &r.key),
-            _ => push_frame(&mut frames, checkpoint, r.event, r.json.as_bytes()),
+            Some(s) if r.class != Some(s) => push_removed(&mut frames, id, REMOVED, &r.key),
+            _ => push_frame(&mut frames, id, r.event, r.json.as_bytes()),
         }
     }
     Ok(Some(Initial {
