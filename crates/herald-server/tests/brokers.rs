@@ -857,7 +857,8 @@ async fn readyz_says_how_far_the_relay_is_and_names_it_while_nats_is_unreachable
     .await;
     // An event for the relay to publish.
     support::mint(&server.state, "readyz-tests", "deploy-bot", Role::Operator).await;
-    let problem: Value = eventually(WAIT, "readyz 503 naming the relay", || {
+    // Both parts fail on their own schedule: wait until both are named.
+    let problem: Value = eventually(WAIT, "readyz 503 naming the relay and the consumer", || {
         let server = &server;
         async move {
             let r = server.client.get(server.url("/readyz")).send().await.ok()?;
@@ -865,10 +866,8 @@ async fn readyz_says_how_far_the_relay_is_and_names_it_while_nats_is_unreachable
                 return None;
             }
             let problem: Value = r.json().await.ok()?;
-            problem["detail"]
-                .as_str()?
-                .contains("event relay to NATS")
-                .then_some(problem)
+            let detail = problem["detail"].as_str()?;
+            (detail.contains("event relay to NATS") && detail.contains("NATS command consumer")).then_some(problem)
         }
     })
     .await;
