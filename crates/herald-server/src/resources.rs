@@ -288,6 +288,15 @@ impl Follow {
             let entry = batch.find(self.kind, key).filter(|e| e.changed_at > after)?;
             match &self.filter {
                 Some(removal) if entry.class != Some(removal.class) => removal.push(batch, entry, &mut out),
+                _ if entry.id != entry.changed_at => {
+                    // One of several one event changed: alone in this stream
+                    // it is as of its own change (resuming from that, nothing
+                    // is sent again). Its own `id:` line, then the shared rest.
+                    let frame = batch.frame(entry);
+                    let id_line = frame.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    out.push(Bytes::from(format!("id: {}\n", entry.changed_at)));
+                    out.push(frame.slice(id_line..));
+                }
                 _ => out.push(batch.frame(entry)),
             }
             return out.first;
@@ -757,6 +766,11 @@ mod tests {
             [21, 23, 23, 24, 28],
             "each its change's position; of one event's, all but the last the position before"
         );
+        // A stream of one of them gets it as of its own change.
+        for key in ["b", "c", "d"] {
+            let got = messages(&take(&mut follow("f", Some(key), None, 20), &b));
+            assert_eq!(got, [(24, key.to_owned())]);
+        }
         for cut in 0..=sent.len() {
             // What the client resumes with: the id of the last message it got.
             let last = if cut == 0 { 20 } else { sent[cut - 1].0 };
