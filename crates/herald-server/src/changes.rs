@@ -78,6 +78,10 @@ pub struct ResourceEntry {
     /// Its frame's `id` (`consumers::resume_id`): `changed_at`, or the
     /// position before it when the next entry of its kind changed at the same.
     pub id: u64,
+    /// When `id` is not `changed_at`: `id: {changed_at}\n`, made once per
+    /// batch — what a stream of this resource alone sends instead of the
+    /// frame's `id:` line (alone, it is as of its own change).
+    pub alone_id: Option<Bytes>,
     /// See `herald_store::projection::ChangedResource::class`.
     pub class: Option<&'static str>,
     /// Where its frame is in `frames`.
@@ -110,6 +114,13 @@ impl ResourceBatch {
     /// The frame of `entry`, shared.
     pub fn frame(&self, entry: &ResourceEntry) -> Bytes {
         self.frames.slice(entry.range.clone())
+    }
+
+    /// The frame of `entry` after its `id:` line, shared.
+    pub fn frame_after_id(&self, entry: &ResourceEntry) -> Bytes {
+        let frame = &self.frames[entry.range.clone()];
+        let id_line = frame.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.frames.slice(entry.range.start + id_line..entry.range.end)
     }
 }
 

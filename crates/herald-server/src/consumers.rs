@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::store::StoreError;
 use herald_store::projection::{ChangedPage, Consumer};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -328,6 +328,7 @@ pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch 
             key: r.key.as_str().into(),
             changed_at: r.changed_at,
             id,
+            alone_id: (id != r.changed_at).then(|| Bytes::from(format!("id: {}\n", r.changed_at))),
             class: r.class,
             range: start..frames.len(),
         });

@@ -286,18 +286,18 @@ impl Follow {
         if let Some(key) = &self.key {
             // One resource: its entry by binary search, if it changed after `after`.
             let entry = batch.find(self.kind, key).filter(|e| e.changed_at > after)?;
-            match &self.filter {
-                Some(removal) if entry.class != Some(removal.class) => removal.push(batch, entry, &mut out),
-                _ if entry.id != entry.changed_at => {
-                    // One of several one event changed: alone in this stream
-                    // it is as of its own change (resuming from that, nothing
-                    // is sent again). Its own `id:` line, then the shared rest.
-                    let frame = batch.frame(entry);
-                    let id_line = frame.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
-                    out.push(Bytes::from(format!("id: {}\n", entry.changed_at)));
-                    out.push(frame.slice(id_line..));
+            // Alone in this stream, a resource is as of its own change, also
+            // when one event changed several (`ResourceEntry::alone_id`):
+            // resuming from it, nothing is sent again.
+            match (&self.filter, &entry.alone_id) {
+                (Some(removal), alone_id) if entry.class != Some(removal.class) => {
+                    removal.push(batch, entry, alone_id.as_ref(), &mut out)
                 }
-                _ => out.push(batch.frame(entry)),
+                (_, Some(alone_id)) => {
+                    out.push(alone_id.clone());
+                    out.push(batch.frame_after_id(entry));
+                }
+                (_, None) => out.push(batch.frame(entry)),
             }
             return out.first;
         }
@@ -327,7 +327,7 @@ impl Follow {
                         if let Some(r) = run.take() {
                             out.push(batch.frames.slice(r));
                         }
-                        removal.push(batch, entry, &mut out);
+                        removal.push(batch, entry, None, &mut out);
                     }
                 }
                 if let Some(r) = run {
@@ -345,19 +345,25 @@ impl Removal {
     /// Made of slices: the `id:` line of the entry's own frame, the stream's
     /// `event:`/`data:` head, the key as the entry's JSON starts with it
     /// (`{"id":"KEY"`, as views are written), and a static end; only a frame
-    /// of another shape is written anew.
-    fn push(&self, batch: &ResourceBatch, entry: &ResourceEntry, out: &mut Pieces<'_>) {
+    /// of another shape is written anew. `alone_id`: the `id:` line to send
+    /// instead of the frame's (a stream of this resource alone).
+    fn push(&self, batch: &ResourceBatch, entry: &ResourceEntry, alone_id: Option<&Bytes>, out: &mut Pieces<'_>) {
         let start = entry.range.start;
         match removal_slices(&batch.frames[entry.range.clone()], &entry.key) {
             Some((id_line, key)) => {
-                out.push(batch.frames.slice(start..start + id_line));
+                out.push(
+                    alone_id
+                        .cloned()
+                        .unwrap_or_else(|| batch.frames.slice(start..start + id_line)),
+                );
                 out.push(self.head.clone());
                 out.push(batch.frames.slice(start + key.start..start + key.end));
                 out.push(Bytes::from_static(b"}\n\n"));
             }
             None => {
                 let mut frame = Vec::with_capacity(entry.key.len() + 64);
-                push_removed(&mut frame, entry.id, self.event, &entry.key);
+                let id = if alone_id.is_some() { entry.changed_at } else { entry.id };
+                push_removed(&mut frame, id, self.event, &entry.key);
                 out.push(Bytes::from(frame));
             }
         }

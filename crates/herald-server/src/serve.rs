@@ -875,46 +875,46 @@ enum Next {
 /// future with a timer: between writes a stream's task keeps neither the
 /// write's buffers nor a timer.
 async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes], timeout: Duration) -> io::Result<()> {
-    match try_write_chunks(stream, chunks)? {
-        None => Ok(()),
-        Some(rest) => {
-            let writing = Box::pin(write_rest(stream, rest, timeout));
-            writing.await
+    // (`stream_to` gathers at most one write's worth.)
+    for chunks in chunks.chunks(MAX_CHUNKS_PER_WRITE) {
+        if let Some(rest) = try_write_chunks(stream, chunks)? {
+            Box::pin(write_rest(stream, rest, timeout)).await?;
         }
     }
+    Ok(())
 }
 
-/// One non-blocking vectored write of `chunks` in chunked transfer coding (of
-/// the first [`MAX_CHUNKS_PER_WRITE`]: `stream_to` gathers no more); `Some`
-/// with what the socket did not take, as owned pieces in order.
+/// One non-blocking vectored write of `chunks` (at most
+/// [`MAX_CHUNKS_PER_WRITE`]) in chunked transfer coding; `Some` with what the
+/// socket did not take, as owned pieces in order.
 fn try_write_chunks(stream: &TcpStream, chunks: &[Bytes]) -> io::Result<Option<Vec<Bytes>>> {
     const CRLF: &[u8] = b"\r\n";
+    assert!(chunks.len() <= MAX_CHUNKS_PER_WRITE, "write_chunks splits longer lists");
     if chunks.is_empty() {
         return Ok(None);
     }
-    let (now, later) = chunks.split_at(chunks.len().min(MAX_CHUNKS_PER_WRITE));
     let mut sizes = [[0u8; 18]; MAX_CHUNKS_PER_WRITE];
     let mut lengths = [0usize; MAX_CHUNKS_PER_WRITE];
-    for (i, chunk) in now.iter().enumerate() {
+    for (i, chunk) in chunks.iter().enumerate() {
         lengths[i] = size_line(&mut sizes[i], chunk.len());
     }
     let mut slices = [IoSlice::new(&[]); 3 * MAX_CHUNKS_PER_WRITE];
-    for (i, chunk) in now.iter().enumerate() {
+    for (i, chunk) in chunks.iter().enumerate() {
         slices[3 * i] = IoSlice::new(&sizes[i][..lengths[i]]);
         slices[3 * i + 1] = IoSlice::new(chunk);
         slices[3 * i + 2] = IoSlice::new(CRLF);
     }
-    let slices = &slices[..3 * now.len()];
+    let slices = &slices[..3 * chunks.len()];
     let total: usize = slices.iter().map(|s| s.len()).sum();
     let mut skip = match stream.try_write_vectored(slices) {
         Ok(written) => written,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    if skip == total && later.is_empty() {
+    if skip == total {
         return Ok(None);
     }
-    let mut rest = Vec::with_capacity(slices.len() + 3 * later.len());
+    let mut rest = Vec::with_capacity(slices.len());
     for (i, slice) in slices.iter().enumerate() {
         if skip >= slice.len() {
             skip -= slice.len();
@@ -922,19 +922,10 @@ fn try_write_chunks(stream: &TcpStream, chunks: &[Bytes]) -> io::Result<Option<V
         }
         rest.push(match i % 3 {
             0 => Bytes::copy_from_slice(&slice[skip..]),
-            1 => now[i / 3].slice(skip..),
+            1 => chunks[i / 3].slice(skip..),
             _ => Bytes::from_static(&CRLF[skip..]),
         });
         skip = 0;
-    }
-    for chunk in later {
-        let mut size = [0u8; 18];
-        let length = size_line(&mut size, chunk.len());
-        rest.extend([
-            Bytes::copy_from_slice(&size[..length]),
-            chunk.clone(),
-            Bytes::from_static(CRLF),
-        ]);
     }
     Ok(Some(rest))
 }
@@ -969,8 +960,7 @@ async fn write_rest(stream: &mut TcpStream, pieces: Vec<Bytes>, timeout: Duratio
 /// Writes `bytes` whole (a stream's head, its last chunk), with a timer;
 /// boxed, so that a stream's task is not sized for it.
 async fn write_all(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
-    let writing = Box::pin(tokio::time::timeout(timeout, stream.write_all(bytes)));
-    writing
+    Box::pin(tokio::time::timeout(timeout, stream.write_all(bytes)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
 }
