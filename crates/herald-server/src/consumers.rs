@@ -42,6 +42,14 @@ pub const CHANGED_PAGE: usize = 1000;
 /// may have moved its checkpoint without this one's log noticing yet.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// The least time between the starts of two steps of a model woken by
+/// commits: a step that comes sooner waits out the rest, and then covers every
+/// commit made meanwhile. Under load that is group commit for the read model:
+/// one transaction (its pages written once, one read of the log, one publish)
+/// for many of the writer's; a commit that comes after a quiet spell is
+/// applied at once.
+pub const STEP_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Runs every registered read model's task until shutdown.
 pub async fn run(state: AppState) {
     let (started, _) = tokio::sync::mpsc::channel(1);
@@ -115,7 +123,29 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
     };
     let categories = consumer.categories();
     let mut caught_up = false;
+    let mut last_step: Option<tokio::time::Instant> = None;
     loop {
+        if !caught_up
+            && let Some(wait) =
+                last_step.and_then(|at| (at + STEP_INTERVAL).checked_duration_since(tokio::time::Instant::now()))
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // What was committed meanwhile is read by the step (from the
+            // checkpoint to the head); the batches need not wake it again.
+            loop {
+                match live.try_recv() {
+                    Ok(b) => {
+                        state.live.head.fetch_max(b.last_position(), Ordering::Relaxed);
+                    }
+                    Err(TryRecvError::Closed) => return,
+                    Err(TryRecvError::Lagged(_)) => {}
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
         // Catch up with everything committed so far, publishing as it goes
         // (unless the last batch seen held nothing of this model's and it was
         // caught up before it).
@@ -130,6 +160,7 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
             }
         };
         while !std::mem::take(&mut caught_up) {
+            last_step = Some(tokio::time::Instant::now());
             let step = if leading {
                 consumer.process_next(&state.store, PAGE).await
             } else {
