@@ -125,27 +125,6 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
     let mut caught_up = false;
     let mut last_step: Option<tokio::time::Instant> = None;
     loop {
-        if !caught_up
-            && let Some(wait) =
-                last_step.and_then(|at| (at + STEP_INTERVAL).checked_duration_since(tokio::time::Instant::now()))
-        {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            // What was committed meanwhile is read by the step (from the
-            // checkpoint to the head); the batches need not wake it again.
-            loop {
-                match live.try_recv() {
-                    Ok(b) => {
-                        state.live.head.fetch_max(b.last_position(), Ordering::Relaxed);
-                    }
-                    Err(TryRecvError::Closed) => return,
-                    Err(TryRecvError::Lagged(_)) => {}
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-        }
         // Catch up with everything committed so far, publishing as it goes
         // (unless the last batch seen held nothing of this model's and it was
         // caught up before it).
@@ -195,25 +174,29 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
             _ = tokio::time::sleep(wait) => {}
             batch = live.recv(), if !failed => match batch {
                 Ok(batch) => {
-                    // Every batch already waiting too: under load one step
-                    // covers many commits (it reads from the checkpoint to the
-                    // head) instead of one step, and its reads, per commit.
+                    // Every batch already waiting too, and those that come
+                    // while a wake-up sooner than STEP_INTERVAL after the last
+                    // step waits out the rest: under load one step covers many
+                    // commits (it reads from the checkpoint to the head)
+                    // instead of one step, and its reads, per commit.
                     let mut needs_step = false;
                     let mut next = Some(batch);
-                    while let Some(b) = next {
-                        let last = b.last_position();
-                        state.live.head.fetch_max(last, Ordering::Relaxed);
-                        // A batch with nothing of this model's, right after what it
-                        // reflects: nothing to read, apply or publish.
-                        let unrelated = !b
-                            .events
-                            .iter()
-                            .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
-                        if !needs_step && unrelated && consumer.note_unrelated(b.first_position().saturating_sub(1), last) {
-                            position.set(last as f64);
-                            lag.set(0.0);
-                        } else {
-                            needs_step = true;
+                    loop {
+                        if let Some(b) = next.take() {
+                            let last = b.last_position();
+                            state.live.head.fetch_max(last, Ordering::Relaxed);
+                            // A batch with nothing of this model's, right after what it
+                            // reflects: nothing to read, apply or publish.
+                            let unrelated = !b
+                                .events
+                                .iter()
+                                .any(|e| categories.contains(&herald_core::envelope::category_of(e.stream())));
+                            if !needs_step && unrelated && consumer.note_unrelated(b.first_position().saturating_sub(1), last) {
+                                position.set(last as f64);
+                                lag.set(0.0);
+                            } else {
+                                needs_step = true;
+                            }
                         }
                         next = match live.try_recv() {
                             Ok(b) => Some(b),
@@ -225,6 +208,16 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
                             }
                             Err(TryRecvError::Empty) => None,
                         };
+                        if next.is_some() {
+                            continue;
+                        }
+                        let Some(wait) = pacing(last_step).filter(|_| needs_step) else {
+                            break;
+                        };
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                     }
                     caught_up = !needs_step;
                 }
@@ -233,6 +226,13 @@ async fn run_one(state: AppState, consumer: Arc<dyn Consumer>, started: Option<t
             },
         }
     }
+}
+
+/// What is left of [`STEP_INTERVAL`] since the step that started at `last`
+/// (none when it has passed, or there was none).
+fn pacing(last: Option<tokio::time::Instant>) -> Option<Duration> {
+    let wait = (last? + STEP_INTERVAL).checked_duration_since(tokio::time::Instant::now())?;
+    (!wait.is_zero()).then_some(wait)
 }
 
 /// Publishes a read model's changes past the last position it published.
@@ -365,4 +365,22 @@ pub fn encode(projection: &'static str, changed: &ChangedPage) -> ResourceBatch 
         });
     }
     ResourceBatch::new(projection, changed.position, frames.freeze(), entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_waits_out_what_is_left_of_the_interval_since_the_last_step() {
+        assert_eq!(pacing(None), None, "no step yet: nothing to wait for");
+        let step = tokio::time::Instant::now();
+        assert_eq!(pacing(Some(step)), Some(STEP_INTERVAL));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(pacing(Some(step)), Some(STEP_INTERVAL - Duration::from_millis(2)));
+        tokio::time::advance(STEP_INTERVAL - Duration::from_millis(2)).await;
+        assert_eq!(pacing(Some(step)), None, "the interval is over");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(pacing(Some(step)), None);
+    }
 }
