@@ -121,14 +121,15 @@ struct Fields<'a> {
 fn canonical_with_and_without_hash(map: &Map<String, Value>) -> Result<(String, String), String> {
     let mut keys: Vec<(&String, &Value)> = map.iter().collect();
     // RFC 8785 §3.2.3: members sorted by their names' UTF-16 code units.
-    keys.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    keys.sort_by(|a, b| crate::jcs::utf16_cmp(a.0, b.0));
     let mut without = String::with_capacity(256);
     without.push('{');
     let mut hash_member: Option<(usize, String)> = None;
     for (key, value) in keys {
-        let mut member = serde_jcs::to_string(key.as_str()).map_err(|e| e.to_string())?;
+        let mut member = String::with_capacity(64);
+        crate::jcs::write_str(&mut member, key);
         member.push(':');
-        member.push_str(&serde_jcs::to_string(value).map_err(|e| e.to_string())?);
+        crate::jcs::write_value(&mut member, value);
         if key == "hash" {
             hash_member = Some((without.len(), member));
             continue;

@@ -7,7 +7,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::aggregate::{Aggregate, InvalidCommand, Rejection, from_stored, to_new_event};
-use crate::envelope::{Actor, canonical};
+use crate::envelope::Actor;
+use crate::jcs;
 use crate::names::{AggregateId, StreamName};
 use crate::store::{
     AppendOutcome, AppendRequest, Committed, EventStore, ExpectedVersion, StoreError, fingerprints_match,
@@ -247,14 +248,30 @@ static EMPTY_OBJECT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Va
 
 /// A stable digest of what a command asks for, to tell a retry from a reuse of its id.
 pub fn fingerprint(request: &CommandRequest) -> String {
-    let value = serde_json::json!({
-        "type": request.command_type,
-        "aggregate_id": request.aggregate_id.as_str(),
-        "expected_version": request.expected_version,
-        // Absent, null and {} data mean the same command.
-        "data": if request.data.is_null() { &EMPTY_OBJECT } else { &request.data },
-    });
-    hex::encode(Sha256::digest(canonical(&value).as_bytes()))
+    // The canonical text of {"aggregate_id", "data", "expected_version",
+    // "type"} (members in their sorted order), written without building it.
+    let mut text = String::with_capacity(128);
+    text.push_str("{\"aggregate_id\":");
+    jcs::write_str(&mut text, request.aggregate_id.as_str());
+    text.push_str(",\"data\":");
+    // Absent, null and {} data mean the same command.
+    jcs::write_value(
+        &mut text,
+        if request.data.is_null() {
+            &EMPTY_OBJECT
+        } else {
+            &request.data
+        },
+    );
+    text.push_str(",\"expected_version\":");
+    match request.expected_version {
+        Some(v) => jcs::write_u64(&mut text, v),
+        None => text.push_str("null"),
+    }
+    text.push_str(",\"type\":");
+    jcs::write_str(&mut text, &request.command_type);
+    text.push('}');
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 async fn execute<A: Aggregate>(
@@ -444,6 +461,34 @@ mod tests {
         let mut other = request(serde_json::json!({}));
         other.aggregate_id = AggregateId::parse("d2").unwrap();
         assert_ne!(fingerprint(&other), empty);
+    }
+
+    #[test]
+    fn fingerprint_is_the_digest_it_always_was() {
+        // As first written: serde_jcs of the JSON object, so that a retry
+        // after an upgrade still matches its first attempt.
+        fn before(request: &CommandRequest) -> String {
+            let value = serde_json::json!({
+                "type": request.command_type,
+                "aggregate_id": request.aggregate_id.as_str(),
+                "expected_version": request.expected_version,
+                "data": if request.data.is_null() { &EMPTY_OBJECT } else { &request.data },
+            });
+            hex::encode(Sha256::digest(serde_jcs::to_string(&value).unwrap().as_bytes()))
+        }
+        for (data, expected_version) in [
+            (Value::Null, None),
+            (
+                serde_json::json!({"reason": "x\"/\u{1}é😀", "b": [1.5, -0.0, 1e21], "\u{10000}": {}, "\u{e000}": null}),
+                Some(7),
+            ),
+            (serde_json::json!([]), Some(9_007_199_254_740_993)),
+        ] {
+            let mut r = request(data);
+            r.expected_version = expected_version;
+            r.command_type = "Odd \"type\"\n".into();
+            assert_eq!(fingerprint(&r), before(&r), "{r:?}");
+        }
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod event_ref;
 pub mod framing;
 pub mod import;
+pub mod jcs;
 pub mod names;
 pub mod store;
 pub mod subscription;
