@@ -108,7 +108,7 @@ impl Envelope {
     /// joined by commas; the envelope's keys are fixed ASCII, so their order is
     /// known, and `hash` sorts between `data` and `id`.
     pub fn seal(&mut self, prev_hash: &str) -> String {
-        let mut json = String::with_capacity(320 + self.data_len_hint());
+        let mut json = String::with_capacity(512);
         json.push_str("{\"actor\":{\"id\":");
         // The actor's members in order (a test holds this to its Serialize).
         jcs::write_str(&mut json, &self.actor.id);
@@ -139,20 +139,8 @@ impl Envelope {
         jcs::write_u64(&mut json, self.version);
         json.push('}');
         self.hash = chain_hash(prev_hash, &json);
-        let mut member = String::with_capacity(76);
-        member.push_str(",\"hash\":\"");
-        member.push_str(&self.hash);
-        member.push('"');
-        json.insert_str(hash_at, &member);
+        json.insert_str(hash_at, &[",\"hash\":\"", &self.hash, "\""].concat());
         json
-    }
-
-    /// A guess at the canonical length of `data`, to size the buffer once.
-    fn data_len_hint(&self) -> usize {
-        match &self.data {
-            Value::Object(map) => map.len() * 48,
-            _ => 16,
-        }
     }
 }
 

@@ -45,11 +45,20 @@ pub fn write_value(out: &mut String, value: &Value) {
 }
 
 fn write_object(out: &mut String, map: &Map<String, Value>) {
-    let mut members: Vec<(&String, &Value)> = map.iter().collect();
-    // The map iterates in UTF-8 byte order, which is code point order; UTF-16
-    // order differs from it only between U+E000..U+FFFF and the supplementary
-    // planes, so an already sorted list (the common case: a linear pass) stays.
-    members.sort_by(|a, b| utf16_cmp(a.0, b.0));
+    // The map iterates in UTF-8 byte order, which is code point order. UTF-16
+    // order differs from it only where a name has a supplementary-plane
+    // character (4 UTF-8 bytes, led by 0xF0..): without one, the map's own
+    // order is the canonical one and nothing is collected or sorted.
+    if map.keys().any(|k| k.bytes().any(|b| b >= 0xf0)) {
+        let mut members: Vec<(&String, &Value)> = map.iter().collect();
+        members.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        write_members(out, members);
+    } else {
+        write_members(out, map.iter());
+    }
+}
+
+fn write_members<'a>(out: &mut String, members: impl IntoIterator<Item = (&'a String, &'a Value)>) {
     out.push('{');
     for (i, (key, value)) in members.into_iter().enumerate() {
         if i > 0 {
