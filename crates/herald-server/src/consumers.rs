@@ -48,7 +48,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// one transaction (its pages written once, one read of the log, one publish)
 /// for many of the writer's; a commit that comes after a quiet spell is
 /// applied at once.
-pub const STEP_INTERVAL: Duration = Duration::from_millis(5);
+pub const STEP_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs every registered read model's task until shutdown.
 pub async fn run(state: AppState) {
